@@ -1,0 +1,57 @@
+"""``manage.py demo``: the embedded default in one command (SQLite, feed inside the server)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from portfolio.demo import DEMO_PASSWORD, DEMO_USERNAME, demo_seed
+
+log = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Run Livefolio on the embedded default with a demo user and a simulated feed."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--seed", type=int, default=None, help="simulated feed random seed")
+        parser.add_argument("--rate", type=float, default=10.0, help="simulated ticks per second")
+
+    def handle(self, *args, **options) -> None:
+        if not settings.EMBEDDED:
+            raise CommandError(
+                "demo runs only on the embedded default (unset REDIS_URL and DATABASE_URL); "
+                "on the real stack start the processes in the Procfile instead."
+            )
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        demo_seed()
+
+        from daphne.server import Server
+
+        from portfolio.asgi import application
+        from streaming.runner import FeedRunner
+
+        runner = FeedRunner(kind="simulated", seed=options["seed"], rate=options["rate"])
+        url = f"http://127.0.0.1:{options['port']}/"
+
+        def ready() -> None:
+            # The feed runs on daphne's own event loop: the in-memory channel layer is per loop.
+            asyncio.get_event_loop().create_task(runner.run())
+            self.stdout.write(
+                self.style.SUCCESS(f"Livefolio is running at {url}\n")
+                + f"Log in as {DEMO_USERNAME} / {DEMO_PASSWORD}. Stop with Ctrl-C.\n"
+            )
+
+        # Bound to 127.0.0.1 only: the demo login must never be reachable from the network.
+        Server(
+            application=application,
+            endpoints=[f"tcp:port={options['port']}:interface=127.0.0.1"],
+            ready_callable=ready,
+            verbosity=0,
+        ).run()

@@ -1,0 +1,7 @@
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    """The live portfolio page. The table is drawn from the WebSocket snapshot, then kept live."""
+    return render(request, "portfolio/home.html")

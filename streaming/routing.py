@@ -1,0 +1,7 @@
+from django.urls import path
+
+from streaming import consumers
+
+websocket_urlpatterns = [
+    path("ws/portfolio/", consumers.PortfolioConsumer.as_asgi()),
+]

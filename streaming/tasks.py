@@ -1,0 +1,117 @@
+"""Celery tasks: thin adapters from ids and plain data to services, selectors and events."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from celery import shared_task
+from django.db import OperationalError, transaction
+
+from portfolio import selectors, services
+from portfolio.models import FeedKind, Instrument
+from streaming import events, protocol
+
+log = logging.getLogger(__name__)
+
+
+def parse_batch(batch: list[dict[str, Any]]) -> list[services.QuoteUpdate]:
+    """Validate a batch from a feed process. A bad item is logged with its reason and skipped."""
+    updates = []
+    for index, item in enumerate(batch):
+        try:
+            updates.append(_parse_item(item))
+        except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+            log.warning("ingest: dropped item %d of batch (%s): %r", index, exc, item)
+    return updates
+
+
+def _parse_item(item: dict[str, Any]) -> services.QuoteUpdate:
+    price = _decimal(item, "price")
+    if price is None or price <= 0:
+        raise ValueError(f"price must be positive, got {item.get('price')!r}")
+    bid, ask = _decimal(item, "bid"), _decimal(item, "ask")
+    if bid is not None and ask is not None and bid > ask:
+        raise ValueError(f"bid {bid} is above ask {ask}")
+    ts = datetime.fromisoformat(str(item["ts"]))
+    if ts.tzinfo is None:
+        raise ValueError("ts must carry a timezone")
+    source = str(item["source"])
+    if source not in FeedKind.values:
+        raise ValueError(f"unknown source {source!r}")
+    return services.QuoteUpdate(
+        instrument_id=int(item["instrument"]),
+        price=price,
+        bid=bid,
+        ask=ask,
+        exchange_ts=ts,
+        source=source,
+    )
+
+
+def _decimal(item: dict[str, Any], key: str) -> Decimal | None:
+    raw = item.get(key)
+    if raw is None:
+        return None
+    if isinstance(raw, float):
+        raise TypeError(f"{key} must be a decimal string, not a float")
+    value = Decimal(str(raw))
+    if not value.is_finite():
+        raise ValueError(f"{key} must be finite, got {raw!r}")
+    return value
+
+
+@shared_task(
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=None,
+    soft_time_limit=30,
+    time_limit=60,
+)
+def ingest_quotes(batch: list[dict[str, Any]]) -> int:
+    """Store a coalesced batch of ticks, value affected portfolios, publish after commit.
+
+    Idempotent (newer exchange time wins), so it is safe to acknowledge late and run again.
+    Returns how many instruments changed.
+    """
+    updates = parse_batch(batch)
+    received = {int(i["instrument"]): i.get("received") for i in batch if "instrument" in i}
+    with transaction.atomic():
+        changed = services.quotes_store(updates=updates)
+        if not changed:
+            return 0
+        messages = _quote_messages(changed, received) + _valuation_messages(changed)
+        transaction.on_commit(lambda: events.publish(messages))
+    return len(changed)
+
+
+def _quote_messages(changed: list[int], received: dict[int, Any]) -> list[tuple[str, dict]]:
+    messages = []
+    for instrument in Instrument.objects.filter(id__in=changed).select_related("quote"):
+        q = instrument.quote
+        raw = received.get(instrument.id)
+        payload = protocol.quote(
+            instrument_id=instrument.id,
+            symbol=instrument.symbol,
+            price=q.price,
+            bid=q.bid,
+            ask=q.ask,
+            exchange_ts=q.exchange_ts,
+            received=datetime.fromisoformat(raw) if raw else None,
+        )
+        messages.append((events.instrument_group(instrument.id), payload))
+    return messages
+
+
+def _valuation_messages(changed: list[int]) -> list[tuple[str, dict]]:
+    owners = dict(selectors.portfolios_holding(instrument_ids=changed))
+    states = selectors.portfolio_states(portfolio_ids=owners)
+    return [
+        (events.user_group(owners[state["id"]]), protocol.valuation(portfolio=state))
+        for state in states
+    ]
