@@ -10,8 +10,6 @@ from typing import Any
 from portfolio.models import Holding, Portfolio
 from streaming import protocol
 
-CENT = Decimal("0.01")
-
 
 def portfolio_states(*, portfolio_ids: Iterable[int]) -> list[dict[str, Any]]:
     """The current valuation of each portfolio, as the wire protocol's portfolio shape.
@@ -66,7 +64,7 @@ def _state(portfolio: Portfolio, holdings: list[Holding]) -> dict[str, Any]:
                 "currency": instrument.quote_currency,
                 "quantity": protocol.dec(holding.quantity),
                 "price": protocol.dec(price),
-                "value": protocol.dec(value.quantize(CENT)) if value is not None else None,
+                "value": protocol.money(value),
                 "price_as_of": protocol.iso(quote.exchange_ts) if quote else None,
                 "in_total": value is not None and in_base,
             }
@@ -75,7 +73,7 @@ def _state(portfolio: Portfolio, holdings: list[Holding]) -> dict[str, Any]:
         "id": portfolio.id,
         "name": portfolio.name,
         "base_currency": portfolio.base_currency,
-        "total": protocol.dec(total.quantize(CENT)),
+        "total": protocol.money(total),
         "as_of": protocol.iso(as_of) if as_of else None,
         "holdings": rows,
     }

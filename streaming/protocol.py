@@ -42,6 +42,16 @@ def dec(value: Decimal | None) -> str | None:
     return text or "0"
 
 
+CENT = Decimal("0.01")
+
+
+def money(amount: Decimal | None) -> str | None:
+    """A money amount in its currency, to the cent, as a string ("100000.20")."""
+    if amount is None:
+        return None
+    return format(amount.quantize(CENT), "f")
+
+
 def envelope(payload: dict[str, Any], *, seq: int) -> dict[str, Any]:
     """Stamp a message with the connection's sequence number and the send time."""
     return {"type": payload["type"], "seq": seq, "ts": now_iso(), **payload}

@@ -105,4 +105,7 @@ function onStatus({ state, retryAt }) {
   } else statusEl.textContent = "Reconnecting…";
 }
 
-new LiveConnection({ path: root.dataset.wsPath, onMessage, onStatus }).connect();
+const connection = new LiveConnection({ path: root.dataset.wsPath, onMessage, onStatus });
+// Exposed for debugging in the console and for the browser tests (e.g. to inject a seq gap).
+window.livefolioConnection = connection;
+connection.connect();

@@ -1,0 +1,140 @@
+"""What a person sees: Chromium (Playwright) against a running daphne and Celery worker."""
+
+import os
+import sys
+from datetime import UTC, datetime
+
+import pytest
+from playwright.sync_api import expect
+
+from streaming.tasks import ingest_quotes
+from tests.browser import log_in, screenshot
+from tests.conftest import PASSWORD, Process, free_port, start_daphne
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def btc_tick(world, price: str) -> None:
+    ingest_quotes.delay(
+        [
+            {
+                "instrument": world["btc"].id,
+                "price": price,
+                "ts": datetime.now(UTC).isoformat(),
+                "source": "simulated",
+            }
+        ]
+    )
+
+
+def row(page, symbol):
+    return page.locator("tr[data-instrument]", has_text=symbol)
+
+
+def test_logged_in_user_sees_holdings_and_an_ingested_tick_changes_value_and_total(
+    world, celery_worker, daphne_server, page
+):
+    btc_tick(world, "50000")
+    log_in(page, daphne_server, "alice", PASSWORD)
+    btc = row(page, "BTC-USD")
+    expect(btc.locator(".qty")).to_have_text("2")
+    expect(btc.locator(".value")).to_have_text("$100,000.00")
+
+    btc_tick(world, "50123.45")
+
+    expect(btc.locator(".price")).to_have_text("$50,123.45")
+    expect(btc.locator(".value")).to_have_text("$100,246.90")
+    expect(page.locator('[data-field="total"]')).to_have_text("$100,246.90")
+    expect(page.locator("#status")).to_have_text("Live")
+    assert page.locator("tr[data-instrument]").count() == 1  # only alice's holding
+    screenshot(page, "portfolio-live")
+    assert page.console_errors == []
+
+
+def test_anonymous_visitor_is_sent_to_the_login_page(daphne_server, page):
+    page.goto(f"{daphne_server}/")
+    expect(page).to_have_url(f"{daphne_server}/login/?next=/")
+    expect(page.locator("h1")).to_have_text("Log in")
+
+
+def test_wrong_password_shows_an_error_and_no_portfolio(world, daphne_server, page):
+    page.goto(f"{daphne_server}/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "wrong")
+    page.click("button[type=submit]")
+    expect(page.locator("[role=alert]")).to_contain_text("correct username and password")
+
+
+def test_a_seq_gap_discards_the_delta_and_redraws_from_a_fresh_snapshot(
+    world, celery_worker, daphne_server, page
+):
+    btc_tick(world, "40000")
+    log_in(page, daphne_server, "alice", PASSWORD)
+    total = page.locator('[data-field="total"]')
+    expect(total).to_have_text("$80,000.00")
+    # A frame that skips sequence numbers, carrying numbers the server never sent.
+    page.evaluate(
+        """(portfolioId) => {
+            const c = window.livefolioConnection;
+            const bogus = {type: "valuation", seq: c.lastSeq + 5, ts: new Date().toISOString(),
+                           portfolio: {id: portfolioId, name: "x", base_currency: "USD",
+                                       total: "1.00",
+                                       as_of: new Date().toISOString(), holdings: []}};
+            c.receive({data: JSON.stringify(bogus)});
+        }""",
+        world["portfolios"]["alice"].id,
+    )
+    expect(page.locator("tr[data-instrument]")).to_have_count(1)
+    expect(total).to_have_text("$80,000.00")
+    btc_tick(world, "40001")  # deltas flow again after the resync snapshot
+    expect(total).to_have_text("$80,002.00")
+
+
+def test_page_reconnects_after_the_server_restarts_and_shows_what_changed_meanwhile(
+    world, celery_worker, transactional_db, redis_client, tmp_path, page
+):
+    port = free_port()
+    server = start_daphne(tmp_path, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        btc_tick(world, "30000")
+        log_in(page, base, "alice", PASSWORD)
+        total = page.locator('[data-field="total"]')
+        expect(total).to_have_text("$60,000.00")
+        server.stop()
+        expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+        expect(page.locator("#status")).to_contain_text("Reconnecting")
+        btc_tick(world, "31000")  # nobody is connected to hear this valuation
+        (tmp_path / "restarted").mkdir()
+        server = start_daphne(tmp_path / "restarted", port)
+        expect(page.locator("#status")).to_have_attribute("data-state", "live", timeout=40_000)
+        expect(total).to_have_text("$62,000.00")  # from the fresh snapshot
+    finally:
+        server.stop()
+    assert all("WebSocket" in e or "ERR_CONNECTION_REFUSED" in e for e in page.console_errors)
+
+
+def test_demo_command_serves_moving_prices_for_the_demo_login(tmp_path, page):
+    """The README's run command: embedded default, no services, prices move within seconds."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="portfolio.settings",
+        LIVEFOLIO_SQLITE_PATH=str(tmp_path / "demo.sqlite3"),
+        PYTHONUNBUFFERED="1",
+    )
+    demo = Process(
+        "demo", [sys.executable, "manage.py", "demo", "--port", str(port)], env, tmp_path
+    )
+    try:
+        demo.wait_for_output("Log in as demo / demo", timeout=60)
+        assert f"http://127.0.0.1:{port}/" in demo.output()
+        log_in(page, f"http://127.0.0.1:{port}", "demo", "demo")
+        total = page.locator('[data-field="total"]')
+        expect(page.locator("tr[data-instrument]")).to_have_count(7)
+        first = total.inner_text()
+        expect(total).not_to_have_text(first, timeout=15_000)
+        screenshot(page, "demo")
+    finally:
+        demo.stop()
+    assert page.console_errors == []

@@ -1,0 +1,138 @@
+"""Ingest stores the newest quote, values the portfolios holding it, tells only their owners."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from portfolio import services
+from portfolio.models import Quote
+from streaming import events
+from streaming.tasks import ingest_quotes, parse_batch
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def tick(instrument, price, ts, **extra):
+    return {
+        "instrument": instrument.id,
+        "price": price,
+        "ts": ts.isoformat(),
+        "source": "simulated",
+        **extra,
+    }
+
+
+def store(instrument, price, ts):
+    return services.quotes_store(
+        updates=[
+            services.QuoteUpdate(
+                instrument_id=instrument.id,
+                price=Decimal(price),
+                exchange_ts=ts,
+                source="simulated",
+            )
+        ]
+    )
+
+
+def test_newer_exchange_time_wins_and_older_or_equal_changes_nothing(world):
+    btc = world["btc"]
+    assert store(btc, "100", T0) == [btc.id]
+    assert store(btc, "101", T0 + timedelta(seconds=1)) == [btc.id]
+    assert store(btc, "99", T0) == []  # older
+    assert store(btc, "98", T0 + timedelta(seconds=1)) == []  # duplicate time
+    quote = Quote.objects.get(instrument=btc)
+    assert quote.price == Decimal("101")
+    assert quote.exchange_ts == T0 + timedelta(seconds=1)
+
+
+def test_newest_tick_in_one_batch_wins_whatever_the_order(world):
+    btc = world["btc"]
+    ingest_quotes([tick(btc, "102", T0 + timedelta(seconds=2)), tick(btc, "101", T0)])
+    assert Quote.objects.get(instrument=btc).price == Decimal("102")
+
+
+def test_running_the_same_batch_twice_has_no_second_effect(world):
+    batch = [tick(world["btc"], "100.5", T0), tick(world["eth"], "3000", T0)]
+    assert ingest_quotes(batch) == 2
+    assert ingest_quotes(batch) == 0
+    assert Quote.objects.count() == 2
+
+
+def test_unknown_instrument_is_ignored_and_the_rest_stored(world):
+    batch = [
+        {"instrument": 999999, "price": "1", "ts": T0.isoformat(), "source": "simulated"},
+        tick(world["btc"], "100", T0),
+    ]
+    assert ingest_quotes(batch) == 1
+    assert Quote.objects.get().instrument_id == world["btc"].id
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ({"price": "-1"}, "price must be positive"),
+        ({"price": "abc"}, "ConversionSyntax"),
+        ({"price": 1.5}, "price must be a decimal string, not a float"),
+        ({"price": "NaN"}, "price must be finite"),
+        ({"bid": "11", "ask": "10"}, "bid 11 is above ask 10"),
+        ({"ts": "2026-11-27T12:00:00"}, "ts must carry a timezone"),
+        ({"source": "nasdaq"}, "unknown source 'nasdaq'"),
+    ],
+)
+def test_bad_items_are_dropped_with_a_reason_naming_the_field(world, caplog, item, reason):
+    good = tick(world["eth"], "3000", T0)
+    bad = tick(world["btc"], "100", T0) | item
+    assert [u.instrument_id for u in parse_batch([bad, good])] == [world["eth"].id]
+    assert reason in caplog.text
+    assert "dropped item 0" in caplog.text
+
+
+def drain(layer, channel):
+    async def receive_all():
+        import asyncio
+
+        messages = []
+        while True:
+            try:
+                messages.append(await asyncio.wait_for(layer.receive(channel), timeout=0.5))
+            except TimeoutError:
+                return messages
+
+    return async_to_sync(receive_all)()
+
+
+def test_valuations_reach_each_holders_group_with_their_own_numbers(
+    world, redis_client, django_capture_on_commit_callbacks
+):
+    layer = get_channel_layer()
+    channels = {}
+    for name, user in world["users"].items():
+        channels[name] = async_to_sync(layer.new_channel)()
+        async_to_sync(layer.group_add)(events.user_group(user.id), channels[name])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_quotes([tick(world["btc"], "50000.10", T0)])
+
+    got = {name: drain(layer, channel) for name, channel in channels.items()}
+    assert got["bob"] == []  # holds no BTC: hears nothing
+    alice = got["alice"][0]["payload"]
+    charlie = got["charlie"][0]["payload"]
+    assert alice["type"] == "valuation" == charlie["type"]
+    assert alice["portfolio"]["id"] == world["portfolios"]["alice"].id
+    assert alice["portfolio"]["total"] == "100000.20"  # 2 x 50000.10
+    assert charlie["portfolio"]["id"] == world["portfolios"]["charlie"].id
+    assert charlie["portfolio"]["total"] == "150000.30"  # 3 x 50000.10
+    assert len(got["alice"]) == len(got["charlie"]) == 1
+
+
+def test_nothing_is_published_when_the_transaction_rolls_back(world, redis_client):
+    # Without the on-commit capture the test transaction never commits: nothing may be sent.
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(events.user_group(world["users"]["alice"].id), channel)
+    ingest_quotes([tick(world["btc"], "50000", T0)])
+    assert drain(layer, channel) == []

@@ -1,0 +1,26 @@
+"""Connecting the real ASGI application (origin check, session auth) in-process."""
+
+from __future__ import annotations
+
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
+
+from portfolio.asgi import application
+
+ORIGIN = "http://127.0.0.1:8000"
+
+
+def session_cookie(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+def communicator(path: str, *, cookie: str | None = None, origin: str | None = ORIGIN):
+    headers = [(b"host", b"127.0.0.1:8000")]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    if cookie is not None:
+        headers.append((b"cookie", cookie.encode()))
+    return WebsocketCommunicator(application, path, headers=headers)
