@@ -10,9 +10,9 @@ and calls :func:`replay`. Conventions a caller must know:
   they are added to the lot's cost, on a SELL they reduce the proceeds.
 - Every instrument has one currency, set by its first trade; its cost basis and realized P&L are
   in that currency. Dividends may be paid in another currency and are kept per currency.
-- Math runs at 50 significant digits. Quantities and totals are exact; only a split of one lot
-  or one fee between several closings divides, and remainders go to the last piece so totals
-  still add up exactly.
+- Quantities and totals are exact. Only sharing one lot's cost or one fee between several
+  closings divides; each share is rounded to 20 decimal places and the remainder stays with
+  the rest, so realized P&L plus open cost always equals what was paid, to the last digit.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
+from typing import NoReturn
 
 __all__ = [
     "ClosedLot",
@@ -40,8 +41,9 @@ __all__ = [
 Instrument = str | int
 
 ZERO = Decimal(0)
-# Enough digits that dividing a lot never loses anything a currency could show.
+# 50 digits hold any amount below 10^29 at 20 places, so sums and differences never round.
 _CONTEXT = Context(prec=50, traps=[InvalidOperation, DivisionByZero, Overflow])
+_SHARE_QUANTUM = Decimal("1e-20")
 
 
 class TxKind(enum.StrEnum):
@@ -118,7 +120,7 @@ class LedgerEntry:
         ):
             self._fail("currency", f"is required for {self.kind}")
 
-    def _fail(self, field: str, problem: str) -> None:
+    def _fail(self, field: str, problem: str) -> NoReturn:
         raise LedgerError(f"transaction {self.ref!r}: {field} {problem}", ref=self.ref, field=field)
 
     def _check_decimal(self, name: str, value: object) -> None:
@@ -282,8 +284,8 @@ def _add(totals: dict[str, Decimal], currency: str, amount: Decimal) -> None:
 
 
 def _share(total: Decimal, part: Decimal, whole: Decimal) -> Decimal:
-    """``total * part / whole``, exact when part is the whole."""
-    return total if part == whole else total * part / whole
+    """``total * part / whole`` to 20 places; exactly ``total`` when part is the whole."""
+    return total if part == whole else (total * part / whole).quantize(_SHARE_QUANTUM)
 
 
 class _Replayer:
@@ -419,7 +421,7 @@ class _Replayer:
             self.refuse(entry, book, "transfer out")
         self.close(book, entry.quantity)
 
-    def refuse(self, entry: LedgerEntry, book: _Book, verb: str) -> None:
+    def refuse(self, entry: LedgerEntry, book: _Book, verb: str) -> NoReturn:
         held = book.quantity
         raise LedgerError(
             f"transaction {entry.ref!r}: quantity: cannot {verb} {entry.quantity} of "

@@ -336,7 +336,6 @@ def test_buying_then_selling_everything_realizes_proceeds_minus_cost_minus_fees(
 @settings(deadline=None)
 @given(method=methods, bought=lots, cuts=st.lists(st.integers(1, 99), max_size=4), price=prices)
 def test_selling_in_several_parts_realizes_the_same_total(method, bought, cuts, price):
-    # Partial lots divide their cost, so totals agree to 1e-30 rather than to the last digit.
     entries = [buy(i, i, q, p, f) for i, (q, p, f) in enumerate(bought)]
     total = sum(q for q, _, _ in bought)
     parts = [total * c / 100 for c in sorted(set(cuts))]
@@ -347,7 +346,7 @@ def test_selling_in_several_parts_realizes_the_same_total(method, bought, cuts, 
     acme = replay(entries, method=method).positions["ACME"]
     expected = total * price - sum(q * p + f for q, p, f in bought)
     assert acme.quantity == 0
-    assert abs(acme.realized_pnl - expected) < D("1e-30")
+    assert acme.realized_pnl == expected
 
 
 @settings(deadline=None)
@@ -418,3 +417,30 @@ def test_cash_is_deposits_minus_withdrawals_minus_buys_plus_sells_plus_income_mi
     balance = e["deposits"] - e["withdrawals"] - e["buys"] + e["sells"] + e["income"] - e["fees"]
     assert result.cash.get(currency, D(0)) == balance
     assert result.fees.get(currency, D(0)) == e["fees"]
+
+
+trades = st.lists(
+    st.tuples(st.sampled_from(["BUY", "SELL"]), quantities, prices, fees), min_size=1, max_size=12
+)
+
+
+@settings(deadline=None)
+@given(method=methods, trades=trades, close_price=prices)
+def test_with_shorts_every_round_trip_realizes_sells_minus_buys_minus_fees(
+    method, trades, close_price
+):
+    entries = [
+        (buy if kind == "BUY" else sell)(n, n, q, p, f) for n, (kind, q, p, f) in enumerate(trades)
+    ]
+    held = sum(q if kind == "BUY" else -q for kind, q, _, _ in trades)
+    if held:
+        flatten = sell if held > 0 else buy
+        entries.append(flatten("flat", len(trades), abs(held), close_price))
+    result = replay(entries, method=method, allow_short=True)
+    acme = result.positions["ACME"]
+    signed = [(-1 if kind == "BUY" else 1) * q * p for kind, q, p, _ in trades]
+    expected = sum(signed) + held * close_price - sum(f for *_, f in trades)
+    assert acme.quantity == 0 and acme.lots == ()
+    assert acme.realized_pnl == expected
+    with localcontext(prec=60):  # pieces carry 20 places: the default 28 digits would round
+        assert acme.realized_pnl == sum(r.realized_pnl for r in result.realizations)
