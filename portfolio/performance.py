@@ -363,9 +363,10 @@ def period_start(
 ) -> datetime | None:
     """When ``period`` began, as of ``now``, in ``now``'s time zone (wall-clock arithmetic).
 
-    1D and 1W go back 24 h and 7 days; 1M and 1Y go back a calendar month or year (clamped
-    to the month's end); YTD is 1 January 00:00. MAX is ``inception``, or None (everything)
-    when unknown. A start before ``inception`` is clamped to it.
+    1D and 1W go back one and seven calendar days (same wall time, so 23 or 25 h across a DST
+    change); 1M and 1Y go back a calendar month or year (clamped to the month's end); YTD is
+    1 January 00:00. MAX is ``inception``, or None (everything) when unknown. A start before
+    ``inception`` is clamped to it.
     """
     _check_time(now, "now")
     if inception is not None:
