@@ -7,7 +7,8 @@ and calls :func:`replay`. Conventions a caller must know:
 - DIVIDEND, INTEREST, FEE, DEPOSIT and WITHDRAWAL use ``amount`` (gross, in ``currency``).
 - SPLIT uses ``ratio``: 2-for-1 is ``Decimal("2")``, a 1-for-10 reverse split ``Decimal("0.1")``.
 - ``fees`` may accompany any kind but SPLIT; they always debit cash and count as fees. On a BUY
-  they are added to the lot's cost, on a SELL they reduce the proceeds.
+  they are added to the lot's cost, on a SELL they reduce the proceeds; elsewhere (transfers,
+  deposits...) they are an expense only and never touch a cost basis.
 - Every instrument has one currency, set by its first trade; its cost basis and realized P&L are
   in that currency. Dividends may be paid in another currency and are kept per currency.
 - Quantities and totals are exact. Only sharing one lot's cost or one fee between several
@@ -547,7 +548,9 @@ def replay(
 
     ``method`` picks the lots a SELL or TRANSFER_OUT closes. Selling more than is held raises
     :class:`LedgerError` unless ``allow_short``; then the excess opens short lots, which later
-    BUYs close first, realizing P&L. Cash may go negative: not every user records deposits.
+    BUYs close first, realizing P&L. TRANSFER_OUT can never go short, and TRANSFER_IN into a
+    short position is refused (a BUY covers it). Cash may go negative: not every user records
+    deposits.
     """
     method = CostBasis(method)
     entries = list(entries)
