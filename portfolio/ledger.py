@@ -1,0 +1,567 @@
+"""Replay a portfolio's transactions into positions, lots, realized P&L and cash.
+
+Pure ``Decimal`` math with no Django imports: the ORM layer maps its rows to :class:`LedgerEntry`
+and calls :func:`replay`. Conventions a caller must know:
+
+- BUY, SELL, TRANSFER_IN and TRANSFER_OUT use ``quantity`` and ``price`` (per unit).
+- DIVIDEND, INTEREST, FEE, DEPOSIT and WITHDRAWAL use ``amount`` (gross, in ``currency``).
+- SPLIT uses ``ratio``: 2-for-1 is ``Decimal("2")``, a 1-for-10 reverse split ``Decimal("0.1")``.
+- ``fees`` may accompany any kind but SPLIT; they always debit cash and count as fees. On a BUY
+  they are added to the lot's cost, on a SELL they reduce the proceeds; elsewhere (transfers,
+  deposits...) they are an expense only and never touch a cost basis.
+- Every instrument has one currency, set by its first trade; its cost basis and realized P&L are
+  in that currency. Dividends may be paid in another currency and are kept per currency.
+- Quantities and totals are exact. Only sharing one lot's cost or one fee between several
+  closings divides; each share is rounded to 20 decimal places and the remainder stays with
+  the rest, so realized P&L plus open cost always equals what was paid, to the last digit.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
+from typing import NoReturn
+
+__all__ = [
+    "ClosedLot",
+    "CostBasis",
+    "Instrument",
+    "LedgerEntry",
+    "LedgerError",
+    "LedgerResult",
+    "Lot",
+    "Position",
+    "Realization",
+    "TxKind",
+    "replay",
+]
+
+Instrument = str | int
+
+ZERO = Decimal(0)
+# 50 digits hold any amount below 10^29 at 20 places, so sums and differences never round.
+_CONTEXT = Context(prec=50, traps=[InvalidOperation, DivisionByZero, Overflow])
+_SHARE_QUANTUM = Decimal("1e-20")
+
+
+class TxKind(enum.StrEnum):
+    """What a transaction does to positions and cash."""
+
+    BUY = "BUY"
+    SELL = "SELL"
+    DIVIDEND = "DIVIDEND"
+    INTEREST = "INTEREST"
+    FEE = "FEE"
+    DEPOSIT = "DEPOSIT"
+    WITHDRAWAL = "WITHDRAWAL"
+    SPLIT = "SPLIT"
+    TRANSFER_IN = "TRANSFER_IN"
+    TRANSFER_OUT = "TRANSFER_OUT"
+
+
+class CostBasis(enum.StrEnum):
+    """Which open lots a sale (or transfer out) closes first."""
+
+    FIFO = "FIFO"  # oldest lot first
+    LIFO = "LIFO"  # newest lot first
+    HIFO = "HIFO"  # highest unit cost first (for short lots: lowest unit proceeds first)
+    AVERAGE = "AVERAGE"  # every share costs the pool's average
+
+
+class LedgerError(ValueError):
+    """A transaction that cannot be applied; the message names the transaction and the field."""
+
+    def __init__(self, message: str, *, ref: Hashable = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.ref = ref
+        self.field = field
+
+
+_TRADES = frozenset({TxKind.BUY, TxKind.SELL, TxKind.TRANSFER_IN, TxKind.TRANSFER_OUT})
+_AMOUNTS = frozenset(
+    {TxKind.DIVIDEND, TxKind.INTEREST, TxKind.FEE, TxKind.DEPOSIT, TxKind.WITHDRAWAL}
+)
+_NEEDS_INSTRUMENT = _TRADES | {TxKind.SPLIT, TxKind.DIVIDEND}
+_CASH_ONLY = frozenset({TxKind.DEPOSIT, TxKind.WITHDRAWAL})
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One transaction as the ledger sees it; validated on construction."""
+
+    ref: Hashable
+    kind: TxKind
+    executed_at: datetime
+    currency: str = ""
+    instrument: Instrument | None = None
+    quantity: Decimal = ZERO
+    price: Decimal = ZERO
+    fees: Decimal = ZERO
+    amount: Decimal = ZERO
+    ratio: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kind", TxKind(self.kind))
+        except ValueError:
+            self._fail("kind", f"must be one of {', '.join(TxKind)}, got {self.kind!r}")
+        if not isinstance(self.executed_at, datetime):
+            self._fail("executed_at", f"must be a datetime, got {type(self.executed_at).__name__}")
+        if self.executed_at.utcoffset() is None:
+            self._fail("executed_at", "must be timezone-aware, got a naive datetime")
+        for name in ("quantity", "price", "fees", "amount"):
+            self._check_decimal(name, getattr(self, name))
+        self._check_kind_fields()
+        self._check_instrument()
+        if self.kind is not TxKind.SPLIT and (
+            not isinstance(self.currency, str) or not self.currency.strip()
+        ):
+            self._fail("currency", f"is required for {self.kind}")
+
+    def _fail(self, field: str, problem: str) -> NoReturn:
+        raise LedgerError(f"transaction {self.ref!r}: {field} {problem}", ref=self.ref, field=field)
+
+    def _check_decimal(self, name: str, value: object) -> None:
+        if not isinstance(value, Decimal):
+            self._fail(name, f"must be a Decimal, got {type(value).__name__} {value!r}")
+        if not value.is_finite():
+            self._fail(name, f"must be a finite number, got {value}")
+        if value < 0:
+            self._fail(name, f"must not be negative, got {value}")
+
+    def _check_kind_fields(self) -> None:
+        kind = self.kind
+        if kind is TxKind.SPLIT:
+            if self.ratio is None:
+                self._fail("ratio", "is required for SPLIT (2-for-1 is Decimal('2'))")
+            if not isinstance(self.ratio, Decimal) or not self.ratio.is_finite():
+                self._fail("ratio", f"must be a finite Decimal, got {self.ratio!r}")
+            if self.ratio <= 0:
+                self._fail("ratio", f"must be positive, got {self.ratio}")
+            unused = ("quantity", "price", "fees", "amount")
+        elif self.ratio is not None:
+            self._fail("ratio", f"is only used by SPLIT, not {kind}")
+        if kind in _TRADES:
+            if self.quantity == 0:
+                self._fail("quantity", f"must be positive for {kind}, got 0")
+            unused = ("amount",)
+        elif kind in _AMOUNTS:
+            if self.amount == 0:
+                self._fail("amount", f"must be positive for {kind}, got 0")
+            unused = ("quantity", "price")
+        for name in unused:
+            if getattr(self, name) != 0:
+                self._fail(name, f"is not used by {kind}, got {getattr(self, name)}")
+
+    def _check_instrument(self) -> None:
+        instrument = self.instrument
+        if instrument is not None and (
+            isinstance(instrument, bool)
+            or not isinstance(instrument, str | int)
+            or instrument == ""
+        ):
+            self._fail("instrument", f"must be a non-empty str or an int, got {instrument!r}")
+        if self.kind in _NEEDS_INSTRUMENT and instrument is None:
+            self._fail("instrument", f"is required for {self.kind}")
+        if self.kind in _CASH_ONLY and instrument is not None:
+            self._fail("instrument", f"must be None for {self.kind}, got {instrument!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Lot:
+    """An open lot. Short lots have negative quantity and negative cost (the proceeds received)."""
+
+    ref: Hashable
+    opened_at: datetime
+    quantity: Decimal
+    cost: Decimal
+
+    @property
+    def unit_cost(self) -> Decimal:
+        """Cost per unit (proceeds per unit for a short lot)."""
+        with localcontext(_CONTEXT):
+            return self.cost / self.quantity
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedLot:
+    """The part of one lot a sale (or a covering buy) closed: a positive quantity and its cost."""
+
+    ref: Hashable
+    opened_at: datetime
+    quantity: Decimal
+    cost: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Realization:
+    """P&L realized by one transaction, with the lots it closed.
+
+    Closing a long: ``proceeds`` is the sale's net proceeds, ``cost`` the cost of the lots closed.
+    Closing a short: ``proceeds`` is what the short sale brought in, ``cost`` the covering buy.
+    """
+
+    ref: Hashable
+    instrument: Instrument
+    executed_at: datetime
+    currency: str
+    quantity: Decimal
+    proceeds: Decimal
+    cost: Decimal
+    lots: tuple[ClosedLot, ...]
+    closed_short: bool = False
+
+    @property
+    def realized_pnl(self) -> Decimal:
+        """Proceeds minus cost."""
+        return self.proceeds - self.cost
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """What is held of one instrument after replay, and what it earned so far."""
+
+    instrument: Instrument
+    currency: str | None
+    quantity: Decimal
+    cost_basis: Decimal
+    lots: tuple[Lot, ...]
+    realized_pnl: Decimal
+    income: dict[str, Decimal]  # dividends (and coupons) per currency, gross of fees
+
+    @property
+    def average_cost(self) -> Decimal | None:
+        """Cost basis per unit held; None when flat."""
+        if self.quantity == 0:
+            return None
+        with localcontext(_CONTEXT):
+            return self.cost_basis / self.quantity
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerResult:
+    """Everything a replay produces. Mappings are fresh dicts: callers may keep them."""
+
+    method: CostBasis
+    positions: dict[Instrument, Position]
+    cash: dict[str, Decimal]
+    fees: dict[str, Decimal]  # every fee paid, FEE transactions included
+    income: dict[str, Decimal]  # dividends and interest, gross
+    realizations: tuple[Realization, ...]
+
+    @property
+    def open_positions(self) -> dict[Instrument, Position]:
+        """Positions with a non-zero quantity."""
+        return {key: pos for key, pos in self.positions.items() if pos.quantity != 0}
+
+
+@dataclass(slots=True)
+class _OpenLot:
+    seq: int
+    ref: Hashable
+    opened_at: datetime
+    quantity: Decimal
+    cost: Decimal
+
+
+@dataclass(slots=True)
+class _Book:
+    instrument: Instrument
+    currency: str | None = None
+    lots: list[_OpenLot] = field(default_factory=list)
+    realized: Decimal = ZERO
+    income: dict[str, Decimal] = field(default_factory=dict)
+
+    @property
+    def quantity(self) -> Decimal:
+        return sum((lot.quantity for lot in self.lots), ZERO)
+
+
+def _add(totals: dict[str, Decimal], currency: str, amount: Decimal) -> None:
+    totals[currency] = totals.get(currency, ZERO) + amount
+
+
+def _share(total: Decimal, part: Decimal, whole: Decimal) -> Decimal:
+    """``total * part / whole`` to 20 places; exactly ``total`` when part is the whole."""
+    return total if part == whole else (total * part / whole).quantize(_SHARE_QUANTUM)
+
+
+class _Replayer:
+    def __init__(self, *, method: CostBasis, allow_short: bool) -> None:
+        self.method = method
+        self.allow_short = allow_short
+        self.books: dict[Instrument, _Book] = {}
+        self.cash: dict[str, Decimal] = {}
+        self.fees: dict[str, Decimal] = {}
+        self.income: dict[str, Decimal] = {}
+        self.realizations: list[Realization] = []
+        self.seq = 0
+
+    def book(self, entry: LedgerEntry) -> _Book:
+        key = entry.instrument
+        assert key is not None  # LedgerEntry validation guarantees it for every caller
+        if key not in self.books:
+            self.books[key] = _Book(instrument=key)
+        return self.books[key]
+
+    def apply(self, entry: LedgerEntry) -> None:
+        if entry.fees:
+            _add(self.cash, entry.currency, -entry.fees)
+            _add(self.fees, entry.currency, entry.fees)
+        kind = entry.kind
+        if kind is TxKind.BUY:
+            self.buy(entry)
+        elif kind is TxKind.SELL:
+            self.sell(entry)
+        elif kind is TxKind.TRANSFER_IN:
+            self.transfer_in(entry)
+        elif kind is TxKind.TRANSFER_OUT:
+            self.transfer_out(entry)
+        elif kind is TxKind.SPLIT:
+            for lot in self.book(entry).lots:
+                lot.quantity *= entry.ratio
+        elif kind in (TxKind.DIVIDEND, TxKind.INTEREST):
+            _add(self.cash, entry.currency, entry.amount)
+            _add(self.income, entry.currency, entry.amount)
+            if entry.instrument is not None:
+                _add(self.book(entry).income, entry.currency, entry.amount)
+        elif kind is TxKind.FEE:
+            _add(self.cash, entry.currency, -entry.amount)
+            _add(self.fees, entry.currency, entry.amount)
+        elif kind is TxKind.DEPOSIT:
+            _add(self.cash, entry.currency, entry.amount)
+        elif kind is TxKind.WITHDRAWAL:
+            _add(self.cash, entry.currency, -entry.amount)
+
+    def check_currency(self, book: _Book, entry: LedgerEntry) -> None:
+        if book.currency is None:
+            book.currency = entry.currency
+        elif book.currency != entry.currency:
+            raise LedgerError(
+                f"transaction {entry.ref!r}: currency {entry.currency} differs from "
+                f"{book.currency}, the currency {book.instrument!r} was first traded in",
+                ref=entry.ref,
+                field="currency",
+            )
+
+    def open_lot(self, book: _Book, entry: LedgerEntry, quantity: Decimal, cost: Decimal) -> None:
+        self.seq += 1
+        book.lots.append(_OpenLot(self.seq, entry.ref, entry.executed_at, quantity, cost))
+
+    def buy(self, entry: LedgerEntry) -> None:
+        book = self.book(entry)
+        self.check_currency(book, entry)
+        _add(self.cash, entry.currency, -entry.quantity * entry.price)
+        short = -book.quantity if book.quantity < 0 else ZERO
+        covered = min(short, entry.quantity)
+        fees_left = entry.fees
+        if covered:
+            closed = self.close(book, covered)
+            fees_covering = _share(entry.fees, covered, entry.quantity)
+            fees_left -= fees_covering
+            self.realize(
+                entry,
+                book,
+                quantity=covered,
+                proceeds=-sum((c.cost for c in closed), ZERO),
+                cost=covered * entry.price + fees_covering,
+                lots=closed,
+                closed_short=True,
+            )
+        rest = entry.quantity - covered
+        if rest:
+            self.open_lot(book, entry, rest, rest * entry.price + fees_left)
+
+    def sell(self, entry: LedgerEntry) -> None:
+        book = self.book(entry)
+        self.check_currency(book, entry)
+        _add(self.cash, entry.currency, entry.quantity * entry.price)
+        held = book.quantity if book.quantity > 0 else ZERO
+        if entry.quantity > held and not self.allow_short:
+            self.refuse(entry, book, "sell")
+        closing = min(held, entry.quantity)
+        fees_left = entry.fees
+        if closing:
+            closed = self.close(book, closing)
+            fees_closing = _share(entry.fees, closing, entry.quantity)
+            fees_left -= fees_closing
+            self.realize(
+                entry,
+                book,
+                quantity=closing,
+                proceeds=closing * entry.price - fees_closing,
+                cost=sum((c.cost for c in closed), ZERO),
+                lots=closed,
+            )
+        rest = entry.quantity - closing
+        if rest:
+            self.open_lot(book, entry, -rest, -(rest * entry.price - fees_left))
+
+    def transfer_in(self, entry: LedgerEntry) -> None:
+        book = self.book(entry)
+        self.check_currency(book, entry)
+        if book.quantity < 0:
+            raise LedgerError(
+                f"transaction {entry.ref!r}: cannot transfer {entry.quantity} of "
+                f"{entry.instrument!r} in while {-book.quantity} are held short; "
+                "record a BUY to cover the short",
+                ref=entry.ref,
+                field="quantity",
+            )
+        self.open_lot(book, entry, entry.quantity, entry.quantity * entry.price)
+
+    def transfer_out(self, entry: LedgerEntry) -> None:
+        book = self.book(entry)
+        self.check_currency(book, entry)
+        held = book.quantity if book.quantity > 0 else ZERO
+        # Shorts only come from sales: a transfer can only hand over what is there.
+        if entry.quantity > held:
+            self.refuse(entry, book, "transfer out")
+        self.close(book, entry.quantity)
+
+    def refuse(self, entry: LedgerEntry, book: _Book, verb: str) -> NoReturn:
+        held = book.quantity
+        raise LedgerError(
+            f"transaction {entry.ref!r}: quantity: cannot {verb} {entry.quantity} of "
+            f"{entry.instrument!r} on {entry.executed_at.isoformat()}: held {held}, "
+            f"requested {entry.quantity}",
+            ref=entry.ref,
+            field="quantity",
+        )
+
+    def realize(
+        self, entry: LedgerEntry, book: _Book, *, lots: list[ClosedLot], **fields: object
+    ) -> None:
+        realization = Realization(
+            ref=entry.ref,
+            instrument=book.instrument,
+            executed_at=entry.executed_at,
+            currency=entry.currency,
+            lots=tuple(lots),
+            **fields,
+        )
+        book.realized += realization.realized_pnl
+        self.realizations.append(realization)
+
+    def close(self, book: _Book, quantity: Decimal) -> list[ClosedLot]:
+        """Remove ``quantity`` (positive) from the book's lots, all of one sign, by the method."""
+        if self.method is CostBasis.AVERAGE:
+            return self.close_average(book, quantity)
+        lots = book.lots
+        if self.method is CostBasis.FIFO:
+            order = sorted(lots, key=lambda lot: lot.seq)
+        elif self.method is CostBasis.LIFO:
+            order = sorted(lots, key=lambda lot: -lot.seq)
+        else:
+            sign = 1 if lots[0].quantity > 0 else -1
+            # Highest unit cost first closes with the least gain; for shorts that is lowest.
+            order = sorted(lots, key=lambda lot: (-sign * lot.cost / lot.quantity, lot.seq))
+        closed = []
+        remaining = quantity
+        for lot in order:
+            if remaining == 0:
+                break
+            size = abs(lot.quantity)
+            take = min(remaining, size)
+            cost = _share(lot.cost, take, size)
+            closed.append(ClosedLot(lot.ref, lot.opened_at, take, cost))
+            if take == size:
+                lots.remove(lot)
+            else:
+                lot.quantity -= take if lot.quantity > 0 else -take
+                lot.cost -= cost
+            remaining -= take
+        return closed
+
+    def close_average(self, book: _Book, quantity: Decimal) -> list[ClosedLot]:
+        lots = sorted(book.lots, key=lambda lot: lot.seq)
+        pool_quantity = abs(book.quantity)
+        pool_cost = sum((lot.cost for lot in lots), ZERO)
+        cost_taken = _share(pool_cost, quantity, pool_quantity)
+        # Quantities leave oldest first (so lot dates stay true); cost leaves at the average.
+        takes: list[tuple[_OpenLot, Decimal]] = []
+        remaining = quantity
+        for lot in lots:
+            if remaining == 0:
+                break
+            take = min(remaining, abs(lot.quantity))
+            takes.append((lot, take))
+            remaining -= take
+        closed = []
+        cost_left = cost_taken
+        for i, (lot, take) in enumerate(takes):
+            cost = cost_left if i == len(takes) - 1 else _share(cost_taken, take, quantity)
+            cost_left -= cost
+            closed.append(ClosedLot(lot.ref, lot.opened_at, take, cost))
+            if take == abs(lot.quantity):
+                book.lots.remove(lot)
+            else:
+                lot.quantity -= take if lot.quantity > 0 else -take
+        # What stays open is restated at the pool's average unit cost.
+        pool_left = pool_cost - cost_taken
+        survivors = sorted(book.lots, key=lambda lot: lot.seq)
+        quantity_left = abs(sum((lot.quantity for lot in survivors), ZERO))
+        for i, lot in enumerate(survivors):
+            if i == len(survivors) - 1:
+                lot.cost = pool_left
+            else:
+                lot.cost = _share(pool_cost - cost_taken, abs(lot.quantity), quantity_left)
+                pool_left -= lot.cost
+        return closed
+
+    def result(self) -> LedgerResult:
+        positions = {}
+        for key, book in self.books.items():
+            lots = tuple(
+                Lot(lot.ref, lot.opened_at, lot.quantity, lot.cost)
+                for lot in sorted(book.lots, key=lambda lot: lot.seq)
+            )
+            positions[key] = Position(
+                instrument=key,
+                currency=book.currency,
+                quantity=sum((lot.quantity for lot in lots), ZERO),
+                cost_basis=sum((lot.cost for lot in lots), ZERO),
+                lots=lots,
+                realized_pnl=book.realized,
+                income=dict(book.income),
+            )
+        return LedgerResult(
+            method=self.method,
+            positions=positions,
+            cash=dict(self.cash),
+            fees=dict(self.fees),
+            income=dict(self.income),
+            realizations=tuple(self.realizations),
+        )
+
+
+def replay(
+    entries: Iterable[LedgerEntry],
+    *,
+    method: CostBasis = CostBasis.FIFO,
+    allow_short: bool = False,
+) -> LedgerResult:
+    """Apply ``entries`` in ``executed_at`` order (ties keep input order) and return the state.
+
+    ``method`` picks the lots a SELL or TRANSFER_OUT closes. Selling more than is held raises
+    :class:`LedgerError` unless ``allow_short``; then the excess opens short lots, which later
+    BUYs close first, realizing P&L. TRANSFER_OUT can never go short, and TRANSFER_IN into a
+    short position is refused (a BUY covers it). Cash may go negative: not every user records
+    deposits.
+    """
+    method = CostBasis(method)
+    entries = list(entries)
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, LedgerEntry):
+            raise LedgerError(
+                f"entry #{i} must be a LedgerEntry, got {type(entry).__name__}", field="entries"
+            )
+    replayer = _Replayer(method=method, allow_short=allow_short)
+    with localcontext(_CONTEXT):
+        # sorted() is stable, so same-instant transactions keep the order they were given in.
+        for entry in sorted(entries, key=lambda e: e.executed_at):
+            replayer.apply(entry)
+    return replayer.result()
