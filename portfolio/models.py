@@ -138,3 +138,30 @@ class Holding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.quantity} {self.instrument}"
+
+
+class PriceBar(models.Model):
+    """One UTC minute of an instrument's prices, built from stored ticks (candles, 24 h stats)."""
+
+    instrument = models.ForeignKey(Instrument, on_delete=models.CASCADE, related_name="bars")
+    start = models.DateTimeField(help_text="Start of the minute (UTC).")
+    open = models.DecimalField(**PRICE)
+    high = models.DecimalField(**PRICE)
+    low = models.DecimalField(**PRICE)
+    close = models.DecimalField(**PRICE)
+    # Exchange times of the ticks that set open and close: a late tick cannot move them wrongly.
+    open_ts = models.DateTimeField()
+    close_ts = models.DateTimeField()
+
+    class Meta:
+        ordering = ["instrument_id", "start"]
+        constraints = [
+            models.UniqueConstraint(fields=["instrument", "start"], name="bar_one_per_minute"),
+            models.CheckConstraint(
+                condition=Q(low__lte=F("high")) & Q(low__gt=0),
+                name="bar_low_positive_not_above_high",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.instrument_id} {self.start:%Y-%m-%d %H:%M} {self.close}"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from portfolio.models import Holding, Portfolio
+from django.utils import timezone
+
+from portfolio.models import Holding, Instrument, Portfolio, PriceBar, Quote
 from streaming import protocol
 
 
@@ -76,4 +79,74 @@ def _state(portfolio: Portfolio, holdings: list[Holding]) -> dict[str, Any]:
         "total": protocol.money(total),
         "as_of": protocol.iso(as_of) if as_of else None,
         "holdings": rows,
+    }
+
+
+def instrument_state(*, instrument: Instrument, user_id: int, now: datetime | None = None) -> dict:
+    """Everything the instrument page draws: quote, 24 h of 1-minute bars and stats, position."""
+    now = now or timezone.now()
+    quote = Quote.objects.filter(instrument=instrument).first()
+    bars = list(
+        PriceBar.objects.filter(instrument=instrument, start__gte=now - timedelta(hours=24))
+        .order_by("start")
+        .values_list("start", "open", "high", "low", "close")
+    )
+    stats = None
+    if bars:
+        first_open = bars[0][1]
+        last_close = quote.price if quote else bars[-1][4]
+        change = last_close - first_open
+        stats = {
+            "open": protocol.dec(first_open),
+            "high": protocol.dec(max(b[2] for b in bars)),
+            "low": protocol.dec(min(b[3] for b in bars)),
+            "change": protocol.dec(change),
+            "change_pct": protocol.dec((change / first_open * 100).quantize(Decimal("0.01"))),
+        }
+    positions = Holding.objects.filter(
+        instrument=instrument, portfolio__owner_id=user_id
+    ).select_related("portfolio")
+    quantity = sum((h.quantity for h in positions), Decimal("0"))
+    return {
+        "instrument": {
+            "id": instrument.id,
+            "symbol": instrument.symbol,
+            "name": instrument.name,
+            "asset_class": instrument.asset_class,
+            "currency": instrument.quote_currency,
+            "feed": instrument.feed,
+        },
+        "quote": _quote_state(quote, now),
+        "bars": [
+            {
+                "start": protocol.iso(start),
+                "open": protocol.dec(o),
+                "high": protocol.dec(h),
+                "low": protocol.dec(lo),
+                "close": protocol.dec(c),
+            }
+            for start, o, h, lo, c in bars
+        ],
+        "stats_24h": stats,
+        "position": {
+            "quantity": protocol.dec(quantity),
+            "value": protocol.money(quantity * quote.price) if quote else None,
+            "portfolios": [h.portfolio.name for h in positions],
+        }
+        if positions
+        else None,
+        "trades": [],
+        "book": None,
+    }
+
+
+def _quote_state(quote: Quote | None, now: datetime) -> dict | None:
+    if quote is None:
+        return None
+    return {
+        "price": protocol.dec(quote.price),
+        "bid": protocol.dec(quote.bid),
+        "ask": protocol.dec(quote.ask),
+        "as_of": protocol.iso(quote.exchange_ts),
+        "stale": quote.is_stale(now),
     }

@@ -9,7 +9,7 @@ from decimal import Decimal
 from django.db import connection, transaction
 from django.utils import timezone
 
-from portfolio.models import Holding, Instrument, Portfolio, Quote
+from portfolio.models import Holding, Instrument, Portfolio, PriceBar, Quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,55 @@ def quotes_store(*, updates: list[QuoteUpdate]) -> list[int]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return sorted(row[0] for row in cursor.fetchall())
+
+
+def bars_record(*, updates: list[QuoteUpdate]) -> None:
+    """Fold stored ticks into 1-minute bars (UTC). Max/min and ts-ordered open/close make a
+    repeated tick harmless; call it with the updates that changed a quote."""
+    if not updates:
+        return
+    greatest, least = ("GREATEST", "LEAST") if connection.vendor == "postgresql" else ("MAX", "MIN")
+    # One row per (instrument, minute): PostgreSQL refuses to upsert the same key twice at once.
+    bars: dict[tuple[int, datetime], list[QuoteUpdate]] = {}
+    for u in sorted(updates, key=lambda u: u.exchange_ts):
+        bars.setdefault(
+            (u.instrument_id, u.exchange_ts.replace(second=0, microsecond=0)), []
+        ).append(u)
+    fields = {f.column: f for f in PriceBar._meta.concrete_fields}
+    columns = ["instrument_id", "start", "open", "high", "low", "close", "open_ts", "close_ts"]
+    params: list[object] = []
+    for (instrument_id, start), ticks in bars.items():
+        prices = [t.price for t in ticks]
+        first, last = ticks[0], ticks[-1]
+        values = [
+            instrument_id,
+            start,
+            first.price,
+            max(prices),
+            min(prices),
+            last.price,
+            first.exchange_ts,
+            last.exchange_ts,
+        ]
+        params += [
+            fields[c].get_db_prep_save(v, connection) for c, v in zip(columns, values, strict=True)
+        ]
+    table = connection.ops.quote_name(PriceBar._meta.db_table)
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(bars))
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "
+        f"ON CONFLICT (instrument_id, start) DO UPDATE SET "
+        f"high = {greatest}({table}.high, excluded.high), "
+        f"low = {least}({table}.low, excluded.low), "
+        f"open = CASE WHEN excluded.open_ts < {table}.open_ts "
+        f"THEN excluded.open ELSE {table}.open END, "
+        f"open_ts = {least}({table}.open_ts, excluded.open_ts), "
+        f"close = CASE WHEN excluded.close_ts > {table}.close_ts "
+        f"THEN excluded.close ELSE {table}.close END, "
+        f"close_ts = {greatest}({table}.close_ts, excluded.close_ts)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def portfolio_create(*, owner, name: str, base_currency: str = "USD") -> Portfolio:

@@ -6,6 +6,7 @@ from portfolio import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("i/<str:symbol>/", views.instrument, name="instrument"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

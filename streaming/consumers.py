@@ -11,6 +11,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from portfolio import selectors
+from portfolio.models import Instrument
 from streaming import events, protocol
 
 log = logging.getLogger(__name__)
@@ -89,3 +90,28 @@ class PortfolioConsumer(ProtocolConsumer):
 
     async def livefolio_event(self, event: dict[str, Any]) -> None:
         await self.send_message(event["payload"])
+
+
+class InstrumentConsumer(PortfolioConsumer):
+    """The instrument page: one instrument's quote, bars, trades and book. The same lifecycle as
+    the portfolio socket (group, snapshot, deltas, resync) on the group ``instrument.<id>``."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        symbol = self.scope["url_route"]["kwargs"]["symbol"]
+        instrument = await database_sync_to_async(Instrument.objects.filter(symbol=symbol).first)()
+        if user is None or not user.is_authenticated or instrument is None:
+            await self.close()
+            return
+        self.user_id = user.id
+        self.instrument = instrument
+        self.group = events.instrument_group(instrument.id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_snapshot()
+
+    async def send_snapshot(self) -> None:
+        state = await database_sync_to_async(selectors.instrument_state)(
+            instrument=self.instrument, user_id=self.user_id
+        )
+        await self.send_message(protocol.instrument_snapshot(state=state))

@@ -61,6 +61,11 @@ def snapshot(*, portfolios: list[dict[str, Any]]) -> dict[str, Any]:
     return {"type": "snapshot", "portfolios": portfolios}
 
 
+def instrument_snapshot(*, state: dict[str, Any]) -> dict[str, Any]:
+    """The instrument page's first frame: quote, 1-minute bars, 24 h stats, trades, book."""
+    return {"type": "snapshot", **state}
+
+
 def valuation(*, portfolio: dict[str, Any]) -> dict[str, Any]:
     """A portfolio's complete current valuation: a delta that is also self-sufficient."""
     return {"type": "valuation", "portfolio": portfolio}

@@ -85,6 +85,8 @@ def ingest_quotes(batch: list[dict[str, Any]]) -> int:
         changed = services.quotes_store(updates=updates)
         if not changed:
             return 0
+        stored = set(changed)
+        services.bars_record(updates=[u for u in updates if u.instrument_id in stored])
         messages = _quote_messages(changed, received) + _valuation_messages(changed)
         transaction.on_commit(lambda: events.publish(messages))
     return len(changed)

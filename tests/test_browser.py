@@ -138,3 +138,28 @@ def test_demo_command_serves_moving_prices_for_the_demo_login(tmp_path, page):
     finally:
         demo.stop()
     assert page.console_errors == []
+
+
+def test_instrument_page_draws_candles_stats_and_position_and_follows_live_quotes(
+    world, celery_worker, daphne_server, page
+):
+    btc_tick(world, "50000")
+    log_in(page, daphne_server, "alice", PASSWORD)
+    page.goto(f"{daphne_server}/i/BTC-USD/")
+    expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    expect(page.locator("#price")).to_have_text("$50,000.00")
+    expect(page.locator("#position")).to_have_text("2 ($100,000.00) in Alice's")
+    expect(page.locator("#chart canvas").first).to_be_visible()
+    btc_tick(world, "50250.5")
+    expect(page.locator("#price")).to_have_text("$50,250.50")
+    expect(page.locator("#stat-high")).to_have_text(
+        "50,000.00"
+    )  # the bar stats come from the snapshot
+    screenshot(page, "instrument-live")
+    assert page.console_errors == []
+
+
+def test_instrument_page_of_an_unknown_symbol_is_a_404(world, daphne_server, page):
+    log_in(page, daphne_server, "alice", PASSWORD)
+    response = page.goto(f"{daphne_server}/i/NOPE/")
+    assert response.status == 404

@@ -1,7 +1,7 @@
 """The live portfolio socket through the real ASGI stack and the real Redis channel layer."""
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -152,3 +152,64 @@ async def test_oversized_frame_gets_an_error_then_close_1009_and_others_are_unaf
     await charlie.send_json_to({"type": "ping"})
     assert (await charlie.receive_json_from())["type"] == "pong"
     await charlie.disconnect()
+
+
+async def test_instrument_socket_sends_quote_bars_stats_and_position_then_quotes(
+    world, redis_client
+):
+    t0 = datetime.now(UTC).replace(second=0, microsecond=0)
+    for seconds, price in ((1, "100"), (20, "120"), (40, "90"), (59, "110")):
+        await sync_to_async(ingest_quotes)(
+            [
+                {
+                    "instrument": world["btc"].id,
+                    "price": price,
+                    "ts": (t0 - timedelta(minutes=2, seconds=-seconds)).isoformat(),
+                    "source": "simulated",
+                }
+            ]
+        )
+    cookie = await database_sync_to_async(session_cookie)(world["users"]["alice"])
+    comm = communicator("/ws/instrument/BTC-USD/", cookie=cookie)
+    connected, _ = await comm.connect()
+    assert connected
+    snapshot = await comm.receive_json_from()
+    assert (snapshot["type"], snapshot["seq"]) == ("snapshot", 1)
+    assert snapshot["instrument"]["symbol"] == "BTC-USD"
+    assert snapshot["quote"]["price"] == "110"
+    assert [(b["open"], b["high"], b["low"], b["close"]) for b in snapshot["bars"]] == [
+        ("100", "120", "90", "110")
+    ]
+    assert snapshot["stats_24h"] == {
+        "open": "100",
+        "high": "120",
+        "low": "90",
+        "change": "10",
+        "change_pct": "10",
+    }
+    assert snapshot["position"]["quantity"] == "2"  # alice's own position only
+    assert snapshot["position"]["value"] == "220.00"
+
+    await sync_to_async(ingest_quotes)(
+        [
+            {
+                "instrument": world["btc"].id,
+                "price": "111.5",
+                "ts": datetime.now(UTC).isoformat(),
+                "source": "simulated",
+            }
+        ]
+    )
+    quote = await comm.receive_json_from(timeout=5)
+    assert (quote["type"], quote["seq"], quote["price"]) == ("quote", 2, "111.5")
+    await comm.disconnect()
+
+
+async def test_instrument_socket_refuses_unknown_symbols_and_anonymous_visitors(
+    world, redis_client
+):
+    cookie = await database_sync_to_async(session_cookie)(world["users"]["alice"])
+    unknown = communicator("/ws/instrument/NOPE/", cookie=cookie)
+    assert (await unknown.connect())[0] is False
+    anonymous = communicator("/ws/instrument/BTC-USD/")
+    assert (await anonymous.connect())[0] is False

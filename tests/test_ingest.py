@@ -136,3 +136,30 @@ def test_nothing_is_published_when_the_transaction_rolls_back(world, redis_clien
     async_to_sync(layer.group_add)(events.user_group(world["users"]["alice"].id), channel)
     ingest_quotes([tick(world["btc"], "50000", T0)])
     assert drain(layer, channel) == []
+
+
+def test_ticks_fold_into_one_minute_bars_whatever_order_and_repeats(world):
+    from portfolio.models import PriceBar
+
+    btc = world["btc"]
+    t = T0.replace(second=5)
+    ingest_quotes([tick(btc, "100", t), tick(btc, "104", t + timedelta(seconds=10))])
+    ingest_quotes([tick(btc, "97", t + timedelta(seconds=20))])
+    ingest_quotes([tick(btc, "101", t + timedelta(seconds=30))])
+    ingest_quotes([tick(btc, "101", t + timedelta(seconds=30))])  # the same tick again
+    ingest_quotes([tick(btc, "110", t + timedelta(seconds=62))])  # next minute
+    bars = list(PriceBar.objects.filter(instrument=btc).order_by("start"))
+    assert [(b.start, b.open, b.high, b.low, b.close) for b in bars] == [
+        (T0, Decimal("100"), Decimal("104"), Decimal("97"), Decimal("101")),
+        (T0 + timedelta(minutes=1), Decimal("110"), Decimal("110"), Decimal("110"), Decimal("110")),
+    ]
+
+
+def test_a_late_tick_older_than_the_stored_quote_moves_no_bar(world):
+    from portfolio.models import PriceBar
+
+    btc = world["btc"]
+    ingest_quotes([tick(btc, "100", T0 + timedelta(seconds=30))])
+    ingest_quotes([tick(btc, "50", T0 + timedelta(seconds=10))])  # older than the stored quote
+    bar = PriceBar.objects.get(instrument=btc)
+    assert (bar.open, bar.low, bar.close) == (Decimal("100"), Decimal("100"), Decimal("100"))

@@ -1,36 +1,11 @@
 // The live portfolio page: draws the snapshot, applies valuations, shows connection state.
+import { money, number, setText, time } from "./format.js";
 import { LiveConnection } from "./live.js";
 
 const root = document.getElementById("portfolios");
 const template = document.getElementById("portfolio-template");
 const statusEl = document.getElementById("status");
 const shown = new Map(); // portfolio id -> { el, asOf }
-
-const moneyFormats = new Map();
-function money(amount, currency) {
-  if (amount === null || amount === undefined) return "—";
-  if (!moneyFormats.has(currency)) {
-    moneyFormats.set(currency, new Intl.NumberFormat(undefined, { style: "currency", currency }));
-  }
-  // Intl formats a decimal string exactly; no float arithmetic on money in the browser.
-  return moneyFormats.get(currency).format(amount);
-}
-const plain = new Intl.NumberFormat(undefined, { maximumFractionDigits: 12 });
-function number(value) {
-  return value === null || value === undefined ? "—" : plain.format(value);
-}
-function time(iso) {
-  return iso ? new Date(iso).toLocaleTimeString() : "—";
-}
-
-function setText(el, text) {
-  if (el.textContent !== text) {
-    el.textContent = text;
-    el.classList.remove("flash");
-    void el.offsetWidth; // restart the flash animation
-    el.classList.add("flash");
-  }
-}
 
 function render(portfolio) {
   let entry = shown.get(portfolio.id);

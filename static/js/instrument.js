@@ -1,0 +1,151 @@
+// The instrument page: 1-minute candles extended by live quotes, 24 h stats, trades, book.
+import { CandlestickSeries, ColorType, createChart } from "lightweight-charts";
+import { money, number, priceText, setText, signed, time } from "./format.js";
+import { LiveConnection } from "./live.js";
+
+const root = document.getElementById("instrument");
+const currency = root.dataset.currency;
+const $ = (id) => document.getElementById(id);
+const css = getComputedStyle(document.documentElement);
+
+const chart = createChart($("chart"), {
+  autoSize: true,
+  layout: {
+    background: { type: ColorType.Solid, color: "transparent" },
+    textColor: css.getPropertyValue("--muted").trim(),
+  },
+  grid: {
+    vertLines: { color: css.getPropertyValue("--line").trim() },
+    horzLines: { color: css.getPropertyValue("--line").trim() },
+  },
+  timeScale: { timeVisible: true, secondsVisible: false },
+});
+const candles = chart.addSeries(CandlestickSeries, {
+  upColor: css.getPropertyValue("--up").trim(),
+  downColor: css.getPropertyValue("--down").trim(),
+  wickUpColor: css.getPropertyValue("--up").trim(),
+  wickDownColor: css.getPropertyValue("--down").trim(),
+  borderVisible: false,
+});
+
+let lastBar = null;
+let lastPrice = null;
+
+// The chart library plots numbers: converting here is for drawing only, never for money math.
+function bar(b) {
+  return {
+    time: Date.parse(b.start) / 1000,
+    open: Number(b.open),
+    high: Number(b.high),
+    low: Number(b.low),
+    close: Number(b.close),
+  };
+}
+
+function extendCandle(price, asOf) {
+  const minute = Math.floor(Date.parse(asOf) / 60000) * 60;
+  const p = Number(price);
+  if (lastBar && lastBar.time === minute) {
+    lastBar = { ...lastBar, high: Math.max(lastBar.high, p), low: Math.min(lastBar.low, p), close: p };
+  } else if (!lastBar || minute > lastBar.time) {
+    lastBar = { time: minute, open: p, high: p, low: p, close: p };
+  } else {
+    return; // an older tick than the newest candle: the bars from the server already hold it
+  }
+  candles.update(lastBar);
+}
+
+function showQuote(q) {
+  if (!q) return;
+  const direction = lastPrice === null ? 0 : Math.sign(Number(q.price) - Number(lastPrice));
+  lastPrice = q.price;
+  setText($("price"), money(q.price, currency), direction);
+  $("bid").textContent = priceText(q.bid);
+  $("ask").textContent = priceText(q.ask);
+  $("asof").textContent = time(q.as_of);
+  $("stale").hidden = !q.stale;
+}
+
+function showStats(s) {
+  $("stat-open").textContent = s ? priceText(s.open) : "—";
+  $("stat-high").textContent = s ? priceText(s.high) : "—";
+  $("stat-low").textContent = s ? priceText(s.low) : "—";
+  $("stat-change").textContent = s ? `${signed(s.change)} (${signed(s.change_pct, " %")})` : "—";
+  const change = $("change");
+  change.textContent = s ? signed(s.change_pct, " %") : "";
+  change.className = `num change ${s && s.change.startsWith("-") ? "down" : "up"}`;
+}
+
+function showPosition(p) {
+  $("position").textContent = p
+    ? `${number(p.quantity)} (${money(p.value, currency)}) in ${p.portfolios.join(", ")}`
+    : "None.";
+}
+
+function addTrade(t) {
+  const row = document.createElement("tr");
+  row.className = t.side === "sell" ? "down" : "up";
+  row.innerHTML = "<td></td><td class='num'></td><td class='num'></td>";
+  row.children[0].textContent = time(t.ts);
+  row.children[1].textContent = priceText(t.price);
+  row.children[2].textContent = number(t.size);
+  const body = $("trades");
+  body.prepend(row);
+  while (body.children.length > 50) body.lastElementChild.remove();
+  $("trades-empty").hidden = true;
+}
+
+function showBook(book) {
+  const body = $("book");
+  body.replaceChildren();
+  if (!book) return;
+  $("book-empty").hidden = true;
+  const depth = Math.max(book.bids.length, book.asks.length);
+  const sizes = [...book.bids, ...book.asks].map((level) => Number(level[1]));
+  const largest = Math.max(...sizes, 1e-12);
+  for (let i = 0; i < Math.min(depth, 10); i++) {
+    const [bid, bidSize] = book.bids[i] || [null, null];
+    const [ask, askSize] = book.asks[i] || [null, null];
+    const row = document.createElement("tr");
+    row.innerHTML = "<td class='num'></td><td class='num up'></td><td class='num down'></td><td class='num'></td>";
+    row.children[0].textContent = number(bidSize);
+    row.children[1].textContent = priceText(bid);
+    row.children[2].textContent = priceText(ask);
+    row.children[3].textContent = number(askSize);
+    row.style.setProperty("--bid-depth", `${(100 * Number(bidSize || 0)) / largest}%`);
+    row.style.setProperty("--ask-depth", `${(100 * Number(askSize || 0)) / largest}%`);
+    body.appendChild(row);
+  }
+}
+
+function onMessage(message) {
+  if (message.type === "snapshot") {
+    const bars = message.bars.map(bar);
+    candles.setData(bars);
+    lastBar = bars.length ? bars[bars.length - 1] : null;
+    showQuote(message.quote);
+    showStats(message.stats_24h);
+    showPosition(message.position);
+    $("trades").replaceChildren();
+    for (const t of [...message.trades].reverse()) addTrade(t);
+    showBook(message.book);
+  } else if (message.type === "quote") {
+    showQuote({ ...message, stale: false });
+    extendCandle(message.price, message.as_of);
+  } else if (message.type === "trade") {
+    addTrade(message);
+  } else if (message.type === "book") {
+    showBook(message);
+  }
+}
+
+function onStatus({ state }) {
+  const status = $("status");
+  status.className = `status status-${state}`;
+  status.dataset.state = state;
+  status.textContent = state === "live" ? "Live" : state === "connecting" ? "Connecting…" : "Reconnecting…";
+}
+
+const connection = new LiveConnection({ path: root.dataset.wsPath, onMessage, onStatus });
+window.livefolioConnection = connection;
+connection.connect();
