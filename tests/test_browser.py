@@ -163,3 +163,32 @@ def test_instrument_page_of_an_unknown_symbol_is_a_404(world, daphne_server, pag
     log_in(page, daphne_server, "alice", PASSWORD)
     response = page.goto(f"{daphne_server}/i/NOPE/")
     assert response.status == 404
+
+
+def test_theme_toggle_switches_and_is_remembered(world, daphne_server, page):
+    log_in(page, daphne_server, "alice", PASSWORD)
+    html = page.locator("html")
+    background = "getComputedStyle(document.body).backgroundColor"
+    before = page.evaluate(background)
+    page.click("#theme-toggle")
+    expect(html).to_have_attribute("data-theme", "dark")  # the context starts in light
+    assert page.evaluate(background) != before
+    screenshot(page, "portfolio-dark")
+    page.reload()
+    expect(html).to_have_attribute("data-theme", "dark")
+    page.click("#theme-toggle")
+    expect(html).to_have_attribute("data-theme", "light")
+    assert page.evaluate(background) == before
+
+
+def test_status_says_offline_when_the_network_goes_and_live_when_it_returns(
+    world, celery_worker, daphne_server, page
+):
+    btc_tick(world, "1000")
+    log_in(page, daphne_server, "alice", PASSWORD)
+    page.context.set_offline(True)
+    expect(page.locator("#status")).to_have_text("Offline")
+    page.context.set_offline(False)
+    expect(page.locator("#status")).to_have_text("Live")
+    btc_tick(world, "1001")
+    expect(page.locator('[data-field="total"]')).to_have_text("$2,002.00")

@@ -6,27 +6,27 @@ import { LiveConnection } from "./live.js";
 const root = document.getElementById("instrument");
 const currency = root.dataset.currency;
 const $ = (id) => document.getElementById(id);
-const css = getComputedStyle(document.documentElement);
+const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 const chart = createChart($("chart"), {
   autoSize: true,
-  layout: {
-    background: { type: ColorType.Solid, color: "transparent" },
-    textColor: css.getPropertyValue("--muted").trim(),
-  },
-  grid: {
-    vertLines: { color: css.getPropertyValue("--line").trim() },
-    horzLines: { color: css.getPropertyValue("--line").trim() },
-  },
+  layout: { background: { type: ColorType.Solid, color: "transparent" } },
   timeScale: { timeVisible: true, secondsVisible: false },
 });
-const candles = chart.addSeries(CandlestickSeries, {
-  upColor: css.getPropertyValue("--up").trim(),
-  downColor: css.getPropertyValue("--down").trim(),
-  wickUpColor: css.getPropertyValue("--up").trim(),
-  wickDownColor: css.getPropertyValue("--down").trim(),
-  borderVisible: false,
-});
+const candles = chart.addSeries(CandlestickSeries, { borderVisible: false });
+
+function applyTheme() {
+  chart.applyOptions({
+    layout: { textColor: cssVar("--muted") },
+    grid: { vertLines: { color: cssVar("--line") }, horzLines: { color: cssVar("--line") } },
+  });
+  const up = cssVar("--up");
+  const down = cssVar("--down");
+  candles.applyOptions({ upColor: up, downColor: down, wickUpColor: up, wickDownColor: down });
+}
+applyTheme();
+document.addEventListener("livefolio:theme", applyTheme);
+matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyTheme);
 
 let lastBar = null;
 let lastPrice = null;
@@ -143,7 +143,8 @@ function onStatus({ state }) {
   const status = $("status");
   status.className = `status status-${state}`;
   status.dataset.state = state;
-  status.textContent = state === "live" ? "Live" : state === "connecting" ? "Connecting…" : "Reconnecting…";
+  const labels = { live: "Live", connecting: "Connecting…", offline: "Offline" };
+  status.textContent = labels[state] || "Reconnecting…";
 }
 
 const connection = new LiveConnection({ path: root.dataset.wsPath, onMessage, onStatus });

@@ -73,6 +73,7 @@ function onStatus({ state, retryAt }) {
   statusEl.className = `status status-${state}`;
   statusEl.dataset.state = state;
   if (state === "live") statusEl.textContent = "Live";
+  else if (state === "offline") statusEl.textContent = "Offline";
   else if (state === "connecting") statusEl.textContent = "Connecting…";
   else if (retryAt) {
     const seconds = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
