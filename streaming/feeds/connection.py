@@ -8,6 +8,7 @@ report every state change once through :class:`~streaming.feeds.base.FeedStats`.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import logging
@@ -18,7 +19,7 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from .base import Backoff, FeedStats
+from .base import Backoff, Emit, Feed, FeedStats
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,21 @@ class FeedConnection:
         self.ws: TimedClientConnection | None = None
         self._last_message = 0.0
         self._reconnect_reason: str | None = None
+        self._active = asyncio.Event()
+        self._active.set()
 
     @property
     def connected(self) -> bool:
         return self.ws is not None
+
+    def set_active(self, active: bool) -> None:
+        """Connect only while there is something to subscribe to (some exchanges drop idle
+        connections, and an idle reconnect loop would only burn the backoff)."""
+        if active:
+            self._active.set()
+        else:
+            self._active.clear()
+            self.request_reconnect("nothing to subscribe to")
 
     def request_reconnect(self, reason: str) -> None:
         """Ask for a fresh connection; honoured within a second by the watchdog."""
@@ -136,11 +148,17 @@ class FeedConnection:
         first = True
         try:
             while True:
+                if not self._active.is_set():
+                    self._set_state("stopped", "no symbols")
+                    await self._active.wait()
+                    first = True
                 if not first:
                     self.stats.reconnects += 1
                 first = False
                 self._set_state("connecting")
                 reason = await self._connect_once()
+                if not self._active.is_set():
+                    continue
                 delay = self.backoff.next_delay()
                 self._set_state("backoff", f"{reason}; retry in {delay:.2f}s")
                 await asyncio.sleep(delay)
@@ -236,3 +254,73 @@ class FeedConnection:
 
     def _set_state(self, state: Any, reason: str = "") -> None:
         self.stats.set_state(state, reason, connection=self.label)
+
+
+class SingleConnectionFeed(Feed):
+    """A feed that carries all its symbols over one connection (Coinbase, Kraken).
+
+    Subclasses subscribe in :meth:`on_open` (called after every reconnect), handle frames in
+    :meth:`on_message` and follow live symbol changes in :meth:`on_symbols_changed`.
+    """
+
+    def __init__(
+        self,
+        *,
+        emit: Emit,
+        url: str,
+        stall_timeout: float,
+        backoff_base: float,
+        backoff_cap: float,
+        open_timeout: float,
+        send_timeout: float,
+        close_timeout: float,
+        ping_interval: float | None,
+    ) -> None:
+        super().__init__(emit=emit)
+        self.url = url
+        self.connection = FeedConnection(
+            label="conn0",
+            stats=self.stats,
+            url=self.connect_url,
+            on_open=self.on_open,
+            on_message=self.on_message,
+            stall_timeout=stall_timeout,
+            backoff=Backoff(base=backoff_base, cap=backoff_cap),
+            open_timeout=open_timeout,
+            send_timeout=send_timeout,
+            close_timeout=close_timeout,
+            ping_interval=ping_interval,
+        )
+        self.connection.set_active(False)
+
+    def connect_url(self) -> str:
+        return self.url
+
+    async def set_symbols(self, symbols: frozenset[str]) -> None:
+        """Subscribe and unsubscribe live; without symbols, stay disconnected."""
+        before = self.symbols
+        await super().set_symbols(symbols)
+        added, removed = self.symbols - before, before - self.symbols
+        self.connection.set_active(bool(self.symbols))
+        if self.connection.connected and self.symbols and (added or removed):
+            try:
+                await self.on_symbols_changed(added, removed)
+            except Exception as exc:
+                log.warning("feed %s: live resubscribe failed (%s); reconnecting", self.name, exc)
+                self.connection.request_reconnect("live resubscribe failed")
+
+    async def run(self) -> None:
+        """Stream until cancelled; the connection reconnects by itself."""
+        await self.connection.run()
+
+    @abc.abstractmethod
+    async def on_open(self, ws: ClientConnection) -> None:
+        """Subscribe every current symbol on a fresh connection."""
+
+    @abc.abstractmethod
+    async def on_message(self, raw: str | bytes) -> None:
+        """Handle one data frame."""
+
+    @abc.abstractmethod
+    async def on_symbols_changed(self, added: frozenset[str], removed: frozenset[str]) -> None:
+        """Follow a symbol change on the live connection."""
