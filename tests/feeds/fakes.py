@@ -205,8 +205,18 @@ class FakeBinance(FakeExchange):
                 streams -= set(message["params"])
         return streams
 
+    def __init__(self, *, ping_interval: float | None = None) -> None:
+        super().__init__(ping_interval=ping_interval)
+        self.reject: set[str] = set()  # streams whose SUBSCRIBE gets an error reply
+
     async def on_message(self, client: FakeClient, message: Any) -> None:
-        if message.get("method") in ("SUBSCRIBE", "UNSUBSCRIBE"):
+        if message.get("method") not in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            return
+        if self.reject & set(message["params"]):
+            # The error shape of the docs' "Error Messages" table.
+            reply = {"code": 2, "msg": "Invalid request: invalid stream", "id": message["id"]}
+            await self.push(reply, client)
+        else:
             await self.push({"result": None, "id": message["id"]}, client)
 
     async def event(self, stream: str, data: dict[str, Any], client: FakeClient | None = None):

@@ -316,3 +316,59 @@ async def test_malformed_frames_are_counted_and_logged_and_the_feed_carries_on(c
         assert [t.price for t in got.trades()] == [Decimal("2.5")]
         assert "this is not json" in caplog.text
         assert len(exchange.clients) == 1
+
+
+async def test_a_rejected_subscribe_is_counted_and_the_connection_keeps_streaming():
+    async with FakeBinance() as exchange:
+        exchange.reject.add("nosuchusdt@trade")
+        got = Collector()
+        feed = BinanceFeed(
+            emit=got, url=exchange.url, rest_url=UNUSED_REST, channels=("trade",), **FAST
+        )
+        await feed.set_symbols(frozenset({"BTCUSDT"}))
+        async with running(feed):
+            await exchange.wait_clients(1)
+            await feed.set_symbols(frozenset({"BTCUSDT", "NOSUCHUSDT"}))
+            await eventually(lambda: feed.stats.errors == 1)
+            await exchange.event("btcusdt@trade", trade("3.5"))
+            await eventually(lambda: got.trades())
+        assert len(exchange.clients) == 1
+
+
+async def test_a_failed_depth_snapshot_is_retried_until_the_book_syncs():
+    async with FakeBinance() as exchange, FakeBinanceRest() as rest:
+        got = Collector()
+        feed = BinanceFeed(
+            emit=got, url=exchange.url, rest_url=rest.url, channels=("depth",), **FAST
+        )
+        await feed.set_symbols(frozenset({"BTCUSDT"}))
+        async with running(feed):
+            await exchange.wait_clients(1)
+            # HTTP 400 (unknown symbol) twice: counted, and retried with backoff.
+            await eventually(lambda: len(rest.requests) >= 2 and feed.stats.errors >= 2)
+            rest.snapshots["BTCUSDT"] = [{"lastUpdateId": 10, "bids": [["5", "1"]], "asks": []}]
+            await exchange.event("btcusdt@depth@100ms", depth(9, 11, asks=[("6", "2")]))
+            await eventually(lambda: got.books())
+        assert got.books()[-1].asks == ((Decimal("6"), Decimal("2")),)
+
+
+async def test_a_connection_emptied_by_symbol_changes_is_closed():
+    async with FakeBinance() as exchange:
+        feed = BinanceFeed(
+            emit=Collector(),
+            url=exchange.url,
+            rest_url=UNUSED_REST,
+            channels=("trade",),
+            max_streams_per_connection=2,
+            **FAST,
+        )
+        await feed.set_symbols(frozenset({"AUSDT", "BUSDT", "CUSDT"}))
+        async with running(feed):
+            await exchange.wait_clients(2)
+            streams = [exchange.streams(client) for client in exchange.clients]
+            lone = next(c for c, s in zip(exchange.clients, streams, strict=True) if len(s) == 1)
+            [symbol] = [s.split("@")[0].upper() for s in exchange.streams(lone)]
+            await feed.set_symbols(frozenset({"AUSDT", "BUSDT", "CUSDT"} - {symbol}))
+            await asyncio.wait_for(lone.closed.wait(), 3)
+            assert len(feed.shards) == 1
+            assert feed.stats.state == "connected"

@@ -177,3 +177,20 @@ async def test_without_symbols_the_feed_stays_disconnected_until_it_gets_some():
             await exchange.wait_clients(1)
             await exchange.wait_message(is_subscribe)
             await eventually(lambda: feed.stats.state == "connected")
+
+
+async def test_a_connection_closed_by_the_exchange_is_reopened_and_resubscribed():
+    async with FakeCoinbase() as exchange:
+        got = Collector()
+        feed = CoinbaseFeed(emit=got, url=exchange.url, **FAST)
+        await feed.set_symbols(frozenset({"BTC-USD"}))
+        async with running(feed):
+            await exchange.wait_clients(1)
+            await exchange.wait_message(is_subscribe)
+            await exchange.drop()
+            second = await exchange.wait_clients(2)
+            subscribe = await exchange.wait_message(is_subscribe, client=second)
+            assert subscribe["product_ids"] == ["BTC-USD"]
+            await exchange.push(exchange.ticker("BTC-USD", "10.00"), second)
+            await eventually(lambda: got.ticks())
+        assert feed.stats.reconnects == 1

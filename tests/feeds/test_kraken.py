@@ -195,3 +195,20 @@ async def test_symbol_changes_follow_on_the_live_connection():
 
             await eventually(lambda: len(subscribes()) == 2)
             assert subscribes()[1]["params"]["symbol"] == ["SOL/USD"]
+
+
+async def test_a_connection_closed_by_the_exchange_is_reopened_with_fresh_books():
+    async with FakeKraken() as exchange:
+        exchange.books["BTC/USD"] = (list(DOC_BIDS), list(DOC_ASKS))
+        got = Collector()
+        feed = KrakenFeed(emit=got, url=exchange.url, **FAST)
+        await feed.set_symbols(frozenset({"BTC/USD"}))
+        async with running(feed):
+            await exchange.wait_clients(1)
+            await eventually(lambda: got.books())
+            await exchange.drop()
+            second = await exchange.wait_clients(2)
+            await exchange.wait_message(is_book_request("subscribe"), client=second)
+            await eventually(lambda: len(got.books()) == 2)  # a new snapshot, checksum verified
+        assert feed.stats.reconnects == 1
+        assert feed.stats.checksum_failures == 0
