@@ -213,6 +213,8 @@ class _Shard:
             # Binance pings us; our own pings would only eat into the 5 messages/s budget.
             ping_interval=None,
             max_connection_age=feed.max_connection_age,
+            # Throttled SUBSCRIBE requests for a full shard take a while; allow for them.
+            subscribe_timeout=feed.open_timeout + feed.subscribe_seconds(),
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -368,6 +370,12 @@ class BinanceFeed(Feed):
     @property
     def symbols_per_connection(self) -> int:
         return self.max_streams_per_connection // len(self.channels)
+
+    def subscribe_seconds(self) -> float:
+        """How long the throttled SUBSCRIBE requests of a full connection take at most."""
+        beyond_url = max(0, self.max_streams_per_connection - self.url_max_streams)
+        requests = -(-beyond_url // self.subscribe_chunk)
+        return requests / self.control_messages_per_s + 1
 
     def stream_suffix(self, channel: str) -> str:
         if channel == "depth":

@@ -86,6 +86,7 @@ class FeedConnection:
         ping_interval: float | None = 20.0,
         max_connection_age: float | None = None,
         max_size: int = 2**22,
+        subscribe_timeout: float | None = None,
     ) -> None:
         """
         Args:
@@ -95,6 +96,7 @@ class FeedConnection:
                 exchanges whose only heartbeat is a protocol ping.
             ping_interval: our own keepalive pings; ``None`` when the exchange pings us.
             max_connection_age: reconnect on our terms before the exchange's hard limit.
+            subscribe_timeout: bound on ``on_open``; defaults to ``open_timeout``.
         """
         if stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive")
@@ -112,6 +114,7 @@ class FeedConnection:
         self.ping_interval = ping_interval
         self.max_connection_age = max_connection_age
         self.max_size = max_size
+        self.subscribe_timeout = subscribe_timeout or open_timeout
         self.ws: TimedClientConnection | None = None
         self._last_message = 0.0
         self._reconnect_reason: str | None = None
@@ -186,7 +189,7 @@ class FeedConnection:
                 self.backoff.connected()
                 self._set_state("connected")
                 try:
-                    await asyncio.wait_for(self._on_open(ws), self.open_timeout)
+                    await asyncio.wait_for(self._on_open(ws), self.subscribe_timeout)
                     return await self._pump(ws)
                 except Stalled as exc:
                     # A silent peer would not answer a close handshake either; don't wait for it.
