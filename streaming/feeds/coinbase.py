@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from websockets.asyncio.client import ClientConnection
 
@@ -29,7 +29,8 @@ from .values import from_iso, loads, to_decimal
 log = logging.getLogger(__name__)
 
 CHANNELS = ("ticker", "heartbeat", "matches")
-TAKER_SIDE = {"buy": "sell", "sell": "buy"}  # a match's side is the maker order's side
+# A match's side is the maker order's side; the taker traded the other way.
+TAKER_SIDE: dict[str, Literal["buy", "sell"]] = {"buy": "sell", "sell": "buy"}
 
 
 class CoinbaseFeed(SingleConnectionFeed):
@@ -156,7 +157,7 @@ class CoinbaseFeed(SingleConnectionFeed):
             feed_symbol=product,
             price=to_decimal(message["price"]),
             size=to_decimal(message["size"]),
-            side=TAKER_SIDE.get(message["side"]),  # type: ignore[arg-type]
+            side=TAKER_SIDE.get(message["side"]),
             trade_id=str(trade_id),
             ts=from_iso(message["time"]),
         )
