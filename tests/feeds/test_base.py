@@ -1,0 +1,84 @@
+"""The shared pieces: backoff, feed health stats and the event types."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streaming.feeds.base import Backoff, Book, FeedStats, Trade
+
+
+@given(
+    base=st.floats(min_value=0.001, max_value=5),
+    cap=st.floats(min_value=5, max_value=120),
+    draws=st.lists(st.floats(min_value=0, max_value=1, exclude_max=True), min_size=1, max_size=80),
+)
+def test_backoff_delays_are_full_jitter_under_a_doubling_capped_ceiling(base, cap, draws):
+    values = iter(draws)
+    backoff = Backoff(base=base, cap=cap, rng=lambda: next(values))
+    for attempt, draw in enumerate(draws):
+        ceiling = min(cap, base * 2**attempt)
+        assert backoff.next_delay() == pytest.approx(draw * ceiling)
+        assert 0 <= draw * ceiling <= cap
+
+
+def test_backoff_resets_only_after_a_connection_that_stayed_healthy(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("streaming.feeds.base.time.monotonic", lambda: clock[0])
+    backoff = Backoff(base=1, cap=60, healthy_after=30, rng=lambda: 1.0)
+    assert [backoff.next_delay() for _ in range(4)] == [1, 2, 4, 8]
+    backoff.connected()
+    clock[0] += 5  # dropped after 5 s: still flapping, keep backing off
+    assert backoff.next_delay() == 16
+    backoff.connected()
+    clock[0] += 31  # dropped after a healthy 31 s: start from the base again
+    assert backoff.next_delay() == 1
+
+
+def test_each_state_change_is_logged_once(caplog):
+    stats = FeedStats(feed="demo")
+    with caplog.at_level(logging.INFO, logger="streaming.feeds.base"):
+        stats.set_state("connecting")
+        stats.set_state("connected", "subscribed")
+        stats.set_state("connected")
+        stats.set_state("backoff", "closed by exchange")
+    assert [r.getMessage() for r in caplog.records] == [
+        "feed demo: stopped -> connecting",
+        "feed demo: connecting -> connected (subscribed)",
+        "feed demo: connected -> backoff (closed by exchange)",
+    ]
+    assert stats.connected_since is None
+
+
+def test_a_feed_with_several_connections_is_connected_only_when_all_are():
+    stats = FeedStats(feed="demo")
+    stats.set_state("connected", connection="conn0")
+    stats.set_state("connecting", connection="conn1")
+    assert stats.state == "connecting"
+    stats.set_state("connected", connection="conn1")
+    assert stats.state == "connected" and stats.connected_since is not None
+    stats.set_state("stopped", connection="conn1")
+    assert stats.state == "connected" and stats.connections == {"conn0": "connected"}
+
+
+def test_stats_count_messages_per_symbol_and_export_as_plain_data():
+    stats = FeedStats(feed="demo")
+    stats.record_message("BTCUSDT")
+    stats.record_message()
+    exported = stats.as_dict()
+    assert exported["messages"] == 2
+    assert set(exported["symbol_last_message"]) == {"BTCUSDT"}
+    assert exported["state"] == "stopped"
+
+
+def test_trades_and_books_refuse_floats_and_naive_times():
+    now = datetime.now(UTC)
+    with pytest.raises(TypeError):
+        Trade(feed_symbol="X", price=1.5, size=Decimal(1), side="buy", trade_id="1", ts=now)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        Book(feed_symbol="X", bids=(), asks=(), ts=datetime(2024, 1, 1))
