@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from portfolio.models import Holding, Instrument, Portfolio, Quote
+from portfolio.models import FeedStatus, Holding, Instrument, Portfolio, Quote
 
 
 class QuoteInline(admin.StackedInline):
@@ -78,3 +78,38 @@ class HoldingAdmin(admin.ModelAdmin):
     search_fields = ("portfolio__name", "instrument__symbol", "portfolio__owner__username")
     list_select_related = ("portfolio", "instrument")
     autocomplete_fields = ("instrument", "portfolio")
+
+
+@admin.register(FeedStatus)
+class FeedStatusAdmin(admin.ModelAdmin):
+    """Feed health as the feed processes report it; read-only (the processes own these rows)."""
+
+    list_display = (
+        "feed",
+        "state",
+        "alive",
+        "last_message",
+        "messages_per_s",
+        "reconnects",
+        "gaps",
+        "checksum_failures",
+        "malformed_frames",
+        "errors",
+        "heartbeat_at",
+    )
+    readonly_fields = [f.name for f in FeedStatus._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(boolean=True, description="Process alive")
+    def alive(self, obj: FeedStatus) -> bool:
+        return obj.is_alive()
+
+    @admin.display(description="Last message")
+    def last_message(self, obj: FeedStatus) -> str:
+        age = obj.last_message_age()
+        return "never" if age is None else f"{age.total_seconds():.1f} s ago"

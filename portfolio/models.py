@@ -165,3 +165,38 @@ class PriceBar(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instrument_id} {self.start:%Y-%m-%d %H:%M} {self.close}"
+
+
+class FeedStatus(models.Model):
+    """The health of one feed process, written by it every few seconds (one row per feed)."""
+
+    feed = models.CharField(max_length=16, choices=FeedKind.choices, unique=True)
+    state = models.CharField(max_length=16, help_text="connecting, connected, backoff or stopped")
+    heartbeat_at = models.DateTimeField(help_text="When the feed process last wrote this row.")
+    connected_since = models.DateTimeField(null=True, blank=True)
+    last_message_at = models.DateTimeField(null=True, blank=True)
+    messages = models.PositiveBigIntegerField(default=0)
+    messages_per_s = models.DecimalField(max_digits=12, decimal_places=1, default=Decimal("0"))
+    reconnects = models.PositiveBigIntegerField(default=0)
+    gaps = models.PositiveBigIntegerField(default=0)
+    checksum_failures = models.PositiveBigIntegerField(default=0)
+    malformed_frames = models.PositiveBigIntegerField(default=0)
+    out_of_order = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0)
+    symbols = models.JSONField(default=dict, help_text="Feed symbol -> time of its last message.")
+
+    # A feed process that has not written for this long is presumed dead.
+    ALIVE_WITHIN = timedelta(seconds=15)
+
+    class Meta:
+        ordering = ["feed"]
+        verbose_name_plural = "feed statuses"
+
+    def __str__(self) -> str:
+        return f"{self.feed}: {self.state}"
+
+    def is_alive(self, now: datetime | None = None) -> bool:
+        return (now or timezone.now()) - self.heartbeat_at <= self.ALIVE_WITHIN
+
+    def last_message_age(self, now: datetime | None = None) -> timedelta | None:
+        return (now or timezone.now()) - self.last_message_at if self.last_message_at else None

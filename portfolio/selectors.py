@@ -10,7 +10,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from portfolio.models import Holding, Instrument, Portfolio, PriceBar, Quote
+from portfolio.models import FeedStatus, Holding, Instrument, Portfolio, PriceBar, Quote
 from streaming import protocol
 
 
@@ -150,3 +150,22 @@ def _quote_state(quote: Quote | None, now: datetime) -> dict | None:
         "as_of": protocol.iso(quote.exchange_ts),
         "stale": quote.is_stale(now),
     }
+
+
+def feed_health(*, now: datetime | None = None) -> dict[str, Any]:
+    """Every feed's reported health, and every active instrument's price age and staleness."""
+    now = now or timezone.now()
+    feeds = [
+        {"status": status, "alive": status.is_alive(now), "age": status.last_message_age(now)}
+        for status in FeedStatus.objects.all()
+    ]
+    instruments = [
+        {
+            "instrument": instrument,
+            "quote": getattr(instrument, "quote", None),
+            "age": instrument.quote.age(now) if hasattr(instrument, "quote") else None,
+            "stale": instrument.quote.is_stale(now) if hasattr(instrument, "quote") else True,
+        }
+        for instrument in Instrument.objects.filter(active=True).select_related("quote")
+    ]
+    return {"feeds": feeds, "instruments": instruments}

@@ -9,7 +9,7 @@ from decimal import Decimal
 from django.db import connection, transaction
 from django.utils import timezone
 
-from portfolio.models import Holding, Instrument, Portfolio, PriceBar, Quote
+from portfolio.models import FeedStatus, Holding, Instrument, Portfolio, PriceBar, Quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,3 +133,29 @@ def holding_set(
         defaults={"quantity": quantity, "cost_basis": cost_basis},
     )
     return holding
+
+
+def feed_status_record(*, stats: dict) -> FeedStatus:
+    """Store a feed process's stats (``FeedStats.as_dict()``) as its health row."""
+    counters = (
+        "messages",
+        "reconnects",
+        "gaps",
+        "checksum_failures",
+        "malformed_frames",
+        "out_of_order",
+        "errors",
+    )
+    status, _ = FeedStatus.objects.update_or_create(
+        feed=stats["feed"],
+        defaults={
+            "state": stats["state"],
+            "heartbeat_at": timezone.now(),
+            "connected_since": stats["connected_since"],
+            "last_message_at": stats["last_message_at"],
+            "messages_per_s": Decimal(str(stats["messages_per_s"])).quantize(Decimal("0.1")),
+            "symbols": stats["symbol_last_message"],
+            **{name: stats[name] for name in counters},
+        },
+    )
+    return status

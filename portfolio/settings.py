@@ -167,6 +167,17 @@ CELERY_TIMEZONE = "UTC"
 LIVEFOLIO_COALESCE_MS = env_int("LIVEFOLIO_COALESCE_MS", 200, minimum=10)
 # A price older than this is shown as stale (seconds).
 LIVEFOLIO_STALE_SECONDS = env_int("LIVEFOLIO_STALE_SECONDS", 120, minimum=1)
+# Order books are published at most this often per instrument (milliseconds).
+LIVEFOLIO_BOOK_INTERVAL_MS = env_int("LIVEFOLIO_BOOK_INTERVAL_MS", 250, minimum=50)
+
+# Exchange endpoints: point them at a testnet or a local fake server.
+BINANCE_WS_URL = env_url("BINANCE_WS_URL", ("ws", "wss")) or "wss://stream.binance.com:9443"
+BINANCE_REST_URL = env_url("BINANCE_REST_URL", ("http", "https")) or "https://api.binance.com"
+# Add "depth" for order books (each book sync costs a rate-limited REST snapshot).
+BINANCE_CHANNELS = env_list("BINANCE_CHANNELS", "miniTicker,bookTicker,trade")
+COINBASE_WS_URL = env_url("COINBASE_WS_URL", ("ws", "wss")) or "wss://ws-feed.exchange.coinbase.com"
+KRAKEN_WS_URL = env_url("KRAKEN_WS_URL", ("ws", "wss")) or "wss://ws.kraken.com/v2"
+
 # Largest WebSocket frame a client may send (bytes).
 LIVEFOLIO_MAX_FRAME_BYTES = 64 * 1024
 

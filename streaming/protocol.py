@@ -95,6 +95,48 @@ def quote(
     return message
 
 
+def trade(
+    *,
+    instrument_id: int,
+    symbol: str,
+    price: Decimal,
+    size: Decimal,
+    side: str | None,
+    trade_id: str,
+    exchange_ts: datetime,
+) -> dict[str, Any]:
+    """One executed trade on the exchange (``side`` is the taker's: buy, sell or null)."""
+    return {
+        "type": "trade",
+        "instrument": instrument_id,
+        "symbol": symbol,
+        "price": dec(price),
+        "size": dec(size),
+        "side": side,
+        "trade_id": trade_id,
+        "as_of": iso(exchange_ts),
+    }
+
+
+def book(
+    *,
+    instrument_id: int,
+    symbol: str,
+    bids: list[tuple[Decimal, Decimal]],
+    asks: list[tuple[Decimal, Decimal]],
+    exchange_ts: datetime,
+) -> dict[str, Any]:
+    """The top of the order book: ``[price, size]`` pairs, best first."""
+    return {
+        "type": "book",
+        "instrument": instrument_id,
+        "symbol": symbol,
+        "bids": [[dec(p), dec(s)] for p, s in bids],
+        "asks": [[dec(p), dec(s)] for p, s in asks],
+        "as_of": iso(exchange_ts),
+    }
+
+
 def error(*, code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 

@@ -1,4 +1,8 @@
-"""Runs one feed for Django: maps feed symbols to instruments, coalesces, hands batches to ingest.
+"""Runs one feed for Django: maps feed symbols to instruments, coalesces, hands batches on.
+
+Ticks are coalesced per instrument and handed to the Celery ingest task (stored, valued,
+published). Trades and order books are market data that nothing stores in the database: they
+are published straight to the instrument's group, books conflated per instrument.
 
 Used by ``manage.py runfeed`` (the real stack: one process per feed) and by ``manage.py demo``
 (inside the server process on the embedded default).
@@ -10,36 +14,67 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from portfolio import services
 from portfolio.models import Instrument, Quote
-from streaming import protocol
-from streaming.feeds.base import Coalescer, Feed, Tick, utcnow
+from streaming import events, protocol
+from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 
 log = logging.getLogger(__name__)
 
-FeedFactory = Callable[..., Feed]
+FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken")
+HEALTH_INTERVAL = 2.0
 
 
-def feed_factory(kind: str) -> FeedFactory:
-    """The adapter class for a feed kind; unknown kinds name the known ones."""
-    from streaming.feeds.simulated import SimulatedFeed
+def build_feed(kind: str, *, emit: Callable[[MarketEvent], None], **options: Any) -> Feed:
+    """The adapter for a feed kind, configured from settings; options override them."""
+    if kind == "simulated":
+        from streaming.feeds.simulated import SimulatedFeed
 
-    factories: dict[str, FeedFactory] = {"simulated": SimulatedFeed}
-    try:
-        return factories[kind]
-    except KeyError:
-        known = ", ".join(sorted(factories))
-        raise ValueError(f"unknown feed {kind!r}; known feeds: {known}") from None
+        return SimulatedFeed(emit=emit, **options)
+    if kind == "replay":
+        from streaming.feeds.replay import ReplayFeed
+
+        return ReplayFeed(emit=emit, **options)
+    if kind == "binance":
+        from streaming.feeds.binance import BinanceFeed
+
+        options.setdefault("url", settings.BINANCE_WS_URL)
+        options.setdefault("rest_url", settings.BINANCE_REST_URL)
+        options.setdefault("channels", tuple(settings.BINANCE_CHANNELS))
+        return BinanceFeed(emit=emit, **options)
+    if kind == "coinbase":
+        from streaming.feeds.coinbase import CoinbaseFeed
+
+        options.setdefault("url", settings.COINBASE_WS_URL)
+        return CoinbaseFeed(emit=emit, **options)
+    if kind == "kraken":
+        from streaming.feeds.kraken import KrakenFeed
+
+        options.setdefault("url", settings.KRAKEN_WS_URL)
+        return KrakenFeed(emit=emit, **options)
+    raise ValueError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
 
 
-def _instrument_map(kind: str) -> dict[str, int]:
-    rows = Instrument.objects.filter(feed=kind, active=True).values_list("feed_symbol", "id")
-    return dict(rows)
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The instrument a feed symbol stands for."""
+
+    instrument_id: int
+    symbol: str
+
+
+def _instrument_map(kind: str) -> dict[str, Target]:
+    rows = Instrument.objects.filter(feed=kind, active=True).values_list(
+        "feed_symbol", "id", "symbol"
+    )
+    return {feed_symbol: Target(pk, symbol) for feed_symbol, pk, symbol in rows}
 
 
 def _latest_prices(kind: str) -> dict[str, Decimal]:
@@ -66,26 +101,37 @@ class FeedRunner:
         sink: Callable[[list[dict[str, Any]]], Any] | None = None,
         **feed_options: Any,
     ) -> None:
+        if kind not in FEEDS:
+            raise ValueError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
         self.kind = kind
         self.refresh = refresh
         self.sink = sink or _default_sink
-        self.symbols: dict[str, int] = {}
+        self.symbols: dict[str, Target] = {}
         self.coalescer = Coalescer(
             window=window if window is not None else settings.LIVEFOLIO_COALESCE_MS / 1000,
             flush=self.flush,
         )
+        self.book_interval = settings.LIVEFOLIO_BOOK_INTERVAL_MS / 1000
+        self.trades: list[Trade] = []
+        self.books: dict[str, Book] = {}
         self.feed_options = feed_options
         self.feed: Feed | None = None
 
-    def on_tick(self, tick: Tick) -> None:
-        if tick.feed_symbol in self.symbols:
-            self.coalescer.add(tick)
+    def on_event(self, event: MarketEvent) -> None:
+        if event.feed_symbol not in self.symbols:
+            return
+        if isinstance(event, Tick):
+            self.coalescer.add(event)
+        elif isinstance(event, Trade):
+            self.trades.append(event)
+        elif isinstance(event, Book):
+            self.books[event.feed_symbol] = event  # only the newest book per window matters
 
     async def flush(self, ticks: list[Tick]) -> None:
         received = protocol.iso(utcnow())
         batch = [
             {
-                "instrument": self.symbols[t.feed_symbol],
+                "instrument": self.symbols[t.feed_symbol].instrument_id,
                 "price": protocol.dec(t.price),
                 "bid": protocol.dec(t.bid),
                 "ask": protocol.dec(t.ask),
@@ -98,6 +144,57 @@ class FeedRunner:
         ]
         if batch:
             await self.sink(batch)
+
+    def market_messages(self) -> list[tuple[str, dict[str, Any]]]:
+        """This window's trades (all, in order) and books (the newest per instrument)."""
+        trades, self.trades = self.trades, []
+        books, self.books = self.books, {}
+        messages = []
+        for t in trades:
+            target = self.symbols.get(t.feed_symbol)
+            if target:
+                payload = protocol.trade(
+                    instrument_id=target.instrument_id,
+                    symbol=target.symbol,
+                    price=t.price,
+                    size=t.size,
+                    side=t.side,
+                    trade_id=t.trade_id,
+                    exchange_ts=t.ts,
+                )
+                messages.append((events.instrument_group(target.instrument_id), payload))
+        for b in books.values():
+            target = self.symbols.get(b.feed_symbol)
+            if target:
+                payload = protocol.book(
+                    instrument_id=target.instrument_id,
+                    symbol=target.symbol,
+                    bids=list(b.bids),
+                    asks=list(b.asks),
+                    exchange_ts=b.ts,
+                )
+                messages.append((events.instrument_group(target.instrument_id), payload))
+        return messages
+
+    async def publish_market_data(self) -> None:
+        while True:
+            await asyncio.sleep(self.book_interval)
+            messages = self.market_messages()
+            if messages:
+                try:
+                    await events.apublish(messages)
+                except Exception:
+                    log.exception(
+                        "feed %s: publishing %d market messages failed", self.kind, len(messages)
+                    )
+
+    async def record_health(self) -> None:
+        while True:
+            try:
+                await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
+            except Exception:
+                log.exception("feed %s: writing feed health failed", self.kind)
+            await asyncio.sleep(HEALTH_INTERVAL)
 
     async def refresh_symbols(self) -> None:
         symbols = await sync_to_async(_instrument_map)(self.kind)
@@ -119,16 +216,21 @@ class FeedRunner:
         options = dict(self.feed_options)
         if self.kind == "simulated":
             options.setdefault("start_prices", await sync_to_async(_latest_prices)(self.kind))
-        self.feed = feed_factory(self.kind)(emit=self.on_tick, **options)
+        self.feed = build_feed(self.kind, emit=self.on_event, **options)
         await self.refresh_symbols()
         log.info("feed %s: started", self.kind)
         tasks = [
             asyncio.create_task(self.feed.run(), name=f"feed-{self.kind}"),
             asyncio.create_task(self.coalescer.run(), name=f"coalesce-{self.kind}"),
+            asyncio.create_task(self.publish_market_data(), name=f"market-{self.kind}"),
+            asyncio.create_task(self.record_health(), name=f"health-{self.kind}"),
         ]
         try:
             while True:
                 await asyncio.sleep(self.refresh)
+                for task in tasks:
+                    if task.done() and not task.cancelled() and task.exception():
+                        raise task.exception()
                 try:
                     await self.refresh_symbols()
                 except Exception:
@@ -139,6 +241,8 @@ class FeedRunner:
             for task in tasks:
                 task.cancel()
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            with contextlib.suppress(Exception):
+                await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
             log.info("feed %s: stopped", self.kind)

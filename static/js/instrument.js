@@ -86,7 +86,7 @@ function addTrade(t) {
   const row = document.createElement("tr");
   row.className = t.side === "sell" ? "down" : "up";
   row.innerHTML = "<td></td><td class='num'></td><td class='num'></td>";
-  row.children[0].textContent = time(t.ts);
+  row.children[0].textContent = time(t.as_of);
   row.children[1].textContent = priceText(t.price);
   row.children[2].textContent = number(t.size);
   const body = $("trades");

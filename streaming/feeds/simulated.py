@@ -67,11 +67,17 @@ class SimulatedFeed(Feed):
 
     async def run(self) -> None:
         interval = 1 / self.rate
-        while True:
-            symbols = sorted(self.symbols)
-            if symbols:
-                self.emit(self.step(self.random.choice(symbols)))
-            await asyncio.sleep(interval)
+        self.stats.set_state("connected", "simulated market open")
+        try:
+            while True:
+                symbols = sorted(self.symbols)
+                if symbols:
+                    tick = self.step(self.random.choice(symbols))
+                    self.stats.record_message(tick.feed_symbol)
+                    self.emit(tick)
+                await asyncio.sleep(interval)
+        finally:
+            self.stats.set_state("stopped", "cancelled")
 
 
 def _round_price(price: Decimal) -> Decimal:

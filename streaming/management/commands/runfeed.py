@@ -4,31 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from streaming.runner import FeedRunner, feed_factory
+from streaming.runner import FEEDS, FeedRunner
 
 
 class Command(BaseCommand):
     help = "Stream prices from one feed into Livefolio until SIGTERM/SIGINT."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("feed", help="simulated (more feeds: see README)")
+        parser.add_argument("feed", help=f"one of: {', '.join(FEEDS)}")
         parser.add_argument("--seed", type=int, default=None, help="simulated: random seed")
         parser.add_argument("--rate", type=float, default=10.0, help="simulated: ticks per second")
+        parser.add_argument("--file", default=None, help="replay: the CSV file of ticks")
+        parser.add_argument(
+            "--speed", type=float, default=1.0, help="replay: 1 real time, N times faster, 0 max"
+        )
+        parser.add_argument("--loop", action="store_true", help="replay: start over at the end")
         parser.add_argument("--window-ms", type=int, default=None, help="coalescing window")
 
     def handle(self, *args, **options) -> None:
-        try:
-            feed_factory(options["feed"])
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
-        feed_options = {}
-        if options["feed"] == "simulated":
+        kind = options["feed"]
+        if kind not in FEEDS:
+            raise CommandError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
+        feed_options: dict = {}
+        if kind == "simulated":
             feed_options = {"seed": options["seed"], "rate": options["rate"]}
+        elif kind == "replay":
+            if not options["file"]:
+                raise CommandError("replay needs --file PATH (a CSV of ts,symbol,price[,bid,ask])")
+            if not Path(options["file"]).is_file():
+                raise CommandError(f"--file: {options['file']} does not exist")
+            feed_options = {
+                "path": options["file"],
+                "speed": options["speed"],
+                "loop": options["loop"],
+            }
         window = options["window_ms"] / 1000 if options["window_ms"] else None
-        runner = FeedRunner(kind=options["feed"], window=window, **feed_options)
+        runner = FeedRunner(kind=kind, window=window, **feed_options)
         asyncio.run(self._run(runner))
 
     async def _run(self, runner: FeedRunner) -> None:
