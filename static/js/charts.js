@@ -1,0 +1,69 @@
+// Charts of the portfolio page: the value over time (lightweight-charts) and allocation bars.
+import { AreaSeries, ColorType, createChart } from "lightweight-charts";
+import { money } from "./format.js";
+
+const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+
+// The value chart: snapshots from the server, then extended by every live valuation.
+// Values are converted to numbers for plotting only; every number shown as text stays a string.
+export class ValueChart {
+  constructor(el) {
+    this.chart = createChart(el, {
+      autoSize: true,
+      layout: { background: { type: ColorType.Solid, color: "transparent" } },
+      timeScale: { timeVisible: true, secondsVisible: false },
+      rightPriceScale: { borderVisible: false },
+    });
+    this.series = this.chart.addSeries(AreaSeries, { lineWidth: 2, priceLineVisible: false });
+    this.last = null;
+    this.applyTheme();
+    document.addEventListener("livefolio:theme", () => this.applyTheme());
+    matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => this.applyTheme());
+  }
+
+  applyTheme() {
+    const accent = cssVar("--accent");
+    this.chart.applyOptions({
+      layout: { textColor: cssVar("--muted") },
+      grid: { vertLines: { color: cssVar("--line") }, horzLines: { color: cssVar("--line") } },
+    });
+    this.series.applyOptions({ lineColor: accent, topColor: `${accent}55`, bottomColor: `${accent}05` });
+  }
+
+  setData(points) {
+    const data = [];
+    for (const p of points) {
+      const time = Math.floor(Date.parse(p.at) / 1000);
+      if (data.length && data[data.length - 1].time >= time) continue; // strictly increasing
+      data.push({ time, value: Number(p.value) });
+    }
+    this.series.setData(data);
+    this.last = data.length ? data[data.length - 1] : null;
+    this.chart.timeScale().fitContent();
+  }
+
+  extend(at, value) {
+    if (value === null || value === undefined) return;
+    const time = Math.floor(Date.parse(at) / 1000);
+    if (this.last && time < this.last.time) return;
+    this.last = { time, value: Number(value) };
+    this.series.update(this.last);
+  }
+}
+
+// Allocation as labelled horizontal bars: readable on a phone, text for screen readers.
+export function renderAllocation(el, slices, currency) {
+  el.replaceChildren();
+  for (const slice of slices) {
+    const row = document.createElement("div");
+    row.className = "alloc-row";
+    row.setAttribute("role", "listitem");
+    const pct = (Number(slice.weight) * 100).toFixed(1);
+    row.innerHTML = '<span class="alloc-label"></span><span class="alloc-bar"><span></span></span><span class="alloc-pct num"></span>';
+    row.querySelector(".alloc-label").textContent = slice.label;
+    row.querySelector(".alloc-bar > span").style.width = `${pct}%`;
+    row.querySelector(".alloc-pct").textContent = `${pct} %`;
+    row.title = `${slice.label}: ${money(slice.value, currency)} (${pct} %)`;
+    el.appendChild(row);
+  }
+}
