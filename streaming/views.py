@@ -15,10 +15,13 @@ from streaming.models import ApiToken
 ASYNCAPI_DOCUMENT = settings.BASE_DIR / "docs" / "asyncapi.yaml"
 
 
+# The new token waits in the session for the one page view after the redirect, then is gone.
+NEW_TOKEN_KEY = "api_token_created"
+
+
 @require_http_methods(["GET", "POST"])
 def token_list(request: HttpRequest) -> HttpResponse:
-    """List the user's tokens; POST creates one and shows it this once."""
-    created = None
+    """List the user's tokens; POST creates one, shown once on the page it redirects to."""
     error = None
     name = ""
     if request.method == "POST":
@@ -31,11 +34,12 @@ def token_list(request: HttpRequest) -> HttpResponse:
             except ValueError as exc:
                 error = str(exc)
             else:
-                created = {"token": token, "secret": secret}
-                name = ""
+                # Post/redirect/get: a reload must neither resubmit nor show the token again.
+                request.session[NEW_TOKEN_KEY] = {"name": token.name, "secret": secret}
+                return redirect("api-tokens")
     context = {
         "tokens": tokens.tokens_for_user(user=request.user),
-        "created": created,
+        "created": request.session.pop(NEW_TOKEN_KEY, None) if not error else None,
         "error": error,
         "name": name,
         "api_url": f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}/ws/v1/",
