@@ -1,4 +1,7 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels (same origin, logged in)."""
+"""ASGI entry point: HTTP through Django, WebSockets through Channels.
+
+Browser pages: same origin, logged in. API v1 (/ws/v1/): see streaming/routing.py.
+"""
 
 import os
 
@@ -8,17 +11,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-from streaming.routing import websocket_urlpatterns  # noqa: E402
+from streaming.routing import websocket_application  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-    }
-)
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})

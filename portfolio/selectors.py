@@ -11,7 +11,7 @@ from typing import Any
 from django.utils import timezone
 
 from portfolio.models import FeedStatus, Holding, Instrument, Portfolio, PriceBar, Quote
-from streaming import protocol
+from streaming import marketdata, protocol
 
 
 def portfolio_states(*, portfolio_ids: Iterable[int]) -> list[dict[str, Any]]:
@@ -135,8 +135,8 @@ def instrument_state(*, instrument: Instrument, user_id: int, now: datetime | No
         }
         if positions
         else None,
-        "trades": [],
-        "book": None,
+        "trades": marketdata.recent_trades(instrument.id),
+        "book": marketdata.latest_book(instrument.id),
     }
 
 

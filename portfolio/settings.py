@@ -180,6 +180,17 @@ KRAKEN_WS_URL = env_url("KRAKEN_WS_URL", ("ws", "wss")) or "wss://ws.kraken.com/
 
 # Largest WebSocket frame a client may send (bytes).
 LIVEFOLIO_MAX_FRAME_BYTES = 64 * 1024
+# Livefolio's own Redis keys (market-data cache, API connection slots) share the layer's prefix.
+LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio")
+
+# WebSocket API v1 (/ws/v1/): limits per connection and per user (docs/api.md).
+LIVEFOLIO_API_AUTH_TIMEOUT = env_int("LIVEFOLIO_API_AUTH_TIMEOUT", 5, minimum=1)
+LIVEFOLIO_API_HEARTBEAT_SECONDS = env_int("LIVEFOLIO_API_HEARTBEAT_SECONDS", 15, minimum=1)
+LIVEFOLIO_API_IDLE_TIMEOUT = env_int("LIVEFOLIO_API_IDLE_TIMEOUT", 120, minimum=1)
+LIVEFOLIO_API_RATE = env_int("LIVEFOLIO_API_RATE", 10, minimum=1)  # requests a second
+LIVEFOLIO_API_BURST = env_int("LIVEFOLIO_API_BURST", 20, minimum=1)
+LIVEFOLIO_API_MAX_SUBSCRIPTIONS = env_int("LIVEFOLIO_API_MAX_SUBSCRIPTIONS", 50, minimum=1)
+LIVEFOLIO_API_MAX_CONNECTIONS = env_int("LIVEFOLIO_API_MAX_CONNECTIONS", 5, minimum=1)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from portfolio import selectors
 from portfolio.models import Instrument
-from streaming import events, protocol
+from streaming import events, limits, protocol, streams, tokens
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +119,387 @@ class InstrumentConsumer(PortfolioConsumer):
             instrument=self.instrument, user_id=self.user_id
         )
         await self.send_message(protocol.instrument_snapshot(state=state))
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One stream a connection follows, with its own sequence number and conflation state."""
+
+    stream: streams.Stream
+    max_rate: float | None
+    stream_seq: int = 0
+    last_sent: float = float("-inf")  # monotonic time of the last update sent
+    pending: Any = None  # the latest value held back by max_rate, sent when its turn comes
+    flush: asyncio.Task | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream.name,
+            "max_rate": self.max_rate,
+            "stream_seq": self.stream_seq,
+        }
+
+
+class RequestError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+MAX_ID_LENGTH = 64
+MAX_RATE_LIMIT = 100.0  # updates a second per stream
+
+
+class ApiConsumer(ProtocolConsumer):
+    """API v1 for bots and dashboards (/ws/v1/): token or session auth, then requests.
+
+    Requests carry a client ``id`` echoed in the ``reply`` or ``error``. Streams send a snapshot
+    on subscribe, then updates numbered per stream (``stream_seq``), conflated to ``max_rate``.
+    The protocol is in docs/api.md and docs/asyncapi.yaml.
+    """
+
+    async def connect(self) -> None:
+        self.user_id: int | None = None
+        self.username: str | None = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self.by_source: dict[tuple[str, int], Subscription] = {}
+        self.group_refs: dict[str, int] = {}
+        self.closing = False
+        self.bucket = limits.TokenBucket(
+            rate=settings.LIVEFOLIO_API_RATE, burst=settings.LIVEFOLIO_API_BURST
+        )
+        self.last_request = time.monotonic()
+        self.timers: list[asyncio.Task] = []
+        self.auth_deadline: asyncio.Task | None = None
+        await self.accept()
+
+        user = None
+        bearer = self._bearer_token()
+        if bearer is not None:
+            user = await database_sync_to_async(tokens.token_authenticate)(bearer)
+            if user is None:
+                await self._refuse(
+                    protocol.ERROR_UNAUTHORIZED,
+                    "the bearer token is unknown, malformed or revoked",
+                    protocol.CLOSE_UNAUTHENTICATED,
+                )
+                return
+        elif (session_user := self.scope.get("user")) is not None and (
+            session_user.is_authenticated
+        ):
+            user = session_user
+        if user is not None and not await self._sign_in(user):
+            return
+        await self.send_message(
+            protocol.welcome(
+                user=self.username,
+                auth_timeout=settings.LIVEFOLIO_API_AUTH_TIMEOUT,
+                heartbeat=settings.LIVEFOLIO_API_HEARTBEAT_SECONDS,
+            )
+        )
+        self.timers.append(asyncio.create_task(self._heartbeats()))
+        if self.user_id is None:
+            self.auth_deadline = asyncio.create_task(self._auth_deadline())
+            self.timers.append(self.auth_deadline)
+
+    async def disconnect(self, code: int) -> None:
+        self.closing = True
+        for task in self.timers + [s.flush for s in self.subscriptions.values() if s.flush]:
+            task.cancel()
+        for group in list(getattr(self, "group_refs", {})):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        if getattr(self, "user_id", None) is not None:
+            await sync_to_async(limits.connection_release)(
+                user_id=self.user_id, member=self.channel_name
+            )
+
+    # -- framing, auth and limits -------------------------------------------------------------
+
+    def _bearer_token(self) -> str | None:
+        for name, value in self.scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                return token.strip() if scheme.lower() == "bearer" else ""
+        return None
+
+    async def _refuse(
+        self, code: str, message: str, close_code: int, request_id: Any = None
+    ) -> None:
+        """Send an error, then close with ``close_code``: nothing more is sent or served."""
+        await self.send_message(protocol.error(code=code, message=message, request_id=request_id))
+        self.closing = True
+        await self.close(code=close_code)
+
+    async def _sign_in(self, user, request_id: Any = None) -> bool:
+        """Take one of the user's connection slots; refuse and close when they are all taken."""
+        acquired = await sync_to_async(limits.connection_acquire)(
+            user_id=user.id,
+            member=self.channel_name,
+            cap=settings.LIVEFOLIO_API_MAX_CONNECTIONS,
+            lease=self._lease(),
+        )
+        if not acquired:
+            await self._refuse(
+                protocol.ERROR_TOO_MANY_CONNECTIONS,
+                f"at most {settings.LIVEFOLIO_API_MAX_CONNECTIONS} API connections per user",
+                protocol.CLOSE_TOO_MANY_CONNECTIONS,
+                request_id,
+            )
+            return False
+        self.user_id = user.id
+        self.username = user.get_username()
+        return True
+
+    def _lease(self) -> float:
+        # Renewed every heartbeat; three missed renewals (a crashed server) free the slot.
+        return 3 * settings.LIVEFOLIO_API_HEARTBEAT_SECONDS
+
+    async def _auth_deadline(self) -> None:
+        await asyncio.sleep(settings.LIVEFOLIO_API_AUTH_TIMEOUT)
+        if self.user_id is None and not self.closing:
+            await self._refuse(
+                protocol.ERROR_AUTH_TIMEOUT,
+                f"authenticate within {settings.LIVEFOLIO_API_AUTH_TIMEOUT} s of connecting",
+                protocol.CLOSE_AUTH_TIMEOUT,
+            )
+
+    async def _heartbeats(self) -> None:
+        period = settings.LIVEFOLIO_API_HEARTBEAT_SECONDS
+        while not self.closing:
+            await asyncio.sleep(period)
+            idle = time.monotonic() - self.last_request
+            if not self.subscriptions and idle > settings.LIVEFOLIO_API_IDLE_TIMEOUT:
+                await self._refuse(
+                    protocol.ERROR_IDLE_TIMEOUT,
+                    f"no subscription and no request for {settings.LIVEFOLIO_API_IDLE_TIMEOUT} s",
+                    protocol.CLOSE_IDLE_TIMEOUT,
+                )
+                return
+            if self.user_id is not None:
+                await sync_to_async(limits.connection_acquire)(
+                    user_id=self.user_id,
+                    member=self.channel_name,
+                    cap=settings.LIVEFOLIO_API_MAX_CONNECTIONS,
+                    lease=self._lease(),
+                )
+            await self.send_message(protocol.heartbeat())
+
+    async def send_message(self, payload: dict[str, Any]) -> None:
+        if self.closing and payload["type"] != "error":
+            return  # nothing more after a close
+        await super().send_message(payload)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return
+        self.last_request = time.monotonic()
+        if not self.bucket.take():
+            await self.send_message(
+                protocol.error(
+                    code=protocol.ERROR_RATE_LIMITED,
+                    message=f"at most {settings.LIVEFOLIO_API_RATE} requests a second "
+                    f"(bursts of {settings.LIVEFOLIO_API_BURST})",
+                    request_id=_request_id(text_data),
+                )
+            )
+            return
+        await super().receive(text_data=text_data, bytes_data=bytes_data)
+
+    async def receive_message(self, message: dict[str, Any]) -> None:
+        request_id = message.get("id")
+        kind = message["type"]
+        try:
+            if request_id is not None and not _valid_id(request_id):
+                request_id = None
+                raise RequestError(
+                    protocol.ERROR_BAD_PARAMS,
+                    f"id: a string or whole number of at most {MAX_ID_LENGTH} characters",
+                )
+            handler = self.REQUESTS.get(kind)
+            if handler is None:
+                known = ", ".join(sorted(self.REQUESTS))
+                raise RequestError(
+                    protocol.ERROR_UNKNOWN_TYPE, f"unknown request {kind!r}; known: {known}"
+                )
+            if self.user_id is None and kind not in ("auth", "ping"):
+                raise RequestError(
+                    protocol.ERROR_AUTH_REQUIRED,
+                    'authenticate first: {"type": "auth", "token": ...} or a bearer header',
+                )
+            result, follow_up = await handler(self, message)
+        except RequestError as exc:
+            await self.send_message(
+                protocol.error(code=exc.code, message=exc.message, request_id=request_id)
+            )
+            return
+        if result is None:
+            return  # the handler closed the connection
+        await self.send_message(protocol.reply(request_id=request_id, request=kind, result=result))
+        for payload in follow_up:
+            await self.send_message(payload)
+
+    # -- requests: each returns (result, messages to send after the reply) ---------------------
+
+    async def _auth(self, message: dict[str, Any]):
+        if self.user_id is not None:
+            raise RequestError(protocol.ERROR_BAD_PARAMS, "already authenticated")
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise RequestError(protocol.ERROR_BAD_PARAMS, "token: the API token, a string")
+        user = await database_sync_to_async(tokens.token_authenticate)(token)
+        if user is None:
+            await self._refuse(
+                protocol.ERROR_UNAUTHORIZED,
+                "the token is unknown, malformed or revoked",
+                protocol.CLOSE_UNAUTHENTICATED,
+                message.get("id"),
+            )
+            return None, []
+        if not await self._sign_in(user, message.get("id")):
+            return None, []
+        if self.auth_deadline is not None:
+            self.auth_deadline.cancel()
+        return {"user": self.username}, []
+
+    async def _ping(self, message: dict[str, Any]):
+        return {}, []
+
+    async def _list_portfolios(self, message: dict[str, Any]):
+        portfolios = await database_sync_to_async(streams.portfolios_of)(user_id=self.user_id)
+        return {"portfolios": portfolios}, []
+
+    async def _subscribe(self, message: dict[str, Any]):
+        max_rate = message.get("max_rate")
+        if max_rate is not None and (
+            isinstance(max_rate, bool)
+            or not isinstance(max_rate, int | float)
+            or not 0 < max_rate <= MAX_RATE_LIMIT
+        ):
+            raise RequestError(
+                protocol.ERROR_BAD_PARAMS,
+                f"max_rate: updates a second, more than 0 and at most {MAX_RATE_LIMIT:g}",
+            )
+        try:
+            stream = await database_sync_to_async(streams.stream_resolve)(
+                name=message.get("stream"), user_id=self.user_id
+            )
+        except streams.StreamError as exc:
+            raise RequestError(exc.code, exc.message) from None
+        sub = self.subscriptions.get(stream.name)
+        if sub is None:
+            cap = settings.LIVEFOLIO_API_MAX_SUBSCRIPTIONS
+            if len(self.subscriptions) >= cap:
+                raise RequestError(
+                    protocol.ERROR_TOO_MANY_SUBSCRIPTIONS,
+                    f"at most {cap} subscriptions per connection; unsubscribe from one first",
+                )
+            sub = Subscription(stream=stream, max_rate=max_rate)
+            # Join before reading the snapshot so no update committed in between is missed.
+            if self.group_refs.get(stream.group, 0) == 0:
+                await self.channel_layer.group_add(stream.group, self.channel_name)
+            self.group_refs[stream.group] = self.group_refs.get(stream.group, 0) + 1
+            self.subscriptions[stream.name] = sub
+            self.by_source[stream.source] = sub
+        else:
+            sub.max_rate = max_rate  # subscribing again changes the rate and sends a snapshot
+        return sub.describe(), [await self._snapshot_of(sub)]
+
+    async def _unsubscribe(self, message: dict[str, Any]):
+        sub = self._subscribed(message)
+        del self.subscriptions[sub.stream.name]
+        del self.by_source[sub.stream.source]
+        if sub.flush is not None:
+            sub.flush.cancel()
+        group = sub.stream.group
+        self.group_refs[group] -= 1
+        if self.group_refs[group] == 0:
+            del self.group_refs[group]
+            await self.channel_layer.group_discard(group, self.channel_name)
+        return {"stream": sub.stream.name}, []
+
+    async def _list_subscriptions(self, message: dict[str, Any]):
+        return {"subscriptions": [s.describe() for s in self.subscriptions.values()]}, []
+
+    async def _snapshot(self, message: dict[str, Any]):
+        sub = self._subscribed(message)
+        return {"stream": sub.stream.name}, [await self._snapshot_of(sub)]
+
+    REQUESTS = {
+        "auth": _auth,
+        "ping": _ping,
+        "list_portfolios": _list_portfolios,
+        "subscribe": _subscribe,
+        "unsubscribe": _unsubscribe,
+        "list_subscriptions": _list_subscriptions,
+        "snapshot": _snapshot,
+    }
+
+    def _subscribed(self, message: dict[str, Any]) -> Subscription:
+        name = message.get("stream")
+        if not isinstance(name, str) or not name:
+            raise RequestError(protocol.ERROR_BAD_PARAMS, "stream: the stream's name, a string")
+        for sub_name, sub in self.subscriptions.items():
+            if sub_name.lower() == name.lower():
+                return sub
+        raise RequestError(protocol.ERROR_NOT_FOUND, f"not subscribed to {name!r}")
+
+    async def _snapshot_of(self, sub: Subscription) -> dict[str, Any]:
+        data = await database_sync_to_async(streams.stream_state)(sub.stream)
+        # The snapshot supersedes a value held back by max_rate.
+        sub.pending = None
+        return protocol.stream_snapshot(
+            stream=sub.stream.name, stream_seq=sub.stream_seq, data=data
+        )
+
+    # -- stream updates -----------------------------------------------------------------------
+
+    async def livefolio_event(self, event: dict[str, Any]) -> None:
+        found = streams.event_source(event["payload"])
+        if found is None:
+            return
+        source, data = found
+        sub = self.by_source.get(source)
+        if sub is None:
+            return  # another stream of the same group, or another portfolio of the user
+        interval = 1 / sub.max_rate if sub.max_rate else 0.0
+        if sub.flush is None and time.monotonic() - sub.last_sent >= interval:
+            await self._send_update(sub, data)
+            return
+        # Conflate: keep only the latest value; it goes out when the interval has passed.
+        sub.pending = data
+        if sub.flush is None:
+            delay = sub.last_sent + interval - time.monotonic()
+            sub.flush = asyncio.create_task(self._flush_later(sub, delay))
+
+    async def _flush_later(self, sub: Subscription, delay: float) -> None:
+        await asyncio.sleep(max(delay, 0))
+        sub.flush = None
+        if sub.pending is not None and self.subscriptions.get(sub.stream.name) is sub:
+            data, sub.pending = sub.pending, None
+            await self._send_update(sub, data)
+
+    async def _send_update(self, sub: Subscription, data: Any) -> None:
+        sub.stream_seq += 1
+        sub.last_sent = time.monotonic()
+        await self.send_message(
+            protocol.stream_update(stream=sub.stream.name, stream_seq=sub.stream_seq, data=data)
+        )
+
+
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return False
+    return len(str(value)) <= MAX_ID_LENGTH
+
+
+def _request_id(text_data: str | None) -> Any:
+    """The ``id`` of a frame refused before parsing (rate limited), when it has a valid one."""
+    if not text_data or len(text_data) > settings.LIVEFOLIO_MAX_FRAME_BYTES:
+        return None
+    try:
+        message = json.loads(text_data)
+    except ValueError:
+        return None
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return request_id if _valid_id(request_id) else None

@@ -17,10 +17,35 @@ ERROR_FRAME_TOO_LARGE = "frame_too_large"
 ERROR_BINARY_NOT_SUPPORTED = "binary_not_supported"
 ERROR_UNKNOWN_TYPE = "unknown_type"
 ERROR_BAD_MESSAGE = "bad_message"
+# API v1 (/ws/v1/) adds these (also documented in docs/api.md and docs/asyncapi.yaml).
+ERROR_BAD_PARAMS = "bad_params"  # a request's fields are missing or of the wrong kind
+ERROR_NOT_FOUND = "not_found"  # no such instrument, portfolio or subscription
+ERROR_FORBIDDEN = "forbidden"  # it exists but is not yours (another user's portfolio)
+ERROR_RATE_LIMITED = "rate_limited"  # more requests than the per-connection rate allows
+ERROR_TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"  # the per-connection cap
+ERROR_TOO_MANY_CONNECTIONS = "too_many_connections"  # the per-user cap, across servers
+ERROR_AUTH_REQUIRED = "auth_required"  # a request before authenticating
+ERROR_UNAUTHORIZED = "unauthorized"  # an unknown, malformed or revoked token
+ERROR_AUTH_TIMEOUT = "auth_timeout"  # no authentication within the allowed time
+ERROR_IDLE_TIMEOUT = "idle_timeout"  # no subscription and no request for too long
 
 # WebSocket close codes the server uses.
 CLOSE_UNAUTHENTICATED = 4401  # sent when a session ends while connected (logged out)
 CLOSE_FRAME_TOO_LARGE = 1009  # RFC 6455 "message too big"
+# API v1: also 4401 after an `unauthorized` error (wrong or revoked token).
+CLOSE_IDLE_TIMEOUT = 4000  # no subscription and no request within the idle timeout
+CLOSE_AUTH_TIMEOUT = 4408  # not authenticated within the allowed time (like HTTP 408)
+CLOSE_TOO_MANY_CONNECTIONS = 4429  # the user already has the maximum of API connections
+
+# API v1 stream names: "<kind>:<key>", e.g. "quotes:BTC-USD" or "portfolio:12".
+STREAM_QUOTES = "quotes"
+STREAM_TRADES = "trades"
+STREAM_BOOK = "book"
+STREAM_PORTFOLIO = "portfolio"
+STREAM_KINDS = (STREAM_QUOTES, STREAM_TRADES, STREAM_BOOK, STREAM_PORTFOLIO)
+# Book messages carry at most this many levels a side.
+BOOK_DEPTH = 20
+TRADE_SIDES = ("buy", "sell")
 
 
 def iso(moment: datetime) -> str:
@@ -105,7 +130,13 @@ def trade(
     trade_id: str,
     exchange_ts: datetime,
 ) -> dict[str, Any]:
-    """One executed trade on the exchange (``side`` is the taker's: buy, sell or null)."""
+    """One trade on an exchange. ``side`` is the taker's ("buy" lifted an ask).
+
+    The exchange's time travels as ``as_of`` (as in ``quote``): ``ts`` is the envelope's send time.
+    """
+    # None: the exchange did not say which side was the taker.
+    if side is not None and side not in TRADE_SIDES:
+        raise ValueError(f"side must be one of {TRADE_SIDES}, got {side!r}")
     return {
         "type": "trade",
         "instrument": instrument_id,
@@ -113,7 +144,7 @@ def trade(
         "price": dec(price),
         "size": dec(size),
         "side": side,
-        "trade_id": trade_id,
+        "trade_id": str(trade_id),
         "as_of": iso(exchange_ts),
     }
 
@@ -125,21 +156,62 @@ def book(
     bids: list[tuple[Decimal, Decimal]],
     asks: list[tuple[Decimal, Decimal]],
     exchange_ts: datetime,
+    depth: int = BOOK_DEPTH,
 ) -> dict[str, Any]:
-    """The top of the order book: ``[price, size]`` pairs, best first."""
+    """The top ``depth`` levels of an order book, complete in itself (not a diff).
+
+    Levels are ``[price, size]`` string pairs, bids best (highest) first, asks best (lowest) first.
+    """
     return {
         "type": "book",
         "instrument": instrument_id,
         "symbol": symbol,
-        "bids": [[dec(p), dec(s)] for p, s in bids],
-        "asks": [[dec(p), dec(s)] for p, s in asks],
+        "bids": [[dec(p), dec(s)] for p, s in sorted(bids, key=lambda lv: -lv[0])[:depth]],
+        "asks": [[dec(p), dec(s)] for p, s in sorted(asks, key=lambda lv: lv[0])[:depth]],
         "as_of": iso(exchange_ts),
     }
 
 
-def error(*, code: str, message: str) -> dict[str, Any]:
-    return {"type": "error", "code": code, "message": message}
+def error(*, code: str, message: str, request_id: Any = None) -> dict[str, Any]:
+    """An error; API v1 echoes the request's ``id`` (null when the frame had none)."""
+    frame = {"type": "error", "code": code, "message": message}
+    if request_id is not None:
+        frame["id"] = request_id
+    return frame
 
 
 def pong() -> dict[str, Any]:
     return {"type": "pong"}
+
+
+# API v1 (/ws/v1/): replies to requests and stream messages.
+
+
+def welcome(*, user: str | None, auth_timeout: float, heartbeat: float) -> dict[str, Any]:
+    """The first frame on /ws/v1/: who the connection is (null until authenticated)."""
+    return {
+        "type": "welcome",
+        "api": "v1",
+        "user": user,
+        "auth_timeout": auth_timeout,
+        "heartbeat": heartbeat,
+    }
+
+
+def reply(*, request_id: Any, request: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A request succeeded; ``id`` is the client's, ``request`` names what was asked."""
+    return {"type": "reply", "id": request_id, "request": request, "result": result}
+
+
+def stream_snapshot(*, stream: str, stream_seq: int, data: Any) -> dict[str, Any]:
+    """A stream's complete current state; the next update carries ``stream_seq`` + 1."""
+    return {"type": "snapshot", "stream": stream, "stream_seq": stream_seq, "data": data}
+
+
+def stream_update(*, stream: str, stream_seq: int, data: dict[str, Any]) -> dict[str, Any]:
+    """A change on one stream: ``data`` is a quote, trade, book or valuation message."""
+    return {"type": "update", "stream": stream, "stream_seq": stream_seq, "data": data}
+
+
+def heartbeat() -> dict[str, Any]:
+    return {"type": "heartbeat"}

@@ -23,7 +23,7 @@ from django.conf import settings
 
 from portfolio import services
 from portfolio.models import Instrument, Quote
-from streaming import events, protocol
+from streaming import events, marketdata, protocol
 from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 
 log = logging.getLogger(__name__)
@@ -145,15 +145,16 @@ class FeedRunner:
         if batch:
             await self.sink(batch)
 
-    def market_messages(self) -> list[tuple[str, dict[str, Any]]]:
-        """This window's trades (all, in order) and books (the newest per instrument)."""
-        trades, self.trades = self.trades, []
-        books, self.books = self.books, {}
+    def market_messages(
+        self, trades: list[Trade], books: dict[str, Book]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """A window's trades (all, in order) and books (the newest per instrument), kept in the
+        market-data cache for snapshots; returns the messages to publish."""
         messages = []
         for t in trades:
             target = self.symbols.get(t.feed_symbol)
             if target:
-                payload = protocol.trade(
+                payload = marketdata.trade_record(
                     instrument_id=target.instrument_id,
                     symbol=target.symbol,
                     price=t.price,
@@ -166,7 +167,7 @@ class FeedRunner:
         for b in books.values():
             target = self.symbols.get(b.feed_symbol)
             if target:
-                payload = protocol.book(
+                payload = marketdata.book_store(
                     instrument_id=target.instrument_id,
                     symbol=target.symbol,
                     bids=list(b.bids),
@@ -179,7 +180,16 @@ class FeedRunner:
     async def publish_market_data(self) -> None:
         while True:
             await asyncio.sleep(self.book_interval)
-            messages = self.market_messages()
+            if not (self.trades or self.books):
+                continue
+            # Taken here, on the loop, so no event arriving meanwhile is lost.
+            trades, self.trades = self.trades, []
+            books, self.books = self.books, {}
+            try:
+                messages = await sync_to_async(self.market_messages)(trades, books)
+            except Exception:
+                log.exception("feed %s: caching market data failed", self.kind)
+                continue
             if messages:
                 try:
                     await events.apublish(messages)

@@ -133,6 +133,14 @@ async def test_binance_trades_reach_the_database_and_the_pages_and_survive_a_dro
             valuation = await next_of(portfolio_page, "valuation")
             assert valuation["portfolio"]["total"] == "128000.24"  # 2 x 64000.12
             assert await until(price_of(btc)) == Decimal("64000.12")
+            # A page opened later draws the recent trades from its snapshot.
+            cookie = await database_sync_to_async(session_cookie)(world["users"]["bob"])
+            late = communicator("/ws/instrument/BTC-USDT/", cookie=cookie)
+            assert (await late.connect())[0]
+            late_snapshot = await late.receive_json_from(timeout=5)
+            assert [t["price"] for t in late_snapshot["trades"]] == ["64000.12"]
+            assert late_snapshot["position"] is None  # bob holds none of it
+            await late.disconnect()
 
             await exchange.push("{this is not json")  # malformed frames are counted, not fatal
             await exchange.drop()
@@ -194,6 +202,9 @@ async def test_kraken_books_reach_the_instrument_page_and_a_checksum_mismatch_re
             await until(failure_counted)
             resynced = await next_of(page, "book")  # from the fresh snapshot
             assert ["45285.3", "1"] in resynced["asks"]
+            await page.send_json_to({"type": "resync"})
+            snapshot = await next_of(page, "snapshot")
+            assert snapshot["book"]["bids"][0] == ["45283.5", "0.1"]
             await page.disconnect()
         finally:
             code = await asyncio.to_thread(feed.stop)
