@@ -133,6 +133,9 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Prefix of every Redis key: the channel layer's and Livefolio's own (market-data cache, API slots).
+LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio")
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -141,7 +144,7 @@ if REDIS_URL:
                 # redis-py 8 times out reads after 5 s, as long as the layer's blocking receive:
                 # idle consumers then die silently (redis-py #4091). No read timeout fixes it.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-                "prefix": env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio"),
+                "prefix": LIVEFOLIO_REDIS_PREFIX,
                 "capacity": env_int("LIVEFOLIO_CHANNEL_CAPACITY", 1000, minimum=1),
                 "expiry": 30,
             },
@@ -180,8 +183,6 @@ KRAKEN_WS_URL = env_url("KRAKEN_WS_URL", ("ws", "wss")) or "wss://ws.kraken.com/
 
 # Largest WebSocket frame a client may send (bytes).
 LIVEFOLIO_MAX_FRAME_BYTES = 64 * 1024
-# Livefolio's own Redis keys (market-data cache, API connection slots) share the layer's prefix.
-LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio")
 
 # WebSocket API v1 (/ws/v1/): limits per connection and per user (docs/api.md).
 LIVEFOLIO_API_AUTH_TIMEOUT = env_int("LIVEFOLIO_API_AUTH_TIMEOUT", 5, minimum=1)
