@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -251,12 +252,16 @@ class ApiConsumer(ProtocolConsumer):
                 )
                 return
             if self.user_id is not None:
-                await sync_to_async(limits.connection_acquire)(
-                    user_id=self.user_id,
-                    member=self.channel_name,
-                    cap=settings.LIVEFOLIO_API_MAX_CONNECTIONS,
-                    lease=self._lease(),
-                )
+                try:
+                    await sync_to_async(limits.connection_acquire)(
+                        user_id=self.user_id,
+                        member=self.channel_name,
+                        cap=settings.LIVEFOLIO_API_MAX_CONNECTIONS,
+                        lease=self._lease(),
+                    )
+                except redis.RedisError:
+                    # A Redis blip must not stop the heartbeats; the next one renews the lease.
+                    log.warning("api: renewing the connection slot of user %s failed", self.user_id)
             await self.send_message(protocol.heartbeat())
 
     async def send_message(self, payload: dict[str, Any]) -> None:
