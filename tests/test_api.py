@@ -625,3 +625,33 @@ async def test_heartbeats_come_and_an_idle_connection_is_closed_with_4000(
         seen.append(json.loads(output["text"]))
     assert {f["type"] for f in seen[:-1]} == {"heartbeat"}
     await subscribed.disconnect()
+
+
+def test_without_redis_the_embedded_default_keeps_slots_and_market_data_in_memory(monkeypatch):
+    from streaming import limits
+
+    # The embedded default has no REDIS_URL: both modules fall back to one process's memory.
+    monkeypatch.setattr(limits, "_client", lambda: None)
+    monkeypatch.setattr(marketdata, "_client", lambda: None)
+    monkeypatch.setattr(limits, "_memory_slots", {})
+    monkeypatch.setattr(marketdata, "_memory_books", {})
+    assert limits.connection_acquire(user_id=1, member="a", cap=1, lease=60)
+    assert not limits.connection_acquire(user_id=1, member="b", cap=1, lease=60)
+    assert limits.connection_acquire(user_id=2, member="b", cap=1, lease=60)
+    limits.connection_release(user_id=1, member="a")
+    assert limits.connection_acquire(user_id=1, member="b", cap=1, lease=60)
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    for i in range(marketdata.RECENT_TRADES + 1):
+        marketdata.trade_record(
+            instrument_id=-7,
+            symbol="X",
+            price=Decimal("1"),
+            size=Decimal("1"),
+            side="sell",
+            trade_id=str(i),
+            exchange_ts=t0,
+        )
+    trades = marketdata.recent_trades(-7)
+    assert (len(trades), trades[0]["trade_id"], trades[-1]["trade_id"]) == (50, "1", "50")
+    marketdata.book_store(instrument_id=-7, symbol="X", bids=[], asks=[], exchange_ts=t0)
+    assert marketdata.latest_book(-7)["bids"] == []
