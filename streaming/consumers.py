@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -130,6 +131,7 @@ class Subscription:
     stream_seq: int = 0
     last_sent: float = float("-inf")  # monotonic time of the last update sent
     pending: Any = None  # the latest value held back by max_rate, sent when its turn comes
+    skipped: int = 0  # trades conflated away since the last update: stream_seq jumps by these
     flush: asyncio.Task | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -277,12 +279,16 @@ class ApiConsumer(ProtocolConsumer):
                 )
                 return
             if self.user_id is not None:
-                await sync_to_async(limits.connection_acquire)(
-                    user_id=self.user_id,
-                    member=self.channel_name,
-                    cap=settings.LIVEFOLIO_API_MAX_CONNECTIONS,
-                    lease=self._lease(),
-                )
+                try:
+                    await sync_to_async(limits.connection_acquire)(
+                        user_id=self.user_id,
+                        member=self.channel_name,
+                        cap=settings.LIVEFOLIO_API_MAX_CONNECTIONS,
+                        lease=self._lease(),
+                    )
+                except redis.RedisError:
+                    # A Redis blip must not stop the heartbeats; the next one renews the lease.
+                    log.warning("api: renewing the connection slot of user %s failed", self.user_id)
             await self.send_message(protocol.heartbeat())
 
     async def send_message(self, payload: dict[str, Any]) -> None:
@@ -446,8 +452,9 @@ class ApiConsumer(ProtocolConsumer):
 
     async def _snapshot_of(self, sub: Subscription) -> dict[str, Any]:
         data = await database_sync_to_async(streams.stream_state)(sub.stream)
-        # The snapshot supersedes a value held back by max_rate.
+        # The snapshot supersedes a value held back by max_rate (and holds skipped trades).
         sub.pending = None
+        sub.skipped = 0
         return protocol.stream_snapshot(
             stream=sub.stream.name, stream_seq=sub.stream_seq, data=data
         )
@@ -466,7 +473,11 @@ class ApiConsumer(ProtocolConsumer):
         if sub.flush is None and time.monotonic() - sub.last_sent >= interval:
             await self._send_update(sub, data)
             return
-        # Conflate: keep only the latest value; it goes out when the interval has passed.
+        # Conflate: keep only the latest value; it goes out when the interval has passed. A quote,
+        # book or portfolio state supersedes the one it replaces; a trade does not, so skipped
+        # trades show as a jump in stream_seq (the client's snapshot has the recent trades).
+        if sub.pending is not None and sub.stream.kind == protocol.STREAM_TRADES:
+            sub.skipped += 1
         sub.pending = data
         if sub.flush is None:
             delay = sub.last_sent + interval - time.monotonic()
@@ -480,7 +491,8 @@ class ApiConsumer(ProtocolConsumer):
             await self._send_update(sub, data)
 
     async def _send_update(self, sub: Subscription, data: Any) -> None:
-        sub.stream_seq += 1
+        sub.stream_seq += 1 + sub.skipped
+        sub.skipped = 0
         sub.last_sent = time.monotonic()
         await self.send_message(
             protocol.stream_update(stream=sub.stream.name, stream_seq=sub.stream_seq, data=data)

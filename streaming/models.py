@@ -31,6 +31,7 @@ class ApiToken(models.Model):
                 fields=["user", "name"],
                 condition=Q(revoked_at__isnull=True),
                 name="apitoken_unique_active_name_per_user",
+                violation_error_message="This user already has an active token with this name.",
             ),
         ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -226,7 +227,7 @@ async def test_subscribe_sends_reply_then_snapshot_then_updates_numbered_per_str
     await comm.disconnect()
 
 
-async def test_a_client_that_sees_a_gap_asks_for_a_snapshot_and_continues_from_it(
+async def test_a_snapshot_request_resends_the_state_and_updates_continue_from_its_stream_seq(
     world, redis_client
 ):
     from streaming.tasks import ingest_quotes
@@ -238,7 +239,6 @@ async def test_a_client_that_sees_a_gap_asks_for_a_snapshot_and_continues_from_i
     await sync_ingest(ingest_quotes, btc, "200")
     first = await comm.receive_json_from(timeout=5)
     assert (first["stream_seq"], first["data"]["price"]) == (1, "200")
-    # The client lost what came next (here: it stopped reading); it asks for a snapshot.
     await sync_ingest(ingest_quotes, btc, "201")
     await sync_ingest(ingest_quotes, btc, "202")
     missed = [await comm.receive_json_from(timeout=5) for _ in range(2)]
@@ -262,6 +262,59 @@ async def test_a_client_that_sees_a_gap_asks_for_a_snapshot_and_continues_from_i
     assert listed["result"]["subscriptions"] == [
         {"stream": "quotes:BTC-USD", "max_rate": None, "stream_seq": 4}
     ]
+    await comm.disconnect()
+
+
+async def record_and_publish_trade(instrument, trade_id: str, price: str) -> None:
+    trade = await database_sync_to_async(marketdata.trade_record)(
+        instrument_id=instrument.id,
+        symbol=instrument.symbol,
+        price=Decimal(price),
+        size=Decimal("0.1"),
+        side="buy",
+        trade_id=trade_id,
+        exchange_ts=datetime.now(UTC),
+    )
+    await events.apublish([(events.instrument_group(instrument.id), trade)])
+
+
+async def test_trades_skipped_by_max_rate_show_as_a_stream_seq_gap_that_a_snapshot_fills(
+    world, redis_client
+):
+    btc = world["btc"]
+    comm = await connect(world["users"]["alice"])
+    await request(comm, type="subscribe", id=1, stream="trades:BTC-USD", max_rate=1)
+    assert (await comm.receive_json_from())["data"] == {"trades": []}
+    for i in range(5):
+        await record_and_publish_trade(btc, f"t{i}", f"{100 + i}")
+    first = await comm.receive_json_from(timeout=5)
+    assert (first["stream_seq"], first["data"]["trade_id"]) == (1, "t0")
+    latest = await comm.receive_json_from(timeout=5)  # after the 1 s interval
+    assert (latest["stream_seq"], latest["data"]["trade_id"]) == (5, "t4")
+    # The client sees 1 -> 5: three trades it did not get. A snapshot has them.
+    await request(comm, type="snapshot", id="gap", stream="trades:BTC-USD")
+    snapshot = await comm.receive_json_from()
+    assert snapshot["stream_seq"] == 5
+    assert [t["trade_id"] for t in snapshot["data"]["trades"]] == ["t0", "t1", "t2", "t3", "t4"]
+    await asyncio.sleep(1)  # past the interval: the next trade goes out at once
+    await record_and_publish_trade(btc, "t5", "105")
+    after = await comm.receive_json_from(timeout=5)
+    assert (after["stream_seq"], after["data"]["trade_id"]) == (6, "t5")
+    await comm.disconnect()
+
+
+async def test_quotes_conflated_by_max_rate_leave_no_gap_the_latest_supersedes_them(
+    world, redis_client
+):
+    btc = world["btc"]
+    comm = await connect(world["users"]["alice"])
+    await request(comm, type="subscribe", id=1, stream="quotes:BTC-USD", max_rate=1)
+    await comm.receive_json_from()
+    for price in ("1", "2", "3", "4"):
+        await publish_quote(btc, price)
+    first = await comm.receive_json_from(timeout=5)
+    latest = await comm.receive_json_from(timeout=5)
+    assert [(u["stream_seq"], u["data"]["price"]) for u in (first, latest)] == [(1, "1"), (2, "4")]
     await comm.disconnect()
 
 
@@ -564,6 +617,41 @@ async def test_heartbeats_come_and_an_idle_connection_is_closed_with_4000(
     assert '"idle_timeout"' in frames[-1]["text"]
     # The subscribed one stays open past the idle timeout and keeps getting heartbeats.
     await asyncio.sleep(1)
-    await request(subscribed, type="ping", id="alive")
-    assert await subscribed.receive_json_from(timeout=5)
+    await subscribed.send_json_to({"type": "ping", "id": "alive"})
+    seen = []
+    while not seen or seen[-1].get("id") != "alive":
+        output = await subscribed.receive_output(timeout=5)
+        assert output["type"] == "websocket.send", output  # not closed
+        seen.append(json.loads(output["text"]))
+    assert {f["type"] for f in seen[:-1]} == {"heartbeat"}
     await subscribed.disconnect()
+
+
+def test_without_redis_the_embedded_default_keeps_slots_and_market_data_in_memory(monkeypatch):
+    from streaming import limits
+
+    # The embedded default has no REDIS_URL: both modules fall back to one process's memory.
+    monkeypatch.setattr(limits, "_client", lambda: None)
+    monkeypatch.setattr(marketdata, "_client", lambda: None)
+    monkeypatch.setattr(limits, "_memory_slots", {})
+    monkeypatch.setattr(marketdata, "_memory_books", {})
+    assert limits.connection_acquire(user_id=1, member="a", cap=1, lease=60)
+    assert not limits.connection_acquire(user_id=1, member="b", cap=1, lease=60)
+    assert limits.connection_acquire(user_id=2, member="b", cap=1, lease=60)
+    limits.connection_release(user_id=1, member="a")
+    assert limits.connection_acquire(user_id=1, member="b", cap=1, lease=60)
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    for i in range(marketdata.RECENT_TRADES + 1):
+        marketdata.trade_record(
+            instrument_id=-7,
+            symbol="X",
+            price=Decimal("1"),
+            size=Decimal("1"),
+            side="sell",
+            trade_id=str(i),
+            exchange_ts=t0,
+        )
+    trades = marketdata.recent_trades(-7)
+    assert (len(trades), trades[0]["trade_id"], trades[-1]["trade_id"]) == (50, "1", "50")
+    marketdata.book_store(instrument_id=-7, symbol="X", bids=[], asks=[], exchange_ts=t0)
+    assert marketdata.latest_book(-7)["bids"] == []

@@ -103,3 +103,16 @@ def test_an_operator_creates_a_token_in_the_admin_and_sees_it_once_then_revokes_
         shown.group(1)
         not in client.get(f"/admin/streaming/apitoken/{row.id}/change/").content.decode()
     )
+
+
+def test_the_admin_refuses_a_second_active_token_of_the_same_name_with_a_message(world):
+    from django.contrib.auth import get_user_model
+
+    tokens.token_create(user=world["users"]["bob"], name="dashboard")
+    operator = get_user_model().objects.create_superuser("operator", "op@example.com", "x")
+    response = logged_in(operator).post(
+        "/admin/streaming/apitoken/add/", {"user": world["users"]["bob"].id, "name": "dashboard"}
+    )
+    assert response.status_code == 200
+    assert "already has an active token with this name" in response.content.decode()
+    assert ApiToken.objects.filter(name="dashboard").count() == 1
