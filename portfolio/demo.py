@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
@@ -9,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from portfolio import services
-from portfolio.models import AssetClass, FeedKind, Instrument, Portfolio
+from portfolio.models import AssetClass, FeedKind, Instrument, Portfolio, TxKind
 
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo"
@@ -38,7 +39,8 @@ def demo_seed() -> Portfolio:
     if portfolio is None:
         portfolio = services.portfolio_create(owner=user, name="Demo", base_currency="USD")
     now = timezone.now()
-    for symbol, name, asset_class, price, quantity, unit_cost in INSTRUMENTS:
+    instruments = {}
+    for symbol, name, asset_class, price, _quantity, _unit_cost in INSTRUMENTS:
         instrument, _ = Instrument.objects.get_or_create(
             symbol=symbol,
             defaults={
@@ -49,21 +51,60 @@ def demo_seed() -> Portfolio:
                 "feed_symbol": symbol,
             },
         )
-        services.quotes_store(
-            updates=[
-                services.QuoteUpdate(
-                    instrument_id=instrument.id,
-                    price=Decimal(price),
-                    exchange_ts=now,
-                    source=FeedKind.SIMULATED,
-                )
-            ]
-        )
-        if not portfolio.holdings.filter(instrument=instrument).exists():
-            services.holding_set(
-                portfolio=portfolio,
-                instrument=instrument,
-                quantity=Decimal(quantity),
-                cost_basis=Decimal(quantity) * Decimal(unit_cost),
+        instruments[symbol] = instrument
+        # Yesterday's close 2 % lower, so the day change column has something to say.
+        for at, px in ((now - timedelta(days=1), Decimal(price) * Decimal("0.98")), (now, price)):
+            services.quotes_store(
+                updates=[
+                    services.QuoteUpdate(
+                        instrument_id=instrument.id,
+                        price=Decimal(px),
+                        exchange_ts=at,
+                        source=FeedKind.SIMULATED,
+                    )
+                ]
             )
+    if not portfolio.transactions.exists():
+        _demo_ledger(portfolio, instruments, now)
     return portfolio
+
+
+def _demo_ledger(portfolio: Portfolio, instruments: dict, now) -> None:
+    """A deposit, buys at past dates, one partial sell and a dividend."""
+    start = (now - timedelta(days=400)).replace(hour=14, minute=30, second=0, microsecond=0)
+    total_cost = sum(Decimal(q) * Decimal(c) for *_, q, c in INSTRUMENTS)
+    services.transaction_add(
+        portfolio=portfolio,
+        kind=TxKind.DEPOSIT,
+        amount=(total_cost * Decimal("1.1")).quantize(Decimal(1000)),
+        executed_at=start,
+        note="Initial deposit",
+    )
+    for day, (symbol, *_rest, quantity, unit_cost) in enumerate(INSTRUMENTS, start=1):
+        services.transaction_add(
+            portfolio=portfolio,
+            kind=TxKind.BUY,
+            instrument=instruments[symbol],
+            quantity=Decimal(quantity) * (2 if symbol == "NVDA" else 1),
+            price=Decimal(unit_cost),
+            fees=Decimal("4.95"),
+            executed_at=start + timedelta(days=day * 7),
+        )
+    services.transaction_add(
+        portfolio=portfolio,
+        kind=TxKind.SELL,
+        instrument=instruments["NVDA"],
+        quantity=Decimal("40"),
+        price=Decimal("118.40"),
+        fees=Decimal("4.95"),
+        executed_at=start + timedelta(days=200),
+        note="Took half the NVIDIA profit",
+    )
+    services.transaction_add(
+        portfolio=portfolio,
+        kind=TxKind.DIVIDEND,
+        instrument=instruments["AAPL"],
+        amount=Decimal("6.25"),
+        executed_at=start + timedelta(days=260),
+        note="Quarterly dividend",
+    )
