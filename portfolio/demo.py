@@ -76,7 +76,7 @@ def _demo_ledger(portfolio: Portfolio, instruments: dict, now) -> None:
     services.transaction_add(
         portfolio=portfolio,
         kind=TxKind.DEPOSIT,
-        amount=(total_cost * Decimal("1.1")).quantize(Decimal(1000)),
+        amount=(total_cost * Decimal("1.1") / 1000).to_integral_value() * 1000,
         executed_at=start,
         note="Initial deposit",
     )

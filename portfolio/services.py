@@ -127,7 +127,7 @@ def portfolio_update(
 ) -> Portfolio:
     """Change a portfolio's settings; a new cost-basis method or short rule recomputes it.
 
-    Turning ``allow_short`` off while a position is short raises ``ValidationError``.
+    Turning ``allow_short`` off while the ledger sells short raises ``ValidationError``.
     """
     portfolio = Portfolio.objects.select_for_update().get(pk=portfolio.pk)
     recompute = False
@@ -142,7 +142,13 @@ def portfolio_update(
     portfolio.full_clean()
     portfolio.save()
     if recompute:
-        holdings_recompute(portfolio=portfolio)
+        try:
+            with transaction.atomic():
+                holdings_recompute(portfolio=portfolio)
+        except ledger.LedgerError as exc:
+            raise ValidationError(
+                {"allow_short": [f"the ledger needs short selling: {exc}"]}
+            ) from None
     return portfolio
 
 

@@ -6,6 +6,24 @@ from portfolio import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("portfolios/new/", views.portfolio_create, name="portfolio-create"),
+    path("p/<int:portfolio_id>/", views.portfolio_detail, name="portfolio"),
+    path("p/<int:portfolio_id>/settings/", views.portfolio_settings, name="portfolio-settings"),
+    path("p/<int:portfolio_id>/performance/", views.portfolio_performance, name="performance"),
+    path("p/<int:portfolio_id>/transactions/", views.transaction_list, name="transactions"),
+    path("p/<int:portfolio_id>/transactions/add/", views.transaction_add, name="transaction-add"),
+    path(
+        "p/<int:portfolio_id>/transactions/<int:tx_id>/edit/",
+        views.transaction_edit,
+        name="transaction-edit",
+    ),
+    path(
+        "p/<int:portfolio_id>/transactions/<int:tx_id>/delete/",
+        views.transaction_delete,
+        name="transaction-delete",
+    ),
+    path("p/<int:portfolio_id>/import/", views.transaction_import, name="transaction-import"),
+    path("p/<int:portfolio_id>/export.csv", views.transaction_export, name="transaction-export"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
