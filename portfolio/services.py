@@ -152,6 +152,13 @@ def portfolio_update(
     return portfolio
 
 
+def _trim(value: Decimal) -> Decimal:
+    """Drop the column's padding zeros (3.000000000000 -> 3) so messages read like the input."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
+
+
 def ledger_entry(tx: Transaction) -> ledger.LedgerEntry:
     """The ledger's view of a stored (or about to be stored) transaction."""
     return ledger.LedgerEntry(
@@ -161,11 +168,11 @@ def ledger_entry(tx: Transaction) -> ledger.LedgerEntry:
         currency=tx.currency,
         # Keyed by symbol so the ledger's messages name what the user knows.
         instrument=tx.instrument.symbol if tx.instrument_id else None,
-        quantity=tx.quantity,
-        price=tx.price,
-        fees=tx.fees,
-        amount=tx.amount,
-        ratio=tx.ratio,
+        quantity=_trim(tx.quantity),
+        price=_trim(tx.price),
+        fees=_trim(tx.fees),
+        amount=_trim(tx.amount),
+        ratio=None if tx.ratio is None else _trim(tx.ratio),
     )
 
 
@@ -267,8 +274,7 @@ def _ledger_validation_error(exc: ledger.LedgerError) -> ValidationError:
     # The ledger prefixes "transaction <ref>: <field> "; a form shows the message next to the
     # field, where the prefix is noise.
     prefix = f"transaction {exc.ref!r}: "
-    if message.startswith(prefix):
-        message = message[len(prefix) :]
+    message = message.removeprefix(prefix).removeprefix(f"{exc.field}: ")
     field = exc.field if exc.field in _TX_FIELDS else NON_FIELD_ERRORS
     return ValidationError({field: [message]})
 
@@ -285,12 +291,15 @@ def _save_and_recompute(tx: Transaction) -> Transaction:
     except ledger.LedgerError as exc:
         raise _ledger_validation_error(exc) from None
     tx.full_clean(exclude=["portfolio"])
+    pk = tx.pk
     try:
         with transaction.atomic():
             tx.save()
             holdings_recompute(portfolio=tx.portfolio)
     except ledger.LedgerError as exc:
-        if exc.ref == tx.pk:
+        refused_pk, tx.pk = tx.pk, pk  # rolled back: an added row does not exist
+        exc.ref = refused_pk if exc.ref == refused_pk else exc.ref
+        if exc.ref == refused_pk:
             raise _ledger_validation_error(exc) from None
         # The change made a later transaction impossible (e.g. it removed the shares sold).
         raise ValidationError(
@@ -328,12 +337,13 @@ def transaction_update(*, tx: Transaction, **fields: object) -> Transaction:
 def transaction_delete(*, tx: Transaction) -> None:
     """Delete a transaction and recompute; refused (``ValidationError``) when a later sale
     would then sell more than is held."""
-    portfolio = tx.portfolio
+    portfolio, pk = tx.portfolio, tx.pk
     try:
         with transaction.atomic():
             tx.delete()
             holdings_recompute(portfolio=portfolio)
     except ledger.LedgerError as exc:
+        tx.pk = pk  # rolled back: the row is still there
         raise ValidationError(
             f"deleting it would make another transaction impossible: {exc}"
         ) from None
