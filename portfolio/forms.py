@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django import forms
 
 from portfolio.models import Instrument, Portfolio, Transaction, TxKind
@@ -62,7 +64,7 @@ class TransactionForm(forms.ModelForm):
         cleaned = super().clean()
         for name in ("quantity", "price", "fees", "amount"):
             if cleaned.get(name) is None and name not in self.errors:
-                cleaned[name] = 0
+                cleaned[name] = Decimal(0)
         return cleaned
 
     def _post_clean(self) -> None:
