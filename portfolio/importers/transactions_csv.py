@@ -255,6 +255,8 @@ def import_csv(
     try:
         with transaction.atomic():
             total = len(parsed)
+            if progress:
+                progress(0, total)
             for start in range(0, total, CHUNK):
                 Transaction.objects.bulk_create([tx for _, tx in parsed[start : start + CHUNK]])
                 if progress:

@@ -27,7 +27,10 @@ class Command(BaseCommand):
         self.stdout.write(f"Checking {path} for portfolio {portfolio.id} ({portfolio.name})…")
 
         def progress(done: int, total: int) -> None:
-            self.stdout.write(f"  stored {done:,} of {total:,} rows")
+            if done == 0:
+                self.stdout.write(f"All {total:,} rows are valid; storing…")
+            else:
+                self.stdout.write(f"  stored {done:,} of {total:,} rows")
 
         with path.open(newline="", encoding="utf-8-sig") as text:
             result = transactions_csv.import_csv(portfolio=portfolio, text=text, progress=progress)
