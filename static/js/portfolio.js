@@ -26,8 +26,10 @@ function time(iso) {
 }
 function signed(amount, currency, pct) {
   if (amount === null || amount === undefined) return "—";
-  const text = (amount.startsWith("-") ? "" : "+") + money(amount, currency);
-  return pct === null || pct === undefined ? text : `${text} (${pct.startsWith("-") ? "" : "+"}${pct}%)`;
+  // A sign on gains and losses only: zero is shown as it is.
+  const sign = (s) => (s.startsWith("-") || Number(s) === 0 ? "" : "+");
+  const text = sign(amount) + money(amount, currency);
+  return pct === null || pct === undefined ? text : `${text} (${sign(pct)}${pct}%)`;
 }
 function tone(el, amount) {
   el.classList.toggle("up", !!amount && !amount.startsWith("-") && Number(amount) !== 0);
