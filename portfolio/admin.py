@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.utils import timezone
@@ -112,8 +113,30 @@ def recompute_holdings(modeladmin, request, queryset) -> None:
     modeladmin.message_user(request, f"Recomputed {done} portfolio(s).", messages.SUCCESS)
 
 
+class PortfolioAdminForm(forms.ModelForm):
+    """Refuses a cost-basis method or short rule the ledger cannot be replayed with."""
+
+    class Meta:
+        model = Portfolio
+        fields = ["owner", "name", "base_currency", "cost_basis_method", "allow_short"]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        changed = {"cost_basis_method", "allow_short"} & set(self.changed_data)
+        if self.instance.pk and changed and not self.errors:
+            problem = services.ledger_problem(
+                portfolio=self.instance,
+                method=cleaned["cost_basis_method"],
+                allow_short=cleaned["allow_short"],
+            )
+            if problem:
+                self.add_error("allow_short", problem)
+        return cleaned
+
+
 @admin.register(Portfolio)
 class PortfolioAdmin(admin.ModelAdmin):
+    form = PortfolioAdminForm
     list_display = (
         "name",
         "owner",

@@ -16,6 +16,9 @@ class PortfolioForm(forms.ModelForm):
         model = Portfolio
         fields = ["name", "base_currency", "cost_basis_method", "allow_short"]
 
+    def clean_base_currency(self) -> str:
+        return self.cleaned_data["base_currency"].strip().upper()
+
 
 class PortfolioSettingsForm(forms.ModelForm):
     class Meta:
@@ -59,6 +62,9 @@ class TransactionForm(forms.ModelForm):
         for name in ("quantity", "price", "fees", "amount"):
             self.fields[name].required = False
         self.fields["kind"].initial = TxKind.BUY
+
+    def clean_currency(self) -> str:
+        return self.cleaned_data["currency"].strip().upper()
 
     def clean(self) -> dict:
         cleaned = super().clean()

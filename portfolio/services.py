@@ -10,7 +10,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
-from portfolio import ledger
+from portfolio import ledger, selectors
 from portfolio.models import (
     CashBalance,
     Holding,
@@ -20,7 +20,9 @@ from portfolio.models import (
     Quote,
     Transaction,
     TxKind,
+    ValuationSnapshot,
 )
+from streaming import events, protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,29 @@ def ledger_entry(tx: Transaction) -> ledger.LedgerEntry:
     )
 
 
+def _ledger_entries(portfolio: Portfolio) -> list[ledger.LedgerEntry]:
+    rows = (
+        Transaction.objects.filter(portfolio=portfolio)
+        .select_related("instrument")
+        .order_by("executed_at", "id")
+    )
+    return [ledger_entry(tx) for tx in rows]
+
+
+def ledger_problem(*, portfolio: Portfolio, method: str, allow_short: bool) -> str | None:
+    """Why the portfolio's ledger could not be replayed with these settings; None if it can.
+
+    Stores nothing: for forms that must refuse a setting before saving it.
+    """
+    try:
+        ledger.replay(
+            _ledger_entries(portfolio), method=ledger.CostBasis(method), allow_short=allow_short
+        )
+    except ledger.LedgerError as exc:
+        return f"the ledger needs short selling: {exc}"
+    return None
+
+
 def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
     """Replay the portfolio's whole ledger and store holdings, open lots and cash balances.
 
@@ -244,10 +269,6 @@ def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
 
 
 def _publish_valuation(portfolio_id: int, owner_id: int) -> None:
-    # Imported here: streaming imports this module (tasks call services).
-    from portfolio import selectors
-    from streaming import events, protocol
-
     states = selectors.portfolio_states(portfolio_ids=[portfolio_id])
     events.publish(
         [(events.user_group(owner_id), protocol.valuation(portfolio=state)) for state in states]
@@ -355,10 +376,6 @@ def valuation_snapshots_take(*, at: datetime | None = None) -> int:
     Idempotent per instant: a second run with the same ``at`` changes nothing. Returns how many
     snapshots were written. Portfolios without any transaction are skipped.
     """
-    # Imported here: selectors import this module's models only, but keep reads and writes apart.
-    from portfolio import selectors
-    from portfolio.models import ValuationSnapshot
-
     at = at or timezone.now()
     written = 0
     for portfolio in Portfolio.objects.filter(transactions__isnull=False).distinct():

@@ -88,9 +88,9 @@ yesterday,BUY,ETH-USD,1,1500,,,
         "line 4: type: 'SWAP' is not one of BUY, SELL, DIVIDEND, INTEREST, FEE, DEPOSIT, "
         "WITHDRAWAL, SPLIT, TRANSFER_IN, TRANSFER_OUT",
         "line 5: symbol: unknown symbol 'DOGE-USD'",
-        "line 6: fees must not be negative, got -2",
+        "line 6: fee: must not be negative, got -2",
         "line 7: symbol: unknown symbol 'PEPE'",
-        "line 10: amount must be positive for DIVIDEND, got 0",
+        "line 10: amount: must be positive for DIVIDEND, got 0",
     ]
     assert result.unknown_symbols == ["DOGE-USD", "PEPE"]
     assert Transaction.objects.filter(portfolio=bob).count() == 2  # the world's only
@@ -101,7 +101,7 @@ yesterday,BUY,ETH-USD,1,1500,,,
     )
     result = run_import(bob, fixed + "\n")
     assert [e.line for e in result.errors] == [3, 4]  # lines of the new, shorter file
-    assert "cannot sell 50 of 'ETH-USD'" in result.errors[0].message
+    assert result.errors[0].message.startswith("quantity: cannot sell 50 of 'ETH-USD'")
     assert "held 0, requested 50" in result.errors[0].message  # the world buys on 5 Jan 15:01
     assert "cannot sell 40 of 'ETH-USD'" in result.errors[1].message
     assert Transaction.objects.filter(portfolio=bob).count() == 2

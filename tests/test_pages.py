@@ -179,9 +179,10 @@ def test_creating_a_portfolio_and_changing_its_cost_basis_method(world, client_f
     assert pension.cost_basis_method == "HIFO"
     response = client.post(
         reverse("portfolio-create"),
-        {"name": "Pension", "base_currency": "eur", "cost_basis_method": "HIFO"},
+        {"name": "Crypto", "base_currency": "dollars", "cost_basis_method": "HIFO"},
     )
     assert "Use an ISO-style currency code" in response.content.decode()
+    assert not Portfolio.objects.filter(name="Crypto").exists()
     client.post(
         reverse("portfolio-settings", args=[pension.id]),
         {"name": "Pension", "cost_basis_method": "LIFO"},

@@ -29,6 +29,7 @@ from portfolio.models import (
 from streaming import events
 from streaming.tasks import ingest_quotes
 from tests.conftest import ROOT
+from tests.test_ingest import drain
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 
@@ -237,12 +238,17 @@ def test_a_euro_holding_is_valued_in_dollars_through_the_live_fx_quote(
     assert len(state["issues"]) == 2
 
     layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.user_group(world["users"]["alice"].id), channel)
+    channels = {}
+    for name, user in world["users"].items():
+        channels[name] = async_to_sync(layer.new_channel)()
+        async_to_sync(layer.group_add)(events.user_group(user.id), channels[name])
     with django_capture_on_commit_callbacks(execute=True):
         ingest_quotes([tick(eurusd, "1.10", T0 + timedelta(seconds=1))])
-    # The FX tick alone revalues alice (she holds EUR), and reaches only her.
-    state = async_to_sync(layer.receive)(channel)["payload"]["portfolio"]
+    # The FX tick alone revalues alice (she holds EUR); bob and charlie hold no EUR.
+    got = {name: drain(layer, channel) for name, channel in channels.items()}
+    assert got["bob"] == [] and got["charlie"] == []
+    [message] = got["alice"]
+    state = message["payload"]["portfolio"]
     row = next(h for h in state["holdings"] if h["symbol"] == "SAP")
     assert row["value"] == "1200.00"  # in EUR
     assert row["value_base"] == "1320.00"  # 10 x 120 x 1.10

@@ -57,6 +57,13 @@ KIND_ALIASES = {
     "transferin": TxKind.TRANSFER_IN,
     "transferout": TxKind.TRANSFER_OUT,
 }
+# The ledger's field names as this format calls them, so a message names the CSV column.
+LEDGER_FIELD_COLUMNS = {
+    "fees": "fee",
+    "instrument": "symbol",
+    "executed_at": "date",
+    "kind": "type",
+}
 CHUNK = 10_000
 # Ledger-level refusals (e.g. an oversell) are found one per replay; stop after this many.
 MAX_LEDGER_ERRORS = 50
@@ -208,7 +215,7 @@ def _parse_row(
     try:
         services.ledger_entry(tx)
     except ledger.LedgerError as exc:
-        raise ValueError(str(exc).removeprefix("transaction None: ")) from None
+        raise ValueError(_column_message(exc)) from None
     for name, limit in (("quantity", 12), ("price", 10), ("fee", 10), ("amount", 10)):
         value = getattr(tx, {"fee": "fees"}.get(name, name))
         if value.as_tuple().exponent < -limit:
@@ -299,13 +306,22 @@ def _check_ledger(
         except ledger.LedgerError as exc:
             ref = exc.ref
             line = int(ref.removeprefix("line ")) if isinstance(ref, str) else 0
-            message = str(exc).removeprefix(f"transaction {ref!r}: ")
+            message = _column_message(exc)
             if line == 0 or line not in new:
                 result.errors.append(RowError(0, f"an existing transaction: {message}"))
                 return
             result.errors.append(RowError(line, message))
             del new[line]
     result.errors.append(RowError(0, f"stopped after {MAX_LEDGER_ERRORS} ledger errors"))
+
+
+def _column_message(exc: ledger.LedgerError) -> str:
+    """The ledger's message, starting with the CSV column it is about ("fee: must not be...")."""
+    message = str(exc).removeprefix(f"transaction {exc.ref!r}: ")
+    if exc.field and message.startswith(exc.field):
+        rest = message[len(exc.field) :].removeprefix(":").lstrip()
+        message = f"{LEDGER_FIELD_COLUMNS.get(exc.field, exc.field)}: {rest}"
+    return message
 
 
 def export_rows(*, portfolio: Portfolio) -> Iterable[list[str]]:
