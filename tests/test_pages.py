@@ -179,7 +179,7 @@ def test_creating_a_portfolio_and_changing_its_cost_basis_method(world, client_f
     assert pension.cost_basis_method == "HIFO"
     response = client.post(
         reverse("portfolio-create"),
-        {"name": "Crypto", "base_currency": "dollars", "cost_basis_method": "HIFO"},
+        {"name": "Crypto", "base_currency": "u$d", "cost_basis_method": "HIFO"},
     )
     assert "Use an ISO-style currency code" in response.content.decode()
     assert not Portfolio.objects.filter(name="Crypto").exists()
