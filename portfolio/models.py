@@ -136,6 +136,9 @@ class Portfolio(models.Model):
         default=False, help_text="Allow selling more than is held (opens a short position)."
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    recomputed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When holdings were last recomputed from the ledger."
+    )
 
     class Meta:
         ordering = ["owner_id", "name"]

@@ -202,6 +202,9 @@ def _state(
         "cost_basis_method": portfolio.cost_basis_method,
         "total": protocol.money(value.market_value),
         "as_of": protocol.iso(as_of) if as_of else None,
+        "recomputed_at": (
+            protocol.iso(portfolio.recomputed_at) if portfolio.recomputed_at else None
+        ),
         "holdings_value": protocol.money(value.holdings_value),
         "cash_total": protocol.money(value.cash_value),
         "cost": protocol.money(value.cost),

@@ -264,6 +264,8 @@ def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
                 for currency in currencies
             ]
         )
+        # Lets a client tell a ledger change from an older price picture (docs/protocol.md).
+        Portfolio.objects.filter(pk=locked.pk).update(recomputed_at=timezone.now())
         transaction.on_commit(lambda: _publish_valuation(locked.pk, locked.owner_id))
     return result
 

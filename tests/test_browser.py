@@ -151,6 +151,8 @@ def test_a_transaction_added_through_the_form_changes_the_holding_and_the_open_l
 
     # A second tab records the purchase; the live tab is never reloaded.
     form = page.context.new_page()
+    form.console_errors = []
+    form.on("pageerror", lambda e: form.console_errors.append(str(e)))
     portfolio_id = world["portfolios"]["alice"].id
     form.goto(f"{daphne_server}/p/{portfolio_id}/transactions/add/")
     form.select_option("#id_kind", "SELL")
@@ -173,4 +175,11 @@ def test_a_transaction_added_through_the_form_changes_the_holding_and_the_open_l
     expect(page.locator('[data-field="total"]')).to_have_text("$110,000.00")
     expect(btc.locator(".upnl")).to_have_text("+$109,000.00 (+265.85%)")  # cost 41,000
     screenshot(page, "portfolio-after-add")
-    assert page.console_errors == []
+
+    # Deleting it through its edit page puts the live tab back.
+    form.locator("tr[data-transaction]", has_text="40000").get_by_role("link", name="Edit").click()
+    form.get_by_role("button", name="Delete this transaction").click()
+    expect(form.locator("tr[data-transaction]", has_text="BTC-USD")).to_have_count(1)
+    expect(btc.locator(".qty")).to_have_text("2")
+    expect(page.locator('[data-field="total"]')).to_have_text("$100,000.00")
+    assert page.console_errors == [] and form.console_errors == []

@@ -69,6 +69,7 @@ function render(portfolio) {
   }
   const { el } = entry;
   entry.asOf = portfolio.as_of;
+  entry.recomputedAt = portfolio.recomputed_at;
   const base = portfolio.base_currency;
   el.querySelector('[data-field="name"]').textContent = portfolio.name;
   setText(el.querySelector('[data-field="total"]'), money(portfolio.total, base));
@@ -156,8 +157,16 @@ function onMessage(message) {
   } else if (message.type === "valuation") {
     if (wanted !== null && message.portfolio.id !== wanted) return;
     const entry = shown.get(message.portfolio.id);
-    // Valuations can cross in flight; never replace a newer picture with an older one.
-    if (entry && entry.asOf && message.portfolio.as_of && message.portfolio.as_of < entry.asOf) return;
+    // Valuations can cross in flight; never replace a newer picture with an older one. The
+    // ledger's recomputed_at orders first (a ledger change may remove the freshest-priced
+    // holding), then the price time as_of.
+    const p = message.portfolio;
+    if (entry) {
+      const shownLedger = entry.recomputedAt || "";
+      const ledger = p.recomputed_at || "";
+      if (ledger < shownLedger) return;
+      if (ledger === shownLedger && entry.asOf && p.as_of && p.as_of < entry.asOf) return;
+    }
     render(message.portfolio);
   } else if (message.type === "error") {
     console.warn("server error", message.code, message.message);
