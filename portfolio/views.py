@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from portfolio import selectors, services
@@ -40,13 +41,27 @@ def _own_transaction(request: HttpRequest, portfolio: Portfolio, tx_id: int) -> 
     )
 
 
+# Pages the portfolio switcher keeps you on when you pick another portfolio.
+SWITCHABLE = {
+    "portfolio",
+    "transactions",
+    "transaction-add",
+    "transaction-import",
+    "performance",
+    "portfolio-settings",
+}
+
+
 def _page(request: HttpRequest, template: str, portfolio: Portfolio | None, **context):
+    match = request.resolver_match
+    view = match.url_name if match and match.url_name in SWITCHABLE else "portfolio"
+    portfolios = Portfolio.objects.filter(owner=request.user).order_by("name")
     return render(
         request,
         template,
         {
             "portfolio": portfolio,
-            "portfolios": Portfolio.objects.filter(owner=request.user).order_by("name"),
+            "portfolios": [(p, reverse(view, args=[p.id])) for p in portfolios],
             **context,
         },
     )

@@ -260,3 +260,31 @@ def test_beat_task_snapshots_each_portfolio_once_per_instant(world):
     snap = ValuationSnapshot.objects.get(portfolio=world["portfolios"]["alice"], taken_at=at)
     assert snap.value == 0  # no BTC price yet, cash 0: nothing valued
     assert snap.net_flows == 1000
+
+
+def test_the_switcher_keeps_the_page_and_lists_only_own_portfolios(world, client_for):
+    alice = world["portfolios"]["alice"]
+    savings = services.portfolio_create(owner=world["users"]["alice"], name="Savings")
+    html = client_for(world["users"]["alice"]).get(reverse("performance", args=[alice.id]))
+    options = re.findall(r'<option value="([^"]+)"', html.content.decode())
+    assert options == [
+        reverse("performance", args=[alice.id]),
+        reverse("performance", args=[savings.id]),
+    ]
+
+
+def test_admin_recompute_action_rebuilds_holdings_from_the_ledger(world, admin_client):
+    alice = world["portfolios"]["alice"]
+    Holding.objects.filter(portfolio=alice).update(quantity=Decimal("99"))
+    response = admin_client.post(
+        reverse("admin:portfolio_portfolio_changelist"),
+        {"action": "recompute_holdings", "_selected_action": [alice.id]},
+        follow=True,
+    )
+    assert "Recomputed 1 portfolio(s)." in response.content.decode()
+    assert Holding.objects.get(portfolio=alice).quantity == 2
+    listing = admin_client.get(
+        reverse("admin:portfolio_transaction_changelist"), {"kind__exact": "BUY"}
+    )
+    assert listing.status_code == 200
+    assert listing.content.decode().count('<td class="field-kind">Buy<') == 3  # one BUY each
