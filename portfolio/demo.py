@@ -15,16 +15,19 @@ from portfolio.models import AssetClass, FeedKind, Instrument, Portfolio, TxKind
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo"
 
-# symbol, name, asset class, start price, demo quantity, demo unit cost
+# symbol, name, asset class, currency, start price, demo quantity, demo unit cost
 INSTRUMENTS = [
-    ("BTC-USD", "Bitcoin", AssetClass.CRYPTO, "97000", "0.5", "61000"),
-    ("ETH-USD", "Ether", AssetClass.CRYPTO, "3500", "4", "2400"),
-    ("SOL-USD", "Solana", AssetClass.CRYPTO, "180", "60", "95"),
-    ("AAPL", "Apple Inc.", AssetClass.EQUITY, "230", "25", "172.5"),
-    ("MSFT", "Microsoft Corp.", AssetClass.EQUITY, "420", "10", "310"),
-    ("NVDA", "NVIDIA Corp.", AssetClass.EQUITY, "140", "40", "48.2"),
-    ("VOO", "Vanguard S&P 500 ETF", AssetClass.ETF, "520", "12", "401"),
+    ("BTC-USD", "Bitcoin", AssetClass.CRYPTO, "USD", "97000", "0.5", "61000"),
+    ("ETH-USD", "Ether", AssetClass.CRYPTO, "USD", "3500", "4", "2400"),
+    ("SOL-USD", "Solana", AssetClass.CRYPTO, "USD", "180", "60", "95"),
+    ("AAPL", "Apple Inc.", AssetClass.EQUITY, "USD", "230", "25", "172.5"),
+    ("MSFT", "Microsoft Corp.", AssetClass.EQUITY, "USD", "420", "10", "310"),
+    ("NVDA", "NVIDIA Corp.", AssetClass.EQUITY, "USD", "140", "40", "48.2"),
+    ("VOO", "Vanguard S&P 500 ETF", AssetClass.ETF, "USD", "520", "12", "401"),
+    ("SAP", "SAP SE", AssetClass.EQUITY, "EUR", "240", "10", "180"),
 ]
+# The rate SAP's euros are converted at: an FX instrument (no holding), streamed like the rest.
+FX = ("EURUSD", "Euro in US dollars", AssetClass.FX, "USD", "1.08", None, None)
 
 
 @transaction.atomic
@@ -40,13 +43,13 @@ def demo_seed() -> Portfolio:
         portfolio = services.portfolio_create(owner=user, name="Demo", base_currency="USD")
     now = timezone.now()
     instruments = {}
-    for symbol, name, asset_class, price, _quantity, _unit_cost in INSTRUMENTS:
+    for symbol, name, asset_class, currency, price, _quantity, _unit_cost in [*INSTRUMENTS, FX]:
         instrument, _ = Instrument.objects.get_or_create(
             symbol=symbol,
             defaults={
                 "name": name,
                 "asset_class": asset_class,
-                "quote_currency": "USD",
+                "quote_currency": currency,
                 "feed": FeedKind.SIMULATED,
                 "feed_symbol": symbol,
             },
@@ -70,16 +73,20 @@ def demo_seed() -> Portfolio:
 
 
 def _demo_ledger(portfolio: Portfolio, instruments: dict, now) -> None:
-    """A deposit, buys at past dates, one partial sell and a dividend."""
+    """Deposits, buys at past dates, one partial sell and a dividend."""
     start = (now - timedelta(days=400)).replace(hour=14, minute=30, second=0, microsecond=0)
-    total_cost = sum(Decimal(q) * Decimal(c) for *_, q, c in INSTRUMENTS)
-    services.transaction_add(
-        portfolio=portfolio,
-        kind=TxKind.DEPOSIT,
-        amount=(total_cost * Decimal("1.1") / 1000).to_integral_value() * 1000,
-        executed_at=start,
-        note="Initial deposit",
-    )
+    costs: dict[str, Decimal] = {}
+    for _symbol, _name, _class, currency, _price, quantity, unit_cost in INSTRUMENTS:
+        costs[currency] = costs.get(currency, Decimal(0)) + Decimal(quantity) * Decimal(unit_cost)
+    for currency, cost in costs.items():
+        services.transaction_add(
+            portfolio=portfolio,
+            kind=TxKind.DEPOSIT,
+            amount=(cost * Decimal("1.1") / 1000).to_integral_value() * 1000,
+            currency=currency,
+            executed_at=start,
+            note=f"Initial deposit in {currency}",
+        )
     for day, (symbol, *_rest, quantity, unit_cost) in enumerate(INSTRUMENTS, start=1):
         services.transaction_add(
             portfolio=portfolio,

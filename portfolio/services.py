@@ -321,7 +321,6 @@ def _save_and_recompute(tx: Transaction) -> Transaction:
             holdings_recompute(portfolio=tx.portfolio)
     except ledger.LedgerError as exc:
         refused_pk, tx.pk = tx.pk, pk  # rolled back: an added row does not exist
-        exc.ref = refused_pk if exc.ref == refused_pk else exc.ref
         if exc.ref == refused_pk:
             raise _ledger_validation_error(exc) from None
         # The change made a later transaction impossible (e.g. it removed the shares sold).
