@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -280,6 +280,35 @@ class PeriodPerformance:
     twr: performance.TimeWeightedReturn | None
     irr: performance.IrrResult | None
     problem: str | None
+    # Under a year the IRR is the period's own rate (not annualized, as GIPS asks); irr_dates
+    # are the real dates of irr.flows, whose times were stretched to compute it.
+    irr_annualized: bool = True
+    irr_dates: tuple[datetime, ...] = ()
+
+
+YEAR = timedelta(days=365)
+
+
+def _period_irr(
+    points: tuple[performance.ValuePoint, ...], flows: tuple[performance.CashFlow, ...]
+) -> tuple[performance.IrrResult, bool, tuple[datetime, ...]]:
+    """XIRR over the span; under a year, time is stretched so the span is one year, which
+    makes the annual rate the rate for the period (annualizing minutes overflows)."""
+    span = points[-1].at - points[0].at
+    if span >= YEAR:
+        irr = performance.money_weighted_return(values=points, flows=flows)
+        return irr, True, tuple(f.at for f in irr.flows)
+    origin, scale = points[0].at, YEAR / span
+
+    def stretch(at: datetime) -> datetime:
+        return origin + (at - origin) * scale
+
+    originals = {stretch(p.at): p.at for p in points} | {stretch(f.at): f.at for f in flows}
+    irr = performance.money_weighted_return(
+        values=[performance.ValuePoint(at=stretch(p.at), value=p.value) for p in points],
+        flows=[performance.CashFlow(at=stretch(f.at), amount=f.amount) for f in flows],
+    )
+    return irr, False, tuple(originals.get(f.at, f.at) for f in irr.flows)
 
 
 def portfolio_performance(
@@ -300,6 +329,7 @@ def portfolio_performance(
         points = tuple(p for p in snapshots if start is None or p.at >= start)
         inside = tuple(f for f in flows if points and points[0].at <= f.at < points[-1].at)
         twr = irr = None
+        annualized, irr_dates = True, ()
         problem = None
         if len(points) < 2:
             problem = f"needs two value snapshots in the period, has {len(points)}"
@@ -309,7 +339,7 @@ def portfolio_performance(
             except performance.PerformanceError as exc:
                 problem = str(exc)
             try:
-                irr = performance.money_weighted_return(values=points, flows=inside)
+                irr, annualized, irr_dates = _period_irr(points, inside)
             except performance.PerformanceError as exc:
                 problem = problem or f"IRR: {exc}"
         results.append(
@@ -321,6 +351,8 @@ def portfolio_performance(
                 flows=inside,
                 twr=twr,
                 irr=irr,
+                irr_annualized=annualized,
+                irr_dates=irr_dates,
                 problem=problem,
             )
         )

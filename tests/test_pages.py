@@ -288,3 +288,28 @@ def test_admin_recompute_action_rebuilds_holdings_from_the_ledger(world, admin_c
     )
     assert listing.status_code == 200
     assert listing.content.decode().count('<td class="field-kind">Buy<') == 3  # one BUY each
+
+
+def test_under_a_year_the_irr_is_the_rate_for_the_period_not_annualized(world, client_for):
+    """Two hours: 1000 at t0, 1000 at t1 = t0 + 1 h just before a 1000 deposit, 2020 at t2.
+    TWR = 1000/1000 x 2020/2000 - 1 = 1.00 %. Period IRR with x = sqrt(1 + r) (t1 is half the
+    period): 1000 x^2 + 1000 x - 2020 = 0, x = (-1000 + sqrt(9,080,000)) / 2000 = 1.0066519,
+    1 + r = 1.0133480, r = 1.33 % for the period (annualized it would overflow)."""
+    owner = world["users"]["bob"]
+    portfolio = services.portfolio_create(owner=owner, name="Two hours")
+    t2 = timezone.now() - timedelta(minutes=1)
+    t1, t0 = t2 - timedelta(hours=1), t2 - timedelta(hours=2)
+    services.transaction_add(
+        portfolio=portfolio, kind=TxKind.DEPOSIT, amount=Decimal("1000"), executed_at=t1
+    )
+    for at, value in ((t0, "1000"), (t1, "1000"), (t2, "2020")):
+        ValuationSnapshot.objects.create(portfolio=portfolio, taken_at=at, value=Decimal(value))
+    html = client_for(owner).get(reverse("performance", args=[portfolio.id])).content.decode()
+    row = re.search(r'<tr data-period="1D">.*?</tr>', html, re.S).group(0)
+    assert re.search(r'class="num twr">([^<]*)<', row).group(1) == "1.00%"
+    assert re.search(r'class="num irr">([^<]*)<', row).group(1) == "1.33%"
+    assert re.search(r'class="muted irr-basis">([^<]*)<', row).group(1) == "for the period"
+    working = re.search(r'id="period-1D".*?</section>', html, re.S).group(0)
+    dates = re.findall(r'<tr class="irr-flow"><td>([^<]*)</td>', working)
+    assert dates == [f"{at:%Y-%m-%d %H:%M}" for at in (t0, t1, t2)]  # real dates, not stretched
+    assert "Share of the period" in working

@@ -32,3 +32,9 @@ def plain(value: Decimal | None) -> str:
         return ""
     text = format(value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+@register.filter
+def zip_dates(items: tuple, dates: tuple) -> list[tuple]:
+    """Pairs each item with its date (the IRR's flows with their real dates)."""
+    return list(zip(items, dates, strict=True))
