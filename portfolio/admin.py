@@ -1,8 +1,21 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from portfolio.models import FeedStatus, Holding, Instrument, Portfolio, Quote
+from portfolio import ledger, services
+from portfolio.models import (
+    CashBalance,
+    FeedStatus,
+    Holding,
+    Instrument,
+    Lot,
+    Portfolio,
+    Quote,
+    Transaction,
+    ValuationSnapshot,
+)
 
 
 class QuoteInline(admin.StackedInline):
@@ -49,35 +62,179 @@ class InstrumentAdmin(admin.ModelAdmin):
 
 @admin.register(Quote)
 class QuoteAdmin(admin.ModelAdmin):
-    list_display = ("instrument", "price", "bid", "ask", "exchange_ts", "received_at", "source")
+    list_display = (
+        "instrument",
+        "price",
+        "bid",
+        "ask",
+        "exchange_ts",
+        "reference_price",
+        "reference_ts",
+        "received_at",
+        "source",
+    )
     list_filter = ("source",)
     search_fields = ("instrument__symbol",)
     list_select_related = ("instrument",)
     readonly_fields = ("received_at",)
 
 
-class HoldingInline(admin.TabularInline):
-    model = Holding
+class DerivedInline(admin.TabularInline):
+    """Derived from the ledger: shown, never edited here (recompute instead)."""
+
     extra = 0
-    autocomplete_fields = ("instrument",)
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class HoldingInline(DerivedInline):
+    model = Holding
+    fields = ("instrument", "quantity", "cost_basis", "currency", "realized_pnl", "income")
+
+
+class CashInline(DerivedInline):
+    model = CashBalance
+    fields = ("currency", "amount", "income", "fees")
+
+
+@admin.action(description="Recompute holdings from the ledger")
+def recompute_holdings(modeladmin, request, queryset) -> None:
+    done = 0
+    for portfolio in queryset:
+        try:
+            services.holdings_recompute(portfolio=portfolio)
+            done += 1
+        except ledger.LedgerError as exc:
+            modeladmin.message_user(request, f"{portfolio}: {exc}", messages.ERROR)
+    modeladmin.message_user(request, f"Recomputed {done} portfolio(s).", messages.SUCCESS)
+
+
+class PortfolioAdminForm(forms.ModelForm):
+    """Refuses a cost-basis method or short rule the ledger cannot be replayed with."""
+
+    class Meta:
+        model = Portfolio
+        fields = ["owner", "name", "base_currency", "cost_basis_method", "allow_short"]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        changed = {"cost_basis_method", "allow_short"} & set(self.changed_data)
+        if self.instance.pk and changed and not self.errors:
+            problem = services.ledger_problem(
+                portfolio=self.instance,
+                method=cleaned["cost_basis_method"],
+                allow_short=cleaned["allow_short"],
+            )
+            if problem:
+                self.add_error("allow_short", problem)
+        return cleaned
 
 
 @admin.register(Portfolio)
 class PortfolioAdmin(admin.ModelAdmin):
-    list_display = ("name", "owner", "base_currency", "created_at")
-    list_filter = ("base_currency",)
+    form = PortfolioAdminForm
+    list_display = (
+        "name",
+        "owner",
+        "base_currency",
+        "cost_basis_method",
+        "allow_short",
+        "created_at",
+    )
+    list_filter = ("base_currency", "cost_basis_method")
     search_fields = ("name", "owner__username")
     list_select_related = ("owner",)
-    inlines = [HoldingInline]
+    inlines = [HoldingInline, CashInline]
+    actions = [recompute_holdings]
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        if change and {"cost_basis_method", "allow_short"} & set(form.changed_data):
+            services.holdings_recompute(portfolio=obj)
+
+
+class LotInline(DerivedInline):
+    model = Lot
+    fields = ("opened_at", "quantity", "cost", "transaction")
 
 
 @admin.register(Holding)
 class HoldingAdmin(admin.ModelAdmin):
-    list_display = ("portfolio", "instrument", "quantity", "cost_basis")
-    list_filter = ("instrument__asset_class",)
+    """Holdings and their open lots per portfolio; derived, so read-only."""
+
+    list_display = (
+        "portfolio",
+        "instrument",
+        "quantity",
+        "cost_basis",
+        "currency",
+        "realized_pnl",
+        "income",
+    )
+    list_filter = ("portfolio", "instrument__asset_class")
     search_fields = ("portfolio__name", "instrument__symbol", "portfolio__owner__username")
     list_select_related = ("portfolio", "instrument")
-    autocomplete_fields = ("instrument", "portfolio")
+    inlines = [LotInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Transaction)
+class TransactionAdmin(admin.ModelAdmin):
+    """The ledger. Recorded through the app's pages or imports (which check it); deleting here
+    goes through the same service and recomputes."""
+
+    list_display = (
+        "executed_at",
+        "portfolio",
+        "kind",
+        "instrument",
+        "quantity",
+        "price",
+        "fees",
+        "amount",
+        "currency",
+        "note",
+    )
+    list_filter = ("portfolio", "kind", "instrument")
+    search_fields = ("portfolio__name", "instrument__symbol", "note")
+    list_select_related = ("portfolio", "instrument")
+    date_hierarchy = "executed_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def delete_model(self, request, obj) -> None:
+        try:
+            services.transaction_delete(tx=obj)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for tx in queryset.select_related("portfolio"):
+            self.delete_model(request, tx)
+
+
+@admin.register(ValuationSnapshot)
+class ValuationSnapshotAdmin(admin.ModelAdmin):
+    list_display = ("portfolio", "taken_at", "value", "net_flows")
+    list_filter = ("portfolio",)
+    date_hierarchy = "taken_at"
 
 
 @admin.register(FeedStatus)

@@ -1,4 +1,9 @@
-"""Instruments, their latest quotes, portfolios and holdings. Money and quantities are Decimal."""
+"""Instruments, their latest quotes, portfolios, their transaction ledger and what it derives.
+
+Money and quantities are Decimal. ``Transaction`` rows are the truth; ``Holding``, ``Lot`` and
+``CashBalance`` are derived from them by ``services.holdings_recompute`` and stored for fast
+valuation.
+"""
 
 from __future__ import annotations
 
@@ -75,10 +80,23 @@ class Quote(models.Model):
     exchange_ts = models.DateTimeField(help_text="When the exchange stamped this price (UTC).")
     received_at = models.DateTimeField(help_text="When Livefolio stored it (UTC).")
     source = models.CharField(max_length=16, choices=FeedKind.choices)
+    reference_price = models.DecimalField(
+        **PRICE,
+        null=True,
+        blank=True,
+        help_text="The previous UTC day's last price: the base of the day change.",
+    )
+    reference_ts = models.DateTimeField(
+        null=True, blank=True, help_text="When the reference price was stamped (UTC)."
+    )
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(price__gt=0), name="quote_price_positive"),
+            models.CheckConstraint(
+                condition=Q(reference_price__isnull=True) | Q(reference_price__gt=0),
+                name="quote_reference_price_positive",
+            ),
             models.CheckConstraint(
                 condition=Q(bid__isnull=True) | Q(ask__isnull=True) | Q(bid__lte=F("ask")),
                 name="quote_bid_not_above_ask",
@@ -95,13 +113,32 @@ class Quote(models.Model):
         return self.age(now) > timedelta(seconds=settings.LIVEFOLIO_STALE_SECONDS)
 
 
+class CostBasisMethod(models.TextChoices):
+    FIFO = "FIFO", "FIFO (oldest lot first)"
+    LIFO = "LIFO", "LIFO (newest lot first)"
+    HIFO = "HIFO", "HIFO (highest cost first)"
+    AVERAGE = "AVERAGE", "Average cost"
+
+
 class Portfolio(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="portfolios"
     )
     name = models.CharField(max_length=80)
     base_currency = models.CharField(max_length=5, default="USD", validators=[currency_code])
+    cost_basis_method = models.CharField(
+        max_length=8,
+        choices=CostBasisMethod.choices,
+        default=CostBasisMethod.FIFO,
+        help_text="Which lots a sale closes first; changing it recomputes the holdings.",
+    )
+    allow_short = models.BooleanField(
+        default=False, help_text="Allow selling more than is held (opens a short position)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+    recomputed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When holdings were last recomputed from the ledger."
+    )
 
     class Meta:
         ordering = ["owner_id", "name"]
@@ -109,20 +146,123 @@ class Portfolio(models.Model):
             models.UniqueConstraint(
                 fields=["owner", "name"], name="portfolio_unique_name_per_owner"
             ),
+            models.CheckConstraint(
+                condition=Q(cost_basis_method__in=CostBasisMethod.values),
+                name="portfolio_cost_basis_method_known",
+            ),
         ]
 
     def __str__(self) -> str:
         return self.name
 
 
+class TxKind(models.TextChoices):
+    """Mirrors ``portfolio.ledger.TxKind``; the ledger validates what the database cannot."""
+
+    BUY = "BUY", "Buy"
+    SELL = "SELL", "Sell"
+    DIVIDEND = "DIVIDEND", "Dividend"
+    INTEREST = "INTEREST", "Interest"
+    FEE = "FEE", "Fee"
+    DEPOSIT = "DEPOSIT", "Deposit"
+    WITHDRAWAL = "WITHDRAWAL", "Withdrawal"
+    SPLIT = "SPLIT", "Split"
+    TRANSFER_IN = "TRANSFER_IN", "Transfer in"
+    TRANSFER_OUT = "TRANSFER_OUT", "Transfer out"
+
+
+TRADE_KINDS = (TxKind.BUY, TxKind.SELL, TxKind.TRANSFER_IN, TxKind.TRANSFER_OUT)
+AMOUNT_KINDS = (TxKind.DIVIDEND, TxKind.INTEREST, TxKind.FEE, TxKind.DEPOSIT, TxKind.WITHDRAWAL)
+CASH_ONLY_KINDS = (TxKind.DEPOSIT, TxKind.WITHDRAWAL)
+
+
+class Transaction(models.Model):
+    """One entry of a portfolio's ledger: the only thing a user records by hand or imports."""
+
+    portfolio = models.ForeignKey(Portfolio, on_delete=models.CASCADE, related_name="transactions")
+    kind = models.CharField(max_length=16, choices=TxKind.choices)
+    instrument = models.ForeignKey(
+        Instrument,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="transactions",
+        help_text="Required for trades, splits and dividends; empty for deposits and withdrawals.",
+    )
+    quantity = models.DecimalField(**QUANTITY, default=Decimal("0"))
+    price = models.DecimalField(**PRICE, default=Decimal("0"), help_text="Per unit.")
+    fees = models.DecimalField(**MONEY, default=Decimal("0"))
+    amount = models.DecimalField(
+        **MONEY,
+        default=Decimal("0"),
+        help_text="Gross amount of a dividend, interest, fee, deposit or withdrawal.",
+    )
+    ratio = models.DecimalField(
+        max_digits=24,
+        decimal_places=12,
+        null=True,
+        blank=True,
+        help_text="Split ratio: 2 for 2-for-1, 0.1 for a 1-for-10 reverse split.",
+    )
+    currency = models.CharField(max_length=5, validators=[currency_code], blank=True)
+    executed_at = models.DateTimeField()
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-executed_at", "-id"]
+        indexes = [models.Index(fields=["portfolio", "executed_at"], name="tx_portfolio_time")]
+        constraints = [
+            models.CheckConstraint(condition=Q(kind__in=TxKind.values), name="tx_kind_known"),
+            models.CheckConstraint(
+                condition=Q(quantity__gte=0) & Q(price__gte=0) & Q(fees__gte=0) & Q(amount__gte=0),
+                name="tx_amounts_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind__in=TRADE_KINDS)
+                | (Q(instrument__isnull=False) & Q(quantity__gt=0) & Q(amount=0)),
+                name="tx_trade_has_instrument_and_quantity",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind__in=AMOUNT_KINDS) | (Q(amount__gt=0) & Q(quantity=0)),
+                name="tx_cash_kind_has_amount",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind__in=CASH_ONLY_KINDS) | Q(instrument__isnull=True),
+                name="tx_deposit_withdrawal_without_instrument",
+            ),
+            models.CheckConstraint(
+                condition=(Q(kind=TxKind.SPLIT) & Q(ratio__gt=0) & Q(instrument__isnull=False))
+                | (~Q(kind=TxKind.SPLIT) & Q(ratio__isnull=True)),
+                name="tx_ratio_only_for_split",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind=TxKind.SPLIT) | ~Q(currency=""),
+                name="tx_currency_required",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        what = self.instrument or self.currency
+        return f"{self.get_kind_display()} {what} {self.executed_at:%Y-%m-%d}"
+
+
 class Holding(models.Model):
-    """A position, stored for fast valuation; the ledger derives it from transactions."""
+    """A position derived from the ledger (``services.holdings_recompute``), stored for fast
+    valuation. A closed position stays with quantity 0 to keep its realized P&L and income."""
 
     portfolio = models.ForeignKey(Portfolio, on_delete=models.CASCADE, related_name="holdings")
     instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="holdings")
-    quantity = models.DecimalField(**QUANTITY)
+    quantity = models.DecimalField(**QUANTITY, help_text="Negative when short.")
     cost_basis = models.DecimalField(
-        **MONEY, default=Decimal("0"), help_text="Total cost in the instrument's quote currency."
+        **MONEY,
+        default=Decimal("0"),
+        help_text="Total cost of the open lots in the instrument's currency (proceeds if short).",
+    )
+    currency = models.CharField(max_length=5, blank=True)
+    realized_pnl = models.DecimalField(**MONEY, default=Decimal("0"))
+    income = models.DecimalField(
+        **MONEY, default=Decimal("0"), help_text="Dividends received, in the position's currency."
     )
 
     class Meta:
@@ -131,13 +271,79 @@ class Holding(models.Model):
             models.UniqueConstraint(
                 fields=["portfolio", "instrument"], name="holding_one_per_instrument"
             ),
+            # A long position costs something; a short one holds the proceeds (negative).
             models.CheckConstraint(
-                condition=Q(cost_basis__gte=0), name="holding_cost_not_negative"
+                condition=Q(quantity__gte=0, cost_basis__gte=0)
+                | Q(quantity__lt=0, cost_basis__lte=0),
+                name="holding_cost_sign_matches_quantity",
             ),
         ]
 
     def __str__(self) -> str:
         return f"{self.quantity} {self.instrument}"
+
+
+class Lot(models.Model):
+    """An open lot of a holding, derived from the ledger by the portfolio's cost-basis method."""
+
+    holding = models.ForeignKey(Holding, on_delete=models.CASCADE, related_name="lots")
+    transaction = models.ForeignKey(
+        Transaction, on_delete=models.CASCADE, related_name="lots", help_text="What opened it."
+    )
+    opened_at = models.DateTimeField()
+    quantity = models.DecimalField(**QUANTITY)
+    cost = models.DecimalField(**MONEY)
+
+    class Meta:
+        ordering = ["holding_id", "opened_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} @ {self.opened_at:%Y-%m-%d}"
+
+
+class CashBalance(models.Model):
+    """Cash of one portfolio in one currency, with the income and fees that moved it (derived)."""
+
+    portfolio = models.ForeignKey(Portfolio, on_delete=models.CASCADE, related_name="cash")
+    currency = models.CharField(max_length=5, validators=[currency_code])
+    amount = models.DecimalField(
+        **MONEY, help_text="May be negative: not everyone records deposits."
+    )
+    income = models.DecimalField(**MONEY, default=Decimal("0"))
+    fees = models.DecimalField(**MONEY, default=Decimal("0"))
+
+    class Meta:
+        ordering = ["portfolio_id", "currency"]
+        constraints = [
+            models.UniqueConstraint(fields=["portfolio", "currency"], name="cash_one_per_currency"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency}"
+
+
+class ValuationSnapshot(models.Model):
+    """A portfolio's value at one instant (Celery beat), the series performance is measured on."""
+
+    portfolio = models.ForeignKey(Portfolio, on_delete=models.CASCADE, related_name="snapshots")
+    taken_at = models.DateTimeField()
+    value = models.DecimalField(**MONEY, help_text="Market value in the base currency.")
+    net_flows = models.DecimalField(
+        **MONEY,
+        default=Decimal("0"),
+        help_text="Deposits minus withdrawals up to taken_at, in the base currency.",
+    )
+
+    class Meta:
+        ordering = ["portfolio_id", "taken_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["portfolio", "taken_at"], name="snapshot_one_per_instant"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.portfolio_id} {self.value} @ {self.taken_at:%Y-%m-%d %H:%M}"
 
 
 class PriceBar(models.Model):

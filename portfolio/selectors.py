@@ -4,20 +4,62 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
-from portfolio.models import FeedStatus, Holding, Instrument, Portfolio, PriceBar, Quote
+from portfolio import performance, valuation
+from portfolio.models import (
+    AssetClass,
+    CashBalance,
+    FeedStatus,
+    Holding,
+    Instrument,
+    Portfolio,
+    PriceBar,
+    Quote,
+    Transaction,
+    TxKind,
+    ValuationSnapshot,
+)
 from streaming import marketdata, protocol
 
 
-def portfolio_states(*, portfolio_ids: Iterable[int]) -> list[dict[str, Any]]:
+def fx_rates() -> dict[tuple[str, str], Decimal]:
+    """Every FX rate with a price: an FX instrument (asset class "fx") ``EURUSD`` or ``EUR-USD``
+    quoted in USD, whose latest price is how many USD one EUR buys."""
+    rates = {}
+    quotes = Quote.objects.filter(instrument__asset_class=AssetClass.FX).select_related(
+        "instrument"
+    )
+    for quote in quotes:
+        pair = fx_pair(quote.instrument)
+        if pair is not None:
+            rates[pair] = quote.price
+    return rates
+
+
+def fx_pair(instrument: Instrument) -> tuple[str, str] | None:
+    """(from, to) currencies of an FX instrument, from its symbol and quote currency."""
+    letters = "".join(ch for ch in instrument.symbol.upper() if ch.isalnum())
+    target = instrument.quote_currency.upper()
+    if not letters.endswith(target) or len(letters) == len(target):
+        return None
+    return letters[: -len(target)], target
+
+
+def portfolio_states(
+    *, portfolio_ids: Iterable[int], now: datetime | None = None
+) -> list[dict[str, Any]]:
     """The current valuation of each portfolio, as the wire protocol's portfolio shape.
 
-    One query for the portfolios, one for all their holdings with instruments and quotes.
+    One query each for the portfolios, their holdings (with instruments and quotes), their
+    cash balances and the FX rates.
     """
     portfolios = {p.id: p for p in Portfolio.objects.filter(id__in=list(portfolio_ids))}
     holdings: dict[int, list[Holding]] = defaultdict(list)
@@ -26,7 +68,14 @@ def portfolio_states(*, portfolio_ids: Iterable[int]) -> list[dict[str, Any]]:
     )
     for holding in rows:
         holdings[holding.portfolio_id].append(holding)
-    return [_state(portfolios[pid], holdings[pid]) for pid in sorted(portfolios)]
+    cash: dict[int, list[CashBalance]] = defaultdict(list)
+    for balance in CashBalance.objects.filter(portfolio_id__in=portfolios):
+        cash[balance.portfolio_id].append(balance)
+    rates = fx_rates() if portfolios else {}
+    now = now or timezone.now()
+    return [
+        _state(portfolios[pid], holdings[pid], cash[pid], rates, now) for pid in sorted(portfolios)
+    ]
 
 
 def portfolio_states_for_user(*, user_id: int) -> list[dict[str, Any]]:
@@ -35,51 +84,281 @@ def portfolio_states_for_user(*, user_id: int) -> list[dict[str, Any]]:
 
 
 def portfolios_holding(*, instrument_ids: Iterable[int]) -> list[tuple[int, int]]:
-    """(portfolio id, owner id) of every portfolio that holds any of these instruments."""
-    return list(
-        Portfolio.objects.filter(holdings__instrument_id__in=list(instrument_ids))
-        .values_list("id", "owner_id")
-        .distinct()
+    """(portfolio id, owner id) of every portfolio whose value moves with these instruments:
+    those holding one, and for an FX instrument those converting through its currencies."""
+    instrument_ids = list(instrument_ids)
+    affected = Q(holdings__instrument_id__in=instrument_ids) & ~Q(holdings__quantity=0)
+    for instrument in Instrument.objects.filter(id__in=instrument_ids, asset_class=AssetClass.FX):
+        pair = fx_pair(instrument)
+        if pair is None:
+            continue
+        for base, other in (pair, pair[::-1]):
+            affected |= Q(base_currency=base) & (
+                Q(holdings__currency=other, holdings__quantity__gt=0)
+                | Q(holdings__currency=other, holdings__quantity__lt=0)
+                | Q(cash__currency=other)
+            )
+    return list(Portfolio.objects.filter(affected).values_list("id", "owner_id").distinct())
+
+
+def _pct(rate: Decimal | None) -> str | None:
+    """A fraction as a percentage string to 2 places ("0.0123" -> "1.23")."""
+    return None if rate is None else protocol.money(rate * 100)
+
+
+def _state(
+    portfolio: Portfolio,
+    holdings: list[Holding],
+    cash: list[CashBalance],
+    rates: dict[tuple[str, str], Decimal],
+    now: datetime,
+) -> dict[str, Any]:
+    base = portfolio.base_currency
+    open_holdings = [h for h in holdings if h.quantity != 0]
+    quotes = {h.instrument_id: getattr(h.instrument, "quote", None) for h in open_holdings}
+    value = valuation.value_portfolio(
+        holdings=[
+            valuation.Holding(
+                instrument=h.instrument_id,
+                quantity=h.quantity,
+                cost_basis=h.cost_basis,
+                currency=h.currency or h.instrument.quote_currency,
+                asset_class=h.instrument.asset_class,
+            )
+            for h in open_holdings
+        ],
+        prices={i: q.price for i, q in quotes.items() if q is not None},
+        reference_prices={i: q.reference_price for i, q in quotes.items() if q is not None},
+        fx_rates=rates,
+        base_currency=base,
+        cash={c.currency: c.amount for c in cash if c.amount != 0},
     )
+    stale_after = settings.LIVEFOLIO_STALE_SECONDS
+    as_of = max((q.exchange_ts for q in quotes.values() if q is not None), default=None)
 
+    def to_base(amount: Decimal, currency: str) -> Decimal | None:
+        rate = valuation.fx_rate(currency, base, rates)
+        return None if rate is None else amount * rate
 
-def _state(portfolio: Portfolio, holdings: list[Holding]) -> dict[str, Any]:
-    total = Decimal("0")
-    as_of = None
     rows = []
-    for holding in holdings:
-        instrument = holding.instrument
-        quote = getattr(instrument, "quote", None)
-        price = quote.price if quote else None
-        value = holding.quantity * price if price is not None else None
-        # Until FX conversion lands, a holding in another currency is shown but not summed.
-        in_base = instrument.quote_currency == portfolio.base_currency
-        if value is not None and in_base:
-            total += value
-        if quote and (as_of is None or quote.exchange_ts > as_of):
-            as_of = quote.exchange_ts
+    for h, hv in zip(open_holdings, value.holdings, strict=True):
+        instrument = h.instrument
+        quote = quotes[h.instrument_id]
+        age = (now - quote.exchange_ts).total_seconds() if quote else None
         rows.append(
             {
                 "instrument": instrument.id,
                 "symbol": instrument.symbol,
                 "name": instrument.name,
                 "asset_class": instrument.asset_class,
-                "currency": instrument.quote_currency,
-                "quantity": protocol.dec(holding.quantity),
-                "price": protocol.dec(price),
-                "value": protocol.money(value),
+                "currency": hv.currency,
+                "quantity": protocol.dec(h.quantity),
+                "price": protocol.dec(hv.price),
+                "value": protocol.money(h.quantity * hv.price if hv.price is not None else None),
                 "price_as_of": protocol.iso(quote.exchange_ts) if quote else None,
-                "in_total": value is not None and in_base,
+                "in_total": hv.status is valuation.ValueStatus.OK,
+                "status": str(hv.status),
+                "reason": hv.reason,
+                "cost_basis": protocol.money(h.cost_basis),
+                "average_cost": protocol.dec(h.cost_basis / h.quantity),
+                "fx_rate": protocol.dec(hv.fx_rate),
+                "value_base": protocol.money(hv.market_value),
+                "cost_base": protocol.money(hv.cost),
+                "unrealized_pnl": protocol.money(hv.unrealized_pnl),
+                "unrealized_pnl_pct": _pct(hv.unrealized_return),
+                "reference_price": protocol.dec(hv.reference_price),
+                "day_change": protocol.money(hv.day_change),
+                "day_change_pct": _pct(hv.day_return),
+                "weight_pct": _pct(hv.weight),
+                "realized_pnl": protocol.money(h.realized_pnl),
+                "income": protocol.money(h.income),
+                "price_age_seconds": None if age is None else max(0, int(age)),
+                "stale": age is None or age > stale_after,
             }
         )
+    realized = Decimal(0)
+    for h in holdings:
+        converted = to_base(h.realized_pnl, h.currency or h.instrument.quote_currency)
+        realized += converted or 0
+    income = sum((to_base(c.income, c.currency) or Decimal(0) for c in cash), Decimal(0))
+    cash_rows = [
+        {
+            "currency": cv.currency,
+            "amount": protocol.money(cv.amount),
+            "value_base": protocol.money(cv.market_value),
+            "weight_pct": _pct(cv.weight),
+        }
+        for cv in value.cash
+    ]
+
+    def slices(allocation: dict) -> list[dict[str, Any]]:
+        return [
+            {"key": str(s.key), "value": protocol.money(s.value), "weight_pct": _pct(s.weight)}
+            for s in allocation.values()
+        ]
+
     return {
         "id": portfolio.id,
         "name": portfolio.name,
-        "base_currency": portfolio.base_currency,
-        "total": protocol.money(total),
+        "base_currency": base,
+        "cost_basis_method": portfolio.cost_basis_method,
+        "total": protocol.money(value.market_value),
         "as_of": protocol.iso(as_of) if as_of else None,
+        "recomputed_at": (
+            protocol.iso(portfolio.recomputed_at) if portfolio.recomputed_at else None
+        ),
+        "holdings_value": protocol.money(value.holdings_value),
+        "cash_total": protocol.money(value.cash_value),
+        "cost": protocol.money(value.cost),
+        "unrealized_pnl": protocol.money(value.unrealized_pnl),
+        "unrealized_pnl_pct": _pct(value.unrealized_return),
+        "realized_pnl": protocol.money(realized),
+        "income": protocol.money(income),
+        "day_change": protocol.money(value.day_change),
+        "day_change_pct": _pct(value.day_return),
+        "complete": value.complete,
+        "issues": list(value.issues),
         "holdings": rows,
+        "cash": cash_rows,
+        "allocation": {
+            "asset_class": slices(value.by_asset_class),
+            "currency": slices(value.by_currency),
+        },
     }
+
+
+def portfolio_value(*, portfolio: Portfolio) -> valuation.PortfolioValue:
+    """The portfolio's current market value (what a snapshot stores)."""
+    holdings = [
+        h
+        for h in Holding.objects.filter(portfolio=portfolio).select_related(
+            "instrument", "instrument__quote"
+        )
+        if h.quantity != 0
+    ]
+    quotes = {h.instrument_id: getattr(h.instrument, "quote", None) for h in holdings}
+    return valuation.value_portfolio(
+        holdings=[
+            valuation.Holding(
+                instrument=h.instrument_id,
+                quantity=h.quantity,
+                cost_basis=h.cost_basis,
+                currency=h.currency or h.instrument.quote_currency,
+                asset_class=h.instrument.asset_class,
+            )
+            for h in holdings
+        ],
+        prices={i: q.price for i, q in quotes.items() if q is not None},
+        fx_rates=fx_rates(),
+        base_currency=portfolio.base_currency,
+        cash={c.currency: c.amount for c in portfolio.cash.all() if c.amount != 0},
+    )
+
+
+def external_flows(*, portfolio: Portfolio) -> list[performance.CashFlow]:
+    """Deposits (+) and withdrawals (-) in the base currency, converted at today's FX rate."""
+    rates = fx_rates()
+    flows = []
+    for tx in Transaction.objects.filter(
+        portfolio=portfolio, kind__in=[TxKind.DEPOSIT, TxKind.WITHDRAWAL]
+    ).order_by("executed_at", "id"):
+        rate = valuation.fx_rate(tx.currency, portfolio.base_currency, rates)
+        if rate is None:
+            continue
+        sign = 1 if tx.kind == TxKind.DEPOSIT else -1
+        flows.append(performance.CashFlow(at=tx.executed_at, amount=sign * tx.amount * rate))
+    return flows
+
+
+@dataclass(frozen=True)
+class PeriodPerformance:
+    """One row of the performance page: the numbers and how they were computed."""
+
+    period: str
+    start: datetime | None
+    end: datetime | None
+    values: tuple[performance.ValuePoint, ...]
+    flows: tuple[performance.CashFlow, ...]
+    twr: performance.TimeWeightedReturn | None
+    irr: performance.IrrResult | None
+    problem: str | None
+    # Under a year the IRR is the period's own rate (not annualized, as GIPS asks); irr_dates
+    # are the real dates of irr.flows, whose times were stretched to compute it.
+    irr_annualized: bool = True
+    irr_dates: tuple[datetime, ...] = ()
+
+
+YEAR = timedelta(days=365)
+
+
+def _period_irr(
+    points: tuple[performance.ValuePoint, ...], flows: tuple[performance.CashFlow, ...]
+) -> tuple[performance.IrrResult, bool, tuple[datetime, ...]]:
+    """XIRR over the span; under a year, time is stretched so the span is one year, which
+    makes the annual rate the rate for the period (annualizing minutes overflows)."""
+    span = points[-1].at - points[0].at
+    if span >= YEAR:
+        irr = performance.money_weighted_return(values=points, flows=flows)
+        return irr, True, tuple(f.at for f in irr.flows)
+    origin, scale = points[0].at, YEAR / span
+
+    def stretch(at: datetime) -> datetime:
+        return origin + (at - origin) * scale
+
+    originals = {stretch(p.at): p.at for p in points} | {stretch(f.at): f.at for f in flows}
+    irr = performance.money_weighted_return(
+        values=[performance.ValuePoint(at=stretch(p.at), value=p.value) for p in points],
+        flows=[performance.CashFlow(at=stretch(f.at), amount=f.amount) for f in flows],
+    )
+    return irr, False, tuple(originals.get(f.at, f.at) for f in irr.flows)
+
+
+def portfolio_performance(
+    *, portfolio: Portfolio, now: datetime | None = None
+) -> list[PeriodPerformance]:
+    """TWR and IRR for 1D, 1W, 1M, YTD, 1Y and Max from the value snapshots and the ledger's
+    deposits and withdrawals. A period needs two snapshots inside it."""
+    now = now or timezone.now()
+    snapshots = [
+        performance.ValuePoint(at=s.taken_at, value=s.value)
+        for s in ValuationSnapshot.objects.filter(portfolio=portfolio, taken_at__lte=now)
+    ]
+    flows = external_flows(portfolio=portfolio)
+    inception = snapshots[0].at if snapshots else None
+    results = []
+    for period in performance.Period:
+        start = performance.period_start(period=period, now=now, inception=inception)
+        points = tuple(p for p in snapshots if start is None or p.at >= start)
+        inside = tuple(f for f in flows if points and points[0].at <= f.at < points[-1].at)
+        twr = irr = None
+        annualized, irr_dates = True, ()
+        problem = None
+        if len(points) < 2:
+            problem = f"needs two value snapshots in the period, has {len(points)}"
+        else:
+            try:
+                twr = performance.time_weighted_return(values=points, flows=inside)
+            except performance.PerformanceError as exc:
+                problem = str(exc)
+            try:
+                irr, annualized, irr_dates = _period_irr(points, inside)
+            except performance.PerformanceError as exc:
+                problem = problem or f"IRR: {exc}"
+        results.append(
+            PeriodPerformance(
+                period=str(period),
+                start=points[0].at if points else start,
+                end=points[-1].at if points else None,
+                values=points,
+                flows=inside,
+                twr=twr,
+                irr=irr,
+                irr_annualized=annualized,
+                irr_dates=irr_dates,
+                problem=problem,
+            )
+        )
+    return results
 
 
 def instrument_state(*, instrument: Instrument, user_id: int, now: datetime | None = None) -> dict:

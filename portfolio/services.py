@@ -6,10 +6,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
-from portfolio.models import FeedStatus, Holding, Instrument, Portfolio, PriceBar, Quote
+from portfolio import ledger, selectors
+from portfolio.models import (
+    CashBalance,
+    FeedStatus,
+    Holding,
+    Instrument,
+    Lot,
+    Portfolio,
+    PriceBar,
+    Quote,
+    Transaction,
+    TxKind,
+    ValuationSnapshot,
+)
+from streaming import events, protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +60,7 @@ def quotes_store(*, updates: list[QuoteUpdate]) -> list[int]:
 
     fields = {f.column: f for f in Quote._meta.concrete_fields}
     columns = ["instrument_id", "price", "bid", "ask", "exchange_ts", "received_at", "source"]
+    table = connection.ops.quote_name(Quote._meta.db_table)
     now = timezone.now()
     params: list[object] = []
     for u in rows:
@@ -52,9 +68,19 @@ def quotes_store(*, updates: list[QuoteUpdate]) -> list[int]:
         params += [
             fields[c].get_db_prep_save(v, connection) for c, v in zip(columns, values, strict=True)
         ]
-    table = connection.ops.quote_name(Quote._meta.db_table)
     placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
-    updates_sql = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+    # A tick on a later UTC day than the stored one makes the stored price the reference (the
+    # "previous close", also for 24/7 crypto). SET expressions all read the old row.
+    new_day = f"{_utc_date('excluded.exchange_ts')} > {_utc_date(f'{table}.exchange_ts')}"
+    updates_sql = ", ".join(
+        [
+            f"reference_price = CASE WHEN {new_day} THEN {table}.price "
+            f"ELSE {table}.reference_price END",
+            f"reference_ts = CASE WHEN {new_day} THEN {table}.exchange_ts "
+            f"ELSE {table}.reference_ts END",
+            *(f"{c} = excluded.{c}" for c in columns[1:]),
+        ]
+    )
     sql = (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "
         f"ON CONFLICT (instrument_id) DO UPDATE SET {updates_sql} "
@@ -115,24 +141,308 @@ def bars_record(*, updates: list[QuoteUpdate]) -> None:
         cursor.execute(sql, params)
 
 
-def portfolio_create(*, owner, name: str, base_currency: str = "USD") -> Portfolio:
-    portfolio = Portfolio(owner=owner, name=name, base_currency=base_currency)
+def _utc_date(column: str) -> str:
+    """SQL for the UTC calendar date of a timestamp column, on PostgreSQL and SQLite."""
+    if connection.vendor == "postgresql":
+        return f"(({column}) AT TIME ZONE 'UTC')::date"
+    # SQLite stores aware datetimes as UTC text ("YYYY-MM-DD HH:MM:SS...").
+    return f"date({column})"
+
+
+def portfolio_create(
+    *,
+    owner,
+    name: str,
+    base_currency: str = "USD",
+    cost_basis_method: str = ledger.CostBasis.FIFO,
+    allow_short: bool = False,
+) -> Portfolio:
+    """Create an empty portfolio; ``ValidationError`` names the field that is wrong."""
+    portfolio = Portfolio(
+        owner=owner,
+        name=name,
+        base_currency=base_currency,
+        cost_basis_method=cost_basis_method,
+        allow_short=allow_short,
+    )
     portfolio.full_clean()
     portfolio.save()
     return portfolio
 
 
 @transaction.atomic
-def holding_set(
-    *, portfolio: Portfolio, instrument: Instrument, quantity: Decimal, cost_basis: Decimal
-) -> Holding:
-    """Create or replace a holding (until the ledger derives holdings from transactions)."""
-    holding, _ = Holding.objects.update_or_create(
-        portfolio=portfolio,
-        instrument=instrument,
-        defaults={"quantity": quantity, "cost_basis": cost_basis},
+def portfolio_update(
+    *,
+    portfolio: Portfolio,
+    name: str | None = None,
+    cost_basis_method: str | None = None,
+    allow_short: bool | None = None,
+) -> Portfolio:
+    """Change a portfolio's settings; a new cost-basis method or short rule recomputes it.
+
+    Turning ``allow_short`` off while the ledger sells short raises ``ValidationError``.
+    """
+    portfolio = Portfolio.objects.select_for_update().get(pk=portfolio.pk)
+    recompute = False
+    if name is not None:
+        portfolio.name = name
+    if cost_basis_method is not None and cost_basis_method != portfolio.cost_basis_method:
+        portfolio.cost_basis_method = cost_basis_method
+        recompute = True
+    if allow_short is not None and allow_short != portfolio.allow_short:
+        portfolio.allow_short = allow_short
+        recompute = True
+    portfolio.full_clean()
+    portfolio.save()
+    if recompute:
+        try:
+            with transaction.atomic():
+                holdings_recompute(portfolio=portfolio)
+        except ledger.LedgerError as exc:
+            raise ValidationError(
+                {"allow_short": [f"the ledger needs short selling: {exc}"]}
+            ) from None
+    return portfolio
+
+
+def _trim(value: Decimal) -> Decimal:
+    """Drop the column's padding zeros (3.000000000000 -> 3) so messages read like the input."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
+
+
+def ledger_entry(tx: Transaction) -> ledger.LedgerEntry:
+    """The ledger's view of a stored (or about to be stored) transaction."""
+    return ledger.LedgerEntry(
+        ref=tx.pk,
+        kind=ledger.TxKind(tx.kind),
+        executed_at=tx.executed_at,
+        currency=tx.currency,
+        # Keyed by symbol so the ledger's messages name what the user knows.
+        instrument=tx.instrument.symbol if tx.instrument_id else None,
+        quantity=_trim(tx.quantity),
+        price=_trim(tx.price),
+        fees=_trim(tx.fees),
+        amount=_trim(tx.amount),
+        ratio=None if tx.ratio is None else _trim(tx.ratio),
     )
-    return holding
+
+
+def _ledger_entries(portfolio: Portfolio) -> list[ledger.LedgerEntry]:
+    rows = (
+        Transaction.objects.filter(portfolio=portfolio)
+        .select_related("instrument")
+        .order_by("executed_at", "id")
+    )
+    return [ledger_entry(tx) for tx in rows]
+
+
+def ledger_problem(*, portfolio: Portfolio, method: str, allow_short: bool) -> str | None:
+    """Why the portfolio's ledger could not be replayed with these settings; None if it can.
+
+    Stores nothing: for forms that must refuse a setting before saving it.
+    """
+    try:
+        ledger.replay(
+            _ledger_entries(portfolio), method=ledger.CostBasis(method), allow_short=allow_short
+        )
+    except ledger.LedgerError as exc:
+        return f"the ledger needs short selling: {exc}"
+    return None
+
+
+def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
+    """Replay the portfolio's whole ledger and store holdings, open lots and cash balances.
+
+    Runs in the caller's transaction (``atomic`` makes it a savepoint otherwise) with the
+    portfolio row locked, so two writers never interleave. A transaction the ledger refuses
+    raises ``LedgerError`` and nothing is stored; a valuation is published after commit.
+    """
+    with transaction.atomic():
+        locked = Portfolio.objects.select_for_update().get(pk=portfolio.pk)
+        rows = list(
+            Transaction.objects.filter(portfolio=locked)
+            .select_related("instrument")
+            .order_by("executed_at", "id")
+        )
+        ids = {tx.instrument.symbol: tx.instrument_id for tx in rows if tx.instrument_id}
+        result = ledger.replay(
+            (ledger_entry(tx) for tx in rows),
+            method=ledger.CostBasis(locked.cost_basis_method),
+            allow_short=locked.allow_short,
+        )
+        Holding.objects.filter(portfolio=locked).delete()  # lots cascade
+        holdings = Holding.objects.bulk_create(
+            [
+                Holding(
+                    portfolio=locked,
+                    instrument_id=ids[position.instrument],
+                    quantity=position.quantity,
+                    cost_basis=position.cost_basis,
+                    currency=position.currency or "",
+                    realized_pnl=position.realized_pnl,
+                    income=sum(position.income.values(), Decimal(0)),
+                )
+                for position in result.positions.values()
+            ]
+        )
+        by_symbol = {symbol: h for h, symbol in zip(holdings, result.positions, strict=True)}
+        Lot.objects.bulk_create(
+            [
+                Lot(
+                    holding=by_symbol[position.instrument],
+                    transaction_id=lot.ref,
+                    opened_at=lot.opened_at,
+                    quantity=lot.quantity,
+                    cost=lot.cost,
+                )
+                for position in result.positions.values()
+                for lot in position.lots
+            ]
+        )
+        CashBalance.objects.filter(portfolio=locked).delete()
+        currencies = sorted({*result.cash, *result.income, *result.fees})
+        CashBalance.objects.bulk_create(
+            [
+                CashBalance(
+                    portfolio=locked,
+                    currency=currency,
+                    amount=result.cash.get(currency, Decimal(0)),
+                    income=result.income.get(currency, Decimal(0)),
+                    fees=result.fees.get(currency, Decimal(0)),
+                )
+                for currency in currencies
+            ]
+        )
+        # Lets a client tell a ledger change from an older price picture (docs/protocol.md).
+        Portfolio.objects.filter(pk=locked.pk).update(recomputed_at=timezone.now())
+        transaction.on_commit(lambda: _publish_valuation(locked.pk, locked.owner_id))
+    return result
+
+
+def _publish_valuation(portfolio_id: int, owner_id: int) -> None:
+    states = selectors.portfolio_states(portfolio_ids=[portfolio_id])
+    events.publish(
+        [(events.user_group(owner_id), protocol.valuation(portfolio=state)) for state in states]
+    )
+
+
+# Ledger field names are the model's field names, so a refusal lands on the right form field.
+_TX_FIELDS = (
+    "kind",
+    "instrument",
+    "quantity",
+    "price",
+    "fees",
+    "amount",
+    "ratio",
+    "currency",
+    "executed_at",
+    "note",
+)
+
+
+def _ledger_validation_error(exc: ledger.LedgerError) -> ValidationError:
+    message = str(exc)
+    # The ledger prefixes "transaction <ref>: <field> "; a form shows the message next to the
+    # field, where the prefix is noise.
+    prefix = f"transaction {exc.ref!r}: "
+    message = message.removeprefix(prefix).removeprefix(f"{exc.field}: ")
+    field = exc.field if exc.field in _TX_FIELDS else NON_FIELD_ERRORS
+    return ValidationError({field: [message]})
+
+
+def _default_currency(tx: Transaction) -> None:
+    if not tx.currency and tx.kind != TxKind.SPLIT:
+        tx.currency = tx.instrument.quote_currency if tx.instrument else tx.portfolio.base_currency
+
+
+def _save_and_recompute(tx: Transaction) -> Transaction:
+    _default_currency(tx)
+    try:
+        ledger_entry(tx)  # field rules first, with the ledger's own messages
+    except ledger.LedgerError as exc:
+        raise _ledger_validation_error(exc) from None
+    tx.full_clean(exclude=["portfolio"])
+    pk = tx.pk
+    try:
+        with transaction.atomic():
+            tx.save()
+            holdings_recompute(portfolio=tx.portfolio)
+    except ledger.LedgerError as exc:
+        refused_pk, tx.pk = tx.pk, pk  # rolled back: an added row does not exist
+        if exc.ref == refused_pk:
+            raise _ledger_validation_error(exc) from None
+        # The change made a later transaction impossible (e.g. it removed the shares sold).
+        raise ValidationError(
+            {NON_FIELD_ERRORS: [f"this change would make another transaction impossible: {exc}"]}
+        ) from None
+    return tx
+
+
+@transaction.atomic
+def transaction_add(*, portfolio: Portfolio, **fields: object) -> Transaction:
+    """Record a transaction and recompute the portfolio's holdings in the same DB transaction.
+
+    ``fields`` are ``Transaction`` fields (kind, instrument, quantity, price, fees, amount,
+    ratio, currency, executed_at, note). The currency defaults to the instrument's (or the
+    portfolio's base currency). Raises ``ValidationError`` keyed by field; nothing is stored.
+    """
+    unknown = set(fields) - set(_TX_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown transaction fields: {', '.join(sorted(unknown))}")
+    return _save_and_recompute(Transaction(portfolio=portfolio, **fields))
+
+
+@transaction.atomic
+def transaction_update(*, tx: Transaction, **fields: object) -> Transaction:
+    """Change a recorded transaction and recompute, in one DB transaction (see ``_add``)."""
+    unknown = set(fields) - set(_TX_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown transaction fields: {', '.join(sorted(unknown))}")
+    for name, value in fields.items():
+        setattr(tx, name, value)
+    return _save_and_recompute(tx)
+
+
+@transaction.atomic
+def transaction_delete(*, tx: Transaction) -> None:
+    """Delete a transaction and recompute; refused (``ValidationError``) when a later sale
+    would then sell more than is held."""
+    portfolio, pk = tx.portfolio, tx.pk
+    try:
+        with transaction.atomic():
+            tx.delete()
+            holdings_recompute(portfolio=portfolio)
+    except ledger.LedgerError as exc:
+        tx.pk = pk  # rolled back: the row is still there
+        raise ValidationError(
+            f"deleting it would make another transaction impossible: {exc}"
+        ) from None
+
+
+def valuation_snapshots_take(*, at: datetime | None = None) -> int:
+    """Store every portfolio's current value (one row per portfolio per instant).
+
+    Idempotent per instant: a second run with the same ``at`` changes nothing. Returns how many
+    snapshots were written. Portfolios without any transaction are skipped.
+    """
+    at = at or timezone.now()
+    written = 0
+    for portfolio in Portfolio.objects.filter(transactions__isnull=False).distinct():
+        value = selectors.portfolio_value(portfolio=portfolio)
+        flows = sum(
+            (f.amount for f in selectors.external_flows(portfolio=portfolio) if f.at <= at),
+            Decimal(0),
+        )
+        _, created = ValuationSnapshot.objects.get_or_create(
+            portfolio=portfolio,
+            taken_at=at,
+            defaults={"value": value.market_value, "net_flows": flows},
+        )
+        written += created
+    return written
 
 
 def feed_status_record(*, stats: dict) -> FeedStatus:

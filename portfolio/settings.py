@@ -165,6 +165,14 @@ CELERY_TASK_TIME_LIMIT = 60
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300, "socket_timeout": 10}
 CELERY_TIMEZONE = "UTC"
+# Exactly one beat process runs these (Procfile / docker-compose "beat").
+CELERY_BEAT_SCHEDULE = {
+    "valuation-snapshots": {
+        "task": "portfolio.tasks.snapshot_valuations",
+        "schedule": 60.0,  # every minute: the intraday series TWR and IRR are measured on
+        "options": {"expires": 55},
+    },
+}
 
 # Ticks per instrument are coalesced in this window before one ingest batch (milliseconds).
 LIVEFOLIO_COALESCE_MS = env_int("LIVEFOLIO_COALESCE_MS", 200, minimum=10)

@@ -29,6 +29,7 @@ __all__ = [
     "PortfolioValue",
     "ValuationError",
     "ValueStatus",
+    "fx_rate",
     "quantize_money",
     "value_portfolio",
 ]
@@ -152,6 +153,11 @@ def quantize_money(amount: Decimal, currency: str) -> Decimal:
     """
     places = _MINOR_UNITS.get(currency.upper(), 2)
     return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+def fx_rate(source: str, target: str, rates: Mapping[tuple[str, str], Decimal]) -> Decimal | None:
+    """How many ``target`` one ``source`` buys, from ``rates`` or their inverse; None if unknown."""
+    return _fx_rate(source, target, rates)
 
 
 def _fx_rate(source: str, target: str, rates: Mapping[tuple[str, str], Decimal]) -> Decimal | None:

@@ -1,14 +1,237 @@
-from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+"""Pages. Views adapt HTTP to services and selectors; every object id is checked for ownership
+(another user's object is a 404, as if it did not exist)."""
 
-from portfolio import selectors
-from portfolio.models import Instrument
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, time, timedelta
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from portfolio import selectors, services
+from portfolio.forms import (
+    ImportForm,
+    PortfolioForm,
+    PortfolioSettingsForm,
+    TransactionFilterForm,
+    TransactionForm,
+)
+from portfolio.importers import transactions_csv
+from portfolio.models import Instrument, Portfolio, Transaction
+
+TX_FIELDS = TransactionForm.Meta.fields
+
+
+def _own_portfolio(request: HttpRequest, portfolio_id: int) -> Portfolio:
+    return get_object_or_404(Portfolio, pk=portfolio_id, owner=request.user)
+
+
+def _own_transaction(request: HttpRequest, portfolio: Portfolio, tx_id: int) -> Transaction:
+    return get_object_or_404(
+        Transaction.objects.select_related("instrument"),
+        pk=tx_id,
+        portfolio=portfolio,
+        portfolio__owner=request.user,
+    )
+
+
+# Pages the portfolio switcher keeps you on when you pick another portfolio.
+SWITCHABLE = {
+    "portfolio",
+    "transactions",
+    "transaction-add",
+    "transaction-import",
+    "performance",
+    "portfolio-settings",
+}
+
+
+def _page(request: HttpRequest, template: str, portfolio: Portfolio | None, **context):
+    match = request.resolver_match
+    view = match.url_name if match and match.url_name in SWITCHABLE else "portfolio"
+    portfolios = Portfolio.objects.filter(owner=request.user).order_by("name")
+    return render(
+        request,
+        template,
+        {
+            "portfolio": portfolio,
+            "portfolios": [(p, reverse(view, args=[p.id])) for p in portfolios],
+            **context,
+        },
+    )
 
 
 def home(request: HttpRequest) -> HttpResponse:
+    """The live page of the user's first portfolio (by name)."""
+    portfolio = Portfolio.objects.filter(owner=request.user).order_by("name").first()
+    return _page(request, "portfolio/home.html", portfolio)
+
+
+def portfolio_detail(request: HttpRequest, portfolio_id: int) -> HttpResponse:
     """The live portfolio page. The table is drawn from the WebSocket snapshot, then kept live."""
-    return render(request, "portfolio/home.html")
+    return _page(request, "portfolio/home.html", _own_portfolio(request, portfolio_id))
+
+
+@require_http_methods(["GET", "POST"])
+def portfolio_create(request: HttpRequest) -> HttpResponse:
+    form = PortfolioForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            portfolio = services.portfolio_create(owner=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Created {portfolio.name}.")
+            return redirect("portfolio", portfolio_id=portfolio.id)
+    return _page(request, "portfolio/portfolio_form.html", None, form=form)
+
+
+@require_http_methods(["GET", "POST"])
+def portfolio_settings(request: HttpRequest, portfolio_id: int) -> HttpResponse:
+    portfolio = _own_portfolio(request, portfolio_id)
+    form = PortfolioSettingsForm(
+        request.POST or None,
+        instance=Portfolio(
+            name=portfolio.name,
+            cost_basis_method=portfolio.cost_basis_method,
+            allow_short=portfolio.allow_short,
+        ),
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.portfolio_update(portfolio=portfolio, **form.cleaned_data)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, "Settings saved; holdings recomputed.")
+            return redirect("portfolio", portfolio_id=portfolio.id)
+    return _page(request, "portfolio/portfolio_form.html", portfolio, form=form)
+
+
+def transaction_list(request: HttpRequest, portfolio_id: int) -> HttpResponse:
+    portfolio = _own_portfolio(request, portfolio_id)
+    rows = Transaction.objects.filter(portfolio=portfolio).select_related("instrument")
+    filters = TransactionFilterForm(request.GET or None)
+    if filters.is_valid():
+        data = filters.cleaned_data
+        if data["instrument"]:
+            rows = rows.filter(instrument=data["instrument"])
+        if data["kind"]:
+            rows = rows.filter(kind=data["kind"])
+        if data["date_from"]:
+            rows = rows.filter(executed_at__gte=datetime.combine(data["date_from"], time(0), UTC))
+        if data["date_to"]:
+            end = datetime.combine(data["date_to"], time(0), UTC) + timedelta(days=1)
+            rows = rows.filter(executed_at__lt=end)
+    page = Paginator(rows.order_by("-executed_at", "-id"), 100).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return _page(
+        request,
+        "portfolio/transactions.html",
+        portfolio,
+        filters=filters,
+        page=page,
+        query=query.urlencode(),
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def transaction_add(request: HttpRequest, portfolio_id: int) -> HttpResponse:
+    portfolio = _own_portfolio(request, portfolio_id)
+    form = TransactionForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.transaction_add(
+                portfolio=portfolio, **{k: form.cleaned_data[k] for k in TX_FIELDS}
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, "Transaction added; holdings recomputed.")
+            return redirect("transactions", portfolio_id=portfolio.id)
+    return _page(request, "portfolio/transaction_form.html", portfolio, form=form)
+
+
+@require_http_methods(["GET", "POST"])
+def transaction_edit(request: HttpRequest, portfolio_id: int, tx_id: int) -> HttpResponse:
+    portfolio = _own_portfolio(request, portfolio_id)
+    tx = _own_transaction(request, portfolio, tx_id)
+    form = TransactionForm(request.POST or None, instance=tx)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.transaction_update(
+                tx=_own_transaction(request, portfolio, tx_id),
+                **{k: form.cleaned_data[k] for k in TX_FIELDS},
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, "Transaction saved; holdings recomputed.")
+            return redirect("transactions", portfolio_id=portfolio.id)
+    return _page(request, "portfolio/transaction_form.html", portfolio, form=form, tx=tx)
+
+
+@require_POST
+def transaction_delete(request: HttpRequest, portfolio_id: int, tx_id: int) -> HttpResponse:
+    portfolio = _own_portfolio(request, portfolio_id)
+    tx = _own_transaction(request, portfolio, tx_id)
+    try:
+        services.transaction_delete(tx=tx)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, "Transaction deleted; holdings recomputed.")
+    return redirect("transactions", portfolio_id=portfolio.id)
+
+
+@require_http_methods(["GET", "POST"])
+def transaction_import(request: HttpRequest, portfolio_id: int) -> HttpResponse:
+    portfolio = _own_portfolio(request, portfolio_id)
+    form = ImportForm(request.POST or None, request.FILES or None)
+    result = None
+    if request.method == "POST" and form.is_valid():
+        raw = form.cleaned_data["file"].read()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            form.add_error("file", "The file is not UTF-8 text.")
+        else:
+            result = transactions_csv.import_csv(
+                portfolio=portfolio, text=io.StringIO(text, newline="")
+            )
+            if result.ok:
+                messages.success(request, f"Imported {result.imported} transactions.")
+                return redirect("transactions", portfolio_id=portfolio.id)
+    return _page(request, "portfolio/import.html", portfolio, form=form, result=result)
+
+
+def transaction_export(request: HttpRequest, portfolio_id: int) -> HttpResponse:
+    portfolio = _own_portfolio(request, portfolio_id)
+    response = HttpResponse(
+        transactions_csv.export_csv(portfolio=portfolio), content_type="text/csv; charset=utf-8"
+    )
+    response["Content-Disposition"] = (
+        f'attachment; filename="livefolio-{portfolio.id}-transactions.csv"'
+    )
+    return response
+
+
+def portfolio_performance(request: HttpRequest, portfolio_id: int) -> HttpResponse:
+    portfolio = _own_portfolio(request, portfolio_id)
+    return _page(
+        request,
+        "portfolio/performance.html",
+        portfolio,
+        periods=selectors.portfolio_performance(portfolio=portfolio),
+    )
 
 
 def instrument(request: HttpRequest, symbol: str) -> HttpResponse:

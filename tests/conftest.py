@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -48,11 +49,12 @@ def redis_client() -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def world(db):
-    """alice holds 2 BTC; bob holds only ETH; charlie holds 3 BTC. All in USD."""
+    """alice holds 2 BTC; bob holds only ETH; charlie holds 3 BTC. All in USD, each bought with
+    a 1000 USD deposit through the ledger (cost basis 1000, no cash left)."""
     from django.contrib.auth import get_user_model
 
     from portfolio import services
-    from portfolio.models import AssetClass, FeedKind, Instrument
+    from portfolio.models import AssetClass, FeedKind, Instrument, TxKind
 
     user_model = get_user_model()
     users = {
@@ -76,17 +78,29 @@ def world(db):
         feed_symbol="ETH-USD",
     )
     portfolios = {}
-    for name, instrument, quantity in (
-        ("alice", btc, "2"),
-        ("bob", eth, "10"),
-        ("charlie", btc, "3"),
+    bought_at = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
+    # Each deposits 1000 and spends all of it (price plus fee), so cash is 0 and the total is
+    # the holding's value.
+    for name, instrument, quantity, price, fee in (
+        ("alice", btc, "2", "500", "0"),
+        ("bob", eth, "10", "100", "0"),
+        ("charlie", btc, "3", "333", "1"),
     ):
         portfolio = services.portfolio_create(owner=users[name], name=f"{name.title()}'s")
-        services.holding_set(
+        services.transaction_add(
             portfolio=portfolio,
+            kind=TxKind.DEPOSIT,
+            amount=Decimal("1000"),
+            executed_at=bought_at,
+        )
+        services.transaction_add(
+            portfolio=portfolio,
+            kind=TxKind.BUY,
             instrument=instrument,
             quantity=Decimal(quantity),
-            cost_basis=Decimal("1000"),
+            price=Decimal(price),
+            fees=Decimal(fee),
+            executed_at=bought_at + timedelta(minutes=1),
         )
         portfolios[name] = portfolio
     return {"users": users, "portfolios": portfolios, "btc": btc, "eth": eth}

@@ -131,13 +131,59 @@ def test_demo_command_serves_moving_prices_for_the_demo_login(tmp_path, page):
         assert f"http://127.0.0.1:{port}/" in demo.output()
         log_in(page, f"http://127.0.0.1:{port}", "demo", "demo")
         total = page.locator('[data-field="total"]')
-        expect(page.locator("tr[data-instrument]")).to_have_count(7)
+        expect(page.locator("tr[data-instrument]")).to_have_count(8)  # EURUSD is only a rate
+        expect(page.locator('[data-field="by_currency"] li')).to_have_count(2)  # USD, EUR
         first = total.inner_text()
         expect(total).not_to_have_text(first, timeout=15_000)
         screenshot(page, "demo")
     finally:
         demo.stop()
     assert page.console_errors == []
+
+
+def test_a_transaction_added_through_the_form_changes_the_holding_and_the_open_live_page(
+    world, celery_worker, daphne_server, page
+):
+    btc_tick(world, "50000")
+    log_in(page, daphne_server, "alice", PASSWORD)
+    btc = row(page, "BTC-USD")
+    expect(btc.locator(".qty")).to_have_text("2")
+    expect(page.locator('[data-field="total"]')).to_have_text("$100,000.00")
+
+    # A second tab records the purchase; the live tab is never reloaded.
+    form = page.context.new_page()
+    form.console_errors = []
+    form.on("pageerror", lambda e: form.console_errors.append(str(e)))
+    portfolio_id = world["portfolios"]["alice"].id
+    form.goto(f"{daphne_server}/p/{portfolio_id}/transactions/add/")
+    form.select_option("#id_kind", "SELL")
+    form.select_option("#id_instrument", label="BTC-USD")
+    form.fill("#id_executed_at", "2026-02-01T10:00")
+    form.fill("#id_quantity", "5")
+    form.fill("#id_price", "40000")
+    form.click("#transaction-form button[type=submit]")
+    expect(form.locator("#error-quantity")).to_contain_text("held 2, requested 5")
+    form.select_option("#id_kind", "BUY")
+    form.fill("#id_quantity", "1")
+    form.click("#transaction-form button[type=submit]")
+    expect(form).to_have_url(f"{daphne_server}/p/{portfolio_id}/transactions/")
+    expect(form.locator("tr[data-transaction]", has_text="BTC-USD")).to_have_count(2)
+    screenshot(form, "transactions-after-add")
+
+    expect(btc.locator(".qty")).to_have_text("3")
+    expect(btc.locator(".value")).to_have_text("$150,000.00")
+    expect(page.locator('[data-field="cash_total"]')).to_have_text("-$40,000.00")
+    expect(page.locator('[data-field="total"]')).to_have_text("$110,000.00")
+    expect(btc.locator(".upnl")).to_have_text("+$109,000.00 (+265.85%)")  # cost 41,000
+    screenshot(page, "portfolio-after-add")
+
+    # Deleting it through its edit page puts the live tab back.
+    form.locator("tr[data-transaction]", has_text="40000").get_by_role("link", name="Edit").click()
+    form.get_by_role("button", name="Delete this transaction").click()
+    expect(form.locator("tr[data-transaction]", has_text="BTC-USD")).to_have_count(1)
+    expect(btc.locator(".qty")).to_have_text("2")
+    expect(page.locator('[data-field="total"]')).to_have_text("$100,000.00")
+    assert page.console_errors == [] and form.console_errors == []
 
 
 def test_instrument_page_draws_candles_stats_and_position_and_follows_live_quotes(

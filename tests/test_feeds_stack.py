@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from portfolio import services
-from portfolio.models import AssetClass, FeedStatus, Instrument, Quote
+from portfolio.models import AssetClass, FeedStatus, Instrument, Quote, TxKind
 from tests.conftest import Process, stack_env
 from tests.feeds.fakes import FakeBinance, FakeCoinbase, FakeKraken
 from tests.feeds.test_kraken import DOC_ASKS, DOC_BIDS, is_book_request
@@ -33,11 +33,19 @@ def listed(world, *, symbol: str, feed: str, feed_symbol: str, holder: str | Non
         feed_symbol=feed_symbol,
     )
     if holder:
-        services.holding_set(
-            portfolio=world["portfolios"][holder],
+        # Paid for with a matching deposit, so the portfolio's cash stays where it was.
+        bought_at = datetime.now(UTC) - timedelta(days=1)
+        portfolio = world["portfolios"][holder]
+        services.transaction_add(
+            portfolio=portfolio, kind=TxKind.DEPOSIT, amount=Decimal("2"), executed_at=bought_at
+        )
+        services.transaction_add(
+            portfolio=portfolio,
+            kind=TxKind.BUY,
             instrument=instrument,
             quantity=Decimal("2"),
-            cost_basis=Decimal("1"),
+            price=Decimal("1"),
+            executed_at=bought_at,
         )
     return instrument
 

@@ -5,7 +5,35 @@ import { LiveConnection } from "./live.js";
 const root = document.getElementById("portfolios");
 const template = document.getElementById("portfolio-template");
 const statusEl = document.getElementById("status");
+// The page shows one portfolio (the switcher picks it); the snapshot carries all of the user's.
+const wanted = root.dataset.portfolioId ? Number(root.dataset.portfolioId) : null;
 const shown = new Map(); // portfolio id -> { el, asOf }
+
+function signed(amount, currency, pct) {
+  if (amount === null || amount === undefined) return "—";
+  // A sign on gains and losses only: zero is shown as it is.
+  const sign = (s) => (s.startsWith("-") || Number(s) === 0 ? "" : "+");
+  const text = sign(amount) + money(amount, currency);
+  return pct === null || pct === undefined ? text : `${text} (${sign(pct)}${pct}%)`;
+}
+function tone(el, amount) {
+  el.classList.toggle("up", !!amount && !amount.startsWith("-") && Number(amount) !== 0);
+  el.classList.toggle("down", !!amount && amount.startsWith("-"));
+}
+function percent(pct) {
+  return pct === null || pct === undefined ? "—" : `${pct}%`;
+}
+function fillList(ul, slices, currency) {
+  ul.replaceChildren(
+    ...slices.map((s) => {
+      const li = document.createElement("li");
+      li.dataset.key = s.key;
+      li.textContent = `${s.key}: ${money(s.value, currency)} (${percent(s.weight_pct)})`;
+      return li;
+    }),
+  );
+}
+
 
 function render(portfolio) {
   let entry = shown.get(portfolio.id);
@@ -18,8 +46,17 @@ function render(portfolio) {
   }
   const { el } = entry;
   entry.asOf = portfolio.as_of;
+  entry.recomputedAt = portfolio.recomputed_at;
+  const base = portfolio.base_currency;
   el.querySelector('[data-field="name"]').textContent = portfolio.name;
-  setText(el.querySelector('[data-field="total"]'), money(portfolio.total, portfolio.base_currency));
+  setText(el.querySelector('[data-field="total"]'), money(portfolio.total, base));
+  for (const [field, pct] of [["day_change", "day_change_pct"], ["unrealized_pnl", "unrealized_pnl_pct"], ["realized_pnl", null]]) {
+    const cell = el.querySelector(`[data-field="${field}"]`);
+    setText(cell, signed(portfolio[field], base, pct ? portfolio[pct] : null));
+    tone(cell, portfolio[field]);
+  }
+  setText(el.querySelector('[data-field="income"]'), money(portfolio.income, base));
+  setText(el.querySelector('[data-field="cash_total"]'), money(portfolio.cash_total, base));
   const body = el.querySelector("tbody");
   const seen = new Set();
   for (const h of portfolio.holdings) {
@@ -30,7 +67,9 @@ function render(portfolio) {
       row.dataset.instrument = h.instrument;
       row.innerHTML =
         '<th scope="row"><span class="symbol"></span> <span class="name muted"></span></th>' +
-        '<td class="num qty"></td><td class="num price"></td><td class="num value"></td><td class="num asof muted"></td>';
+        '<td class="num qty"></td><td class="num price"></td><td class="num value"></td>' +
+        '<td class="num day"></td><td class="num upnl"></td><td class="num rpnl"></td>' +
+        '<td class="num weight"></td><td class="num asof muted"></td>';
       body.appendChild(row);
     }
     row.querySelector(".symbol").textContent = h.symbol;
@@ -38,11 +77,43 @@ function render(portfolio) {
     row.querySelector(".qty").textContent = number(h.quantity);
     setText(row.querySelector(".price"), money(h.price, h.currency));
     setText(row.querySelector(".value"), money(h.value, h.currency));
-    row.querySelector(".asof").textContent = time(h.price_as_of);
+    const day = row.querySelector(".day");
+    setText(day, signed(h.day_change, base, h.day_change_pct));
+    tone(day, h.day_change);
+    const upnl = row.querySelector(".upnl");
+    setText(upnl, signed(h.unrealized_pnl, base, h.unrealized_pnl_pct));
+    tone(upnl, h.unrealized_pnl);
+    const rpnl = row.querySelector(".rpnl");
+    setText(rpnl, signed(h.realized_pnl, h.currency, null));
+    tone(rpnl, h.realized_pnl);
+    setText(row.querySelector(".weight"), percent(h.weight_pct));
+    const asof = row.querySelector(".asof");
+    asof.textContent = time(h.price_as_of) + (h.stale ? " (stale)" : "");
+    asof.classList.toggle("stale", h.stale);
+    row.classList.toggle("unpriced", !h.in_total);
   }
   for (const row of body.querySelectorAll("tr[data-instrument]")) {
     if (!seen.has(row.dataset.instrument)) row.remove();
   }
+  const foot = el.querySelector("tfoot");
+  foot.replaceChildren(
+    ...(portfolio.cash || []).map((c) => {
+      const tr = document.createElement("tr");
+      tr.className = "cash";
+      tr.dataset.currency = c.currency;
+      tr.innerHTML = '<th scope="row">Cash <span class="muted"></span></th><td></td><td></td>' +
+        '<td class="num value"></td><td></td><td></td><td></td><td class="num weight"></td><td></td>';
+      tr.querySelector("span").textContent = c.currency;
+      tr.querySelector(".value").textContent = money(c.amount, c.currency);
+      tr.querySelector(".weight").textContent = percent(c.weight_pct);
+      return tr;
+    }),
+  );
+  fillList(el.querySelector('[data-field="by_asset_class"]'), (portfolio.allocation || {}).asset_class || [], base);
+  fillList(el.querySelector('[data-field="by_currency"]'), (portfolio.allocation || {}).currency || [], base);
+  el.querySelector('[data-field="issues"]').textContent = (portfolio.issues || []).length
+    ? `Left out of the totals: ${portfolio.issues.join("; ")}`
+    : "";
 }
 
 function onMessage(message) {
@@ -55,14 +126,24 @@ function onMessage(message) {
         shown.delete(id);
       }
     }
-    for (const p of message.portfolios) render(p);
-    if (message.portfolios.length === 0) {
+    const mine = message.portfolios.filter((p) => wanted === null || p.id === wanted);
+    for (const p of mine) render(p);
+    if (mine.length === 0) {
       root.innerHTML = '<p class="muted" id="placeholder">You have no portfolios yet.</p>';
     }
   } else if (message.type === "valuation") {
+    if (wanted !== null && message.portfolio.id !== wanted) return;
     const entry = shown.get(message.portfolio.id);
-    // Valuations can cross in flight; never replace a newer picture with an older one.
-    if (entry && entry.asOf && message.portfolio.as_of && message.portfolio.as_of < entry.asOf) return;
+    // Valuations can cross in flight; never replace a newer picture with an older one. The
+    // ledger's recomputed_at orders first (a ledger change may remove the freshest-priced
+    // holding), then the price time as_of.
+    const p = message.portfolio;
+    if (entry) {
+      const shownLedger = entry.recomputedAt || "";
+      const ledger = p.recomputed_at || "";
+      if (ledger < shownLedger) return;
+      if (ledger === shownLedger && entry.asOf && p.as_of && p.as_of < entry.asOf) return;
+    }
     render(message.portfolio);
   } else if (message.type === "error") {
     console.warn("server error", message.code, message.message);

@@ -14,6 +14,20 @@ from portfolio.demo import DEMO_PASSWORD, DEMO_USERNAME, demo_seed
 log = logging.getLogger(__name__)
 
 
+async def snapshots_every_minute() -> None:
+    """What Celery beat does on the real stack: value snapshots for the performance page."""
+    from channels.db import database_sync_to_async
+
+    from portfolio import services
+
+    while True:
+        try:
+            await database_sync_to_async(services.valuation_snapshots_take)()
+        except Exception:
+            log.exception("demo: taking valuation snapshots failed")
+        await asyncio.sleep(60)
+
+
 class Command(BaseCommand):
     help = "Run Livefolio on the embedded default with a demo user and a simulated feed."
 
@@ -40,9 +54,15 @@ class Command(BaseCommand):
         runner = FeedRunner(kind="simulated", seed=options["seed"], rate=options["rate"])
         url = f"http://127.0.0.1:{options['port']}/"
 
+        background: list[asyncio.Task] = []
+
         def ready() -> None:
             # The feed runs on daphne's own event loop: the in-memory channel layer is per loop.
-            asyncio.get_event_loop().create_task(runner.run())
+            loop = asyncio.get_event_loop()
+            # Kept referenced: the loop holds tasks only weakly.
+            background.extend(
+                [loop.create_task(runner.run()), loop.create_task(snapshots_every_minute())]
+            )
             self.stdout.write(
                 self.style.SUCCESS(f"Livefolio is running at {url}\n")
                 + f"Log in as {DEMO_USERNAME} / {DEMO_PASSWORD}. Stop with Ctrl-C.\n"

@@ -1,0 +1,1 @@
+"""Getting transactions in and out of Livefolio (CSV)."""
