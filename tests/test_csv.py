@@ -208,7 +208,7 @@ def test_any_ledger_exported_and_imported_into_an_empty_portfolio_is_the_same(wo
     source = services.portfolio_create(owner=owner, name=f"Source {uuid.uuid4()}")
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for kind, first, second, minutes, note in steps:
-        fields = {"executed_at": start + timedelta(minutes=minutes), "note": note.strip()}
+        fields = {"executed_at": start + timedelta(minutes=minutes), "note": note}
         if kind in ("BUY", "SELL"):
             fields |= {"instrument": world["btc"], "quantity": first / 100, "price": second}
         elif kind == "SPLIT":
