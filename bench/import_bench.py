@@ -90,8 +90,9 @@ def main() -> None:
     marks: list[tuple[int, float]] = []
     started = time.perf_counter()
 
-    def progress(done: int, total: int) -> None:
-        marks.append((done, time.perf_counter()))
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "stored":
+            marks.append((done, time.perf_counter()))
 
     try:
         result = transactions_csv.import_csv(

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import ProhibitNullCharactersValidator, RegexValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -206,7 +206,9 @@ class Transaction(models.Model):
     )
     currency = models.CharField(max_length=5, validators=[currency_code], blank=True)
     executed_at = models.DateTimeField()
-    note = models.CharField(max_length=200, blank=True)
+    note = models.CharField(
+        max_length=200, blank=True, validators=[ProhibitNullCharactersValidator()]
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -360,6 +360,7 @@ def _default_currency(tx: Transaction) -> None:
 
 def _save_and_recompute(tx: Transaction) -> Transaction:
     _default_currency(tx)
+    tx.note = tx.note.strip()  # as forms and the CSV importer do, so exports read back equal
     try:
         ledger_entry(tx)  # field rules first, with the ledger's own messages
     except ledger.LedgerError as exc:

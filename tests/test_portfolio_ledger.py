@@ -368,3 +368,15 @@ def test_quotes_store_keeps_the_reference_price_and_idempotence_on_sqlite(tmp_pa
     assert Decimal(got["price"]) == 110
     assert Decimal(got["reference"]) == 105
     assert got["reference_ts"] == "2026-11-26T23:59:59+00:00"
+
+
+def test_a_closed_position_does_not_stop_valuations_of_the_open_ones(world):
+    alice = world["portfolios"]["alice"]
+    buy(alice, world["eth"], "1", "100", T0)
+    sell(alice, world["eth"], "1", "120", T0 + timedelta(hours=1))  # ETH is now flat
+    assert holding(alice, world["eth"]).quantity == 0
+    holders = dict(selectors.portfolios_holding(instrument_ids=[world["btc"].id]))
+    assert alice.id in holders
+    eth_holders = dict(selectors.portfolios_holding(instrument_ids=[world["eth"].id]))
+    assert alice.id not in eth_holders  # nothing of hers moves with ETH any more
+    assert world["portfolios"]["bob"].id in eth_holders

@@ -154,11 +154,16 @@ def _datetime(raw: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _rows(text: IO[str]) -> Iterator[tuple[int, list[str]]]:
+def _rows(text: IO[str], errors: list[RowError]) -> Iterator[tuple[int, list[str]]]:
+    """Non-empty rows with their line numbers; a file the csv module cannot read ends with an
+    error naming the line."""
     reader = csv.reader(text)
-    for row in reader:
-        if any(cell.strip() for cell in row):
-            yield reader.line_num, row
+    try:
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                yield reader.line_num, row
+    except csv.Error as exc:
+        errors.append(RowError(reader.line_num, f"not readable as CSV: {exc}"))
 
 
 def _parse_row(
@@ -199,6 +204,11 @@ def _parse_row(
     currency = cell("currency").upper()
     if not currency and kind != TxKind.SPLIT:
         currency = instrument.quote_currency if instrument else portfolio.base_currency
+    note = cell("note")
+    if "\x00" in note:
+        raise ValueError("note: contains a NUL character")
+    if len(note) > 200:
+        raise ValueError(f"note: {len(note)} characters, at most 200")
     tx = Transaction(
         portfolio=portfolio,
         kind=kind,
@@ -210,7 +220,7 @@ def _parse_row(
         ratio=_decimal(ratio_text, "ratio") if ratio_text else None,
         currency=currency,
         executed_at=executed_at,
-        note=cell("note")[:200],
+        note=note,
     )
     try:
         services.ledger_entry(tx)
@@ -227,16 +237,19 @@ def import_csv(
     *,
     portfolio: Portfolio,
     text: IO[str],
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ImportResult:
     """Import transactions from CSV ``text`` into ``portfolio``, all or nothing.
 
     Every row is checked (fields, kinds, symbols); then the whole ledger with the new rows is
     replayed, and a row the ledger refuses (e.g. selling more than held) is reported and left
-    out to find the next one. ``progress(done, total)`` is called after each 10,000 rows stored.
+    out to find the next one. ``progress(stage, done, total)`` reports each 10,000 rows:
+    stage ``"checked"`` while reading, ``"stored"`` while writing (first with done=0).
     """
     result = ImportResult()
-    lines = list(_rows(text))
+    lines = list(_rows(text, result.errors))
+    if result.errors:
+        return result
     if not lines:
         result.errors.append(RowError(1, "the file is empty"))
         return result
@@ -248,12 +261,15 @@ def import_csv(
     instruments = {i.symbol.upper(): i for i in Instrument.objects.all()}
     unknown: dict[str, None] = {}
     parsed: list[tuple[int, Transaction]] = []
-    for line, row in lines[1:]:
+    body = lines[1:]
+    for line, row in body:
         result.rows += 1
         try:
             parsed.append((line, _parse_row(line, row, columns, instruments, portfolio, unknown)))
         except ValueError as exc:
             result.errors.append(RowError(line, str(exc)))
+        if progress and (result.rows % CHUNK == 0 or result.rows == len(body)):
+            progress("checked", result.rows, len(body))
     result.unknown_symbols = sorted(unknown)
     if not result.errors:
         _check_ledger(portfolio, parsed, result)
@@ -263,11 +279,11 @@ def import_csv(
         with transaction.atomic():
             total = len(parsed)
             if progress:
-                progress(0, total)
+                progress("stored", 0, total)
             for start in range(0, total, CHUNK):
                 Transaction.objects.bulk_create([tx for _, tx in parsed[start : start + CHUNK]])
                 if progress:
-                    progress(min(start + CHUNK, total), total)
+                    progress("stored", min(start + CHUNK, total), total)
             try:
                 services.holdings_recompute(portfolio=portfolio)
             except ledger.LedgerError as exc:
@@ -357,5 +373,6 @@ def _plain(value: Decimal) -> str:
 def export_csv(*, portfolio: Portfolio) -> str:
     """The whole export as one string (what the download and the command write)."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(export_rows(portfolio=portfolio))
+    # CRLF (RFC 4180) so that a note with a line break in it is quoted and reads back.
+    csv.writer(buffer, lineterminator="\r\n").writerows(export_rows(portfolio=portfolio))
     return buffer.getvalue()

@@ -25,5 +25,5 @@ class Command(BaseCommand):
         if options["file"] is None:
             self.stdout.write(text, ending="")
         else:
-            options["file"].write_text(text, encoding="utf-8")
+            options["file"].write_bytes(text.encode("utf-8"))  # CRLF kept as written
             self.stderr.write(f"Wrote {text.count(chr(10)) - 1} transactions to {options['file']}")

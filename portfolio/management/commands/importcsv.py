@@ -26,11 +26,11 @@ class Command(BaseCommand):
             raise CommandError(f"{path}: no such file")
         self.stdout.write(f"Checking {path} for portfolio {portfolio.id} ({portfolio.name})…")
 
-        def progress(done: int, total: int) -> None:
-            if done == 0:
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage == "stored" and done == 0:
                 self.stdout.write(f"All {total:,} rows are valid; storing…")
             else:
-                self.stdout.write(f"  stored {done:,} of {total:,} rows")
+                self.stdout.write(f"  {stage} {done:,} of {total:,} rows")
 
         with path.open(newline="", encoding="utf-8-sig") as text:
             result = transactions_csv.import_csv(portfolio=portfolio, text=text, progress=progress)
