@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('portfolio', '0004_portfolio_recomputed_at'),
+        ('portfolio', '0005_transaction_note_no_nul'),
     ]
 
     operations = [

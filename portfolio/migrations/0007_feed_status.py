@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('portfolio', '0005_price_bars'),
+        ('portfolio', '0006_price_bars'),
     ]
 
     operations = [
