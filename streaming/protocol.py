@@ -17,10 +17,16 @@ ERROR_FRAME_TOO_LARGE = "frame_too_large"
 ERROR_BINARY_NOT_SUPPORTED = "binary_not_supported"
 ERROR_UNKNOWN_TYPE = "unknown_type"
 ERROR_BAD_MESSAGE = "bad_message"
+ERROR_RATE_LIMITED = "rate_limited"
+ERROR_TOO_MANY_CONNECTIONS = "too_many_connections"
+ERROR_SESSION_ENDED = "session_ended"
 
 # WebSocket close codes the server uses.
-CLOSE_UNAUTHENTICATED = 4401  # sent when a session ends while connected (logged out)
+CLOSE_UNAUTHENTICATED = 4401  # the session ended while connected (logged out, expired)
+CLOSE_TOO_MANY_CONNECTIONS = 4409  # this user already holds the maximum of open sockets
+CLOSE_RATE_LIMITED = 4429  # the client kept sending faster than allowed
 CLOSE_FRAME_TOO_LARGE = 1009  # RFC 6455 "message too big"
+CLOSE_TRY_AGAIN_LATER = 4503  # the server lost its channel layer (Redis); reconnect
 
 
 def iso(moment: datetime) -> str:
