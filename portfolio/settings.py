@@ -199,7 +199,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 30
 CELERY_TASK_TIME_LIMIT = 60
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300, "socket_timeout": 10}
+# A task taken by a worker that dies (SIGKILL, OOM) goes back to the queue after this long;
+# it must exceed the longest task (the hard time limit) or a slow task would run twice.
+_VISIBILITY_TIMEOUT = env_int("LIVEFOLIO_BROKER_VISIBILITY_TIMEOUT", 300, minimum=1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": _VISIBILITY_TIMEOUT,
+    # Look for such abandoned tasks every few seconds (kombu's default is every 100 s).
+    "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 2)),
+    "unacked_restore_throttle": 1,
+    "socket_timeout": 10,
+}
 CELERY_TIMEZONE = "UTC"
 
 # Ticks per instrument are coalesced in this window before one ingest batch (milliseconds).
