@@ -66,6 +66,8 @@ def _state(portfolio: Portfolio, holdings: list[Holding]) -> dict[str, Any]:
                 "price": protocol.dec(price),
                 "value": protocol.money(value),
                 "price_as_of": protocol.iso(quote.exchange_ts) if quote else None,
+                # No price, or none for LIVEFOLIO_STALE_SECONDS (the feed is down or lagging).
+                "stale": quote is None or quote.is_stale(),
                 "in_total": value is not None and in_base,
             }
         )

@@ -64,11 +64,27 @@ function render(portfolio) {
     setText(row.querySelector(".price"), money(h.price, h.currency));
     setText(row.querySelector(".value"), money(h.value, h.currency));
     row.querySelector(".asof").textContent = time(h.price_as_of);
+    row.dataset.asOf = h.price_as_of || "";
+    markStale(row, h.stale);
   }
   for (const row of body.querySelectorAll("tr[data-instrument]")) {
     if (!seen.has(row.dataset.instrument)) row.remove();
   }
 }
+
+// A price is stale when the server says so, or once it is older than the server's limit
+// while no update arrives (the feed is down): checked every second.
+const staleAfterMs = Number(root.dataset.staleAfter || 120) * 1000;
+function markStale(row, stale) {
+  row.classList.toggle("stale", stale);
+  row.querySelector(".asof").title = stale ? "Stale: no recent price from the feed" : "";
+}
+setInterval(() => {
+  for (const row of root.querySelectorAll("tr[data-instrument]")) {
+    const asOf = Date.parse(row.dataset.asOf);
+    if (!Number.isNaN(asOf) && Date.now() - asOf > staleAfterMs) markStale(row, true);
+  }
+}, 1000);
 
 function onMessage(message) {
   if (message.type === "snapshot") {

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from streaming import supervisor
 from streaming.runner import FeedRunner, feed_factory
 
 
@@ -18,12 +20,22 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=None, help="simulated: random seed")
         parser.add_argument("--rate", type=float, default=10.0, help="simulated: ticks per second")
         parser.add_argument("--window-ms", type=int, default=None, help="coalescing window")
+        parser.add_argument(
+            "--supervise",
+            action="store_true",
+            help="run the feed as a child process and restart it whenever it exits",
+        )
 
     def handle(self, *args, **options) -> None:
         try:
             feed_factory(options["feed"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        if options["supervise"]:
+            command = supervisor.child_command(sys.argv)
+            write = lambda line: (self.stdout.write(line), self.stdout.flush())  # noqa: E731
+            supervisor.supervise(command, name=options["feed"], write=write)
+            return
         feed_options = {}
         if options["feed"] == "simulated":
             feed_options = {"seed": options["seed"], "rate": options["rate"]}
