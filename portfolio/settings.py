@@ -283,5 +283,7 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         # One line per task is noise at several batches a second; failures still log.
         "celery.app.trace": {"level": "WARNING"},
+        # Lockouts and repeated failures log at WARNING; every successful login is noise.
+        "axes": {"level": "WARNING"},
     },
 }

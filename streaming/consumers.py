@@ -150,7 +150,7 @@ class PortfolioConsumer(ProtocolConsumer):
     """The live portfolio page: the user's portfolios, snapshot first, then valuations."""
 
     endpoint = "portfolio"
-    connection_cap = UserConnections(scope="portfolio", limit=settings.LIVEFOLIO_WS_MAX_PER_USER)
+    connection_cap = UserConnections(scope="portfolio", limit_setting="LIVEFOLIO_WS_MAX_PER_USER")
 
     async def connect(self) -> None:
         user = self.scope.get("user")

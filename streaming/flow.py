@@ -123,10 +123,14 @@ class UserConnections:
 
     _local: dict[int, set[str]] = {}
 
-    def __init__(self, *, scope: str, limit: int, ttl: int = 120) -> None:
+    def __init__(self, *, scope: str, limit_setting: str, ttl: int = 120) -> None:
         self.scope = scope
-        self.limit = limit
+        self.limit_setting = limit_setting
         self.ttl = ttl
+
+    @property
+    def limit(self) -> int:
+        return getattr(settings, self.limit_setting)
 
     def key(self, user_id: int) -> str:
         return f"{settings.LIVEFOLIO_REDIS_PREFIX}:conn:{self.scope}:user.{user_id}"
