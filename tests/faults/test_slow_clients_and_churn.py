@@ -119,18 +119,25 @@ async def test_a_thousand_connect_disconnect_cycles_leak_no_groups_connections_o
             async with await open_socket(base, cookie) as ws:
                 assert json.loads(await ws.recv())["type"] == "snapshot"
 
-    await asyncio.gather(*(cycles(25, c) for c in cookies * 2))  # warm up
+    # Warm up (imports, caches, allocator arenas) until memory is flat, then measure.
+    await asyncio.gather(*(cycles(250, c) for c in cookies * 2))
     await asyncio.sleep(1)
+    assert await asyncio.to_thread(open_connections, base) == 0  # /metrics' own client opens now
     clients_before = client.info("clients")["connected_clients"]
     memory_before = rss(server)
 
     await asyncio.gather(*(cycles(250, c) for c in cookies * 2))  # 1,000 cycles, 4 at a time
 
     await eventually(lambda: open_connections(base) == 0, timeout=10, what="all sockets closed")
+    await asyncio.sleep(1)
     for name in ("alice", "charlie"):
         user = world["users"][name]
         assert client.zcard(f"lf-faults:group:user.{user}") == 0, f"{name}'s group leaked"
         assert client.zcard(f"lf-faults:conn:portfolio:user.{user}") == 0, "cap slots leaked"
-    assert client.info("clients")["connected_clients"] <= clients_before
+    # channels-redis opens and closes short-lived connections as it goes (a few come and go at
+    # any moment); a leak would be one per cycle: hundreds.
+    assert client.info("clients")["connected_clients"] <= clients_before + 3
     grown = rss(server) - memory_before
-    assert grown < 8 * MB, f"daphne grew by {grown / MB:.1f} MB over 1,000 cycles"
+    # Measured: flat to ~0.1 MB; channels-redis' leaked receive queues (~3 KB per connection,
+    # see PortfolioConsumer.__call__) made it 1.3-2 MB per 1,000.
+    assert grown < 1 * MB, f"daphne grew by {grown / MB:.2f} MB over 1,000 cycles"
