@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from importlib import import_module
 from typing import Any
 
@@ -54,6 +55,14 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             await self.forget()
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER})
+        except asyncio.CancelledError:
+            # The server is shutting down: give back the cap slot and the group membership now
+            # instead of leaving them to expire (a restart would otherwise find the user "full").
+            with contextlib.suppress(Exception):
+                await self.disconnect(1001)
+            with contextlib.suppress(Exception):
+                await self.forget()
+            raise
         finally:
             # channels-redis keeps an empty receive queue per channel a cancelled receive()
             # leaves behind (~3 KB per connection, measured over 1,000 reconnects): drop ours.
@@ -189,18 +198,24 @@ class PortfolioConsumer(ProtocolConsumer):
                 await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def watch(self) -> None:
-        """Every LIVEFOLIO_SESSION_CHECK_SECONDS: close when the session has ended; renew the
-        group membership and the connection-cap entry (both are lost if Redis restarts empty)."""
+        """Close when the session has ended (checked every LIVEFOLIO_SESSION_CHECK_SECONDS);
+        renew the group membership and the connection-cap entry more often (both are lost if
+        Redis restarts empty, and a cap entry expires unless renewed)."""
+        check_every = settings.LIVEFOLIO_SESSION_CHECK_SECONDS
+        period = min(UserConnections.REFRESH_SECONDS, check_every)
+        next_check = time.monotonic() + check_every
         while True:
-            await asyncio.sleep(settings.LIVEFOLIO_SESSION_CHECK_SECONDS)
-            try:
-                owner = await database_sync_to_async(session_user_id)(self.session_key)
-            except Exception as exc:  # database down: keep serving what we have
-                log.warning("session check failed: %s", exc)
-                continue
-            if owner != str(self.user_id):
-                await self.end_session()
-                return
+            await asyncio.sleep(period)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + check_every
+                try:
+                    owner = await database_sync_to_async(session_user_id)(self.session_key)
+                except Exception as exc:  # database down: keep serving what we have
+                    log.warning("session check failed: %s", exc)
+                    owner = str(self.user_id)
+                if owner != str(self.user_id):
+                    await self.end_session()
+                    return
             try:
                 await self.channel_layer.group_add(self.group, self.channel_name)
                 await self.connection_cap.refresh(self.user_id, self.channel_name)

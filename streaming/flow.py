@@ -123,10 +123,15 @@ class UserConnections:
 
     _local: dict[int, set[str]] = {}
 
-    def __init__(self, *, scope: str, limit_setting: str, ttl: int = 120) -> None:
+    def __init__(self, *, scope: str, limit_setting: str) -> None:
         self.scope = scope
         self.limit_setting = limit_setting
-        self.ttl = ttl
+
+    # Holders refresh their entry every REFRESH_SECONDS; an entry not refreshed for three
+    # periods belongs to a server that died (daphne exits on SIGTERM without running the
+    # consumers' disconnect), so a restart locks nobody out for longer than that.
+    REFRESH_SECONDS = 10
+    ttl = 3 * REFRESH_SECONDS
 
     @property
     def limit(self) -> int:

@@ -99,7 +99,7 @@ class LiveClient:
                 self.closes.append(None)
             attempt += 1
             cap = min(30.0, 0.5 * 2 ** (attempt - 1))
-            delay = max(0.25, random.uniform(0, cap))  # full jitter, as live.js
+            delay = random.uniform(0.25, cap)  # full jitter, as live.js
             self.reconnect_delays.append(delay)
             await asyncio.sleep(delay)
 
