@@ -56,8 +56,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER})
         except asyncio.CancelledError:
-            # The server is shutting down: give back the cap slot and the group membership now
-            # instead of leaving them to expire (a restart would otherwise find the user "full").
+            # Cancelled by the server (it gave up waiting for a disconnect): give back the cap
+            # slot and the group membership now rather than leaving them to expire.
             with contextlib.suppress(Exception):
                 await self.disconnect(1001)
             with contextlib.suppress(Exception):
