@@ -25,7 +25,15 @@ import redis
 
 from tests.conftest import ROOT, Process, free_port
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def postgres_bin() -> Path:
+    """The newest installed PostgreSQL server binaries (Debian layout), or fail saying so."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        pytest.fail("PostgreSQL server binaries missing: apt-get install -y postgresql")
+    return found[-1].parent
+
+
 SECRET = "fault-tests-secret-key-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFG"
 METRICS_TOKEN = "fault-tests-metrics-token"
 
@@ -107,9 +115,19 @@ class PrivatePostgres:
 
     def init(self) -> None:
         data = str(self.dir / "data")
-        self.run(str(PG_BIN / "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync")
+        self.run(
+            str(postgres_bin() / "initdb"),
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        )
         self.start()
-        self.run(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "livefolio")
+        self.run(
+            str(postgres_bin() / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "livefolio"
+        )
 
     def pg_ctl(self, *args: str) -> None:
         options = (
@@ -117,7 +135,7 @@ class PrivatePostgres:
             "-c synchronous_commit=off -c full_page_writes=off"
         )
         self.run(
-            str(PG_BIN / "pg_ctl"),
+            str(postgres_bin() / "pg_ctl"),
             "-D",
             str(self.dir / "data"),
             "-o",
