@@ -3,9 +3,18 @@
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
 
 app = Celery("livefolio")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_ready.connect
+def _start_heartbeat(sender, **kwargs) -> None:
+    """Every worker says it is alive in Redis; /healthz and /metrics read it."""
+    from portfolio import health
+
+    health.start_worker_heartbeat(f"{sender.hostname}/{os.getpid()}")

@@ -73,6 +73,26 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
+# Served over HTTPS (directly or behind a TLS proxy): secure cookies, HSTS, redirect to https.
+TLS = env_bool("LIVEFOLIO_TLS", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = TLS
+SECURE_HSTS_SECONDS = env_int("LIVEFOLIO_HSTS_SECONDS", 31_536_000) if TLS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_PRELOAD = TLS
+if env_bool("LIVEFOLIO_BEHIND_TLS_PROXY", default=False):
+    # Only behind a proxy that sets (and strips client-sent) X-Forwarded-Proto.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# The admin's URL prefix; a non-obvious one keeps scanners off the login form.
+ADMIN_PATH = env_str("LIVEFOLIO_ADMIN_PATH", "admin/").strip("/") + "/"
+if ADMIN_PATH == "/":
+    raise ImproperlyConfigured("LIVEFOLIO_ADMIN_PATH: must not be empty")
+# Bearer token for /metrics (staff sessions may read it too); unset means staff only.
+METRICS_TOKEN = env_str("LIVEFOLIO_METRICS_TOKEN")
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -83,6 +103,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "portfolio",
     "streaming",
 ]
@@ -97,7 +118,25 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "portfolio.security.ContentSecurityPolicyMiddleware",
+    "portfolio.security.RequestIdMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login lockout (django-axes): this many failures for one username from one address lock it
+# for LIVEFOLIO_LOGIN_LOCKOUT_MINUTES; the lockout page answers 429.
+AXES_FAILURE_LIMIT = env_int("LIVEFOLIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = env_int("LIVEFOLIO_LOGIN_LOCKOUT_MINUTES", 15, minimum=1) / 60
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "portfolio.urls"
 ASGI_APPLICATION = "portfolio.asgi.application"
@@ -163,7 +202,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 30
 CELERY_TASK_TIME_LIMIT = 60
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300, "socket_timeout": 10}
+# A task taken by a worker that dies (SIGKILL, OOM) goes back to the queue after this long;
+# it must exceed the longest task (the hard time limit) or a slow task would run twice.
+_VISIBILITY_TIMEOUT = env_int("LIVEFOLIO_BROKER_VISIBILITY_TIMEOUT", 300, minimum=1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": _VISIBILITY_TIMEOUT,
+    # Look for such abandoned tasks every few seconds (kombu's default is every 100 s).
+    "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 2)),
+    "unacked_restore_throttle": 1,
+    "socket_timeout": 10,
+}
 CELERY_TIMEZONE = "UTC"
 # Exactly one beat process runs these (Procfile / docker-compose "beat").
 CELERY_BEAT_SCHEDULE = {
@@ -191,6 +239,19 @@ KRAKEN_WS_URL = env_url("KRAKEN_WS_URL", ("ws", "wss")) or "wss://ws.kraken.com/
 
 # Largest WebSocket frame a client may send (bytes).
 LIVEFOLIO_MAX_FRAME_BYTES = 64 * 1024
+# Prefix of Livefolio's own Redis keys (connection caps, worker heartbeats, ingest metrics).
+LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio")
+# What one WebSocket connection may send: frames per second on average, and the burst.
+LIVEFOLIO_WS_RATE = env_int("LIVEFOLIO_WS_RATE", 10, minimum=1)
+LIVEFOLIO_WS_BURST = env_int("LIVEFOLIO_WS_BURST", 30, minimum=1)
+# Open sockets per user per endpoint, across all server processes.
+LIVEFOLIO_WS_MAX_PER_USER = env_int("LIVEFOLIO_WS_MAX_PER_USER", 20, minimum=1)
+# Valuations per portfolio per second one connection receives at most (always the latest).
+LIVEFOLIO_WS_MAX_UPDATES = env_int("LIVEFOLIO_WS_MAX_UPDATES", 5, minimum=1)
+# How often an open socket re-checks its session (expired sessions close with 4401).
+LIVEFOLIO_SESSION_CHECK_SECONDS = env_int("LIVEFOLIO_SESSION_CHECK_SECONDS", 30, minimum=1)
+# How often a Celery worker writes its heartbeat to Redis.
+LIVEFOLIO_HEARTBEAT_SECONDS = env_int("LIVEFOLIO_HEARTBEAT_SECONDS", 10, minimum=1)
 
 # WebSocket API v1 (/ws/v1/): limits per connection and per user (docs/api.md).
 LIVEFOLIO_API_AUTH_TIMEOUT = env_int("LIVEFOLIO_API_AUTH_TIMEOUT", 5, minimum=1)
@@ -234,12 +295,26 @@ WHITENOISE_AUTOREFRESH = DEBUG
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line"}},
+    # One line per event; request_id / conn_id say which request or socket it belongs to.
+    "formatters": {
+        "line": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(context_id)s] %(message)s",
+        }
+    },
+    "filters": {"context": {"()": "portfolio.security.ContextIdFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "line",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LIVEFOLIO_LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # One line per task is noise at several batches a second; failures still log.
         "celery.app.trace": {"level": "WARNING"},
+        # Lockouts and repeated failures log at WARNING; every successful login is noise.
+        "axes": {"level": "WARNING"},
     },
 }

@@ -1,8 +1,9 @@
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from portfolio import views
+from portfolio import health, views
 from streaming import views as streaming_views
 
 urlpatterns = [
@@ -29,7 +30,6 @@ urlpatterns = [
     path("p/<int:portfolio_id>/export.csv", views.transaction_export, name="transaction-export"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("admin/", admin.site.urls),
     path("settings/tokens/", streaming_views.token_list, name="api-tokens"),
     path(
         "settings/tokens/<int:token_id>/revoke/",
@@ -37,4 +37,7 @@ urlpatterns = [
         name="api-token-revoke",
     ),
     path("api/asyncapi.yaml", streaming_views.asyncapi_document, name="asyncapi"),
+    path("healthz", health.healthz, name="healthz"),
+    path("metrics", health.metrics, name="metrics"),
+    path(settings.ADMIN_PATH, admin.site.urls),
 ]

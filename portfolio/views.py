@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, time, timedelta
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import ValidationError
@@ -71,12 +72,19 @@ def _page(request: HttpRequest, template: str, portfolio: Portfolio | None, **co
 def home(request: HttpRequest) -> HttpResponse:
     """The live page of the user's first portfolio (by name)."""
     portfolio = Portfolio.objects.filter(owner=request.user).order_by("name").first()
-    return _page(request, "portfolio/home.html", portfolio)
+    return _page(
+        request, "portfolio/home.html", portfolio, stale_after=settings.LIVEFOLIO_STALE_SECONDS
+    )
 
 
 def portfolio_detail(request: HttpRequest, portfolio_id: int) -> HttpResponse:
     """The live portfolio page. The table is drawn from the WebSocket snapshot, then kept live."""
-    return _page(request, "portfolio/home.html", _own_portfolio(request, portfolio_id))
+    return _page(
+        request,
+        "portfolio/home.html",
+        _own_portfolio(request, portfolio_id),
+        stale_after=settings.LIVEFOLIO_STALE_SECONDS,
+    )
 
 
 @require_http_methods(["GET", "POST"])

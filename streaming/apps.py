@@ -4,3 +4,16 @@ from django.apps import AppConfig
 class StreamingConfig(AppConfig):
     name = "streaming"
     verbose_name = "Streaming"
+
+    def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_out
+
+        user_logged_out.connect(_close_sockets_of_ended_session, dispatch_uid="livefolio-logout")
+
+
+def _close_sockets_of_ended_session(sender, request, user, **kwargs) -> None:
+    """Logging out closes the sockets opened with that session (code 4401), at once."""
+    from streaming import events
+
+    if user is not None and request.session.session_key:
+        events.session_ended(user_id=user.id, session_key=request.session.session_key)

@@ -7,6 +7,7 @@ sequence numbers, so a failed publish is logged and never undoes or retries the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # The channel-layer message type; consumers handle it in ``livefolio_event``.
 EVENT = "livefolio.event"
+# Tells a user's sockets that one of their sessions ended; handled in ``livefolio_session_ended``.
+SESSION_ENDED = "livefolio.session_ended"
 
 
 def user_group(user_id: int) -> str:
@@ -43,3 +46,17 @@ async def apublish(messages: list[tuple[str, dict[str, Any]]]) -> None:
     layer = get_channel_layer()
     for group, payload in messages:
         await layer.group_send(group, {"type": EVENT, "payload": payload})
+
+
+def session_fingerprint(session_key: str) -> str:
+    """What travels through Redis instead of the session key itself."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
+def session_ended(*, user_id: int, session_key: str) -> None:
+    """Close the sockets opened with this session (the user logged out), from sync code."""
+    message = {"type": SESSION_ENDED, "session": session_fingerprint(session_key)}
+    try:
+        async_to_sync(get_channel_layer().group_send)(user_group(user_id), message)
+    except Exception:
+        log.exception("events: telling user %s's sockets their session ended failed", user_id)

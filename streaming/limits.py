@@ -11,28 +11,6 @@ import time
 import redis
 from django.conf import settings
 
-
-class TokenBucket:
-    """``rate`` requests a second on average, bursts of up to ``burst``."""
-
-    def __init__(self, *, rate: float, burst: int, clock=time.monotonic) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.clock = clock
-        self.updated = clock()
-
-    def take(self) -> bool:
-        """Spend one token if there is one; False means the caller is over the rate."""
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 # KEYS[1] the user's lease set; ARGV: member, cap, lease seconds. Redis' own clock, so servers
 # with skewed clocks agree. Returns 1 when the member holds a slot, 0 when the user is full.
 _ACQUIRE = """

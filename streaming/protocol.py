@@ -28,14 +28,16 @@ ERROR_AUTH_REQUIRED = "auth_required"  # a request before authenticating
 ERROR_UNAUTHORIZED = "unauthorized"  # an unknown, malformed or revoked token
 ERROR_AUTH_TIMEOUT = "auth_timeout"  # no authentication within the allowed time
 ERROR_IDLE_TIMEOUT = "idle_timeout"  # no subscription and no request for too long
+ERROR_SESSION_ENDED = "session_ended"  # logged out or expired while connected
 
 # WebSocket close codes the server uses.
-CLOSE_UNAUTHENTICATED = 4401  # sent when a session ends while connected (logged out)
+CLOSE_UNAUTHENTICATED = 4401  # the session ended while connected (logged out, expired)
+CLOSE_TOO_MANY_CONNECTIONS = 4409  # this user already holds the maximum of open sockets
+CLOSE_RATE_LIMITED = 4429  # the client kept sending faster than allowed
 CLOSE_FRAME_TOO_LARGE = 1009  # RFC 6455 "message too big"
 # API v1: also 4401 after an `unauthorized` error (wrong or revoked token).
 CLOSE_IDLE_TIMEOUT = 4000  # no subscription and no request within the idle timeout
 CLOSE_AUTH_TIMEOUT = 4408  # not authenticated within the allowed time (like HTTP 408)
-CLOSE_TOO_MANY_CONNECTIONS = 4429  # the user already has the maximum of API connections
 
 # API v1 stream names: "<kind>:<key>", e.g. "quotes:BTC-USD" or "portfolio:12".
 STREAM_QUOTES = "quotes"
@@ -46,6 +48,8 @@ STREAM_KINDS = (STREAM_QUOTES, STREAM_TRADES, STREAM_BOOK, STREAM_PORTFOLIO)
 # Book messages carry at most this many levels a side.
 BOOK_DEPTH = 20
 TRADE_SIDES = ("buy", "sell")
+
+CLOSE_TRY_AGAIN_LATER = 4503  # the server lost its channel layer (Redis); reconnect
 
 
 def iso(moment: datetime) -> str:

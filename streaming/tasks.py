@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 from django.db import OperationalError, transaction
 
-from portfolio import selectors, services
+from portfolio import health, selectors, services
 from portfolio.models import FeedKind, Instrument
 from streaming import events, protocol
 
@@ -79,17 +82,25 @@ def ingest_quotes(batch: list[dict[str, Any]]) -> int:
     Idempotent (newer exchange time wins), so it is safe to acknowledge late and run again.
     Returns how many instruments changed.
     """
+    started = time.monotonic()
     updates = parse_batch(batch)
     received = {int(i["instrument"]): i.get("received") for i in batch if "instrument" in i}
     with transaction.atomic():
         changed = services.quotes_store(updates=updates)
-        if not changed:
-            return 0
-        stored = set(changed)
-        services.bars_record(updates=[u for u in updates if u.instrument_id in stored])
-        messages = _quote_messages(changed, received) + _valuation_messages(changed)
-        transaction.on_commit(lambda: events.publish(messages))
+        if changed:
+            stored = set(changed)
+            services.bars_record(updates=[u for u in updates if u.instrument_id in stored])
+            messages = _quote_messages(changed, received) + _valuation_messages(changed)
+            transaction.on_commit(lambda: events.publish(messages))
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        health.record_ingest(seconds=time.monotonic() - started, lag=_lag(received.values()))
     return len(changed)
+
+
+def _lag(received: Iterable[Any]) -> float | None:
+    """Seconds from the oldest tick the feed received in this batch to now (stored)."""
+    moments = [datetime.fromisoformat(r) for r in received if r]
+    return (datetime.now(UTC) - min(moments)).total_seconds() if moments else None
 
 
 def _quote_messages(changed: list[int], received: dict[int, Any]) -> list[tuple[str, dict]]:

@@ -565,7 +565,7 @@ async def test_the_subscription_cap_refuses_one_more_until_one_is_dropped(
     await comm.disconnect()
 
 
-async def test_the_per_user_connection_cap_closes_one_more_with_4429_and_frees_on_disconnect(
+async def test_the_per_user_connection_cap_closes_one_more_with_4409_and_frees_on_disconnect(
     world, redis_client, settings
 ):
     settings.LIVEFOLIO_API_MAX_CONNECTIONS = 2
@@ -576,7 +576,7 @@ async def test_the_per_user_connection_cap_closes_one_more_with_4429_and_frees_o
     assert (await third.connect())[0]
     error = await third.receive_json_from()
     assert (error["type"], error["code"]) == ("error", "too_many_connections")
-    assert await closed_with(third) == 4429
+    assert await closed_with(third) == 4409
     bob = await connect(world["users"]["bob"])  # other users are not counted against alice
     await first.disconnect()
     fourth = await connect(alice)

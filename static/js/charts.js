@@ -1,5 +1,9 @@
 // Charts of the portfolio page: the value over time (lightweight-charts) and allocation bars.
-import { AreaSeries, ColorType, createChart } from "lightweight-charts";
+import {
+  AreaSeries,
+  ColorType,
+  createChart,
+} from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import { money } from "./format.js";
 
 const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();

@@ -1,5 +1,10 @@
 // The instrument page: 1-minute candles extended by live quotes, 24 h stats, trades, book.
-import { CandlestickSeries, ColorType, createChart } from "lightweight-charts";
+// A relative path, not an import map: the Content-Security-Policy forbids inline scripts.
+import {
+  CandlestickSeries,
+  ColorType,
+  createChart,
+} from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import { money, number, priceText, setText, signed, time } from "./format.js";
 import { LiveConnection } from "./live.js";
 

@@ -113,7 +113,10 @@ export class LiveConnection {
     }
     this.attempt += 1;
     const cap = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * 2 ** (this.attempt - 1));
-    const delay = Math.max(MIN_DELAY_MS / 2, Math.random() * cap); // full jitter
+    // Full jitter over [MIN/2, cap]. Clamping random() * cap to a floor instead would put half
+    // of all clients on exactly the floor: a small thundering herd after every restart.
+    const floor = MIN_DELAY_MS / 2;
+    const delay = floor + Math.random() * (cap - floor);
     this.onStatus({ state: "reconnecting", retryAt: Date.now() + delay });
     this.retryTimer = setTimeout(() => this.connect(), delay);
   }

@@ -87,9 +87,8 @@ function render(portfolio) {
     setText(rpnl, signed(h.realized_pnl, h.currency, null));
     tone(rpnl, h.realized_pnl);
     setText(row.querySelector(".weight"), percent(h.weight_pct));
-    const asof = row.querySelector(".asof");
-    asof.textContent = time(h.price_as_of) + (h.stale ? " (stale)" : "");
-    asof.classList.toggle("stale", h.stale);
+    row.dataset.asOf = h.price_as_of || "";
+    markStale(row, h.stale, h.price_as_of);
     row.classList.toggle("unpriced", !h.in_total);
   }
   for (const row of body.querySelectorAll("tr[data-instrument]")) {
@@ -115,6 +114,25 @@ function render(portfolio) {
     ? `Left out of the totals: ${portfolio.issues.join("; ")}`
     : "";
 }
+
+// A price is stale when the server says so, or once it is older than the server's limit while
+// no update arrives (the feed is down and nothing is sent): checked every second.
+const staleAfterMs = Number(root.dataset.staleAfter || 120) * 1000;
+function markStale(row, stale, asOf) {
+  const cell = row.querySelector(".asof");
+  cell.textContent = time(asOf) + (stale ? " (stale)" : "");
+  cell.classList.toggle("stale", stale);
+  row.classList.toggle("stale", stale);
+  cell.title = stale ? "Stale: no recent price from the feed" : "";
+}
+setInterval(() => {
+  for (const row of root.querySelectorAll("tr[data-instrument]")) {
+    const asOf = Date.parse(row.dataset.asOf);
+    if (!row.classList.contains("stale") && !Number.isNaN(asOf) && Date.now() - asOf > staleAfterMs) {
+      markStale(row, true, row.dataset.asOf);
+    }
+  }
+}, 1000);
 
 function onMessage(message) {
   if (message.type === "snapshot") {

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from streaming import supervisor
 from streaming.runner import FEEDS, FeedRunner
 
 
@@ -24,11 +26,21 @@ class Command(BaseCommand):
         )
         parser.add_argument("--loop", action="store_true", help="replay: start over at the end")
         parser.add_argument("--window-ms", type=int, default=None, help="coalescing window")
+        parser.add_argument(
+            "--supervise",
+            action="store_true",
+            help="run the feed as a child process and restart it whenever it exits",
+        )
 
     def handle(self, *args, **options) -> None:
         kind = options["feed"]
         if kind not in FEEDS:
             raise CommandError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
+        if options["supervise"]:
+            command = supervisor.child_command(sys.argv)
+            write = lambda line: (self.stdout.write(line), self.stdout.flush())  # noqa: E731
+            supervisor.supervise(command, name=kind, write=write)
+            return
         feed_options: dict = {}
         if kind == "simulated":
             feed_options = {"seed": options["seed"], "rate": options["rate"]}

@@ -1,0 +1,178 @@
+"""Flow control for WebSocket connections: flood limit, per-user connection cap, conflation.
+
+Small, protocol-agnostic pieces that any consumer can hold (the browser's ``/ws/portfolio/`` uses
+them; the token API reuses them): a :class:`TokenBucket` per connection for what the client
+sends, a :class:`UserConnections` cap shared by every server process through Redis, and a
+:class:`Conflator` so a slow client gets the latest value per stream, never a growing backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+
+class TokenBucket:
+    """``rate`` frames per second on average, bursts up to ``burst``."""
+
+    def __init__(self, *, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.tokens = float(burst)
+        self.updated = clock()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Conflator:
+    """Sends at most one message per key every ``interval`` seconds, always the latest one.
+
+    The first message of a key goes out at once; later ones inside the interval replace each
+    other, and the last is sent when the interval is over. What a connection can have queued is
+    therefore one message per key, however fast the producer or however slow the reader.
+    """
+
+    def __init__(self, *, interval: float, send: Callable[[dict[str, Any]], Awaitable[None]]):
+        self.interval = interval
+        self.send = send
+        self.last_sent: dict[Hashable, float] = {}
+        self.pending: dict[Hashable, dict[str, Any]] = {}
+        self.timers: dict[Hashable, asyncio.Task] = {}
+
+    async def offer(self, key: Hashable, message: dict[str, Any]) -> None:
+        if key in self.pending:
+            self.pending[key] = message  # a flush is already scheduled: it sends this one
+            return
+        wait = self.last_sent.get(key, float("-inf")) + self.interval - time.monotonic()
+        if wait <= 0:
+            self.last_sent[key] = time.monotonic()
+            await self.send(message)
+            return
+        self.pending[key] = message
+        self.timers[key] = asyncio.create_task(self._flush_later(key, wait))
+
+    async def _flush_later(self, key: Hashable, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self.timers.pop(key, None)
+        message = self.pending.pop(key, None)
+        if message is not None:
+            self.last_sent[key] = time.monotonic()
+            await self.send(message)
+
+    def discard_pending(self) -> None:
+        """Forget queued messages (a fresh snapshot supersedes them)."""
+        self.pending.clear()
+        for task in self.timers.values():
+            task.cancel()
+        self.timers.clear()
+
+
+# Atomically: drop expired members, refuse when full, else add this connection.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) == false
+   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+def redis_client() -> Any:
+    """One asyncio Redis client per event loop (daphne has one; each test has its own)."""
+    import redis.asyncio
+
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = redis.asyncio.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+        )
+        _clients[loop] = client
+    return client
+
+
+class UserConnections:
+    """Caps how many sockets one user holds open, across all server processes.
+
+    Each open connection is a member of a Redis sorted set per user, scored by its last refresh;
+    a connection that died without saying so (a killed server) drops out after ``ttl`` seconds.
+    When Redis is unreachable the cap fails open: refusing everyone would be worse.
+    The embedded default (no Redis, one process) counts in memory.
+    """
+
+    _local: dict[int, set[str]] = {}
+
+    def __init__(self, *, scope: str, limit_setting: str) -> None:
+        self.scope = scope
+        self.limit_setting = limit_setting
+
+    # Holders refresh their entry every REFRESH_SECONDS; an entry not refreshed for three
+    # periods belongs to a server that died (daphne exits on SIGTERM without running the
+    # consumers' disconnect), so a restart locks nobody out for longer than that.
+    REFRESH_SECONDS = 10
+    ttl = 3 * REFRESH_SECONDS
+
+    @property
+    def limit(self) -> int:
+        return getattr(settings, self.limit_setting)
+
+    def key(self, user_id: int) -> str:
+        return f"{settings.LIVEFOLIO_REDIS_PREFIX}:conn:{self.scope}:user.{user_id}"
+
+    async def acquire(self, user_id: int, connection_id: str) -> bool:
+        if not settings.REDIS_URL:
+            members = self._local.setdefault(user_id, set())
+            if connection_id not in members and len(members) >= self.limit:
+                return False
+            members.add(connection_id)
+            return True
+        now = time.time()
+        try:
+            allowed = await redis_client().eval(
+                _ACQUIRE,
+                1,
+                self.key(user_id),
+                now - self.ttl,
+                now,
+                self.limit,
+                connection_id,
+                self.ttl,
+            )
+        except Exception as exc:
+            log.warning("connection cap: Redis unavailable, allowing (%s)", exc)
+            return True
+        return bool(allowed)
+
+    async def refresh(self, user_id: int, connection_id: str) -> None:
+        """Mark the connection alive (call well within ``ttl``)."""
+        await self.acquire(user_id, connection_id)
+
+    async def release(self, user_id: int, connection_id: str) -> None:
+        if not settings.REDIS_URL:
+            self._local.get(user_id, set()).discard(connection_id)
+            return
+        try:
+            await redis_client().zrem(self.key(user_id), connection_id)
+        except Exception as exc:
+            log.warning("connection cap: could not release %s (%s)", connection_id, exc)
