@@ -7,7 +7,9 @@ client). Speaks a tiny line protocol on stdin/stdout so the runner can drive the
 - reads ``measure``: latencies and message counts from now on are recorded (warm-up excluded);
 - reads ``ping``: every client sends a ``ping`` and waits for its ``pong`` (idle scenario:
   proves each connection still serves), prints ``pinged <answered>``;
-- reads ``stop``: stops recording, writes the result file, prints ``done``, closes everything.
+- reads ``pause``: stops recording (the measured window ends), prints ``paused``; last states
+  are still tracked (the final-state check comes after the feed stops and the queue drains);
+- reads ``stop``: writes the result file, prints ``done``, closes everything.
 
 Latency is receive time minus the message's ``as_of`` (the newest exchange time in a valuation,
 or a quote's exchange time); the simulated feed stamps exchange time at emission, so this is
@@ -147,11 +149,16 @@ async def run(specs: list[dict[str, Any]], result_path: Path, parallel: int) -> 
         if line == "measure":
             stats.measuring, started = True, time.monotonic()
             print("measuring", flush=True)
+        elif line == "pause":
+            measured = time.monotonic() - started if stats.measuring else 0.0
+            stats.measuring = False
+            print("paused", flush=True)
         elif line == "ping":
             answers = await asyncio.gather(*(c.ping(30) for c in connected))
             print(f"pinged {sum(answers)}", flush=True)
         elif line in ("stop", ""):
-            measured = time.monotonic() - started if stats.measuring else 0.0
+            if stats.measuring:
+                measured = time.monotonic() - started
             stats.measuring = False
             break
 

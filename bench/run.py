@@ -384,27 +384,67 @@ def start_clients(
     return clients
 
 
+class PostgresBackends:
+    """CPU of the PostgreSQL backends serving the bench database (the machine's server is shared,
+    so only backends whose title names this database count; one that exits between samples
+    loses its last interval)."""
+
+    name = "postgres-backends"
+
+    def __init__(self, dbname: str) -> None:
+        self.needle = f" {dbname} "
+        self.cpu0: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.rss_max = 0
+
+    def _scan(self) -> dict[int, float]:
+        seen = {}
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if cmd.startswith("postgres:") and self.needle in cmd:
+                try:
+                    t = p.cpu_times()
+                    seen[p.pid] = t.user + t.system
+                except psutil.NoSuchProcess:
+                    pass
+        return seen
+
+    def start(self) -> None:
+        self.cpu0 = self._scan()
+        self.last = dict(self.cpu0)
+
+    def sample(self) -> None:
+        self.last.update(self._scan())
+
+    def cpu(self) -> float:
+        return sum(v - self.cpu0.get(pid, 0.0) for pid, v in self.last.items())
+
+
 class Sampler:
     """CPU seconds and RSS of each process between ``start`` and ``stop``; Redis commands/s."""
 
     def __init__(self, procs: list[Proc], redis_client: redis.Redis) -> None:
         self.procs = procs
         self.redis = redis_client
+        self.postgres = PostgresBackends(urlsplit(os.environ["DATABASE_URL"]).path.lstrip("/"))
 
     def start(self) -> None:
         self.t0 = time.monotonic()
         self.cmd0 = self.redis.info("stats")["total_commands_processed"]
+        self.postgres.start()
         for p in self.procs:
             p.cpu0 = p.cpu()
             p.rss()
 
     def sample(self) -> None:
+        self.postgres.sample()
         for p in self.procs:
             p.rss()
 
     def stop(self) -> dict[str, Any]:
         wall = time.monotonic() - self.t0
         cmds = self.redis.info("stats")["total_commands_processed"] - self.cmd0
+        self.postgres.sample()
         procs = {}
         for p in self.procs:
             cpu = p.cpu() - p.cpu0
@@ -414,6 +454,13 @@ class Sampler:
                 "rss_mib": round(p.rss() / 2**20, 1),
                 "rss_max_mib": round(p.rss_max / 2**20, 1),
             }
+        pg = self.postgres.cpu()
+        procs[self.postgres.name] = {
+            "cpu_s": round(pg, 2),
+            "cpu_pct": round(100 * pg / wall, 1),
+            "rss_mib": None,
+            "rss_max_mib": None,
+        }
         return {"wall_s": round(wall, 2), "redis_cmds_per_s": round(cmds / wall), "procs": procs}
 
 
@@ -427,6 +474,10 @@ def measure_window(clients: list[ClientProc], sampler: Sampler, seconds: float) 
     while time.monotonic() < deadline:
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         sampler.sample()
+    for c in clients:
+        c.send("pause")
+    for c in clients:
+        c.expect("paused")
 
 
 # ---------------------------------------------------------------- results
@@ -621,7 +672,7 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
             pinged=pinged,
             loss=final_state_loss(last, world["portfolio_of"]) if feed is not None else None,
         )
-        run["msgs_per_server_cpu_s"] = per_server_cpu(run, ("daphne", "worker", "feed"))
+        run["msgs_per_server_cpu_s"] = per_server_cpu(run, ("daphne", "worker", "feed", "postgres"))
         run["msgs_per_daphne_cpu_s"] = per_server_cpu(run, ("daphne",))
         return run
     finally:
@@ -754,12 +805,13 @@ def table(result: dict[str, Any]) -> str:
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(width[i]) for i, c in enumerate(r)) for r in rows]
     lines.append("")
-    lines.append("process            CPU%    RSS MiB (max)")
+    lines.append("process               CPU%  RSS MiB (max)")
     for side in ("livefolio", "floor"):
         if not result.get(side):
             continue
         for name, p in result[side]["procs"].items():
-            lines.append(f"{name:<18} {p['cpu_pct']:>5}  {p['rss_mib']:>7} ({p['rss_max_mib']})")
+            rss = "-" if p["rss_mib"] is None else f"{p['rss_mib']:>7} ({p['rss_max_mib']})"
+            lines.append(f"{name:<20} {p['cpu_pct']:>5}  {rss}")
     loss = lf.get("loss")
     if loss:
         lines.append(
@@ -772,12 +824,30 @@ def table(result: dict[str, Any]) -> str:
             f" after {result['args']['seconds']} s"
         )
     lines.append(
+        f"{result['revision']}, {result['channel_layer']}, window {result['coalesce_ms']} ms"
+    )
+    lines.append(
         f"load average at start: {result['loadavg_start']}, at end: {result['loadavg_end']}"
     )
     return "\n".join(lines)
 
 
+def settings_value(name: str) -> Any:
+    from django.conf import settings
+
+    return getattr(settings, name)
+
+
+def git_revision() -> str:
+    rev = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+    )
+    return rev.stdout.strip()
+
+
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every child process.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     args = parse_args()
     env = bench_env(args)
     create_database()
@@ -791,6 +861,9 @@ def main() -> None:
         "args": vars(args),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
+        "revision": git_revision(),
+        "channel_layer": settings_value("CHANNEL_LAYERS")["default"]["BACKEND"],
+        "coalesce_ms": settings_value("LIVEFOLIO_COALESCE_MS"),
         "loadavg_start": loadavg_start,
         "logs": str(logs),
     }

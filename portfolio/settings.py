@@ -133,20 +133,34 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# "pubsub": Livefolio's layer on Redis pub/sub (one PUBLISH per group message, batched);
+# "core": channels-redis' RedisChannelLayer. docs/performance.md has the measurements.
+CHANNEL_LAYER_BACKENDS = {
+    "pubsub": "streaming.layers.PubSubChannelLayer",
+    "core": "channels_redis.core.RedisChannelLayer",
+}
+LIVEFOLIO_CHANNEL_LAYER = env_str("LIVEFOLIO_CHANNEL_LAYER", "pubsub")
+if LIVEFOLIO_CHANNEL_LAYER not in CHANNEL_LAYER_BACKENDS:
+    raise ImproperlyConfigured(
+        f"LIVEFOLIO_CHANNEL_LAYER: expected pubsub or core, got {LIVEFOLIO_CHANNEL_LAYER!r}"
+    )
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": CHANNEL_LAYER_BACKENDS[LIVEFOLIO_CHANNEL_LAYER],
             "CONFIG": {
-                # redis-py 8 times out reads after 5 s, as long as the layer's blocking receive:
-                # idle consumers then die silently (redis-py #4091). No read timeout fixes it.
+                # redis-py 8 times out reads after 5 s, as long as the core layer's blocking
+                # receive: idle consumers then die silently (redis-py #4091). No read timeout
+                # fixes it; the pub/sub layer's subscriber connection must not time out either.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
                 "prefix": env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio"),
-                "capacity": env_int("LIVEFOLIO_CHANNEL_CAPACITY", 1000, minimum=1),
-                "expiry": 30,
             },
         }
     }
+    if LIVEFOLIO_CHANNEL_LAYER == "core":
+        CHANNEL_LAYERS["default"]["CONFIG"].update(
+            capacity=env_int("LIVEFOLIO_CHANNEL_CAPACITY", 1000, minimum=1), expiry=30
+        )
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

@@ -51,10 +51,31 @@ def test_database_and_redis_urls_give_the_real_stack():
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     assert config["engine"] == "django.db.backends.postgresql"
-    assert config["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert config["layer"] == "streaming.layers.PubSubChannelLayer"
     assert config["eager"] is False
     # The idle-consumer pitfall: no socket read timeout on the channel layer's connections.
     assert config["hosts"] == [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}]
+
+
+REAL_STACK = {
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/livefolio",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "DJANGO_SECRET_KEY": "x" * 50,
+}
+
+
+def test_channel_layer_core_selects_channels_redis_core_layer_without_read_timeout():
+    result = run_with_env(REAL_STACK | {"LIVEFOLIO_CHANNEL_LAYER": "core"})
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert config["hosts"] == [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}]
+
+
+def test_unknown_channel_layer_names_the_variable():
+    result = run_with_env(REAL_STACK | {"LIVEFOLIO_CHANNEL_LAYER": "rabbit"})
+    assert result.returncode != 0
+    assert "LIVEFOLIO_CHANNEL_LAYER: expected pubsub or core, got 'rabbit'" in result.stderr
 
 
 def test_unsupported_database_url_names_the_variable():
