@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
 import time
@@ -29,7 +30,8 @@ import redis.asyncio as aioredis
 import websockets
 from websockets.asyncio.server import serve
 
-CHANNEL = "floor"
+# Pub/sub channels are server-wide (not per Redis db): namespaced like the channel layer's.
+CHANNEL = os.environ.get("LIVEFOLIO_CHANNEL_PREFIX", "livefolio") + ".floor"
 
 
 async def run_server(port: int, redis_url: str) -> None:

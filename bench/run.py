@@ -62,7 +62,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="Celery worker processes")
     p.add_argument("--client-procs", type=int, default=1, help="client processes")
     p.add_argument("--real-logins", type=int, default=3, help="users logged in by form POST")
-    p.add_argument("--drain", type=float, default=60.0, help="max seconds to drain after feed")
+    p.add_argument("--drain", type=float, default=90.0, help="max seconds to drain after feed")
     p.add_argument("--no-floor", action="store_true", help="skip the floor run")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--label", default="", help="free text stored in the result (e.g. a change)")
@@ -541,14 +541,16 @@ def final_state_loss(
 
 
 def wait_drained(r: redis.Redis, timeout: float) -> float:
-    """Seconds until Celery's queue is empty (bounded by ``timeout``), plus a quiet second."""
+    """Seconds until Celery has no queued and no running task (bounded by ``timeout``), plus
+    the one second the final-state check allows for delivery. Tasks are acknowledged late, so
+    a running task stays in kombu's ``unacked`` hash until it has published."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if r.llen("celery") == 0:
+        if r.llen("celery") == 0 and r.hlen("unacked") == 0:
             break
         time.sleep(0.2)
     drained = time.monotonic() - started
-    time.sleep(1.0)  # the last task may be running; the check allows 1 s for delivery
+    time.sleep(1.0)
     return round(drained, 1)
 
 
@@ -667,7 +669,7 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
         run.update(
             connect_s=round(connect_s, 1),
             drain_s=drain_s,
-            backlog_after_drain=r.llen("celery"),
+            backlog_after_drain=r.llen("celery") + r.hlen("unacked"),
             delivered=delivered,
             pinged=pinged,
             loss=final_state_loss(last, world["portfolio_of"]) if feed is not None else None,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -65,7 +67,20 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
 
 
 class PortfolioConsumer(ProtocolConsumer):
-    """The live portfolio page: the user's portfolios, snapshot first, then valuations."""
+    """The live portfolio page: the user's portfolios, snapshot first, then valuations.
+
+    Valuations are conflated per portfolio (DESIGN.md section 6): at most one per
+    ``valuation_interval`` reaches this connection; one that comes sooner waits, and a newer one
+    replaces it while it waits, so the latest value always arrives, at most one interval late.
+    """
+
+    valuation_interval = 0.5  # seconds: at most 2 valuations per portfolio per second
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sent_at: dict[int, float] = {}  # portfolio id -> loop time of its last valuation
+        self._waiting: dict[int, dict[str, Any]] = {}  # portfolio id -> newest unsent valuation
+        self._timers: dict[int, asyncio.Task] = {}
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -80,10 +95,14 @@ class PortfolioConsumer(ProtocolConsumer):
         await self.send_snapshot()
 
     async def disconnect(self, code: int) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def send_snapshot(self) -> None:
+        # Waiting valuations arrived before this read: the snapshot is at least as new.
+        self._waiting.clear()
         states = await database_sync_to_async(selectors.portfolio_states_for_user)(
             user_id=self.user_id
         )
@@ -99,4 +118,29 @@ class PortfolioConsumer(ProtocolConsumer):
             await self.send_error(protocol.ERROR_UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
     async def livefolio_event(self, event: dict[str, Any]) -> None:
-        await self.send_message(event["payload"])
+        payload = event["payload"]
+        if payload.get("type") != "valuation":
+            await self.send_message(payload)
+            return
+        portfolio = payload["portfolio"]["id"]
+        if portfolio in self._waiting:
+            self._waiting[portfolio] = payload  # the timer will send this newer one
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._sent_at.get(portfolio, -math.inf) + self.valuation_interval - loop.time()
+        if wait <= 0:
+            await self._send_valuation(portfolio, payload)
+            return
+        self._waiting[portfolio] = payload
+        self._timers[portfolio] = asyncio.create_task(self._send_later(portfolio, wait))
+
+    async def _send_later(self, portfolio: int, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._timers.pop(portfolio, None)
+        payload = self._waiting.pop(portfolio, None)
+        if payload is not None:  # None: a snapshot superseded it
+            await self._send_valuation(portfolio, payload)
+
+    async def _send_valuation(self, portfolio: int, payload: dict[str, Any]) -> None:
+        self._sent_at[portfolio] = asyncio.get_running_loop().time()
+        await self.send_message(payload)

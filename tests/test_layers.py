@@ -16,9 +16,9 @@ from tests.websocket import communicator, session_cookie
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def numbered(n: int) -> dict:
+def numbered(n: int, portfolio: int = 1) -> dict:
     """A valuation whose total carries its position in the batch."""
-    return protocol.valuation(portfolio={"id": 1, "total": f"{n}.00"})
+    return protocol.valuation(portfolio={"id": portfolio, "total": f"{n}.00"})
 
 
 def test_real_stack_uses_the_batching_pub_sub_layer():
@@ -52,7 +52,8 @@ async def test_a_batch_arrives_on_the_socket_with_consecutive_seq_in_publish_ord
     assert connected
     assert (await comm.receive_json_from())["seq"] == 1
     group = events.user_group(world["users"]["alice"].id)
-    await events.apublish([(group, numbered(n)) for n in range(30)])
+    # One valuation per portfolio, so the consumer's per-portfolio conflation holds none back.
+    await events.apublish([(group, numbered(n, portfolio=1000 + n)) for n in range(30)])
     frames = [await comm.receive_json_from(timeout=5) for _ in range(30)]
     assert [f["seq"] for f in frames] == list(range(2, 32))
     assert [f["portfolio"]["total"] for f in frames] == [f"{n}.00" for n in range(30)]
