@@ -76,7 +76,10 @@ class Client:
                         self.last[str(state["id"])] = state
                 elif kind == "valuation":
                     state = message["portfolio"]
-                    self.last[str(state["id"])] = state
+                    # As docs/protocol.md tells clients: ignore a valuation older than the shown.
+                    shown = self.last.get(str(state["id"]))
+                    if shown is None or (state["as_of"] or "") >= (shown["as_of"] or ""):
+                        self.last[str(state["id"])] = state
                     if stats.measuring and state.get("as_of"):
                         stats.latencies.append(now - parse_ts(state["as_of"]))
                 elif kind == "quote":
