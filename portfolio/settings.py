@@ -175,20 +175,36 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Prefix of every Redis key: the channel layer's and Livefolio's own (market-data cache, API slots).
 LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio")
 
+# "pubsub": Livefolio's layer on Redis pub/sub (one PUBLISH per group message, batched);
+# "core": channels-redis' RedisChannelLayer. docs/performance.md has the measurements.
+CHANNEL_LAYER_BACKENDS = {
+    "pubsub": "streaming.layers.PubSubChannelLayer",
+    "core": "channels_redis.core.RedisChannelLayer",
+}
+# The default stays "core": the fault suite (Redis restarted empty, 1,000 reconnects) covers it;
+# "pubsub" is measured faster (docs/performance.md) and opt-in until the fault suite covers it.
+LIVEFOLIO_CHANNEL_LAYER = env_str("LIVEFOLIO_CHANNEL_LAYER", "core")
+if LIVEFOLIO_CHANNEL_LAYER not in CHANNEL_LAYER_BACKENDS:
+    raise ImproperlyConfigured(
+        f"LIVEFOLIO_CHANNEL_LAYER: expected pubsub or core, got {LIVEFOLIO_CHANNEL_LAYER!r}"
+    )
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": CHANNEL_LAYER_BACKENDS[LIVEFOLIO_CHANNEL_LAYER],
             "CONFIG": {
-                # redis-py 8 times out reads after 5 s, as long as the layer's blocking receive:
-                # idle consumers then die silently (redis-py #4091). No read timeout fixes it.
+                # redis-py 8 times out reads after 5 s, as long as the core layer's blocking
+                # receive: idle consumers then die silently (redis-py #4091). No read timeout
+                # fixes it; the pub/sub layer's subscriber connection must not time out either.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
                 "prefix": LIVEFOLIO_REDIS_PREFIX,
-                "capacity": env_int("LIVEFOLIO_CHANNEL_CAPACITY", 1000, minimum=1),
-                "expiry": 30,
             },
         }
     }
+    if LIVEFOLIO_CHANNEL_LAYER == "core":
+        CHANNEL_LAYERS["default"]["CONFIG"].update(
+            capacity=env_int("LIVEFOLIO_CHANNEL_CAPACITY", 1000, minimum=1), expiry=30
+        )
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

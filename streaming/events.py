@@ -43,9 +43,16 @@ def publish(messages: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 async def apublish(messages: list[tuple[str, dict[str, Any]]]) -> None:
+    """Send each ``(group, payload)`` in order; one Redis round-trip when the layer batches."""
     layer = get_channel_layer()
-    for group, payload in messages:
-        await layer.group_send(group, {"type": EVENT, "payload": payload})
+    events = [(group, {"type": EVENT, "payload": payload}) for group, payload in messages]
+    send_many = getattr(layer, "group_send_many", None)
+    if send_many is not None:
+        await send_many(events)
+        return
+    # The in-memory layer (embedded default) and the core Redis layer send one at a time.
+    for group, event in events:
+        await layer.group_send(group, event)
 
 
 def session_fingerprint(session_key: str) -> str:

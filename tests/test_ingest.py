@@ -1,10 +1,11 @@
 """Ingest stores the newest quote, values the portfolios holding it, tells only their owners."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 
 from portfolio import services
@@ -91,10 +92,11 @@ def test_bad_items_are_dropped_with_a_reason_naming_the_field(world, caplog, ite
     assert "dropped item 0" in caplog.text
 
 
-def drain(layer, channel):
-    async def receive_all():
-        import asyncio
+def deliveries(users, action):
+    """What each user's group receives while ``action`` runs, all on one event loop (the pub/sub
+    layer subscribes per event loop, as in a daphne process)."""
 
+    async def receive_all(layer, channel):
         messages = []
         while True:
             try:
@@ -102,22 +104,26 @@ def drain(layer, channel):
             except TimeoutError:
                 return messages
 
-    return async_to_sync(receive_all)()
+    async def run():
+        layer = get_channel_layer()
+        channels = {}
+        for name, user in users.items():
+            channels[name] = await layer.new_channel()
+            await layer.group_add(events.user_group(user.id), channels[name])
+        await sync_to_async(action)()
+        return {name: await receive_all(layer, channel) for name, channel in channels.items()}
+
+    return async_to_sync(run)()
 
 
 def test_valuations_reach_each_holders_group_with_their_own_numbers(
     world, redis_client, django_capture_on_commit_callbacks
 ):
-    layer = get_channel_layer()
-    channels = {}
-    for name, user in world["users"].items():
-        channels[name] = async_to_sync(layer.new_channel)()
-        async_to_sync(layer.group_add)(events.user_group(user.id), channels[name])
+    def ingest_and_commit():
+        with django_capture_on_commit_callbacks(execute=True):
+            ingest_quotes([tick(world["btc"], "50000.10", T0)])
 
-    with django_capture_on_commit_callbacks(execute=True):
-        ingest_quotes([tick(world["btc"], "50000.10", T0)])
-
-    got = {name: drain(layer, channel) for name, channel in channels.items()}
+    got = deliveries(world["users"], ingest_and_commit)
     assert got["bob"] == []  # holds no BTC: hears nothing
     alice = got["alice"][0]["payload"]
     charlie = got["charlie"][0]["payload"]
@@ -131,11 +137,9 @@ def test_valuations_reach_each_holders_group_with_their_own_numbers(
 
 def test_nothing_is_published_when_the_transaction_rolls_back(world, redis_client):
     # Without the on-commit capture the test transaction never commits: nothing may be sent.
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.user_group(world["users"]["alice"].id), channel)
-    ingest_quotes([tick(world["btc"], "50000", T0)])
-    assert drain(layer, channel) == []
+    alice = {"alice": world["users"]["alice"]}
+    got = deliveries(alice, lambda: ingest_quotes([tick(world["btc"], "50000", T0)]))
+    assert got == {"alice": []}
 
 
 def test_ticks_fold_into_one_minute_bars_whatever_order_and_repeats(world):

@@ -29,7 +29,7 @@ from portfolio.models import (
 from streaming import events
 from streaming.tasks import ingest_quotes
 from tests.conftest import ROOT
-from tests.test_ingest import drain
+from tests.test_ingest import deliveries
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 
@@ -237,15 +237,12 @@ def test_a_euro_holding_is_valued_in_dollars_through_the_live_fx_quote(
     assert state["total"] == "1000.00"  # BTC only; SAP and EUR cash have no rate yet
     assert len(state["issues"]) == 2
 
-    layer = get_channel_layer()
-    channels = {}
-    for name, user in world["users"].items():
-        channels[name] = async_to_sync(layer.new_channel)()
-        async_to_sync(layer.group_add)(events.user_group(user.id), channels[name])
-    with django_capture_on_commit_callbacks(execute=True):
-        ingest_quotes([tick(eurusd, "1.10", T0 + timedelta(seconds=1))])
+    def fx_tick():
+        with django_capture_on_commit_callbacks(execute=True):
+            ingest_quotes([tick(eurusd, "1.10", T0 + timedelta(seconds=1))])
+
     # The FX tick alone revalues alice (she holds EUR); bob and charlie hold no EUR.
-    got = {name: drain(layer, channel) for name, channel in channels.items()}
+    got = deliveries(world["users"], fx_tick)
     assert got["bob"] == [] and got["charlie"] == []
     [message] = got["alice"]
     state = message["payload"]["portfolio"]

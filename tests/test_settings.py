@@ -57,6 +57,27 @@ def test_database_and_redis_urls_give_the_real_stack():
     assert config["hosts"] == [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}]
 
 
+REAL_STACK = {
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/livefolio",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "DJANGO_SECRET_KEY": "x" * 50,
+}
+
+
+def test_channel_layer_pubsub_selects_livefolios_layer_without_read_timeout():
+    result = run_with_env(REAL_STACK | {"LIVEFOLIO_CHANNEL_LAYER": "pubsub"})
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["layer"] == "streaming.layers.PubSubChannelLayer"
+    assert config["hosts"] == [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}]
+
+
+def test_unknown_channel_layer_names_the_variable():
+    result = run_with_env(REAL_STACK | {"LIVEFOLIO_CHANNEL_LAYER": "rabbit"})
+    assert result.returncode != 0
+    assert "LIVEFOLIO_CHANNEL_LAYER: expected pubsub or core, got 'rabbit'" in result.stderr
+
+
 def test_unsupported_database_url_names_the_variable():
     result = run_with_env({"DATABASE_URL": "mysql://root@localhost/x"})
     assert result.returncode != 0

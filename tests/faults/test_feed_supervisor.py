@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import sys
+import time
 from datetime import UTC, datetime
 
 from tests.faults.conftest import wait_until
@@ -70,7 +71,14 @@ async def test_killed_feed_is_restarted_by_its_supervisor_and_prices_show_stale_
         timeout=40,
         what="prices from the restarted feed",
     )
-    fresh = await snapshot(socket)
+    # With a 1 s limit on a busy machine a snapshot can catch a price just past it: the page
+    # must show the price fresh again soon after the feed is back, not necessarily at once.
+    deadline = time.monotonic() + 20
+    while True:
+        fresh = await snapshot(socket)
+        if fresh["portfolios"][0]["holdings"][0]["stale"] is False or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
     assert fresh["portfolios"][0]["holdings"][0]["stale"] is False
     await socket.close()
     assert supervisor.stop() == 0

@@ -1,0 +1,899 @@
+"""One command that runs the real stack on this machine and puts it beside a raw floor.
+
+    python bench/run.py [--clients C --users U --instruments I --holdings H --rate R
+                         --seconds T --daphne N --workers N --scenario portfolio|broadcast|idle]
+
+Needs DATABASE_URL (a PostgreSQL database of its own: it is created, migrated and WIPED),
+REDIS_URL (a Redis db of its own: it is FLUSHDB'd) and LIVEFOLIO_CHANNEL_PREFIX. Both names must
+contain "bench" unless --i-mean-it is given, so a test or dev database is never wiped by mistake.
+
+What one run does (README "Benchmarks" and docs/performance.md explain how to read it):
+1. seeds U users, each with one portfolio of ~H holdings out of I simulated instruments, all
+   with a starting quote; a few users log in through the real login form, the others get their
+   session through Django's session engine (an Argon2 login costs ~100 ms of CPU each);
+2. starts N daphne, N Celery workers (solo pool: one process each) and ``manage.py runfeed
+   simulated --rate R``; connects C WebSocket clients from separate client processes;
+3. measures T seconds: tick -> client latency, delivered messages/s, per-process CPU and RSS,
+   Redis commands/s; stops the feed, lets the workers drain, then checks final-state loss: each
+   client's last valuation must equal ``selectors.portfolio_states`` from the database;
+4. runs the floor (bench/floor.py) with the same clients, payloads and rates, and prints
+   Livefolio's figures as ratios to the floor's. JSON goes to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PYTHON = sys.executable
+PASSWORD = "bench-password-not-secret"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--scenario", choices=["portfolio", "broadcast", "idle"], default="portfolio")
+    p.add_argument("--clients", type=int, default=200, help="WebSocket clients (one per user)")
+    p.add_argument("--users", type=int, default=None, help="users seeded (default: --clients)")
+    p.add_argument("--instruments", type=int, default=200)
+    p.add_argument("--holdings", type=int, default=20, help="holdings per portfolio")
+    p.add_argument("--rate", type=float, default=200.0, help="feed ticks per second")
+    p.add_argument("--window-ms", type=int, default=None, help="feed coalescing window")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=3.0, help="feed seconds before measuring")
+    p.add_argument("--daphne", type=int, default=1, help="daphne processes")
+    p.add_argument("--workers", type=int, default=1, help="Celery worker processes")
+    p.add_argument("--client-procs", type=int, default=1, help="client processes")
+    p.add_argument("--real-logins", type=int, default=3, help="users logged in by form POST")
+    p.add_argument("--drain", type=float, default=90.0, help="max seconds to drain after feed")
+    p.add_argument("--no-floor", action="store_true", help="skip the floor run")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--label", default="", help="free text stored in the result (e.g. a change)")
+    p.add_argument("--i-mean-it", action="store_true", help="allow names without 'bench'")
+    args = p.parse_args()
+    args.users = args.users or args.clients
+    if args.clients > args.users:
+        p.error("--clients: at most one client per user (raise --users)")
+    if args.scenario == "broadcast":
+        args.instruments = max(args.instruments, 1)
+    if args.holdings > args.instruments:
+        p.error("--holdings: cannot exceed --instruments")
+    return args
+
+
+# ---------------------------------------------------------------- environment and database
+
+
+def bench_env(args: argparse.Namespace) -> dict[str, str]:
+    missing = [
+        n
+        for n in ("DATABASE_URL", "REDIS_URL", "LIVEFOLIO_CHANNEL_PREFIX")
+        if not os.environ.get(n)
+    ]
+    if missing:
+        sys.exit(f"bench: set {', '.join(missing)} (a database and Redis db of the bench's own)")
+    db_name = urlsplit(os.environ["DATABASE_URL"]).path.lstrip("/")
+    if not args.i_mean_it and "bench" not in db_name:
+        sys.exit(
+            f"bench: DATABASE_URL names {db_name!r}; it will be wiped. Use a *bench* database."
+        )
+    if not args.i_mean_it and "bench" not in os.environ["LIVEFOLIO_CHANNEL_PREFIX"]:
+        sys.exit("bench: LIVEFOLIO_CHANNEL_PREFIX must contain 'bench' (its Redis db is flushed)")
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key-0123456789abcdefghijklmnopqrstuv")
+    env.update(
+        DJANGO_SETTINGS_MODULE="portfolio.settings",
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        PYTHONUNBUFFERED="1",
+    )
+    if args.window_ms:
+        env["LIVEFOLIO_COALESCE_MS"] = str(args.window_ms)
+    os.environ.update(env)
+    return env
+
+
+def create_database() -> None:
+    import psycopg
+
+    url = urlsplit(os.environ["DATABASE_URL"])
+    name = url.path.lstrip("/")
+    admin = url._replace(path="/postgres").geturl().replace("postgres://", "postgresql://", 1)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def setup_django(env: dict[str, str]) -> None:
+    subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def seed(args: argparse.Namespace) -> dict[str, Any]:
+    """Wipe the bench database and create users, instruments, quotes, portfolios, holdings."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+    from django.db import connection, transaction
+
+    from portfolio.models import AssetClass, FeedKind, Holding, Instrument, Portfolio, Quote
+
+    user_model = get_user_model()
+    rng = random.Random(args.seed)
+    started = time.monotonic()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            tables = [Holding, Portfolio, Quote, Instrument, user_model]
+            names = ", ".join(connection.ops.quote_name(m._meta.db_table) for m in tables)
+            cursor.execute(f"TRUNCATE {names}, django_session CASCADE")
+        instruments = Instrument.objects.bulk_create(
+            Instrument(
+                symbol=f"BENCH{i:05d}-USD",
+                name=f"Bench instrument {i}",
+                asset_class=AssetClass.CRYPTO,
+                quote_currency="USD",
+                feed=FeedKind.SIMULATED,
+                feed_symbol=f"BENCH{i:05d}",
+                # Broadcast: every portfolio holds the first instrument, the only one streamed.
+                active=args.scenario != "broadcast" or i == 0,
+            )
+            for i in range(args.instruments)
+        )
+        # Starting quotes an hour old, so the first valuations already carry prices.
+        old = datetime.now(UTC) - timedelta(hours=1)
+        Quote.objects.bulk_create(
+            Quote(
+                instrument=inst,
+                price=Decimal(rng.randint(10, 5000)),
+                exchange_ts=old,
+                received_at=old,
+                source=FeedKind.SIMULATED,
+            )
+            for inst in instruments
+        )
+        hashed = make_password(PASSWORD)
+        users = user_model.objects.bulk_create(
+            user_model(username=f"bench{n:06d}", password=hashed) for n in range(args.users)
+        )
+        portfolios = Portfolio.objects.bulk_create(
+            Portfolio(owner=u, name="Bench", base_currency="USD") for u in users
+        )
+        holdings = []
+        held: dict[int, list[int]] = {}
+        for portfolio in portfolios:
+            if args.scenario == "broadcast":
+                chosen = [instruments[0]]
+            else:
+                chosen = rng.sample(instruments, args.holdings)
+            held[portfolio.owner_id] = [i.id for i in chosen]
+            holdings += [
+                Holding(
+                    portfolio=portfolio,
+                    instrument=inst,
+                    quantity=Decimal(rng.randint(1, 10_000)) / 100,
+                    cost_basis=Decimal("1000"),
+                )
+                for inst in chosen
+            ]
+        Holding.objects.bulk_create(holdings, batch_size=5000)
+    print(
+        f"seeded {len(users)} users, {len(instruments)} instruments, {len(holdings)} holdings "
+        f"in {time.monotonic() - started:.1f}s",
+        flush=True,
+    )
+    active = [i.id for i in instruments if i.active]
+    return {
+        "users": users,
+        "portfolio_of": {p.owner_id: p.id for p in portfolios},
+        "held": held,
+        "active": active,
+    }
+
+
+def session_cookies(users: list, base_url: str, real_logins: int) -> dict[int, str]:
+    """Session cookie per user: the first ``real_logins`` through the real login form (proves
+    the path works), the rest written through Django's session engine in bulk."""
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+    from django.utils.crypto import get_random_string
+
+    name = settings.SESSION_COOKIE_NAME
+    cookies: dict[int, str] = {}
+    for user in users[:real_logins]:
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        page = opener.open(f"{base_url}/login/", timeout=30).read().decode()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        form = urllib.parse.urlencode(
+            {"username": user.username, "password": PASSWORD, "csrfmiddlewaretoken": token}
+        ).encode()
+        request = urllib.request.Request(
+            f"{base_url}/login/", data=form, headers={"Referer": f"{base_url}/login/"}
+        )
+        opener.open(request, timeout=30).read()
+        value = next((c.value for c in jar if c.name == name), None)
+        if value is None:
+            sys.exit(f"bench: the login form did not log {user.username} in")
+        cookies[user.id] = value
+    rest = users[real_logins:]
+    store = SessionStore()
+    expire = datetime.now(UTC) + timedelta(days=1)
+    backend = settings.AUTHENTICATION_BACKENDS[0]
+    sessions = []
+    for user in rest:
+        key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
+        data = {
+            SESSION_KEY: str(user.pk),
+            BACKEND_SESSION_KEY: backend,
+            HASH_SESSION_KEY: user.get_session_auth_hash(),
+        }
+        sessions.append(
+            Session(session_key=key, session_data=store.encode(data), expire_date=expire)
+        )
+        cookies[user.id] = key
+    Session.objects.bulk_create(sessions, batch_size=2000)
+    return cookies
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A child process with its output in a log file under the run's directory."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logs: Path, **kw: Any):
+        self.name = name
+        self.log_path = logs / f"{name}.log"
+        self.log = self.log_path.open("w")
+        self.popen = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=kw.pop("stdout", self.log), stderr=self.log, **kw
+        )
+        self.ps = psutil.Process(self.popen.pid)
+        self.cpu0 = 0.0
+        self.rss_max = 0
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.log.flush()
+            if text in self.log_path.read_text():
+                return
+            if self.popen.poll() is not None:
+                sys.exit(f"bench: {self.name} exited:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        sys.exit(f"bench: {self.name} did not say {text!r}:\n{self.log_path.read_text()[-3000:]}")
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu(self) -> float:
+        total = 0.0
+        for p in self.tree():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for p in self.tree():
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        self.rss_max = max(self.rss_max, total)
+        return total
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.log.close()
+
+
+class ClientProc(Proc):
+    """bench/clients.py, driven over stdin/stdout."""
+
+    def __init__(self, name: str, job: Path, result: Path, env: dict[str, str], logs: Path):
+        super().__init__(
+            name,
+            [PYTHON, str(ROOT / "bench" / "clients.py"), str(job), str(result)],
+            env,
+            logs,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.result = result
+
+    def send(self, line: str) -> None:
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
+    def expect(self, word: str) -> list[str]:
+        line = self.popen.stdout.readline().split()
+        if not line or line[0] != word:
+            sys.exit(
+                f"bench: {self.name} said {line!r}, expected {word!r}:\n"
+                + self.log_path.read_text()[-3000:]
+            )
+        return line[1:]
+
+    def finish(self) -> dict[str, Any]:
+        self.send("stop")
+        self.expect("done")
+        self.popen.wait(60)
+        self.log.close()
+        return json.loads(self.result.read_text())
+
+
+def start_clients(
+    specs: list[dict[str, Any]], procs: int, env: dict[str, str], logs: Path, tag: str
+) -> list[ClientProc]:
+    clients = []
+    for n in range(procs):
+        job = logs / f"{tag}-clients-{n}.json"
+        job.write_text(json.dumps(specs[n::procs]))
+        clients.append(
+            ClientProc(f"{tag}-clients-{n}", job, logs / f"{tag}-result-{n}.json", env, logs)
+        )
+    for c in clients:
+        connected, failed = c.expect("connected")
+        print(f"{c.name}: {connected} connected, {failed} failed", flush=True)
+    return clients
+
+
+class PostgresBackends:
+    """CPU of the PostgreSQL backends serving the bench database (the machine's server is shared,
+    so only backends whose title names this database count; one that exits between samples
+    loses its last interval)."""
+
+    name = "postgres-backends"
+
+    def __init__(self, dbname: str) -> None:
+        self.needle = f" {dbname} "
+        self.cpu0: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.rss_max = 0
+
+    def _scan(self) -> dict[int, float]:
+        seen = {}
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if cmd.startswith("postgres:") and self.needle in cmd:
+                try:
+                    t = p.cpu_times()
+                    seen[p.pid] = t.user + t.system
+                except psutil.NoSuchProcess:
+                    pass
+        return seen
+
+    def start(self) -> None:
+        self.cpu0 = self._scan()
+        self.last = dict(self.cpu0)
+
+    def sample(self) -> None:
+        self.last.update(self._scan())
+
+    def cpu(self) -> float:
+        return sum(v - self.cpu0.get(pid, 0.0) for pid, v in self.last.items())
+
+
+class Sampler:
+    """CPU seconds and RSS of each process between ``start`` and ``stop``; Redis commands/s."""
+
+    def __init__(self, procs: list[Proc], redis_client: redis.Redis) -> None:
+        self.procs = procs
+        self.redis = redis_client
+        self.postgres = PostgresBackends(urlsplit(os.environ["DATABASE_URL"]).path.lstrip("/"))
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.cmd0 = self.redis.info("stats")["total_commands_processed"]
+        self.postgres.start()
+        for p in self.procs:
+            p.cpu0 = p.cpu()
+            p.rss()
+
+    def sample(self) -> None:
+        self.postgres.sample()
+        for p in self.procs:
+            p.rss()
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.t0
+        cmds = self.redis.info("stats")["total_commands_processed"] - self.cmd0
+        self.postgres.sample()
+        procs = {}
+        for p in self.procs:
+            cpu = p.cpu() - p.cpu0
+            procs[p.name] = {
+                "cpu_s": round(cpu, 2),
+                "cpu_pct": round(100 * cpu / wall, 1),
+                "rss_mib": round(p.rss() / 2**20, 1),
+                "rss_max_mib": round(p.rss_max / 2**20, 1),
+            }
+        pg = self.postgres.cpu()
+        procs[self.postgres.name] = {
+            "cpu_s": round(pg, 2),
+            "cpu_pct": round(100 * pg / wall, 1),
+            "rss_mib": None,
+            "rss_max_mib": None,
+        }
+        return {"wall_s": round(wall, 2), "redis_cmds_per_s": round(cmds / wall), "procs": procs}
+
+
+def measure_window(clients: list[ClientProc], sampler: Sampler, seconds: float) -> None:
+    for c in clients:
+        c.send("measure")
+    for c in clients:
+        c.expect("measuring")
+    sampler.start()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        sampler.sample()
+    for c in clients:
+        c.send("pause")
+    for c in clients:
+        c.expect("paused")
+
+
+# ---------------------------------------------------------------- results
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"n": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    values = sorted(values)
+
+    def at(q: float) -> float:
+        return round(1000 * values[min(len(values) - 1, int(q * len(values)))], 1)
+
+    return {
+        "n": len(values),
+        "p50_ms": at(0.5),
+        "p90_ms": at(0.9),
+        "p99_ms": at(0.99),
+        "max_ms": round(1000 * values[-1], 1),
+    }
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    latencies = [x for r in results for x in r["latencies"]]
+    seconds = max((r["seconds"] for r in results), default=0) or 1
+    messages = sum(r["messages"] for r in results)
+    return {
+        "clients": sum(r["clients"] for r in results),
+        "connected": sum(r["connected"] for r in results),
+        "connect_errors": sum(r["connect_error_count"] for r in results),
+        "connect_error_samples": [e for r in results for e in r["connect_errors"]][:5],
+        "closed_early": sum(r["closed_early"] for r in results),
+        "seq_errors": sum(r["seq_errors"] for r in results),
+        "messages": messages,
+        "msgs_per_s": round(messages / seconds, 1),
+        "bytes_per_msg": round(sum(r["bytes"] for r in results) / messages) if messages else None,
+        "latency": percentiles(latencies),
+        "last": {k: v for r in results for k, v in r["last"].items()},
+    }
+
+
+def per_server_cpu(run: dict[str, Any], server_prefixes: tuple[str, ...]) -> float | None:
+    cpu = sum(v["cpu_s"] for k, v in run["procs"].items() if k.startswith(server_prefixes))
+    return round(run["delivered"]["messages"] / cpu, 1) if cpu else None
+
+
+def final_state_loss(
+    last: dict[str, dict[str, Any]], portfolio_of: dict[int, int]
+) -> dict[str, Any]:
+    """Clients whose last portfolio state differs from the database's, after the feed stopped."""
+    from portfolio import selectors
+
+    ids = {int(user): portfolio_of[int(user)] for user in last}
+    truth = {s["id"]: s for s in selectors.portfolio_states(portfolio_ids=ids.values())}
+    stale = []
+    for user, pid in ids.items():
+        seen = last[str(user)].get(str(pid))
+        if seen != json.loads(json.dumps(truth[pid])):
+            stale.append(user)
+    return {"checked": len(ids), "stale": len(stale), "stale_users": stale[:10]}
+
+
+def wait_drained(r: redis.Redis, timeout: float) -> float:
+    """Seconds until Celery has no queued and no running task (bounded by ``timeout``), plus
+    the one second the final-state check allows for delivery. Tasks are acknowledged late, so
+    a running task stays in kombu's ``unacked`` hash until it has published."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if r.llen("celery") == 0 and r.hlen("unacked") == 0:
+            break
+        time.sleep(0.2)
+    drained = time.monotonic() - started
+    time.sleep(1.0)
+    return round(drained, 1)
+
+
+# ---------------------------------------------------------------- the two runs
+
+
+def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
+    ports = [free_port() for _ in range(args.daphne)]
+    servers = [
+        Proc(
+            f"daphne-{n}",
+            [
+                PYTHON,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "portfolio.asgi:application",
+            ],
+            env,
+            logs,
+        )
+        for n, port in enumerate(ports)
+    ]
+    workers = [
+        Proc(
+            f"worker-{n}",
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "portfolio",
+                "worker",
+                "--pool=solo",
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"bench{n}@%h",
+            ],
+            env,
+            logs,
+        )
+        for n in range(args.workers)
+    ]
+    procs: list[Proc] = [*servers, *workers]
+    clients: list[ClientProc] = []
+    try:
+        for s in servers:
+            s.wait_for("Listening on TCP address")
+        for w in workers:
+            w.wait_for("ready.")
+        base = f"http://127.0.0.1:{ports[0]}"
+        users = world["users"][: args.clients]
+        started = time.monotonic()
+        cookies = session_cookies(users, base, args.real_logins)
+        print(
+            f"sessions for {len(cookies)} users ({args.real_logins} by login form)"
+            f" in {time.monotonic() - started:.1f}s",
+            flush=True,
+        )
+        from django.conf import settings
+
+        specs = [
+            {
+                "name": str(u.id),
+                "url": f"ws://127.0.0.1:{ports[n % len(ports)]}/ws/portfolio/",
+                "headers": {
+                    "Origin": f"http://127.0.0.1:{ports[n % len(ports)]}",
+                    "Cookie": f"{settings.SESSION_COOKIE_NAME}={cookies[u.id]}",
+                },
+            }
+            for n, u in enumerate(users)
+        ]
+        started = time.monotonic()
+        clients = start_clients(specs, args.client_procs, env, logs, "livefolio")
+        connect_s = time.monotonic() - started
+        procs += clients
+        feed = None
+        if args.scenario != "idle":
+            feed = Proc(
+                "feed",
+                [
+                    PYTHON,
+                    "manage.py",
+                    "runfeed",
+                    "simulated",
+                    "--rate",
+                    str(args.rate),
+                    "--seed",
+                    str(args.seed),
+                ],
+                env,
+                logs,
+            )
+            procs.append(feed)
+            time.sleep(args.warmup)
+        sampler = Sampler(procs, r)
+        measure_window(clients, sampler, args.seconds)
+        pinged = None
+        if args.scenario == "idle":
+            for c in clients:
+                c.send("ping")
+            pinged = sum(int(c.expect("pinged")[0]) for c in clients)
+        run = sampler.stop()
+        drain_s = None
+        if feed is not None:
+            feed.stop()
+            drain_s = wait_drained(r, args.drain)
+        delivered = merge([c.finish() for c in clients])
+        last = delivered.pop("last")
+        run.update(
+            connect_s=round(connect_s, 1),
+            drain_s=drain_s,
+            backlog_after_drain=r.llen("celery") + r.hlen("unacked"),
+            delivered=delivered,
+            pinged=pinged,
+            loss=final_state_loss(last, world["portfolio_of"]) if feed is not None else None,
+        )
+        run["msgs_per_server_cpu_s"] = per_server_cpu(run, ("daphne", "worker", "feed", "postgres"))
+        run["msgs_per_daphne_cpu_s"] = per_server_cpu(run, ("daphne",))
+        return run
+    finally:
+        for p in procs:
+            if not isinstance(p, ClientProc) or p.popen.poll() is None:
+                p.stop()
+
+
+def floor_frames(world, users) -> dict[str, Any]:
+    """Each user's real valuation frame (the same bytes Livefolio sends), as_of left open."""
+    from portfolio import selectors
+    from streaming import protocol
+
+    pids = [world["portfolio_of"][u.id] for u in users]
+    owner = {v: k for k, v in world["portfolio_of"].items()}
+    frames = {}
+    for state in selectors.portfolio_states(portfolio_ids=pids):
+        state["as_of"] = "__AS_OF__"
+        frames[str(owner[state["id"]])] = protocol.envelope(
+            protocol.valuation(portfolio=state), seq=1
+        )
+    return frames
+
+
+def run_floor(args, env, logs, world, r) -> dict[str, Any]:
+    port = free_port()
+    redis_url = os.environ["REDIS_URL"]
+    server = Proc(
+        "floor-server",
+        [
+            PYTHON,
+            str(ROOT / "bench" / "floor.py"),
+            "server",
+            "--port",
+            str(port),
+            "--redis",
+            redis_url,
+        ],
+        env,
+        logs,
+    )
+    procs: list[Proc] = [server]
+    clients: list[ClientProc] = []
+    try:
+        server.wait_for("floor listening")
+        users = world["users"][: args.clients]
+        specs = [{"name": str(u.id), "url": f"ws://127.0.0.1:{port}/?user={u.id}"} for u in users]
+        clients = start_clients(specs, args.client_procs, env, logs, "floor")
+        procs += clients
+        publisher = None
+        if args.scenario != "idle":
+            from django.conf import settings
+
+            job = logs / "floor-publisher.json"
+            job.write_text(
+                json.dumps(
+                    {
+                        "rate": args.rate,
+                        "window": settings.LIVEFOLIO_COALESCE_MS / 1000,
+                        "seconds": args.warmup + args.seconds + 5,
+                        "instruments": world["active"],
+                        "holdings": {str(u.id): world["held"][u.id] for u in users},
+                        "frames": floor_frames(world, users),
+                        "seed": args.seed,
+                    }
+                )
+            )
+            publisher = Proc(
+                "floor-publisher",
+                [
+                    PYTHON,
+                    str(ROOT / "bench" / "floor.py"),
+                    "publish",
+                    str(job),
+                    "--redis",
+                    redis_url,
+                ],
+                env,
+                logs,
+            )
+            procs.append(publisher)
+            time.sleep(args.warmup)
+        sampler = Sampler(procs, r)
+        measure_window(clients, sampler, args.seconds)
+        pinged = None
+        if args.scenario == "idle":
+            for c in clients:
+                c.send("ping")
+            pinged = sum(int(c.expect("pinged")[0]) for c in clients)
+        run = sampler.stop()
+        delivered = merge([c.finish() for c in clients])
+        delivered.pop("last")
+        run.update(delivered=delivered, pinged=pinged)
+        run["msgs_per_server_cpu_s"] = per_server_cpu(run, ("floor-server", "floor-publisher"))
+        run["msgs_per_daphne_cpu_s"] = per_server_cpu(run, ("floor-server",))
+        return run
+    finally:
+        for p in procs:
+            if not isinstance(p, ClientProc) or p.popen.poll() is None:
+                p.stop()
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def table(result: dict[str, Any]) -> str:
+    lf, fl = result["livefolio"], result.get("floor")
+    rows = [("", "livefolio", "floor", "ratio")]
+
+    def row(label: str, get) -> None:
+        a = get(lf)
+        b = get(fl) if fl else None
+        rows.append(
+            (
+                label,
+                "-" if a is None else str(a),
+                "-" if b is None else str(b),
+                "-" if not fl else str(ratio(a, b)),
+            )
+        )
+
+    row("clients connected", lambda x: x["delivered"]["connected"])
+    row("delivered msgs/s", lambda x: x["delivered"]["msgs_per_s"])
+    for q in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
+        row(f"latency {q}", lambda x, q=q: x["delivered"]["latency"][q])
+    row("msgs per server CPU-s", lambda x: x["msgs_per_server_cpu_s"])
+    row("msgs per daphne CPU-s", lambda x: x["msgs_per_daphne_cpu_s"])
+    row("redis cmds/s (shared)", lambda x: x["redis_cmds_per_s"])
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(width[i]) for i, c in enumerate(r)) for r in rows]
+    lines.append("")
+    lines.append("process               CPU%  RSS MiB (max)")
+    for side in ("livefolio", "floor"):
+        if not result.get(side):
+            continue
+        for name, p in result[side]["procs"].items():
+            rss = "-" if p["rss_mib"] is None else f"{p['rss_mib']:>7} ({p['rss_max_mib']})"
+            lines.append(f"{name:<20} {p['cpu_pct']:>5}  {rss}")
+    loss = lf.get("loss")
+    if loss:
+        lines.append(
+            f"\nfinal-state loss: {loss['stale']} of {loss['checked']} clients stale "
+            f"(drain {lf['drain_s']} s, backlog after drain {lf['backlog_after_drain']})"
+        )
+    if lf.get("pinged") is not None:
+        lines.append(
+            f"idle: {lf['pinged']} of {lf['delivered']['connected']} sockets answered a ping"
+            f" after {result['args']['seconds']} s"
+        )
+    lines.append(
+        f"{result['revision']}, {result['channel_layer']}, window {result['coalesce_ms']} ms"
+    )
+    lines.append(
+        f"load average at start: {result['loadavg_start']}, at end: {result['loadavg_end']}"
+    )
+    return "\n".join(lines)
+
+
+def settings_value(name: str) -> Any:
+    from django.conf import settings
+
+    return getattr(settings, name)
+
+
+def git_revision() -> str:
+    rev = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+    )
+    return rev.stdout.strip()
+
+
+def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every child process.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    args = parse_args()
+    env = bench_env(args)
+    create_database()
+    setup_django(env)
+    r = redis.Redis.from_url(os.environ["REDIS_URL"])
+    r.flushdb()  # this Redis db is the bench's own (checked above)
+    loadavg_start = [round(x, 2) for x in os.getloadavg()]
+    world = seed(args)
+    logs = Path(tempfile.mkdtemp(prefix="livefolio-bench-"))
+    result: dict[str, Any] = {
+        "args": vars(args),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "revision": git_revision(),
+        "channel_layer": settings_value("CHANNEL_LAYERS")["default"]["BACKEND"],
+        "coalesce_ms": settings_value("LIVEFOLIO_COALESCE_MS"),
+        "loadavg_start": loadavg_start,
+        "logs": str(logs),
+    }
+    result["livefolio"] = run_livefolio(args, env, logs, world, r)
+    if not args.no_floor:
+        r.flushdb()
+        result["floor"] = run_floor(args, env, logs, world, r)
+        lf, fl = result["livefolio"], result["floor"]
+        result["ratios"] = {
+            "msgs_per_server_cpu_s": ratio(
+                lf["msgs_per_server_cpu_s"], fl["msgs_per_server_cpu_s"]
+            ),
+            "p99": ratio(
+                lf["delivered"]["latency"]["p99_ms"], fl["delivered"]["latency"]["p99_ms"]
+            ),
+            "delivered_msgs_per_s": ratio(
+                lf["delivered"]["msgs_per_s"], fl["delivered"]["msgs_per_s"]
+            ),
+        }
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"{stamp}-{args.scenario}-c{args.clients}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print()
+    print(table(result))
+    print(f"\nresult: {out}\nlogs: {logs}")
+
+
+if __name__ == "__main__":
+    main()

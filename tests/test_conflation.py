@@ -1,0 +1,77 @@
+"""Per-connection conflation of valuations (DESIGN.md section 6): fewer frames in a burst, never
+an older value after a newer one, and the latest value of every portfolio always arrives."""
+
+import pytest
+from channels.db import database_sync_to_async
+
+from streaming import events, protocol
+from tests.websocket import communicator, session_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def connected_alice(world):
+    cookie = await database_sync_to_async(session_cookie)(world["users"]["alice"])
+    comm = communicator("/ws/portfolio/", cookie=cookie)
+    connected, _ = await comm.connect()
+    assert connected
+    assert (await comm.receive_json_from())["type"] == "snapshot"
+    return comm
+
+
+async def frames_until_quiet(comm, quiet: float = 3.0) -> list[dict]:
+    """Everything the socket sends until it has been silent for ``quiet`` seconds."""
+    frames = []
+    # receive_nothing waits without cancelling the application (a receive timeout would).
+    while not await comm.receive_nothing(timeout=quiet):
+        frames.append(await comm.receive_json_from())
+    return frames
+
+
+def valuation(portfolio: int, n: int) -> dict:
+    return protocol.valuation(portfolio={"id": portfolio, "total": f"{n}.00"})
+
+
+async def test_a_burst_is_conflated_and_ends_with_the_latest_valuation(world, redis_client):
+    comm = await connected_alice(world)
+    group = events.user_group(world["users"]["alice"].id)
+    pid = world["portfolios"]["alice"].id
+    await events.apublish([(group, valuation(pid, n)) for n in range(1, 21)])
+    frames = await frames_until_quiet(comm)
+    totals = [int(f["portfolio"]["total"].split(".")[0]) for f in frames]
+    assert totals[-1] == 20  # the last value is never dropped
+    assert totals == sorted(set(totals))  # never an older value after a newer one
+    assert len(frames) < 20  # conflated
+    assert [f["seq"] for f in frames] == list(range(2, 2 + len(frames)))
+    await comm.disconnect()
+
+
+async def test_conflation_keeps_the_latest_of_every_portfolio(world, redis_client):
+    comm = await connected_alice(world)
+    group = events.user_group(world["users"]["alice"].id)
+    # Interleaved bursts for two portfolios: one must never hide the other's latest value.
+    batch = [(group, valuation(pid, n)) for n in range(1, 11) for pid in (501, 502)]
+    await events.apublish(batch)
+    frames = await frames_until_quiet(comm)
+    last = {}
+    for frame in frames:
+        last[frame["portfolio"]["id"]] = frame["portfolio"]["total"]
+    assert last == {501: "10.00", 502: "10.00"}
+    assert [f["seq"] for f in frames] == list(range(2, 2 + len(frames)))
+    await comm.disconnect()
+
+
+async def test_a_ping_is_answered_while_a_valuation_waits_and_the_latest_still_arrives(
+    world, redis_client
+):
+    comm = await connected_alice(world)
+    group = events.user_group(world["users"]["alice"].id)
+    pid = world["portfolios"]["alice"].id
+    await events.apublish([(group, valuation(pid, n)) for n in (1, 2)])
+    await comm.send_json_to({"type": "ping"})
+    frames = await frames_until_quiet(comm)
+    assert [f["type"] for f in frames].count("pong") == 1
+    valuations = [f["portfolio"]["total"] for f in frames if f["type"] == "valuation"]
+    assert valuations[-1] == "2.00"
+    assert [f["seq"] for f in frames] == list(range(2, 2 + len(frames)))
+    await comm.disconnect()
