@@ -59,8 +59,11 @@ def portfolio_states(
     """The current valuation of each portfolio, as the wire protocol's portfolio shape.
 
     One query each for the portfolios, their holdings (with instruments and quotes), their
-    cash balances and the FX rates.
+    cash balances and the FX rates. Each state carries ``valued_at``, taken before the first
+    read: everything committed before it is in the numbers, so of two valuations of one
+    portfolio the one valued later is never the less complete (call it after commit).
     """
+    valued_at = protocol.iso(timezone.now())
     portfolios = {p.id: p for p in Portfolio.objects.filter(id__in=list(portfolio_ids))}
     holdings: dict[int, list[Holding]] = defaultdict(list)
     rows = Holding.objects.filter(portfolio_id__in=portfolios).select_related(
@@ -74,7 +77,8 @@ def portfolio_states(
     rates = fx_rates() if portfolios else {}
     now = now or timezone.now()
     return [
-        _state(portfolios[pid], holdings[pid], cash[pid], rates, now) for pid in sorted(portfolios)
+        _state(portfolios[pid], holdings[pid], cash[pid], rates, now) | {"valued_at": valued_at}
+        for pid in sorted(portfolios)
     ]
 
 

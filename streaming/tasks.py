@@ -77,10 +77,12 @@ def _decimal(item: dict[str, Any], key: str) -> Decimal | None:
     time_limit=60,
 )
 def ingest_quotes(batch: list[dict[str, Any]]) -> int:
-    """Store a coalesced batch of ticks, value affected portfolios, publish after commit.
+    """Store a coalesced batch of ticks; after commit, value the affected portfolios and publish.
 
     Idempotent (newer exchange time wins), so it is safe to acknowledge late and run again.
-    Returns how many instruments changed.
+    Valuing after commit matters with several workers: a valuation then sees every price
+    committed before it, and ``valued_at`` lets clients keep the later one. Returns how many
+    instruments changed.
     """
     started = time.monotonic()
     updates = parse_batch(batch)
@@ -90,8 +92,8 @@ def ingest_quotes(batch: list[dict[str, Any]]) -> int:
         if changed:
             stored = set(changed)
             services.bars_record(updates=[u for u in updates if u.instrument_id in stored])
-            messages = _quote_messages(changed, received) + _valuation_messages(changed)
-            transaction.on_commit(lambda: events.publish(messages))
+            quotes = _quote_messages(changed, received)
+            transaction.on_commit(lambda: events.publish(quotes + _valuation_messages(changed)))
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         health.record_ingest(seconds=time.monotonic() - started, lag=_lag(received.values()))
     return len(changed)

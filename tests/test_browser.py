@@ -238,3 +238,30 @@ def test_status_says_offline_when_the_network_goes_and_live_when_it_returns(
     expect(page.locator("#status")).to_have_text("Live")
     btc_tick(world, "1001")
     expect(page.locator('[data-field="total"]')).to_have_text("$2,002.00")
+
+
+def test_a_valuation_valued_earlier_than_the_one_shown_is_ignored(
+    world, celery_worker, daphne_server, page
+):
+    btc_tick(world, "40000")
+    log_in(page, daphne_server, "alice", PASSWORD)
+    total = page.locator('[data-field="total"]')
+    expect(total).to_have_text("$80,000.00")
+    # A valuation that crossed a later one in flight: in sequence, but valued before it.
+    page.evaluate(
+        """(portfolioId) => {
+            const c = window.livefolioConnection;
+            const late = {type: "valuation", seq: c.lastSeq + 1, ts: new Date().toISOString(),
+                          portfolio: {id: portfolioId, name: "x", base_currency: "USD",
+                                      total: "1.00", valued_at: "2000-01-01T00:00:00.000Z",
+                                      holdings: []}};
+            c.receive({data: JSON.stringify(late)});
+        }""",
+        world["portfolios"]["alice"].id,
+    )
+    # Updates are applied on the next animation frame: wait two, then look.
+    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    assert total.inner_text() == "$80,000.00"
+    assert page.locator("tr[data-instrument]").count() == 1
+    btc_tick(world, "40001")  # a real, later valuation still applies
+    expect(total).to_have_text("$80,002.00")

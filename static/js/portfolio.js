@@ -7,7 +7,7 @@ const template = document.getElementById("portfolio-template");
 const statusEl = document.getElementById("status");
 // The page shows one portfolio (the switcher picks it); the snapshot carries all of the user's.
 const wanted = root.dataset.portfolioId ? Number(root.dataset.portfolioId) : null;
-const shown = new Map(); // portfolio id -> { el, asOf }
+const shown = new Map(); // portfolio id -> { el, valuedAt }
 
 function signed(amount, currency, pct) {
   if (amount === null || amount === undefined) return "—";
@@ -41,12 +41,11 @@ function render(portfolio) {
     const el = template.content.firstElementChild.cloneNode(true);
     el.dataset.portfolio = portfolio.id;
     root.appendChild(el);
-    entry = { el, asOf: null };
+    entry = { el, valuedAt: null };
     shown.set(portfolio.id, entry);
   }
   const { el } = entry;
-  entry.asOf = portfolio.as_of;
-  entry.recomputedAt = portfolio.recomputed_at;
+  entry.valuedAt = portfolio.valued_at;
   const base = portfolio.base_currency;
   el.querySelector('[data-field="name"]').textContent = portfolio.name;
   setText(el.querySelector('[data-field="total"]'), money(portfolio.total, base));
@@ -152,16 +151,9 @@ function onMessage(message) {
   } else if (message.type === "valuation") {
     if (wanted !== null && message.portfolio.id !== wanted) return;
     const entry = shown.get(message.portfolio.id);
-    // Valuations can cross in flight; never replace a newer picture with an older one. The
-    // ledger's recomputed_at orders first (a ledger change may remove the freshest-priced
-    // holding), then the price time as_of.
-    const p = message.portfolio;
-    if (entry) {
-      const shownLedger = entry.recomputedAt || "";
-      const ledger = p.recomputed_at || "";
-      if (ledger < shownLedger) return;
-      if (ledger === shownLedger && entry.asOf && p.as_of && p.as_of < entry.asOf) return;
-    }
+    // Valuations can cross in flight (several workers): the one valued later holds everything
+    // the earlier one does, so never replace a later picture with an earlier one.
+    if (entry && entry.valuedAt && message.portfolio.valued_at < entry.valuedAt) return;
     render(message.portfolio);
   } else if (message.type === "error") {
     console.warn("server error", message.code, message.message);
