@@ -155,6 +155,11 @@ async def test_binance_trades_reach_the_database_and_the_pages_and_survive_a_dro
             await exchange.wait_clients(2, within=30)
             await exchange.event("btcusdt@trade", binance_trade("64100", 2))
             assert (await next_of(instrument_page, "quote"))["price"] == "64100"
+            # Binance announces a restart: the feed moves to a new connection before it drops.
+            await exchange.push({"event": {"e": "serverShutdown", "E": 1770123456789}})
+            await exchange.wait_clients(3, within=30)
+            await exchange.event("btcusdt@trade", binance_trade("64200", 3))
+            assert (await next_of(instrument_page, "quote"))["price"] == "64200"
 
             def health():
                 """feed health shows the reconnect and the malformed frame"""
@@ -219,7 +224,7 @@ async def test_kraken_books_reach_the_instrument_page_and_a_checksum_mismatch_re
     assert code == 0, feed.output()
 
 
-async def test_coinbase_tickers_update_quotes_and_a_missed_match_counts_as_a_gap(
+async def test_coinbase_tickers_update_quotes_a_missed_match_is_a_gap_and_a_stall_reconnects(
     world, celery_worker, tmp_path
 ):
     eth = await sync_to_async(listed)(
@@ -244,6 +249,29 @@ async def test_coinbase_tickers_update_quotes_and_a_missed_match_counts_as_a_gap
                 return status and status.gaps >= 1
 
             await until(gap_counted)
+
+            # The exchange goes silent (no heartbeats): past twice the heartbeat interval the
+            # feed reconnects by itself, resubscribes, and prices flow again.
+            exchange.silent = True
+            second = await exchange.wait_clients(2, within=30)
+            exchange.silent = False
+            await exchange.wait_message(lambda m: m.get("type") == "subscribe", client=second)
+            ticker = exchange.ticker("ETH-USD", "1290.5")
+            ticker["time"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            await exchange.push(ticker)
+
+            def new_price():
+                """the price sent after the reconnect is stored"""
+                return price_of(eth)() == Decimal("1290.5")
+
+            await until(new_price)
+
+            def reconnect_counted():
+                """feed health counts the reconnect after the stall"""
+                status = FeedStatus.objects.filter(feed="coinbase").first()
+                return status and status.reconnects >= 1
+
+            await until(reconnect_counted)
         finally:
             code = await asyncio.to_thread(feed.stop)
     assert code == 0, feed.output()
