@@ -6,6 +6,8 @@ import {
 } from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import { money } from "./format.js";
 
+// Axis labels grouped by the browser's locale ("130,000"); the exact amounts are in the page text.
+const axis = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
 const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 // The value chart: snapshots from the server, then extended by every live valuation.
@@ -17,6 +19,7 @@ export class ValueChart {
       layout: { background: { type: ColorType.Solid, color: "transparent" } },
       timeScale: { timeVisible: true, secondsVisible: false },
       rightPriceScale: { borderVisible: false },
+      localization: { priceFormatter: (value) => axis.format(value) },
     });
     this.series = this.chart.addSeries(AreaSeries, { lineWidth: 2, priceLineVisible: false });
     this.last = null;

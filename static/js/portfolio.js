@@ -76,6 +76,7 @@ async function loadHistory(entry, range) {
     if (request !== entry.loading) return;
     if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
     entry.chart.setData(body.points);
+    if (entry.live) entry.chart.extend(entry.live.at, entry.live.total); // the value right now
     chartEl.dataset.range = range;
     chartEl.dataset.points = String(body.points.length);
     note.hidden = body.points.length > 0;
@@ -153,6 +154,11 @@ function render(portfolio) {
   }
   const { el } = entry;
   entry.asOf = portfolio.as_of;
+  // The chart grows by each snapshot's and valuation's total, at the price time it reflects.
+  if (portfolio.as_of) {
+    entry.live = { at: portfolio.as_of, total: portfolio.total };
+    entry.chart?.extend(entry.live.at, entry.live.total);
+  }
   entry.recomputedAt = portfolio.recomputed_at;
   const base = portfolio.base_currency;
   el.querySelector('[data-field="name"]').textContent = portfolio.name;
@@ -280,8 +286,6 @@ function onMessage(message) {
       if (ledger === shownLedger && entry.asOf && p.as_of && p.as_of < entry.asOf) return;
     }
     render(message.portfolio);
-    // The chart grows by each valuation's total, at the price time it reflects.
-    shown.get(p.id)?.chart?.extend(p.as_of || message.ts, p.total);
   } else if (message.type === "error") {
     console.warn("server error", message.code, message.message);
   }
