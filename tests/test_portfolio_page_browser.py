@@ -1,10 +1,12 @@
 """The live portfolio page a trader keeps open: value chart with ranges, sortable holdings that
 link to their instrument, flashes and stale badges, allocation bars, a phone-width layout."""
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from playwright.sync_api import expect
 
@@ -31,7 +33,21 @@ def tick(instrument, price: str, at: datetime | None = None) -> None:
 
 
 def give_alice_ether(world) -> None:
-    """Alice also buys 10 ETH (with a fresh 1000 deposit), so her table has two rows."""
+    """Alice also buys 10 ETH (with a fresh 1000 deposit), so her table has two rows. Recorded in
+    a worker thread: the services publish after commit through async_to_sync, which refuses to
+    run in this thread while Playwright's event loop does."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(_buy_ether, world).result()
+
+
+def _buy_ether(world) -> None:
+    try:
+        _record_ether(world)
+    finally:
+        connection.close()  # the thread's own database connection
+
+
+def _record_ether(world) -> None:
     portfolio = world["portfolios"]["alice"]
     at = datetime(2026, 1, 6, 15, 0, tzinfo=UTC)
     services.transaction_add(
@@ -90,6 +106,12 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
         )
         expect(page.locator('.ranges button[aria-pressed="true"]')).to_have_count(1)
         expect(chart).to_have_attribute("data-points", points)
+    # Each live valuation extends the line with the new total.
+    tick(world["btc"], "50123.45")
+    expect(page.locator('[data-field="total"]')).to_have_text("$100,246.90")
+    plotted = "window.livefolioValueChart.series.data().map((p) => p.value)"
+    page.wait_for_function(f"{plotted}.at(-1) === 100246.9")
+    assert page.evaluate(plotted)[0] == 95000  # the snapshot is still the start of 1D
     # The bars: alice holds only BTC, all crypto, all USD.
     for field, key in (
         ("by_instrument", "BTC-USD"),

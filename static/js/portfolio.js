@@ -51,6 +51,8 @@ function setupChart(entry, portfolioId) {
     return;
   }
   entry.chart = new ValueChart(el.querySelector('[data-field="chart"]'));
+  // Exposed for debugging in the console and for the browser tests (what the chart plots).
+  window.livefolioValueChart = entry.chart;
   entry.loading = 0;
   const buttons = [...el.querySelectorAll(".ranges button")];
   for (const button of buttons) {
