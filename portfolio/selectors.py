@@ -318,6 +318,41 @@ def _period_irr(
     return irr, False, tuple(originals.get(f.at, f.at) for f in irr.flows)
 
 
+# The value chart draws at most this many points; a long range is thinned to one per time bucket.
+HISTORY_MAX_POINTS = 500
+
+
+def value_history(
+    *, portfolio: Portfolio, period: performance.Period | str, now: datetime | None = None
+) -> list[dict[str, str]]:
+    """The portfolio's value snapshots over ``period`` (1D, 1W, 1M, YTD, 1Y or MAX) as
+    ``{"at": iso, "value": decimal string}``, oldest first, for the value chart.
+
+    A range holding more than HISTORY_MAX_POINTS snapshots is split into that many equal time
+    buckets and keeps the last snapshot of each (the newest point is always kept), so a year of
+    minute snapshots still draws quickly. Raises PerformanceError on an unknown period.
+    """
+    now = now or timezone.now()
+    start = performance.period_start(period=period, now=now)
+    rows = ValuationSnapshot.objects.filter(portfolio=portfolio, taken_at__lte=now)
+    if start is not None:
+        rows = rows.filter(taken_at__gte=start)
+    rows = rows.order_by("taken_at")
+    count = rows.count()
+    if count == 0:
+        return []
+    series = rows.values_list("taken_at", "value")
+    if count > HISTORY_MAX_POINTS:
+        first = rows.values_list("taken_at", flat=True).first()
+        width = (now - first) / HISTORY_MAX_POINTS
+        thinned: dict[int, tuple[datetime, Decimal]] = {}
+        for at, value in series.iterator(chunk_size=5000):
+            # Later snapshots overwrite earlier ones: each bucket keeps its last.
+            thinned[min(int((at - first) / width), HISTORY_MAX_POINTS - 1)] = (at, value)
+        series = list(thinned.values())
+    return [{"at": protocol.iso(at), "value": protocol.money(value)} for at, value in series]
+
+
 def portfolio_performance(
     *, portfolio: Portfolio, now: datetime | None = None
 ) -> list[PeriodPerformance]:

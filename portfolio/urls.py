@@ -12,6 +12,7 @@ urlpatterns = [
     path("status/feeds/", views.feed_status, name="feed-status"),
     path("portfolios/new/", views.portfolio_create, name="portfolio-create"),
     path("p/<int:portfolio_id>/", views.portfolio_detail, name="portfolio"),
+    path("p/<int:portfolio_id>/history.json", views.portfolio_history, name="portfolio-history"),
     path("p/<int:portfolio_id>/settings/", views.portfolio_settings, name="portfolio-settings"),
     path("p/<int:portfolio_id>/performance/", views.portfolio_performance, name="performance"),
     path("p/<int:portfolio_id>/transactions/", views.transaction_list, name="transactions"),

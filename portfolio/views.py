@@ -11,12 +11,12 @@ from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from portfolio import selectors, services
+from portfolio import performance, selectors, services
 from portfolio.forms import (
     ImportForm,
     PortfolioForm,
@@ -240,6 +240,23 @@ def portfolio_performance(request: HttpRequest, portfolio_id: int) -> HttpRespon
         portfolio,
         periods=selectors.portfolio_performance(portfolio=portfolio),
     )
+
+
+@require_http_methods(["GET"])
+def portfolio_history(request: HttpRequest, portfolio_id: int) -> JsonResponse:
+    """The value chart's series: ``?range=1D|1W|1M|YTD|1Y|MAX`` (default 1D; case-insensitive)
+    as ``{"points": [{"at", "value"}]}``. Another user's portfolio is a 404, a bad range a 400."""
+    portfolio = _own_portfolio(request, portfolio_id)
+    wanted = request.GET.get("range", performance.Period.DAY.value)
+    try:
+        period = performance.Period(wanted.upper())
+    except ValueError:
+        choices = ", ".join(p.value for p in performance.Period)
+        return JsonResponse(
+            {"error": f"range must be one of {choices}, got {wanted!r}", "field": "range"},
+            status=400,
+        )
+    return JsonResponse({"points": selectors.value_history(portfolio=portfolio, period=period)})
 
 
 def instrument(request: HttpRequest, symbol: str) -> HttpResponse:

@@ -132,7 +132,7 @@ def test_demo_command_serves_moving_prices_for_the_demo_login(tmp_path, page):
         log_in(page, f"http://127.0.0.1:{port}", "demo", "demo")
         total = page.locator('[data-field="total"]')
         expect(page.locator("tr[data-instrument]")).to_have_count(8)  # EURUSD is only a rate
-        expect(page.locator('[data-field="by_currency"] li')).to_have_count(2)  # USD, EUR
+        expect(page.locator('[data-field="by_currency"] .alloc-row')).to_have_count(2)  # USD, EUR
         first = total.inner_text()
         expect(total).not_to_have_text(first, timeout=15_000)
         screenshot(page, "demo")

@@ -6,6 +6,8 @@ import {
 } from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import { money } from "./format.js";
 
+// Axis labels grouped by the browser's locale ("130,000"); the exact amounts are in the page text.
+const axis = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
 const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 // The value chart: snapshots from the server, then extended by every live valuation.
@@ -17,6 +19,7 @@ export class ValueChart {
       layout: { background: { type: ColorType.Solid, color: "transparent" } },
       timeScale: { timeVisible: true, secondsVisible: false },
       rightPriceScale: { borderVisible: false },
+      localization: { priceFormatter: (value) => axis.format(value) },
     });
     this.series = this.chart.addSeries(AreaSeries, { lineWidth: 2, priceLineVisible: false });
     this.last = null;
@@ -56,18 +59,21 @@ export class ValueChart {
 }
 
 // Allocation as labelled horizontal bars: readable on a phone, text for screen readers.
+// Slices are the protocol's allocation shape ({key, value, weight_pct}); the percentage shown is
+// the server's string, the bar width only is computed from it.
 export function renderAllocation(el, slices, currency) {
   el.replaceChildren();
   for (const slice of slices) {
     const row = document.createElement("div");
     row.className = "alloc-row";
     row.setAttribute("role", "listitem");
-    const pct = (Number(slice.weight) * 100).toFixed(1);
+    row.dataset.key = slice.key;
+    const pct = slice.weight_pct === null || slice.weight_pct === undefined ? null : slice.weight_pct;
     row.innerHTML = '<span class="alloc-label"></span><span class="alloc-bar"><span></span></span><span class="alloc-pct num"></span>';
-    row.querySelector(".alloc-label").textContent = slice.label;
-    row.querySelector(".alloc-bar > span").style.width = `${pct}%`;
-    row.querySelector(".alloc-pct").textContent = `${pct} %`;
-    row.title = `${slice.label}: ${money(slice.value, currency)} (${pct} %)`;
+    row.querySelector(".alloc-label").textContent = slice.key;
+    row.querySelector(".alloc-bar > span").style.width = `${Math.max(0, Math.min(100, Number(pct) || 0))}%`;
+    row.querySelector(".alloc-pct").textContent = pct === null ? "—" : `${pct}%`;
+    row.title = `${slice.key}: ${money(slice.value, currency)}${pct === null ? "" : ` (${pct}%)`}`;
     el.appendChild(row);
   }
 }

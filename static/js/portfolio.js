@@ -1,4 +1,5 @@
 // The live portfolio page: draws the snapshot, applies valuations, shows connection state.
+import { renderAllocation, ValueChart } from "./charts.js";
 import { money, number, setText, time } from "./format.js";
 import { LiveConnection } from "./live.js";
 
@@ -7,7 +8,7 @@ const template = document.getElementById("portfolio-template");
 const statusEl = document.getElementById("status");
 // The page shows one portfolio (the switcher picks it); the snapshot carries all of the user's.
 const wanted = root.dataset.portfolioId ? Number(root.dataset.portfolioId) : null;
-const shown = new Map(); // portfolio id -> { el, valuedAt }
+const shown = new Map(); // portfolio id -> { el, valuedAt, chart }
 
 function signed(amount, currency, pct) {
   if (amount === null || amount === undefined) return "—";
@@ -23,17 +24,124 @@ function tone(el, amount) {
 function percent(pct) {
   return pct === null || pct === undefined ? "—" : `${pct}%`;
 }
-function fillList(ul, slices, currency) {
-  ul.replaceChildren(
-    ...slices.map((s) => {
-      const li = document.createElement("li");
-      li.dataset.key = s.key;
-      li.textContent = `${s.key}: ${money(s.value, currency)} (${percent(s.weight_pct)})`;
-      return li;
-    }),
-  );
+// Direction of a change for the flash colour: compared as numbers only to pick green or red.
+function direction(before, after) {
+  if (!before || after === null || after === undefined) return 0;
+  return Math.sign(Number(after) - Number(before));
 }
 
+// By instrument: each priced holding's share of the total, then cash, largest first.
+function instrumentSlices(portfolio) {
+  const slices = portfolio.holdings
+    .filter((h) => h.in_total)
+    .map((h) => ({ key: h.symbol, value: h.value_base, weight_pct: h.weight_pct }));
+  for (const c of portfolio.cash || []) {
+    slices.push({ key: `Cash ${c.currency}`, value: c.value_base, weight_pct: c.weight_pct });
+  }
+  return slices.sort((a, b) => Number(b.weight_pct || 0) - Number(a.weight_pct || 0));
+}
+
+// ---- Value chart: the snapshot series of the chosen range, then each live valuation's total.
+function setupChart(entry, portfolioId) {
+  const { el } = entry;
+  const url = root.dataset.historyUrl;
+  const section = el.querySelector(".value-section");
+  if (!url || portfolioId !== wanted) {
+    section.hidden = true;
+    return;
+  }
+  entry.chart = new ValueChart(el.querySelector('[data-field="chart"]'));
+  // Exposed for debugging in the console and for the browser tests (what the chart plots).
+  window.livefolioValueChart = entry.chart;
+  entry.loading = 0;
+  const buttons = [...el.querySelectorAll(".ranges button")];
+  for (const button of buttons) {
+    button.addEventListener("click", () => {
+      for (const b of buttons) b.setAttribute("aria-pressed", String(b === button));
+      loadHistory(entry, button.dataset.range);
+    });
+  }
+  loadHistory(entry, buttons.find((b) => b.getAttribute("aria-pressed") === "true").dataset.range);
+}
+
+async function loadHistory(entry, range) {
+  const request = ++entry.loading; // only the newest request draws (clicks can race)
+  const note = entry.el.querySelector('[data-field="chart-note"]');
+  const chartEl = entry.el.querySelector('[data-field="chart"]');
+  chartEl.setAttribute("aria-busy", "true");
+  try {
+    const response = await fetch(`${root.dataset.historyUrl}?range=${encodeURIComponent(range)}`, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    });
+    const body = await response.json();
+    if (request !== entry.loading) return;
+    if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+    entry.chart.setData(body.points);
+    if (entry.live) entry.chart.extend(entry.live.at, entry.live.total); // the value right now
+    chartEl.dataset.range = range;
+    chartEl.dataset.points = String(body.points.length);
+    note.hidden = body.points.length > 0;
+    note.textContent = body.points.length ? "" : "No value snapshots in this range yet; the live value is drawn as it arrives.";
+  } catch (err) {
+    if (request !== entry.loading) return;
+    note.hidden = false;
+    note.textContent = `The value history could not be loaded (${err.message}).`;
+  } finally {
+    if (request === entry.loading) chartEl.removeAttribute("aria-busy");
+  }
+}
+
+// ---- Holdings table sorting: buttons in the column headers, aria-sort on the sorted one.
+const TEXT_KEYS = new Set(["symbol", "asof"]);
+const sortState = { key: null, dir: 1 };
+function sortValues(h) {
+  return {
+    symbol: h.symbol,
+    quantity: h.quantity,
+    price: h.price,
+    value: h.value_base ?? h.value,
+    day: h.day_change,
+    upnl: h.unrealized_pnl,
+    rpnl: h.realized_pnl,
+    weight: h.weight_pct,
+    asof: h.price_as_of,
+  };
+}
+function compare(a, b, key) {
+  const x = a.sortValues?.[key];
+  const y = b.sortValues?.[key];
+  const missingX = x === null || x === undefined;
+  const missingY = y === null || y === undefined;
+  if (missingX || missingY) return missingX - missingY; // missing values last, either direction
+  // Numbers are compared as floats for ordering only; the cells keep the server's strings.
+  const order = TEXT_KEYS.has(key) ? String(x).localeCompare(String(y)) : Number(x) - Number(y);
+  return order * sortState.dir;
+}
+function applySort(el) {
+  if (!sortState.key) return;
+  const body = el.querySelector("tbody");
+  const rows = [...body.querySelectorAll("tr[data-instrument]")];
+  rows.sort((a, b) => compare(a, b, sortState.key));
+  // Append only when the order differs, so focus and flashes survive unchanged updates.
+  if (rows.some((row, i) => body.children[i] !== row)) body.append(...rows);
+}
+function setupSort(el) {
+  for (const button of el.querySelectorAll("thead button.sort")) {
+    button.addEventListener("click", () => {
+      const key = button.dataset.sort;
+      // A new column starts A→Z for text and largest first for numbers; a second click reverses.
+      if (sortState.key === key) sortState.dir = -sortState.dir;
+      else {
+        sortState.key = key;
+        sortState.dir = TEXT_KEYS.has(key) ? 1 : -1;
+      }
+      for (const th of el.querySelectorAll("thead th")) th.removeAttribute("aria-sort");
+      button.closest("th").setAttribute("aria-sort", sortState.dir > 0 ? "ascending" : "descending");
+      applySort(el);
+    });
+  }
+}
 
 function render(portfolio) {
   let entry = shown.get(portfolio.id);
@@ -41,11 +149,18 @@ function render(portfolio) {
     const el = template.content.firstElementChild.cloneNode(true);
     el.dataset.portfolio = portfolio.id;
     root.appendChild(el);
-    entry = { el, valuedAt: null };
+    entry = { el, valuedAt: null, chart: null };
     shown.set(portfolio.id, entry);
+    setupSort(el);
+    setupChart(entry, portfolio.id);
   }
   const { el } = entry;
   entry.valuedAt = portfolio.valued_at;
+  // The chart grows by each snapshot's and valuation's total, at the price time it reflects.
+  if (portfolio.as_of) {
+    entry.live = { at: portfolio.as_of, total: portfolio.total };
+    entry.chart?.extend(entry.live.at, entry.live.total);
+  }
   const base = portfolio.base_currency;
   el.querySelector('[data-field="name"]').textContent = portfolio.name;
   setText(el.querySelector('[data-field="total"]'), money(portfolio.total, base));
@@ -65,17 +180,24 @@ function render(portfolio) {
       row = document.createElement("tr");
       row.dataset.instrument = h.instrument;
       row.innerHTML =
-        '<th scope="row"><span class="symbol"></span> <span class="name muted"></span></th>' +
+        '<th scope="row"><a class="symbol"></a> <span class="name muted"></span>' +
+        ' <span class="badge stale" hidden>stale</span></th>' +
         '<td class="num qty"></td><td class="num price"></td><td class="num value"></td>' +
         '<td class="num day"></td><td class="num upnl"></td><td class="num rpnl"></td>' +
         '<td class="num weight"></td><td class="num asof muted"></td>';
       body.appendChild(row);
     }
-    row.querySelector(".symbol").textContent = h.symbol;
+    const link = row.querySelector(".symbol");
+    link.textContent = h.symbol;
+    link.href = `/i/${encodeURIComponent(h.symbol)}/`;
+    row.sortValues = sortValues(h);
     row.querySelector(".name").textContent = h.name;
     row.querySelector(".qty").textContent = number(h.quantity);
-    setText(row.querySelector(".price"), money(h.price, h.currency));
-    setText(row.querySelector(".value"), money(h.value, h.currency));
+    // Green or red by the price's move since the last update (grey flash when first drawn).
+    const move = direction(row.dataset.price, h.price);
+    row.dataset.price = h.price ?? "";
+    setText(row.querySelector(".price"), money(h.price, h.currency), move);
+    setText(row.querySelector(".value"), money(h.value, h.currency), move);
     const day = row.querySelector(".day");
     setText(day, signed(h.day_change, base, h.day_change_pct));
     tone(day, h.day_change);
@@ -107,8 +229,10 @@ function render(portfolio) {
       return tr;
     }),
   );
-  fillList(el.querySelector('[data-field="by_asset_class"]'), (portfolio.allocation || {}).asset_class || [], base);
-  fillList(el.querySelector('[data-field="by_currency"]'), (portfolio.allocation || {}).currency || [], base);
+  applySort(el);
+  renderAllocation(el.querySelector('[data-field="by_instrument"]'), instrumentSlices(portfolio), base);
+  renderAllocation(el.querySelector('[data-field="by_asset_class"]'), (portfolio.allocation || {}).asset_class || [], base);
+  renderAllocation(el.querySelector('[data-field="by_currency"]'), (portfolio.allocation || {}).currency || [], base);
   el.querySelector('[data-field="issues"]').textContent = (portfolio.issues || []).length
     ? `Left out of the totals: ${portfolio.issues.join("; ")}`
     : "";
@@ -119,9 +243,10 @@ function render(portfolio) {
 const staleAfterMs = Number(root.dataset.staleAfter || 120) * 1000;
 function markStale(row, stale, asOf) {
   const cell = row.querySelector(".asof");
-  cell.textContent = time(asOf) + (stale ? " (stale)" : "");
+  cell.textContent = time(asOf);
   cell.classList.toggle("stale", stale);
   row.classList.toggle("stale", stale);
+  row.querySelector(".badge.stale").hidden = !stale;
   cell.title = stale ? "Stale: no recent price from the feed" : "";
 }
 setInterval(() => {
