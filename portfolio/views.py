@@ -71,19 +71,25 @@ def _page(request: HttpRequest, template: str, portfolio: Portfolio | None, **co
 
 def home(request: HttpRequest) -> HttpResponse:
     """The live page of the user's first portfolio (by name)."""
-    portfolio = Portfolio.objects.filter(owner=request.user).order_by("name").first()
-    return _page(
-        request, "portfolio/home.html", portfolio, stale_after=settings.LIVEFOLIO_STALE_SECONDS
+    return _live_page(
+        request, Portfolio.objects.filter(owner=request.user).order_by("name").first()
     )
 
 
 def portfolio_detail(request: HttpRequest, portfolio_id: int) -> HttpResponse:
     """The live portfolio page. The table is drawn from the WebSocket snapshot, then kept live."""
+    return _live_page(request, _own_portfolio(request, portfolio_id))
+
+
+def _live_page(request: HttpRequest, portfolio: Portfolio | None) -> HttpResponse:
+    # TWR and IRR come from the minute snapshots, so they are drawn with the page, not streamed.
+    periods = selectors.portfolio_performance(portfolio=portfolio) if portfolio else []
     return _page(
         request,
         "portfolio/home.html",
-        _own_portfolio(request, portfolio_id),
+        portfolio,
         stale_after=settings.LIVEFOLIO_STALE_SECONDS,
+        periods=periods,
     )
 
 

@@ -249,6 +249,12 @@ def test_performance_page_shows_twr_and_irr_of_a_hand_computed_example(world, cl
     assert len(re.findall(r'<tr class="irr-flow">', working)) == 3
     assert "-1,000.00" in working and "1,700.00" in working
 
+    # The live page shows the same numbers, with a link to this working.
+    live = client_for(owner).get(reverse("portfolio", args=[portfolio.id])).content.decode()
+    strip = re.search(r'<div data-period="MAX">.*?</div>', live, re.S).group(0)
+    assert re.search(r'class="twr">16.88%<', strip) and re.search(r'class="irr">7.76%<', strip)
+    assert reverse("performance", args=[portfolio.id]) in live
+
 
 def test_beat_task_snapshots_each_portfolio_once_per_instant(world):
     from portfolio.tasks import snapshot_valuations
