@@ -356,6 +356,7 @@ class ApiConsumer(ProtocolConsumer):
     async def connect(self) -> None:
         self.user_id: int | None = None
         self.username: str | None = None
+        self.token_id: int | None = None
         self.subscriptions: dict[str, Subscription] = {}
         self.by_source: dict[tuple[str, int], Subscription] = {}
         self.group_refs: dict[str, int] = {}
@@ -373,7 +374,9 @@ class ApiConsumer(ProtocolConsumer):
         user = None
         bearer = self._bearer_token()
         if bearer is not None:
-            user = await database_sync_to_async(tokens.token_authenticate)(bearer)
+            token = await database_sync_to_async(tokens.token_lookup)(bearer)
+            user = token.user if token else None
+            self.token_id = token.pk if token else None
             if user is None:
                 await self._refuse(
                     protocol.ERROR_UNAUTHORIZED,
@@ -445,7 +448,33 @@ class ApiConsumer(ProtocolConsumer):
             return False
         self.user_id = user.id
         self.username = user.get_username()
+        # The user's group also says when this connection's token or session ends.
+        await self._join(events.user_group(user.id))
         return True
+
+    async def _join(self, group: str) -> None:
+        if self.group_refs.get(group, 0) == 0:
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.group_refs[group] = self.group_refs.get(group, 0) + 1
+
+    async def livefolio_token_revoked(self, event: dict[str, Any]) -> None:
+        if self.token_id is not None and event["token"] == self.token_id and not self.closing:
+            await self._refuse(
+                protocol.ERROR_UNAUTHORIZED,
+                "this connection's token was revoked",
+                protocol.CLOSE_UNAUTHENTICATED,
+            )
+
+    async def livefolio_session_ended(self, event: dict[str, Any]) -> None:
+        session = self.scope.get("session")
+        key = session.session_key if session is not None else None
+        signed_in_by_session = self.token_id is None and self.user_id is not None
+        if signed_in_by_session and key and event["session"] == events.session_fingerprint(key):
+            await self._refuse(
+                protocol.ERROR_SESSION_ENDED,
+                "your session ended; log in again",
+                protocol.CLOSE_UNAUTHENTICATED,
+            )
 
     def _lease(self) -> float:
         # Renewed every heartbeat; three missed renewals (a crashed server) free the slot.
@@ -547,7 +576,9 @@ class ApiConsumer(ProtocolConsumer):
         token = message.get("token")
         if not isinstance(token, str) or not token:
             raise RequestError(protocol.ERROR_BAD_PARAMS, "token: the API token, a string")
-        user = await database_sync_to_async(tokens.token_authenticate)(token)
+        found = await database_sync_to_async(tokens.token_lookup)(token)
+        user = found.user if found else None
+        self.token_id = found.pk if found else None
         if user is None:
             await self._refuse(
                 protocol.ERROR_UNAUTHORIZED,
@@ -596,9 +627,7 @@ class ApiConsumer(ProtocolConsumer):
                 )
             sub = Subscription(stream=stream, max_rate=max_rate)
             # Join before reading the snapshot so no update committed in between is missed.
-            if self.group_refs.get(stream.group, 0) == 0:
-                await self.channel_layer.group_add(stream.group, self.channel_name)
-            self.group_refs[stream.group] = self.group_refs.get(stream.group, 0) + 1
+            await self._join(stream.group)
             self.subscriptions[stream.name] = sub
             self.by_source[stream.source] = sub
         else:

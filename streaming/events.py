@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 EVENT = "livefolio.event"
 # Tells a user's sockets that one of their sessions ended; handled in ``livefolio_session_ended``.
 SESSION_ENDED = "livefolio.session_ended"
+TOKEN_REVOKED = "livefolio.token_revoked"
 
 
 def user_group(user_id: int) -> str:
@@ -67,3 +68,13 @@ def session_ended(*, user_id: int, session_key: str) -> None:
         async_to_sync(get_channel_layer().group_send)(user_group(user_id), message)
     except Exception:
         log.exception("events: telling user %s's sockets their session ended failed", user_id)
+
+
+def token_revoked(*, user_id: int, token_id: int) -> None:
+    """Close the API connections opened with this token (it was revoked), from sync code."""
+    try:
+        async_to_sync(get_channel_layer().group_send)(
+            user_group(user_id), {"type": TOKEN_REVOKED, "token": token_id}
+        )
+    except Exception:
+        log.exception("events: telling user %s's API connections a token ended failed", user_id)

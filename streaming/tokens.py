@@ -13,6 +13,7 @@ import secrets
 from django.db import transaction
 from django.utils import timezone
 
+from streaming import events
 from streaming.models import ApiToken
 
 TOKEN_START = "lf_"
@@ -44,17 +45,26 @@ def token_create(*, user, name: str) -> tuple[ApiToken, str]:
 
 
 def token_revoke(*, token: ApiToken) -> ApiToken:
-    """Revoke a token (idempotent): it stops authenticating new connections at once."""
+    """Revoke a token (idempotent): it stops authenticating at once, and the connections open
+    with it are closed (after commit) wherever they are."""
     if token.revoked_at is None:
         ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
             revoked_at=timezone.now()
         )
         token.refresh_from_db(fields=["revoked_at"])
+        user_id, token_id = token.user_id, token.pk
+        transaction.on_commit(lambda: events.token_revoked(user_id=user_id, token_id=token_id))
     return token
 
 
 def token_authenticate(raw: str):
-    """The active user of a full token text, or None (unknown, malformed or revoked).
+    """The active user of a full token text, or None (unknown, malformed or revoked)."""
+    token = token_lookup(raw)
+    return token.user if token else None
+
+
+def token_lookup(raw: str) -> ApiToken | None:
+    """The active token (with its user) a full token text stands for, or None.
 
     Records ``last_used_at``. Never logs the token.
     """
@@ -71,7 +81,7 @@ def token_authenticate(raw: str):
     if token is None or not hmac.compare_digest(token.secret_hash, _hash(secret)):
         return None
     ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-    return token.user
+    return token
 
 
 def tokens_for_user(*, user) -> list[ApiToken]:

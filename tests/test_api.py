@@ -655,3 +655,37 @@ def test_without_redis_the_embedded_default_keeps_slots_and_market_data_in_memor
     assert (len(trades), trades[0]["trade_id"], trades[-1]["trade_id"]) == (50, "1", "50")
     marketdata.book_store(instrument_id=-7, symbol="X", bids=[], asks=[], exchange_ts=t0)
     assert marketdata.latest_book(-7)["bids"] == []
+
+
+async def test_revoking_a_token_closes_the_connections_open_with_it_and_no_others(
+    world, redis_client
+):
+    alice = world["users"]["alice"]
+    revoked, kept = await new_token(alice, "bot"), await new_token(alice, "dashboard")
+    doomed, other = api_communicator(token=revoked), api_communicator(token=kept)
+    for comm in (doomed, other):
+        assert (await comm.connect())[0]
+        assert (await comm.receive_json_from())["type"] == "welcome"
+    row = await database_sync_to_async(alice.api_tokens.get)(name="bot")
+    await database_sync_to_async(tokens.token_revoke)(token=row)
+    error = await doomed.receive_json_from(timeout=5)
+    assert (error["type"], error["code"]) == ("error", "unauthorized")
+    assert await closed_with(doomed) == 4401
+    reply = await request(other, type="ping", id="still-here")
+    assert (reply["type"], reply["id"]) == ("reply", "still-here")
+    await other.disconnect()
+
+
+async def test_logging_out_closes_api_connections_signed_in_with_that_session(world, redis_client):
+    from tests.websocket import ORIGIN, session_cookie
+
+    alice = world["users"]["alice"]
+    cookie = await database_sync_to_async(session_cookie)(alice)
+    comm = api_communicator(cookie=cookie, origin=ORIGIN)
+    assert (await comm.connect())[0]
+    assert (await comm.receive_json_from())["user"] == "alice"
+    session_key = cookie.split("=", 1)[1]
+    await database_sync_to_async(events.session_ended)(user_id=alice.id, session_key=session_key)
+    error = await comm.receive_json_from(timeout=5)
+    assert (error["type"], error["code"]) == ("error", "session_ended")
+    assert await closed_with(comm) == 4401
