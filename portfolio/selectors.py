@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from portfolio import performance, valuation
+from portfolio import ledger, performance, valuation
 from portfolio.models import (
     AssetClass,
     CashBalance,
@@ -488,3 +488,16 @@ def feed_health(*, now: datetime | None = None) -> dict[str, Any]:
         for instrument in Instrument.objects.filter(active=True).select_related("quote")
     ]
     return {"feeds": feeds, "instruments": instruments}
+
+
+def realizations(*, portfolio: Portfolio) -> dict[int, ledger.Realization]:
+    """What each sale (or covering buy) realized, with the lots it closed, by transaction id:
+    the ledger replayed with the portfolio's cost-basis method."""
+    from portfolio.services import ledger_entries  # services imports selectors
+
+    result = ledger.replay(
+        ledger_entries(portfolio),
+        method=ledger.CostBasis(portfolio.cost_basis_method),
+        allow_short=portfolio.allow_short,
+    )
+    return {r.ref: r for r in result.realizations}

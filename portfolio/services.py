@@ -229,7 +229,8 @@ def ledger_entry(tx: Transaction) -> ledger.LedgerEntry:
     )
 
 
-def _ledger_entries(portfolio: Portfolio) -> list[ledger.LedgerEntry]:
+def ledger_entries(portfolio: Portfolio) -> list[ledger.LedgerEntry]:
+    """The portfolio's transactions as the ledger sees them, in the order it replays them."""
     rows = (
         Transaction.objects.filter(portfolio=portfolio)
         .select_related("instrument")
@@ -245,7 +246,7 @@ def ledger_problem(*, portfolio: Portfolio, method: str, allow_short: bool) -> s
     """
     try:
         ledger.replay(
-            _ledger_entries(portfolio), method=ledger.CostBasis(method), allow_short=allow_short
+            ledger_entries(portfolio), method=ledger.CostBasis(method), allow_short=allow_short
         )
     except ledger.LedgerError as exc:
         return f"the ledger needs short selling: {exc}"

@@ -147,6 +147,9 @@ def transaction_list(request: HttpRequest, portfolio_id: int) -> HttpResponse:
     page = Paginator(rows.order_by("-executed_at", "-id"), 100).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
+    realized = selectors.realizations(portfolio=portfolio)
+    for tx in page:
+        tx.realization = realized.get(tx.id)
     return _page(
         request,
         "portfolio/transactions.html",

@@ -319,3 +319,40 @@ def test_under_a_year_the_irr_is_the_rate_for_the_period_not_annualized(world, c
     dates = re.findall(r'<tr class="irr-flow"><td>([^<]*)</td>', working)
     assert dates == [f"{at:%Y-%m-%d %H:%M}" for at in (t0, t1, t2)]  # real dates, not stretched
     assert "Share of the period" in working
+
+
+def test_a_sale_shows_its_realized_pnl_and_the_lots_it_closed(world, client_for):
+    """FIFO by hand: alice bought 2 BTC at 500 (cost 1000), then 1 at 700; selling 2.5 at 1000
+    closes the first lot whole (2, cost 1000) and 0.5 of the second (cost 350): proceeds 2500,
+    cost 1350, realized 1150."""
+    alice = world["users"]["alice"]
+    portfolio = world["portfolios"]["alice"]
+    later = timezone.now() - timedelta(hours=2)
+    services.transaction_add(
+        portfolio=portfolio, kind=TxKind.DEPOSIT, amount=Decimal("700"), executed_at=later
+    )
+    services.transaction_add(
+        portfolio=portfolio,
+        kind=TxKind.BUY,
+        instrument=world["btc"],
+        quantity=Decimal("1"),
+        price=Decimal("700"),
+        executed_at=later,
+    )
+    sale = services.transaction_add(
+        portfolio=portfolio,
+        kind=TxKind.SELL,
+        instrument=world["btc"],
+        quantity=Decimal("2.5"),
+        price=Decimal("1000"),
+        executed_at=later + timedelta(minutes=30),
+    )
+    html = client_for(alice).get(reverse("transactions", args=[portfolio.id])).content.decode()
+    row = re.search(rf'<tr class="realization" data-realized="{sale.id}">.*?</tr>', html, re.S)
+    text = " ".join(row.group(0).split())
+    assert 'class="up pnl">1150 USD<' in text
+    assert "proceeds 2500 \u2212 cost 1350" in text  # a minus sign
+    assert re.findall(r'<span class="lot">([^<]*)</span>', text) == [
+        "2 opened 2026-01-05 (cost 1000)",  # the world's first buy
+        f"0.5 opened {later:%Y-%m-%d} (cost 350)",
+    ]
