@@ -219,3 +219,41 @@ def test_pages_fit_a_phone_and_a_desktop_in_both_themes(
             if device == "phone":
                 assert page.evaluate("document.documentElement.scrollWidth") <= 360, name
     assert page.console_errors == []
+
+
+def test_fifty_updates_a_second_end_on_the_latest_numbers_and_the_page_stays_usable(
+    world, celery_worker, daphne_server, page
+):
+    """50 valuations a second for three seconds (in the page, past the server's own conflation):
+    the page applies them per animation frame, ends on the last one, and still sorts on click."""
+    import json
+
+    from portfolio import selectors
+
+    tick(world["btc"], "50000")
+    log_in(page, daphne_server, "alice", PASSWORD)
+    total = page.locator('[data-field="total"]')
+    expect(total).to_have_text("$100,000.00")
+    state = selectors.portfolio_states(portfolio_ids=[world["portfolios"]["alice"].id])[0]
+    page.evaluate(
+        """([state, count]) => new Promise((done) => {
+            const c = window.livefolioConnection;
+            let n = 0;
+            const timer = setInterval(() => {
+                n += 1;
+                const valuedAt = new Date(Date.now() + 60000 + n).toISOString();
+                const portfolio = {...state, total: `${100000 + n}.00`, valued_at: valuedAt};
+                c.receive({data: JSON.stringify({type: "valuation", seq: c.lastSeq + 1,
+                                                 ts: valuedAt, portfolio})});
+                if (n === count) { clearInterval(timer); done(); }
+            }, 20);
+        })""",
+        [json.loads(json.dumps(state)), 150],
+    )
+    expect(total).to_have_text("$100,150.00")
+    assert page.locator("tr[data-instrument]").count() == 1
+    page.click('button[data-sort="value"]')
+    expect(page.locator('th:has(button[data-sort="value"])')).to_have_attribute(
+        "aria-sort", "descending"
+    )
+    assert page.console_errors == []

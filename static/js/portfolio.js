@@ -101,6 +101,7 @@ function sortValues(h) {
     quantity: h.quantity,
     price: h.price,
     value: h.value_base ?? h.value,
+    cost: h.cost_base,
     day: h.day_change,
     upnl: h.unrealized_pnl,
     rpnl: h.realized_pnl,
@@ -183,7 +184,7 @@ function render(portfolio) {
         '<th scope="row"><a class="symbol"></a> <span class="name muted"></span>' +
         ' <span class="badge stale" hidden>stale</span></th>' +
         '<td class="num qty"></td><td class="num price"></td><td class="num value"></td>' +
-        '<td class="num day"></td><td class="num upnl"></td><td class="num rpnl"></td>' +
+        '<td class="num cost"></td><td class="num day"></td><td class="num upnl"></td><td class="num rpnl"></td>' +
         '<td class="num weight"></td><td class="num asof muted"></td>';
       body.appendChild(row);
     }
@@ -198,6 +199,8 @@ function render(portfolio) {
     row.dataset.price = h.price ?? "";
     setText(row.querySelector(".price"), money(h.price, h.currency), move);
     setText(row.querySelector(".value"), money(h.value, h.currency), move);
+    // Cost of the open position, in the base currency like the P&L beside it.
+    setText(row.querySelector(".cost"), money(h.cost_base, base));
     const day = row.querySelector(".day");
     setText(day, signed(h.day_change, base, h.day_change_pct));
     tone(day, h.day_change);
@@ -222,7 +225,8 @@ function render(portfolio) {
       tr.className = "cash";
       tr.dataset.currency = c.currency;
       tr.innerHTML = '<th scope="row">Cash <span class="muted"></span></th><td></td><td></td>' +
-        '<td class="num value"></td><td></td><td></td><td></td><td class="num weight"></td><td></td>';
+        '<td class="num value"></td><td></td><td></td><td></td><td></td><td class="num weight"></td>' +
+        "<td></td>";
       tr.querySelector("span").textContent = c.currency;
       tr.querySelector(".value").textContent = money(c.amount, c.currency);
       tr.querySelector(".weight").textContent = percent(c.weight_pct);
