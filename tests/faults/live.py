@@ -108,6 +108,62 @@ class LiveClient:
         return state["total"] if state else None
 
 
+class ApiLiveClient:
+    """A bot on API v1 (docs/api.md) that keeps one portfolio stream correct: bearer token,
+    subscribe, snapshot then updates by ``stream_seq`` (a gap asks for a snapshot), and on any
+    close it reconnects with backoff and full jitter and subscribes again."""
+
+    def __init__(self, base_url: str, token: str, portfolio_id: int) -> None:
+        self.url = base_url.replace("http://", "ws://") + "/ws/v1/"
+        self.token = token
+        self.stream = f"portfolio:{portfolio_id}"
+        self.portfolios: dict[int, dict[str, Any]] = {}
+        self.closes: list[int | None] = []
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> ApiLiveClient:
+        self.task = asyncio.create_task(self.run())
+        return self
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            headers = {"Authorization": f"Bearer {self.token}"}
+            try:
+                async with connect(self.url, additional_headers=headers, open_timeout=10) as ws:
+                    await ws.send(json.dumps({"type": "subscribe", "id": 1, "stream": self.stream}))
+                    stream_seq = None
+                    async for raw in ws:
+                        message = json.loads(raw)
+                        if message.get("stream") != self.stream:
+                            continue
+                        if message["type"] == "snapshot":
+                            attempt, stream_seq = 0, message["stream_seq"]
+                            self.portfolios[message["data"]["id"]] = message["data"]
+                        elif message["type"] == "update":
+                            if stream_seq is None or message["stream_seq"] != stream_seq + 1:
+                                stream_seq = None
+                                request = {"type": "snapshot", "id": 2, "stream": self.stream}
+                                await ws.send(json.dumps(request))
+                                continue
+                            stream_seq = message["stream_seq"]
+                            self.portfolios[message["data"]["id"]] = message["data"]
+                    self.closes.append(ws.close_code)
+            except websockets.ConnectionClosed as exc:
+                self.closes.append(exc.rcvd.code if exc.rcvd else None)
+            except (OSError, websockets.WebSocketException, TimeoutError):
+                self.closes.append(None)
+            attempt += 1
+            await asyncio.sleep(random.uniform(0.25, min(30.0, 0.5 * 2 ** (attempt - 1))))
+
+
 async def eventually(predicate, *, timeout: float, what: str, interval: float = 0.1):  # noqa: ASYNC109
     """Wait in the event loop until ``predicate()`` is true."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -62,9 +62,13 @@ def main() -> None:
             executed_at=bought_at,
         )
         portfolios[name] = portfolio.id
+    from streaming import tokens
+
+    _token, api_token = tokens.token_create(user=users["alice"], name="fault-suite bot")
     print(
         json.dumps(
             {
+                "api_token": api_token,
                 "users": {name: user.id for name, user in users.items()},
                 "portfolios": portfolios,
                 "btc": instruments["BTC-USD"].id,

@@ -4,7 +4,7 @@ import asyncio
 import sys
 from datetime import UTC, datetime
 
-from tests.faults.live import LiveClient, eventually, log_in
+from tests.faults.live import ApiLiveClient, LiveClient, eventually, log_in
 
 
 def quote_of(stack, instrument_id):
@@ -42,12 +42,19 @@ async def test_redis_killed_and_restarted_empty_every_client_is_correct_again_wi
         name: LiveClient(base, await asyncio.to_thread(log_in, base, name)).start()
         for name in ("alice", "bob", "charlie")
     }
+    # A bot on API v1 follows alice's portfolio beside the three pages.
+    clients["alice's bot"] = ApiLiveClient(
+        base, world["api_token"], world["portfolios"]["alice"]
+    ).start()
     holds = {"alice": world["btc"], "bob": world["eth"], "charlie": world["btc"]}
+    holds["alice's bot"] = world["btc"]
+    portfolio_of = {name: world["portfolios"][name] for name in ("alice", "bob", "charlie")}
+    portfolio_of["alice's bot"] = world["portfolios"]["alice"]
     start = datetime.now(UTC)
     for name, client in clients.items():
         await eventually(
             lambda c=client, n=name: shows_the_stored_price(
-                c, stack, world["portfolios"][n], holds[n], start
+                c, stack, portfolio_of[n], holds[n], start
             ),
             timeout=30,
             what=f"{name} sees live prices before the fault",
@@ -61,13 +68,13 @@ async def test_redis_killed_and_restarted_empty_every_client_is_correct_again_wi
     for name, client in clients.items():
         await eventually(
             lambda c=client, n=name: shows_the_stored_price(
-                c, stack, world["portfolios"][n], holds[n], restarted
+                c, stack, portfolio_of[n], holds[n], restarted
             ),
             timeout=10,
             what=f"{name} shows the stored, post-restart price",
         )
     for name, client in clients.items():
-        assert [p for p in client.portfolios] == [world["portfolios"][name]]
+        assert [p for p in client.portfolios] == [portfolio_of[name]]
     for process in stack.processes:
         assert process.proc.poll() is None, f"{process.name} died:\n{process.output()}"
     for client in clients.values():
