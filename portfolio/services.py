@@ -58,17 +58,9 @@ def quotes_store(*, updates: list[QuoteUpdate]) -> list[int]:
     if not rows:
         return []
 
-    fields = {f.column: f for f in Quote._meta.concrete_fields}
     columns = ["instrument_id", "price", "bid", "ask", "exchange_ts", "received_at", "source"]
     table = connection.ops.quote_name(Quote._meta.db_table)
     now = timezone.now()
-    params: list[object] = []
-    for u in rows:
-        values = [u.instrument_id, u.price, u.bid, u.ask, u.exchange_ts, now, u.source]
-        params += [
-            fields[c].get_db_prep_save(v, connection) for c, v in zip(columns, values, strict=True)
-        ]
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
     # A tick on a later UTC day than the stored one makes the stored price the reference (the
     # "previous close", also for 24/7 crypto). SET expressions all read the old row.
     new_day = f"{_utc_date('excluded.exchange_ts')} > {_utc_date(f'{table}.exchange_ts')}"
@@ -81,15 +73,51 @@ def quotes_store(*, updates: list[QuoteUpdate]) -> list[int]:
             *(f"{c} = excluded.{c}" for c in columns[1:]),
         ]
     )
+    return sorted(
+        _upsert(
+            model=Quote,
+            columns=columns,
+            rows=[
+                [u.instrument_id, u.price, u.bid, u.ask, u.exchange_ts, now, u.source] for u in rows
+            ],
+            conflict="instrument_id",
+            set_sql=f"{updates_sql} WHERE {table}.exchange_ts < excluded.exchange_ts",
+            returning="instrument_id",
+        )
+    )
+
+
+def _upsert(
+    *,
+    model: type,
+    columns: list[str],
+    rows: list[list[object]],
+    conflict: str,
+    set_sql: str,
+    returning: str | None = None,
+) -> list[object]:
+    """One ``INSERT ... ON CONFLICT DO UPDATE`` for many rows, on PostgreSQL and SQLite.
+
+    Values go through each field's own database preparation (decimals, aware datetimes), so the
+    raw statement stores exactly what the ORM would. Returns the ``returning`` column of the rows
+    inserted or updated (the conflict's WHERE decides which).
+    """
+    fields = {f.column: f for f in model._meta.concrete_fields}
+    params: list[object] = []
+    for values in rows:
+        params += [
+            fields[c].get_db_prep_save(v, connection) for c, v in zip(columns, values, strict=True)
+        ]
+    table = connection.ops.quote_name(model._meta.db_table)
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
     sql = (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "
-        f"ON CONFLICT (instrument_id) DO UPDATE SET {updates_sql} "
-        f"WHERE {table}.exchange_ts < excluded.exchange_ts "
-        f"RETURNING instrument_id"
+        f"ON CONFLICT ({conflict}) DO UPDATE SET {set_sql}"
+        + (f" RETURNING {returning}" if returning else "")
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return sorted(row[0] for row in cursor.fetchall())
+        return [row[0] for row in cursor.fetchall()] if returning else []
 
 
 def bars_record(*, updates: list[QuoteUpdate]) -> None:
@@ -104,41 +132,40 @@ def bars_record(*, updates: list[QuoteUpdate]) -> None:
         bars.setdefault(
             (u.instrument_id, u.exchange_ts.replace(second=0, microsecond=0)), []
         ).append(u)
-    fields = {f.column: f for f in PriceBar._meta.concrete_fields}
     columns = ["instrument_id", "start", "open", "high", "low", "close", "open_ts", "close_ts"]
-    params: list[object] = []
+    rows = []
     for (instrument_id, start), ticks in bars.items():
         prices = [t.price for t in ticks]
         first, last = ticks[0], ticks[-1]
-        values = [
-            instrument_id,
-            start,
-            first.price,
-            max(prices),
-            min(prices),
-            last.price,
-            first.exchange_ts,
-            last.exchange_ts,
-        ]
-        params += [
-            fields[c].get_db_prep_save(v, connection) for c, v in zip(columns, values, strict=True)
-        ]
+        rows.append(
+            [
+                instrument_id,
+                start,
+                first.price,
+                max(prices),
+                min(prices),
+                last.price,
+                first.exchange_ts,
+                last.exchange_ts,
+            ]
+        )
     table = connection.ops.quote_name(PriceBar._meta.db_table)
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(bars))
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "
-        f"ON CONFLICT (instrument_id, start) DO UPDATE SET "
-        f"high = {greatest}({table}.high, excluded.high), "
-        f"low = {least}({table}.low, excluded.low), "
-        f"open = CASE WHEN excluded.open_ts < {table}.open_ts "
-        f"THEN excluded.open ELSE {table}.open END, "
-        f"open_ts = {least}({table}.open_ts, excluded.open_ts), "
-        f"close = CASE WHEN excluded.close_ts > {table}.close_ts "
-        f"THEN excluded.close ELSE {table}.close END, "
-        f"close_ts = {greatest}({table}.close_ts, excluded.close_ts)"
+    _upsert(
+        model=PriceBar,
+        columns=columns,
+        rows=rows,
+        conflict="instrument_id, start",
+        set_sql=(
+            f"high = {greatest}({table}.high, excluded.high), "
+            f"low = {least}({table}.low, excluded.low), "
+            f"open = CASE WHEN excluded.open_ts < {table}.open_ts "
+            f"THEN excluded.open ELSE {table}.open END, "
+            f"open_ts = {least}({table}.open_ts, excluded.open_ts), "
+            f"close = CASE WHEN excluded.close_ts > {table}.close_ts "
+            f"THEN excluded.close ELSE {table}.close END, "
+            f"close_ts = {greatest}({table}.close_ts, excluded.close_ts)"
+        ),
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
 
 
 def _utc_date(column: str) -> str:
