@@ -107,7 +107,7 @@ async def test_a_client_that_never_reads_is_conflated_then_closed_and_memory_sta
     await layer.flush()
 
 
-async def test_a_thousand_connect_disconnect_cycles_leak_no_groups_connections_or_memory(stack):
+async def test_thousands_of_connect_disconnect_cycles_leak_no_groups_connections_or_memory(stack):
     world = stack.world
     base = await asyncio.to_thread(stack.daphne)
     server = stack.processes[-1]
@@ -126,7 +126,7 @@ async def test_a_thousand_connect_disconnect_cycles_leak_no_groups_connections_o
     clients_before = client.info("clients")["connected_clients"]
     memory_before = rss(server)
 
-    await asyncio.gather(*(cycles(250, c) for c in cookies * 2))  # 1,000 cycles, 4 at a time
+    await asyncio.gather(*(cycles(500, c) for c in cookies * 2))  # 2,000 cycles, 4 at a time
 
     await eventually(lambda: open_connections(base) == 0, timeout=10, what="all sockets closed")
     await asyncio.sleep(1)
@@ -138,7 +138,7 @@ async def test_a_thousand_connect_disconnect_cycles_leak_no_groups_connections_o
     # any moment); a leak would be one per cycle: hundreds.
     assert client.info("clients")["connected_clients"] <= clients_before + 3
     grown = rss(server) - memory_before
-    # Measured: flat to ~0.1 MB; channels-redis' leaked receive queues (~3 KB per connection,
-    # see ProtocolConsumer.__call__) made it ~3 MB per 1,000; allocator noise on a busy machine
-    # reached 1.6 MB once, so the line sits between the two.
-    assert grown < 2.5 * MB, f"daphne grew by {grown / MB:.2f} MB over 1,000 cycles"
+    # Measured flat (0.1-0.3 MB) on a quiet machine; the allocator's high-water mark alone has
+    # reached 2.8 MB on a busy one. A leak of a few KB per connection (channels-redis' leftover
+    # receive queues once cost ~3 KB each, see ProtocolConsumer.__call__) would pass 4.5 MB.
+    assert grown < 4.5 * MB, f"daphne grew by {grown / MB:.2f} MB over 2,000 cycles"
