@@ -108,10 +108,11 @@ class LiveClient:
         return state["total"] if state else None
 
 
-class ApiLiveClient:
+class ApiLiveClient(LiveClient):
     """A bot on API v1 (docs/api.md) that keeps one portfolio stream correct: bearer token,
     subscribe, snapshot then updates by ``stream_seq`` (a gap asks for a snapshot), and on any
-    close it reconnects with backoff and full jitter and subscribes again."""
+    close it reconnects with backoff and full jitter and subscribes again. Started and stopped
+    like the page client."""
 
     def __init__(self, base_url: str, token: str, portfolio_id: int) -> None:
         self.url = base_url.replace("http://", "ws://") + "/ws/v1/"
@@ -120,17 +121,6 @@ class ApiLiveClient:
         self.portfolios: dict[int, dict[str, Any]] = {}
         self.closes: list[int | None] = []
         self.task: asyncio.Task | None = None
-
-    def start(self) -> ApiLiveClient:
-        self.task = asyncio.create_task(self.run())
-        return self
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
 
     async def run(self) -> None:
         attempt = 0
