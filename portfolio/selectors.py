@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,33 +52,172 @@ def fx_pair(instrument: Instrument) -> tuple[str, str] | None:
     return letters[: -len(target)], target
 
 
+@dataclass(slots=True)
+class Position:
+    """A holding as a valuation needs it: what changes only when the ledger is replayed."""
+
+    instrument: int
+    quantity: Decimal
+    cost_basis: Decimal
+    currency: str  # "" = the instrument's quote currency
+    realized_pnl: Decimal
+    income: Decimal
+    # The same figures as wire strings, formatted once per ledger change, not per valuation.
+    texts: dict[str, str | None]
+
+
+@dataclass(slots=True)
+class Book:
+    """One portfolio's ledger-derived state: positions and cash. A valuation adds prices."""
+
+    id: int
+    owner_id: int
+    name: str
+    base_currency: str
+    cost_basis_method: str
+    recomputed_at: datetime | None
+    positions: list[Position]
+    cash: list[tuple[str, Decimal, Decimal]]  # (currency, amount, income)
+
+
+@dataclass(slots=True)
+class Market:
+    """One instrument's descriptive fields and latest quote (None fields: no quote yet)."""
+
+    symbol: str
+    name: str
+    asset_class: str
+    quote_currency: str
+    price: Decimal | None
+    reference_price: Decimal | None
+    exchange_ts: datetime | None
+
+
+_PORTFOLIO_FIELDS = ("id", "owner_id", "name", "base_currency", "cost_basis_method")
+
+
+def books_load(portfolios: Iterable[tuple]) -> dict[int, Book]:
+    """Books of ``portfolios`` (rows of ``_PORTFOLIO_FIELDS`` + ``recomputed_at``): two queries."""
+    books = {row[0]: Book(*row, positions=[], cash=[]) for row in portfolios}
+    rows = Holding.objects.filter(portfolio_id__in=list(books)).values_list(
+        "portfolio_id", "instrument_id", "quantity", "cost_basis", "currency", "realized_pnl",
+        "income",
+    )  # fmt: skip
+    for pid, instrument, quantity, cost_basis, currency, realized, income in rows:
+        texts = {
+            "quantity": protocol.dec(quantity),
+            "cost_basis": protocol.money(cost_basis),
+            "average_cost": protocol.dec(cost_basis / quantity) if quantity else None,
+            "realized_pnl": protocol.money(realized),
+            "income": protocol.money(income),
+        }
+        books[pid].positions.append(
+            Position(instrument, quantity, cost_basis, currency, realized, income, texts)
+        )
+    cash = CashBalance.objects.filter(portfolio_id__in=list(books)).values_list(
+        "portfolio_id", "currency", "amount", "income"
+    )
+    for pid, currency, amount, income in cash:
+        books[pid].cash.append((currency, amount, income))
+    return books
+
+
+class BookCache:
+    """Books kept between valuations (a Celery worker's), reloaded when the ledger changed.
+
+    ``Portfolio.recomputed_at`` changes in the transaction that rewrites holdings and cash
+    (``services.holdings_recompute``: the only writer), so a book whose portfolio row still
+    shows the ``recomputed_at`` it was loaded with is current. Name, base currency and method
+    are read fresh every time. A holding written without a replay (the benchmark's seed) is
+    never rewritten, so it stays current too.
+    """
+
+    def __init__(self, max_books: int = 50_000) -> None:
+        self.max_books = max_books
+        self.books: dict[int, Book] = {}
+        self.loads = 0  # books (re)loaded from the database: tests and metrics read it
+
+    def get(self, portfolios: list[tuple]) -> dict[int, Book]:
+        found: dict[int, Book] = {}
+        stale = []
+        for row in portfolios:
+            book = self.books.get(row[0])
+            if book is None or book.recomputed_at != row[-1]:
+                stale.append(row)
+                continue
+            book.owner_id, book.name, book.base_currency, book.cost_basis_method = row[1:5]
+            found[row[0]] = book
+        if stale:
+            loaded = books_load(stale)
+            self.loads += len(loaded)
+            if len(self.books) + len(loaded) > self.max_books:
+                self.books.clear()  # rare (a worker serving more portfolios than it keeps)
+            self.books.update(loaded)
+            found.update(loaded)
+        return found
+
+
+def market_load(instrument_ids: Iterable[int]) -> dict[int, Market]:
+    """Descriptive fields and latest quote of each instrument, in one query."""
+    rows = Instrument.objects.filter(id__in=list(instrument_ids)).values_list(
+        "id", "symbol", "name", "asset_class", "quote_currency", "quote__price",
+        "quote__reference_price", "quote__exchange_ts",
+    )  # fmt: skip
+    return {row[0]: Market(*row[1:]) for row in rows}
+
+
 def portfolio_states(
-    *, portfolio_ids: Iterable[int], now: datetime | None = None
+    *,
+    portfolio_ids: Iterable[int],
+    now: datetime | None = None,
+    cache: BookCache | None = None,
 ) -> list[dict[str, Any]]:
     """The current valuation of each portfolio, as the wire protocol's portfolio shape.
 
-    One query each for the portfolios, their holdings (with instruments and quotes), their
-    cash balances and the FX rates. Each state carries ``valued_at``, taken before the first
-    read: everything committed before it is in the numbers, so of two valuations of one
-    portfolio the one valued later is never the less complete (call it after commit).
+    One query each for the portfolios, their holdings and cash (none for books ``cache``
+    holds), the instruments with their quotes, and the FX rates. Each state carries
+    ``valued_at``, taken before the first read: everything committed before it is in the
+    numbers, so of two valuations of one portfolio the one valued later is never the less
+    complete (call it after commit).
     """
     valued_at = protocol.iso(timezone.now())
-    portfolios = {p.id: p for p in Portfolio.objects.filter(id__in=list(portfolio_ids))}
-    holdings: dict[int, list[Holding]] = defaultdict(list)
-    rows = Holding.objects.filter(portfolio_id__in=portfolios).select_related(
-        "instrument", "instrument__quote"
+    rows = list(
+        Portfolio.objects.filter(id__in=list(portfolio_ids))
+        .order_by("id")
+        .values_list(*_PORTFOLIO_FIELDS, "recomputed_at")
     )
-    for holding in rows:
-        holdings[holding.portfolio_id].append(holding)
-    cash: dict[int, list[CashBalance]] = defaultdict(list)
-    for balance in CashBalance.objects.filter(portfolio_id__in=portfolios):
-        cash[balance.portfolio_id].append(balance)
-    rates = fx_rates() if portfolios else {}
+    books = cache.get(rows) if cache is not None else books_load(rows)
+    market = market_load({p.instrument for b in books.values() for p in b.positions})
+    rates = fx_rates() if books else {}
     now = now or timezone.now()
-    return [
-        _state(portfolios[pid], holdings[pid], cash[pid], rates, now) | {"valued_at": valued_at}
-        for pid in sorted(portfolios)
-    ]
+    texts = _MarketTexts(market, now)
+    return [_state(books[row[0]], market, texts, rates) | {"valued_at": valued_at} for row in rows]
+
+
+class _MarketTexts(dict):
+    """Per instrument, the wire strings every holder of it shares: formatted once a call."""
+
+    def __init__(self, market: dict[int, Market], now: datetime) -> None:
+        super().__init__()
+        self.market = market
+        self.now = now
+        self.stale_after = settings.LIVEFOLIO_STALE_SECONDS
+
+    def __missing__(self, instrument: int) -> dict[str, Any]:
+        m = self.market[instrument]
+        ts = m.exchange_ts
+        age = (self.now - ts).total_seconds() if ts is not None else None
+        texts = {
+            "instrument": instrument,
+            "symbol": m.symbol,
+            "name": m.name,
+            "asset_class": m.asset_class,
+            "price_as_of": protocol.iso(ts) if ts is not None else None,
+            "price_age_seconds": None if age is None else max(0, int(age)),
+            "stale": age is None or age > self.stale_after,
+        }
+        self[instrument] = texts
+        return texts
 
 
 def portfolio_states_for_user(*, user_id: int) -> list[dict[str, Any]]:
@@ -111,81 +249,93 @@ def _pct(rate: Decimal | None) -> str | None:
     return None if rate is None else protocol.money(rate * 100)
 
 
-def _state(
-    portfolio: Portfolio,
-    holdings: list[Holding],
-    cash: list[CashBalance],
-    rates: dict[tuple[str, str], Decimal],
-    now: datetime,
-) -> dict[str, Any]:
-    base = portfolio.base_currency
-    open_holdings = [h for h in holdings if h.quantity != 0]
-    quotes = {h.instrument_id: getattr(h.instrument, "quote", None) for h in open_holdings}
+def _book_value(
+    book: Book, market: dict[int, Market], rates: dict[tuple[str, str], Decimal]
+) -> tuple[list[Position], valuation.PortfolioValue]:
+    """The open positions (by symbol) and their valuation: the one place a book meets prices."""
+    positions = sorted(
+        (p for p in book.positions if p.quantity != 0), key=lambda p: market[p.instrument].symbol
+    )
     value = valuation.value_portfolio(
         holdings=[
             valuation.Holding(
-                instrument=h.instrument_id,
-                quantity=h.quantity,
-                cost_basis=h.cost_basis,
-                currency=h.currency or h.instrument.quote_currency,
-                asset_class=h.instrument.asset_class,
+                instrument=p.instrument,
+                quantity=p.quantity,
+                cost_basis=p.cost_basis,
+                currency=p.currency or market[p.instrument].quote_currency,
+                asset_class=market[p.instrument].asset_class,
             )
-            for h in open_holdings
+            for p in positions
         ],
-        prices={i: q.price for i, q in quotes.items() if q is not None},
-        reference_prices={i: q.reference_price for i, q in quotes.items() if q is not None},
+        prices={p.instrument: market[p.instrument].price for p in positions},
+        reference_prices={p.instrument: market[p.instrument].reference_price for p in positions},
         fx_rates=rates,
-        base_currency=base,
-        cash={c.currency: c.amount for c in cash if c.amount != 0},
+        base_currency=book.base_currency,
+        cash={currency: amount for currency, amount, _ in book.cash if amount != 0},
     )
-    stale_after = settings.LIVEFOLIO_STALE_SECONDS
-    as_of = max((q.exchange_ts for q in quotes.values() if q is not None), default=None)
+    return positions, value
+
+
+def _state(
+    book: Book,
+    market: dict[int, Market],
+    texts: _MarketTexts,
+    rates: dict[tuple[str, str], Decimal],
+) -> dict[str, Any]:
+    base = book.base_currency
+    positions, value = _book_value(book, market, rates)
+    stamps = (market[p.instrument].exchange_ts for p in positions)
+    as_of = max((ts for ts in stamps if ts is not None), default=None)
 
     def to_base(amount: Decimal, currency: str) -> Decimal | None:
         rate = valuation.fx_rate(currency, base, rates)
         return None if rate is None else amount * rate
 
+    money, dec = protocol.money, protocol.dec
+    ok = valuation.ValueStatus.OK
     rows = []
-    for h, hv in zip(open_holdings, value.holdings, strict=True):
-        instrument = h.instrument
-        quote = quotes[h.instrument_id]
-        age = (now - quote.exchange_ts).total_seconds() if quote else None
+    for p, hv in zip(positions, value.holdings, strict=True):
+        shared = texts[p.instrument]
+        own = p.texts
+        price = hv.price
         rows.append(
             {
-                "instrument": instrument.id,
-                "symbol": instrument.symbol,
-                "name": instrument.name,
-                "asset_class": instrument.asset_class,
+                "instrument": shared["instrument"],
+                "symbol": shared["symbol"],
+                "name": shared["name"],
+                "asset_class": shared["asset_class"],
                 "currency": hv.currency,
-                "quantity": protocol.dec(h.quantity),
-                "price": protocol.dec(hv.price),
-                "value": protocol.money(h.quantity * hv.price if hv.price is not None else None),
-                "price_as_of": protocol.iso(quote.exchange_ts) if quote else None,
-                "in_total": hv.status is valuation.ValueStatus.OK,
+                "quantity": own["quantity"],
+                "price": dec(price),
+                "value": money(p.quantity * price if price is not None else None),
+                "price_as_of": shared["price_as_of"],
+                "in_total": hv.status is ok,
                 "status": str(hv.status),
                 "reason": hv.reason,
-                "cost_basis": protocol.money(h.cost_basis),
-                "average_cost": protocol.dec(h.cost_basis / h.quantity),
-                "fx_rate": protocol.dec(hv.fx_rate),
-                "value_base": protocol.money(hv.market_value),
-                "cost_base": protocol.money(hv.cost),
-                "unrealized_pnl": protocol.money(hv.unrealized_pnl),
+                "cost_basis": own["cost_basis"],
+                "average_cost": own["average_cost"],
+                "fx_rate": dec(hv.fx_rate),
+                "value_base": money(hv.market_value),
+                "cost_base": money(hv.cost),
+                "unrealized_pnl": money(hv.unrealized_pnl),
                 "unrealized_pnl_pct": _pct(hv.unrealized_return),
-                "reference_price": protocol.dec(hv.reference_price),
-                "day_change": protocol.money(hv.day_change),
+                "reference_price": dec(hv.reference_price),
+                "day_change": money(hv.day_change),
                 "day_change_pct": _pct(hv.day_return),
                 "weight_pct": _pct(hv.weight),
-                "realized_pnl": protocol.money(h.realized_pnl),
-                "income": protocol.money(h.income),
-                "price_age_seconds": None if age is None else max(0, int(age)),
-                "stale": age is None or age > stale_after,
+                "realized_pnl": own["realized_pnl"],
+                "income": own["income"],
+                "price_age_seconds": shared["price_age_seconds"],
+                "stale": shared["stale"],
             }
         )
     realized = Decimal(0)
-    for h in holdings:
-        converted = to_base(h.realized_pnl, h.currency or h.instrument.quote_currency)
+    for p in book.positions:  # closed positions too: their realized P&L stays
+        converted = to_base(p.realized_pnl, p.currency or market[p.instrument].quote_currency)
         realized += converted or 0
-    income = sum((to_base(c.income, c.currency) or Decimal(0) for c in cash), Decimal(0))
+    income = sum(
+        (to_base(inc, currency) or Decimal(0) for currency, _, inc in book.cash), Decimal(0)
+    )
     cash_rows = [
         {
             "currency": cv.currency,
@@ -203,15 +353,13 @@ def _state(
         ]
 
     return {
-        "id": portfolio.id,
-        "name": portfolio.name,
+        "id": book.id,
+        "name": book.name,
         "base_currency": base,
-        "cost_basis_method": portfolio.cost_basis_method,
+        "cost_basis_method": book.cost_basis_method,
         "total": protocol.money(value.market_value),
         "as_of": protocol.iso(as_of) if as_of else None,
-        "recomputed_at": (
-            protocol.iso(portfolio.recomputed_at) if portfolio.recomputed_at else None
-        ),
+        "recomputed_at": protocol.iso(book.recomputed_at) if book.recomputed_at else None,
         "holdings_value": protocol.money(value.holdings_value),
         "cash_total": protocol.money(value.cash_value),
         "cost": protocol.money(value.cost),
@@ -234,30 +382,10 @@ def _state(
 
 def portfolio_value(*, portfolio: Portfolio) -> valuation.PortfolioValue:
     """The portfolio's current market value (what a snapshot stores)."""
-    holdings = [
-        h
-        for h in Holding.objects.filter(portfolio=portfolio).select_related(
-            "instrument", "instrument__quote"
-        )
-        if h.quantity != 0
-    ]
-    quotes = {h.instrument_id: getattr(h.instrument, "quote", None) for h in holdings}
-    return valuation.value_portfolio(
-        holdings=[
-            valuation.Holding(
-                instrument=h.instrument_id,
-                quantity=h.quantity,
-                cost_basis=h.cost_basis,
-                currency=h.currency or h.instrument.quote_currency,
-                asset_class=h.instrument.asset_class,
-            )
-            for h in holdings
-        ],
-        prices={i: q.price for i, q in quotes.items() if q is not None},
-        fx_rates=fx_rates(),
-        base_currency=portfolio.base_currency,
-        cash={c.currency: c.amount for c in portfolio.cash.all() if c.amount != 0},
-    )
+    row = (*(getattr(portfolio, f) for f in _PORTFOLIO_FIELDS), portfolio.recomputed_at)
+    book = books_load([row])[portfolio.id]
+    market = market_load(p.instrument for p in book.positions)
+    return _book_value(book, market, fx_rates())[1]
 
 
 def external_flows(*, portfolio: Portfolio) -> list[performance.CashFlow]:

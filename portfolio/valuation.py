@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal, DivisionByZero, InvalidOperation, localcontext
+from typing import Any
 
 __all__ = [
     "AllocationSlice",
@@ -57,6 +58,9 @@ class ValueStatus(enum.StrEnum):
     OK = "ok"
     UNPRICED = "unpriced"
     NO_FX = "no_fx"
+
+
+_OK = ValueStatus.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +138,15 @@ class PortfolioValue:
     unrealized_return: Decimal | None
     day_change: Decimal
     day_return: Decimal | None
-    by_instrument: dict[Hashable, AllocationSlice]
     by_asset_class: dict[str, AllocationSlice]
     by_currency: dict[str, AllocationSlice]
     issues: tuple[str, ...]
+
+    @property
+    def by_instrument(self) -> dict[Hashable, AllocationSlice]:
+        """Priced holdings by instrument, largest first (on demand: live pages don't show it)."""
+        priced = ((h.instrument, h.market_value) for h in self.holdings if h.status is _OK)
+        return _slices(priced, self.market_value)
 
     @property
     def complete(self) -> bool:
@@ -188,7 +197,8 @@ def _value_holding(
     reference: Decimal | None,
     rate: Decimal | None,
     base_currency: str,
-) -> HoldingValue:
+) -> dict[str, Any]:
+    """A :class:`HoldingValue`'s fields but ``weight``, which needs the portfolio total."""
     common = {
         "instrument": holding.instrument,
         "asset_class": holding.asset_class,
@@ -197,32 +207,23 @@ def _value_holding(
         "price": price,
         "reference_price": reference,
         "fx_rate": rate,
-        "weight": None,
     }
-    if price is None:
-        return HoldingValue(
-            **common,
-            market_value=None,
-            cost=None,
-            unrealized_pnl=None,
-            unrealized_return=None,
-            day_change=None,
-            day_return=None,
-            status=ValueStatus.UNPRICED,
-            reason=f"no price for {holding.instrument!r}",
+    if price is None or rate is None:
+        reason = (
+            f"no price for {holding.instrument!r}"
+            if price is None
+            else f"no {holding.currency}->{base_currency} rate for {holding.instrument!r}"
         )
-    if rate is None:
-        return HoldingValue(
-            **common,
-            market_value=None,
-            cost=None,
-            unrealized_pnl=None,
-            unrealized_return=None,
-            day_change=None,
-            day_return=None,
-            status=ValueStatus.NO_FX,
-            reason=f"no {holding.currency}->{base_currency} rate for {holding.instrument!r}",
-        )
+        return common | {
+            "market_value": None,
+            "cost": None,
+            "unrealized_pnl": None,
+            "unrealized_return": None,
+            "day_change": None,
+            "day_return": None,
+            "status": ValueStatus.UNPRICED if price is None else ValueStatus.NO_FX,
+            "reason": reason,
+        }
     value = holding.quantity * price * rate
     cost = holding.cost_basis * rate
     pnl = value - cost
@@ -230,8 +231,7 @@ def _value_holding(
     if reference is not None:
         day_change = holding.quantity * (price - reference) * rate
         day_return = _ratio(price - reference, reference)
-    return HoldingValue(
-        **common,
+    common.update(
         market_value=value,
         cost=cost,
         unrealized_pnl=pnl,
@@ -239,7 +239,9 @@ def _value_holding(
         day_change=day_change,
         day_return=day_return,
         status=ValueStatus.OK,
+        reason=None,
     )
+    return common
 
 
 def value_portfolio(
@@ -288,15 +290,14 @@ def value_portfolio(
             _check(amount, f"cash balance in {currency}")
             rate = _fx_rate(currency, base_currency, fx_rates)
             cash_values.append(
-                CashValue(
-                    currency=currency,
-                    amount=amount,
-                    fx_rate=rate,
-                    market_value=None if rate is None else amount * rate,
-                    weight=None,
-                    status=ValueStatus.OK if rate is not None else ValueStatus.NO_FX,
-                    reason=None if rate is not None else f"no {currency}->{base_currency} rate",
-                )
+                {
+                    "currency": currency,
+                    "amount": amount,
+                    "fx_rate": rate,
+                    "market_value": None if rate is None else amount * rate,
+                    "status": ValueStatus.OK if rate is not None else ValueStatus.NO_FX,
+                    "reason": None if rate is not None else f"no {currency}->{base_currency} rate",
+                }
             )
         return _totals(valued, cash_values, base_currency=base_currency)
 
@@ -312,26 +313,28 @@ def _slices(
 
 
 def _totals(
-    valued: list[HoldingValue], cash_values: list[CashValue], *, base_currency: str
+    valued: list[dict[str, Any]], cash_values: list[dict[str, Any]], *, base_currency: str
 ) -> PortfolioValue:
-    priced = [h for h in valued if h.status is ValueStatus.OK]
-    counted_cash = [c for c in cash_values if c.status is ValueStatus.OK]
-    holdings_value = sum((h.market_value for h in priced), ZERO)
-    cash_value = sum((c.market_value for c in counted_cash), ZERO)
+    """Totals, then each item with its weight (built once: ``replace`` would copy each)."""
+    ok = ValueStatus.OK
+    priced = [h for h in valued if h["status"] is ok]
+    counted_cash = [c for c in cash_values if c["status"] is ok]
+    holdings_value = sum((h["market_value"] for h in priced), ZERO)
+    cash_value = sum((c["market_value"] for c in counted_cash), ZERO)
     total = holdings_value + cash_value
-    cost = sum((h.cost for h in priced), ZERO)
+    cost = sum((h["cost"] for h in priced), ZERO)
     pnl = holdings_value - cost
-    day_change = sum((h.day_change for h in priced if h.day_change is not None), ZERO)
+    day_change = sum((h["day_change"] for h in priced if h["day_change"] is not None), ZERO)
     holdings = tuple(
-        replace(h, weight=_ratio(h.market_value, total)) if h.status is ValueStatus.OK else h
+        HoldingValue(**h, weight=_ratio(h["market_value"], total) if h["status"] is ok else None)
         for h in valued
     )
     cash_out = tuple(
-        replace(c, weight=_ratio(c.market_value, total)) if c.status is ValueStatus.OK else c
+        CashValue(**c, weight=_ratio(c["market_value"], total) if c["status"] is ok else None)
         for c in cash_values
     )
-    issues = tuple(item.reason for item in (*valued, *cash_values) if item.reason is not None)
-    cash_pairs = [(CASH_ASSET_CLASS, c.market_value) for c in counted_cash]
+    issues = tuple(item["reason"] for item in (*valued, *cash_values) if item["reason"])
+    cash_pairs = [(CASH_ASSET_CLASS, c["market_value"]) for c in counted_cash]
     return PortfolioValue(
         base_currency=base_currency,
         holdings=holdings,
@@ -345,14 +348,13 @@ def _totals(
         day_change=day_change,
         # Relative to yesterday's value of what is counted today: today's total minus the change.
         day_return=_ratio(day_change, total - day_change),
-        by_instrument=_slices(((h.instrument, h.market_value) for h in priced), total),
         by_asset_class=_slices(
-            [*((h.asset_class, h.market_value) for h in priced), *cash_pairs], total
+            [*((h["asset_class"], h["market_value"]) for h in priced), *cash_pairs], total
         ),
         by_currency=_slices(
             [
-                *((h.currency, h.market_value) for h in priced),
-                *((c.currency, c.market_value) for c in counted_cash),
+                *((h["currency"], h["market_value"]) for h in priced),
+                *((c["currency"], c["market_value"]) for c in counted_cash),
             ],
             total,
         ),

@@ -128,7 +128,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     async def send_message(self, payload: dict[str, Any]) -> None:
         self.seq += 1
         WS_MESSAGES_SENT.labels(payload["type"]).inc()
-        await self.send(text_data=json.dumps(protocol.envelope(payload, seq=self.seq)))
+        await self.send(text_data=protocol.encode(protocol.envelope(payload, seq=self.seq)))
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_message(protocol.error(code=code, message=message))
@@ -179,7 +179,9 @@ class PortfolioConsumer(ProtocolConsumer):
     """The live portfolio page: the user's portfolios, snapshot first, then valuations."""
 
     endpoint = "portfolio"
-    connection_cap = UserConnections(scope="portfolio", limit_setting="LIVEFOLIO_WS_MAX_PER_USER")
+    connection_cap = UserConnections(
+        scope="portfolio", limit_setting="LIVEFOLIO_WS_MAX_PER_USER", marks_presence=True
+    )
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -265,7 +267,7 @@ class PortfolioConsumer(ProtocolConsumer):
             await self.send_error(protocol.ERROR_UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
     async def livefolio_event(self, event: dict[str, Any]) -> None:
-        payload = event["payload"]
+        payload = events.payload_of(event)
         if payload["type"] == "valuation":
             # A slow reader gets the latest valuation per portfolio, never a backlog.
             await self.conflator.offer(("valuation", payload["portfolio"]["id"]), payload)
@@ -304,7 +306,7 @@ class InstrumentConsumer(PortfolioConsumer):
         await self.send_message(protocol.instrument_snapshot(state=state))
 
     async def livefolio_event(self, event: dict[str, Any]) -> None:
-        payload = event["payload"]
+        payload = events.payload_of(event)
         kind = payload["type"]
         if kind in ("quote", "book") and payload.get("instrument") == self.instrument.id:
             # A slow reader gets the latest quote and book, never a backlog.
@@ -685,7 +687,7 @@ class ApiConsumer(ProtocolConsumer):
     # -- stream updates -----------------------------------------------------------------------
 
     async def livefolio_event(self, event: dict[str, Any]) -> None:
-        found = streams.event_source(event["payload"])
+        found = streams.event_source(events.payload_of(event))
         if found is None:
             return
         source, data = found

@@ -14,6 +14,8 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from streaming import protocol
+
 log = logging.getLogger(__name__)
 
 # The channel-layer message type; consumers handle it in ``livefolio_event``.
@@ -43,10 +45,39 @@ def publish(messages: list[tuple[str, dict[str, Any]]]) -> None:
         log.exception("events: publishing %d messages failed", len(messages))
 
 
+def layer_message(payload: dict[str, Any]) -> dict[str, Any]:
+    """The channel-layer message for ``payload``. Its object fields (a valuation's portfolio)
+    travel as JSON text encoded here, once, with their ``id`` beside it: daphne then neither
+    decodes nor re-encodes them per socket (docs/performance.md). :func:`payload_of` undoes it."""
+    plain, encoded = {}, {}
+    for key, value in payload.items():
+        if isinstance(value, dict):
+            encoded[key] = protocol.encode(value)
+            plain[key] = {"id": value["id"]} if "id" in value else {}
+        else:
+            plain[key] = value
+    message = {"type": EVENT, "payload": plain}
+    if encoded:
+        message["encoded"] = encoded
+    return message
+
+
+def payload_of(message: dict[str, Any]) -> dict[str, Any]:
+    """The payload of a channel-layer event, its encoded fields as :class:`protocol.Encoded`."""
+    payload = message["payload"]
+    encoded = message.get("encoded")
+    if not encoded:
+        return payload
+    payload = dict(payload)
+    for key, text in encoded.items():
+        payload[key] = protocol.Encoded(text, **payload.get(key, {}))
+    return payload
+
+
 async def apublish(messages: list[tuple[str, dict[str, Any]]]) -> None:
     """Send each ``(group, payload)`` in order; one Redis round-trip when the layer batches."""
     layer = get_channel_layer()
-    events = [(group, {"type": EVENT, "payload": payload}) for group, payload in messages]
+    events = [(group, layer_message(payload)) for group, payload in messages]
     send_many = getattr(layer, "group_send_many", None)
     if send_many is not None:
         await send_many(events)

@@ -17,6 +17,8 @@ from typing import Any
 
 from django.conf import settings
 
+from streaming import presence
+
 log = logging.getLogger(__name__)
 
 
@@ -84,7 +86,8 @@ class Conflator:
 
 
 # Atomically: drop expired members, refuse when full, else add this connection.
-_ACQUIRE = """
+_ACQUIRE = (
+    """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZSCORE', KEYS[1], ARGV[4]) == false
    and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
@@ -92,8 +95,14 @@ if redis.call('ZSCORE', KEYS[1], ARGV[4]) == false
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+if ARGV[6] ~= '' then
+"""
+    + presence.MARK_LUA
+    + """
+end
 return 1
 """
+)
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
@@ -123,9 +132,11 @@ class UserConnections:
 
     _local: dict[int, set[str]] = {}
 
-    def __init__(self, *, scope: str, limit_setting: str) -> None:
+    def __init__(self, *, scope: str, limit_setting: str, marks_presence: bool = False) -> None:
         self.scope = scope
         self.limit_setting = limit_setting
+        # Sockets that show valuations mark their user present (streaming/presence.py).
+        self.marks_presence = marks_presence
 
     # Holders refresh their entry every REFRESH_SECONDS; an entry not refreshed for three
     # periods belongs to a server that died (daphne exits on SIGTERM without running the
@@ -151,13 +162,15 @@ class UserConnections:
         try:
             allowed = await redis_client().eval(
                 _ACQUIRE,
-                1,
+                3,
                 self.key(user_id),
+                *presence.keys(),
                 now - self.ttl,
                 now,
                 self.limit,
                 connection_id,
                 self.ttl,
+                str(user_id) if self.marks_presence else "",
             )
         except Exception as exc:
             log.warning("connection cap: Redis unavailable, allowing (%s)", exc)

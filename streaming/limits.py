@@ -11,9 +11,13 @@ import time
 import redis
 from django.conf import settings
 
-# KEYS[1] the user's lease set; ARGV: member, cap, lease seconds. Redis' own clock, so servers
-# with skewed clocks agree. Returns 1 when the member holds a slot, 0 when the user is full.
-_ACQUIRE = """
+from streaming import presence
+
+# KEYS[1] the user's lease set, KEYS[2..3] presence's; ARGV: member, cap, lease seconds, user
+# id. Redis' own clock, so servers with skewed clocks agree. Returns 1 when the member holds a
+# slot, 0 when the user is full.
+_ACQUIRE = (
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -23,8 +27,12 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
+"""
+    + presence.MARK_LUA
+    + """
 return 1
 """
+)
 
 # The embedded default (one process, no Redis): user id -> {member: expiry}.
 _memory_slots: dict[int, dict[str, float]] = {}
@@ -58,7 +66,8 @@ def connection_acquire(*, user_id: int, member: str, cap: int, lease: float) -> 
             slots[member] = now + lease
             _memory_slots[user_id] = slots
             return True
-    return bool(client.eval(_ACQUIRE, 1, _key(user_id), member, cap, lease))
+    keys = [_key(user_id), *presence.keys()]
+    return bool(client.eval(_ACQUIRE, len(keys), *keys, member, cap, lease, user_id))
 
 
 def connection_release(*, user_id: int, member: str) -> None:

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 # Error codes a client can receive (also documented in docs/protocol.md).
 ERROR_INVALID_JSON = "invalid_json"
 ERROR_FRAME_TOO_LARGE = "frame_too_large"
@@ -79,6 +81,34 @@ def money(amount: Decimal | None) -> str | None:
     if amount is None:
         return None
     return format(amount.quantize(CENT), "f")
+
+
+class Encoded(dict):
+    """A part of a message that is already JSON text, encoded once for every socket that gets it
+    (a Celery worker encodes a valuation; daphne splices it into each connection's frame). As
+    a dict it holds only what consumers route on (a portfolio's ``id``)."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json: str, **fields: Any) -> None:
+        super().__init__(fields)
+        self.json = json
+
+
+def _encode_other(value: Any) -> Any:
+    if isinstance(value, Encoded):
+        return orjson.Fragment(value.json)
+    for kind in (str, int, float, dict, list, tuple):  # subclasses: e.g. a StrEnum, lazy text
+        if isinstance(value, kind):
+            return kind(value)
+    raise TypeError(f"cannot encode {type(value).__name__} in a frame")
+
+
+def encode(frame: Any) -> str:
+    """A frame as JSON text; :class:`Encoded` parts go in verbatim."""
+    return orjson.dumps(
+        frame, default=_encode_other, option=orjson.OPT_PASSTHROUGH_SUBCLASS
+    ).decode()
 
 
 def envelope(payload: dict[str, Any], *, seq: int) -> dict[str, Any]:

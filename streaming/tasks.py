@@ -15,7 +15,7 @@ from django.db import OperationalError, transaction
 
 from portfolio import health, selectors, services
 from portfolio.models import FeedKind, Instrument
-from streaming import events, protocol
+from streaming import events, presence, protocol
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,18 @@ def _quote_messages(changed: list[int], received: dict[int, Any]) -> list[tuple[
     return messages
 
 
+# The worker's books (holdings and cash per portfolio) between batches: reloaded from the
+# database only when a portfolio's ledger changed (selectors.BookCache).
+books = selectors.BookCache()
+
+
 def _valuation_messages(changed: list[int]) -> list[tuple[str, dict]]:
     owners = dict(selectors.portfolios_holding(instrument_ids=changed))
-    states = selectors.portfolio_states(portfolio_ids=owners)
+    # Only portfolios someone watches (streaming/presence.py); None: unknown, value them all.
+    watching = presence.present(owners.values())
+    if watching is not None:
+        owners = {pid: owner for pid, owner in owners.items() if owner in watching}
+    states = selectors.portfolio_states(portfolio_ids=owners, cache=books)
     return [
         (events.user_group(owners[state["id"]]), protocol.valuation(portfolio=state))
         for state in states

@@ -12,6 +12,7 @@ from portfolio import services
 from portfolio.models import Quote
 from streaming import events
 from streaming.tasks import ingest_quotes, parse_batch
+from tests.websocket import as_sent
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -125,8 +126,8 @@ def test_valuations_reach_each_holders_group_with_their_own_numbers(
 
     got = deliveries(world["users"], ingest_and_commit)
     assert got["bob"] == []  # holds no BTC: hears nothing
-    alice = got["alice"][0]["payload"]
-    charlie = got["charlie"][0]["payload"]
+    alice = as_sent(got["alice"][0])
+    charlie = as_sent(got["charlie"][0])
     assert alice["type"] == "valuation" == charlie["type"]
     assert alice["portfolio"]["id"] == world["portfolios"]["alice"].id
     assert alice["portfolio"]["total"] == "100000.20"  # 2 x 50000.10

@@ -12,7 +12,7 @@ from channels.layers import channel_layers, get_channel_layer
 from django.conf import settings
 
 from streaming import events, protocol
-from tests.websocket import communicator, session_cookie
+from tests.websocket import as_sent, communicator, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -55,7 +55,7 @@ async def test_a_batch_reaches_each_group_whole_and_in_publish_order(
     await events.apublish(batch)
     for channel in (alice, bob):
         got = [await asyncio.wait_for(layer.receive(channel), timeout=5) for _ in range(50)]
-        assert [m["payload"]["portfolio"]["total"] for m in got] == [f"{n}.00" for n in range(50)]
+        assert [as_sent(m)["portfolio"]["total"] for m in got] == [f"{n}.00" for n in range(50)]
     await layer.group_discard(alice_group, alice)
     await layer.group_discard(bob_group, bob)
 

@@ -30,6 +30,7 @@ from streaming import events
 from streaming.tasks import ingest_quotes
 from tests.conftest import ROOT
 from tests.test_ingest import deliveries
+from tests.websocket import as_sent
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 
@@ -189,7 +190,7 @@ def test_adding_a_transaction_publishes_the_new_valuation_after_commit(
     async_to_sync(layer.group_add)(events.user_group(world["users"]["alice"].id), channel)
     with django_capture_on_commit_callbacks(execute=True):
         buy(world["portfolios"]["alice"], world["btc"], "1", "600", T0)
-    message = async_to_sync(layer.receive)(channel)["payload"]
+    message = as_sent(async_to_sync(layer.receive)(channel))
     assert message["type"] == "valuation"
     assert message["portfolio"]["holdings"][0]["quantity"] == "3"
     assert message["portfolio"]["cash_total"] == "-600.00"
@@ -245,7 +246,7 @@ def test_a_euro_holding_is_valued_in_dollars_through_the_live_fx_quote(
     got = deliveries(world["users"], fx_tick)
     assert got["bob"] == [] and got["charlie"] == []
     [message] = got["alice"]
-    state = message["payload"]["portfolio"]
+    state = as_sent(message)["portfolio"]
     row = next(h for h in state["holdings"] if h["symbol"] == "SAP")
     assert row["value"] == "1200.00"  # in EUR
     assert row["value_base"] == "1320.00"  # 10 x 120 x 1.10

@@ -24,3 +24,12 @@ def communicator(path: str, *, cookie: str | None = None, origin: str | None = O
     if cookie is not None:
         headers.append((b"cookie", cookie.encode()))
     return WebsocketCommunicator(application, path, headers=headers)
+
+
+def as_sent(message: dict) -> dict:
+    """A channel-layer event's payload as a socket sends it (encoded parts decoded)."""
+    import json
+
+    from streaming import events, protocol
+
+    return json.loads(protocol.encode(events.payload_of(message)))

@@ -1,0 +1,83 @@
+"""The worker's book cache (selectors.BookCache) and frames encoded once (protocol.Encoded)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from portfolio import selectors
+from portfolio.models import Portfolio
+from streaming import events, protocol
+from streaming.tasks import ingest_quotes
+from tests.test_ingest import T0, tick
+from tests.test_portfolio_ledger import buy, sell
+
+
+def states(portfolio, cache=None):
+    [state] = selectors.portfolio_states(portfolio_ids=[portfolio.id], cache=cache)
+    state.pop("valued_at")
+    return state
+
+
+def test_a_cached_book_is_reused_until_the_ledger_changes_and_then_matches_the_database(world):
+    alice = world["portfolios"]["alice"]
+    ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
+    cache = selectors.BookCache()
+    assert states(alice, cache) == states(alice)
+    assert cache.loads == 1
+    ingest_quotes([tick(world["btc"], "650", T0.replace(minute=1))])
+    assert states(alice, cache) == states(alice)  # new prices, same book
+    assert cache.loads == 1
+
+    buy(alice, world["eth"], "1.5", "3000", T0)  # a trade replays the ledger
+    fresh = states(alice)
+    assert states(alice, cache) == fresh
+    assert cache.loads == 2
+    assert [h["symbol"] for h in fresh["holdings"]] == ["BTC-USD", "ETH-USD"]
+
+    sell(alice, world["btc"], "2", "650", T0.replace(minute=2))  # BTC closed: realized P&L stays
+    closed = states(alice, cache)
+    assert closed == states(alice)
+    assert [h["symbol"] for h in closed["holdings"]] == ["ETH-USD"]
+    assert Decimal(closed["realized_pnl"]) == Decimal("300.00")  # 2 x (650 - 500)
+
+
+def test_name_and_base_currency_are_read_fresh_with_a_cached_book(world):
+    alice = world["portfolios"]["alice"]
+    cache = selectors.BookCache()
+    states(alice, cache)
+    Portfolio.objects.filter(pk=alice.pk).update(name="Renamed", base_currency="EUR")
+    state = states(alice, cache)
+    assert (state["name"], state["base_currency"]) == ("Renamed", "EUR")
+    assert state == states(alice)
+    assert cache.loads == 1
+
+
+def test_an_encoded_part_goes_into_the_frame_verbatim_and_routes_by_its_id():
+    part = protocol.Encoded('{"id":7,"total":"1.00"}', id=7)
+    assert part["id"] == 7  # what consumers route on
+    frame = protocol.encode({"type": "valuation", "seq": 3, "portfolio": part})
+    assert json.loads(frame) == {
+        "type": "valuation",
+        "seq": 3,
+        "portfolio": {"id": 7, "total": "1.00"},
+    }
+
+
+def test_a_published_event_carries_objects_encoded_once_and_decodes_to_the_payload():
+    payload = protocol.valuation(portfolio={"id": 5, "total": "9.50", "holdings": [{"a": "1"}]})
+    message = events.layer_message(payload)
+    assert message["payload"] == {"type": "valuation", "portfolio": {"id": 5}}
+    assert json.loads(message["encoded"]["portfolio"]) == payload["portfolio"]
+    decoded = events.payload_of(message)
+    assert decoded["portfolio"]["id"] == 5
+    assert json.loads(protocol.encode(decoded)) == payload
+    quote = {"type": "quote", "instrument": 1, "price": "2"}  # flat: travels as it is
+    assert events.layer_message(quote) == {"type": events.EVENT, "payload": quote}
+
+
+def test_a_frame_with_something_not_json_names_its_type():
+    with pytest.raises(TypeError, match="Decimal"):
+        protocol.encode({"price": Decimal("1")})
