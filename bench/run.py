@@ -218,7 +218,12 @@ def session_cookies(users: list, base_url: str, real_logins: int) -> dict[int, s
     import urllib.request
 
     from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        load_backend,
+    )
     from django.contrib.sessions.backends.db import SessionStore
     from django.contrib.sessions.models import Session
     from django.utils.crypto import get_random_string
@@ -244,7 +249,11 @@ def session_cookies(users: list, base_url: str, real_logins: int) -> dict[int, s
     rest = users[real_logins:]
     store = SessionStore()
     expire = datetime.now(UTC) + timedelta(days=1)
-    backend = settings.AUTHENTICATION_BACKENDS[0]
+    # The backend a login records is the one that authenticated: the first that can also load
+    # the user again (axes' backend, listed first, only guards logins and has no get_user).
+    backend = next(
+        path for path in settings.AUTHENTICATION_BACKENDS if hasattr(load_backend(path), "get_user")
+    )
     sessions = []
     for user in rest:
         key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
