@@ -9,11 +9,20 @@ client). Speaks a tiny line protocol on stdin/stdout so the runner can drive the
   proves each connection still serves), prints ``pinged <answered>``;
 - reads ``pause``: stops recording (the measured window ends), prints ``paused``; last states
   are still tracked (the final-state check comes after the feed stops and the queue drains);
+- reads ``quiet``: prints ``quiet <s>``, the seconds since any client last received a frame
+  (the runner waits for deliveries to stop before its second final-state check);
+- reads ``dump <path>``: writes every client's last states to ``path`` (JSON), prints ``dumped``;
 - reads ``stop``: writes the result file, prints ``done``, closes everything.
 
 Latency is receive time minus the message's ``as_of`` (the newest exchange time in a valuation,
 or a quote's exchange time); the simulated feed stamps exchange time at emission, so this is
-tick -> client. Both clocks are this machine's.
+tick -> client. A quote also carries ``received`` (when the feed runner flushed its coalescing
+window): receive time minus that is recorded apart (``flush_latencies``), the stack's share
+without the wait for the window. Both clocks are this machine's.
+
+What each client keeps as its last state: per portfolio the newest valuation (portfolio page),
+and under ``quote:<instrument id>`` the newest quote (instrument page: from the snapshot's
+``quote``, then ``quote`` frames), so the runner can compare both with the database.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ class Client:
         try:
             async for raw in self.ws:
                 now = time.time()
+                stats.last_rx = time.monotonic()
                 message = json.loads(raw)
                 seq = message.get("seq")
                 if seq is not None:
@@ -72,8 +82,11 @@ class Client:
                     self.last_seq = seq
                 kind = message.get("type")
                 if kind == "snapshot":
-                    for state in message["portfolios"]:
+                    for state in message.get("portfolios", ()):
                         self.last[str(state["id"])] = state
+                    if message.get("instrument") and message.get("quote"):
+                        # The instrument page's snapshot: its quote is the first state shown.
+                        self.keep_quote(message["instrument"]["id"], message["quote"])
                 elif kind == "valuation":
                     state = message["portfolio"]
                     # As docs/protocol.md tells clients: ignore a valuation older than the shown.
@@ -83,8 +96,11 @@ class Client:
                     if stats.measuring and state.get("as_of"):
                         stats.latencies.append(now - parse_ts(state["as_of"]))
                 elif kind == "quote":
+                    self.keep_quote(message["instrument"], message)
                     if stats.measuring:
                         stats.latencies.append(now - parse_ts(message["as_of"]))
+                        if message.get("received"):
+                            stats.flush_latencies.append(now - parse_ts(message["received"]))
                 elif kind == "pong":
                     self.pong.set()
                 if stats.measuring:
@@ -93,6 +109,13 @@ class Client:
         except websockets.ConnectionClosed as exc:
             if not stats.closing:
                 stats.closed_early.append(f"{exc.rcvd.code if exc.rcvd else None}")
+
+    def keep_quote(self, instrument: int, quote: dict[str, Any]) -> None:
+        """Remember the newest quote of an instrument (an older ``as_of`` never replaces it)."""
+        key = f"quote:{instrument}"
+        shown = self.last.get(key)
+        if shown is None or (quote["as_of"] or "") >= (shown["as_of"] or ""):
+            self.last[key] = {"price": quote["price"], "as_of": quote["as_of"]}
 
     async def ping(self, wait: float) -> bool:
         self.pong.clear()
@@ -109,6 +132,8 @@ class Stats:
         self.measuring = False
         self.closing = False
         self.latencies: list[float] = []
+        self.flush_latencies: list[float] = []  # quotes: feed runner's flush -> client
+        self.last_rx = time.monotonic()  # when any client last received a frame
         self.messages = 0
         self.bytes = 0
         self.connect_errors: list[str] = []
@@ -156,6 +181,12 @@ async def run(specs: list[dict[str, Any]], result_path: Path, parallel: int) -> 
             measured = time.monotonic() - started if stats.measuring else 0.0
             stats.measuring = False
             print("paused", flush=True)
+        elif line == "quiet":
+            print(f"quiet {time.monotonic() - stats.last_rx:.3f}", flush=True)
+        elif line.startswith("dump "):
+            states = {c.spec["name"]: c.last for c in connected}
+            await asyncio.to_thread(Path(line[5:]).write_text, json.dumps(states))
+            print("dumped", flush=True)
         elif line == "ping":
             answers = await asyncio.gather(*(c.ping(30) for c in connected))
             print(f"pinged {sum(answers)}", flush=True)
@@ -176,6 +207,7 @@ async def run(specs: list[dict[str, Any]], result_path: Path, parallel: int) -> 
         "messages": stats.messages,
         "bytes": stats.bytes,
         "latencies": stats.latencies,
+        "flush_latencies": stats.flush_latencies,
         "last": {c.spec["name"]: c.last for c in connected},
     }
     await asyncio.to_thread(result_path.write_text, json.dumps(result))

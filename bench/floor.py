@@ -1,20 +1,32 @@
 """The floor: the least a Python server can do for the same clients, to compare Livefolio with.
 
 ``server``: a raw asyncio ``websockets`` server fed by ONE Redis pub/sub subscription. Each client
-connects to ``/?user=<id>``; each published message is ``<user id> <frame>`` and the frame goes
-as-is to that user's sockets. No auth, no ORM, no channel layer, no per-message thread hop.
+connects to ``/?user=<id>`` (optionally ``&group=<name>``); each published message is
+``<key> <frame>`` and the frame goes as-is to the sockets of that user id or group name. No auth,
+no ORM, no channel layer, no per-message thread hop.
 
-``publish``: replays Livefolio's offered load without Django: the same users and holdings (from
-the job file), the same tick rate over the same instruments, coalesced in the same window, one
-frame per affected user per window, each frame a real valuation payload of that user (so the
-same size) with ``as_of`` stamped when the window's newest tick was emitted. Runs for the given
-seconds, then exits.
+``publish``: replays Livefolio's offered load without Django, from the job file:
+
+- ``portfolio`` mode: the same users and holdings, the same tick rate over the same instruments,
+  coalesced in the same window, one frame per affected user per window, each frame a real
+  valuation payload of that user (so the same size) with ``as_of`` stamped when the window's
+  newest tick was emitted;
+- ``broadcast`` mode: ticks of the one instrument at the same rate, one real quote frame per
+  window (at most ``1 / interval`` a second, like the instrument page's conflation) published
+  once to the group every client joined, ``as_of`` = the window's newest tick, ``received`` =
+  the flush time (as the feed runner stamps it).
+
+Ticks are paced like the simulated feed (one per ``1/rate`` sleep), or with ``paced`` like
+bench/feed.py (every tick owed by the clock at each wake-up). Prints ``ticks <n> <wall time>``
+every second (the runner derives the achieved tick rate), runs for the given seconds, prints
+``published <frames> ticks <n> in <s> s`` and exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -38,33 +50,49 @@ async def run_server(port: int, redis_url: str) -> None:
     sockets: dict[str, set] = defaultdict(set)
 
     async def handler(ws) -> None:
-        user = parse_qs(urlsplit(ws.request.path).query).get("user", [""])[0]
-        sockets[user].add(ws)
+        query = parse_qs(urlsplit(ws.request.path).query)
+        keys = [query.get("user", [""])[0], *query.get("group", [])]
+        for key in keys:
+            sockets[key].add(ws)
         try:
             async for _ in ws:  # answer pings like the app does (the idle scenario uses them)
                 await ws.send('{"type":"pong"}')
         finally:
-            sockets[user].discard(ws)
+            for key in keys:
+                sockets[key].discard(ws)
 
     client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(CHANNEL)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
 
-    async def pump() -> None:
-        async for message in pubsub.listen():
-            user, _, frame = message["data"].decode().partition(" ")
-            for ws in list(sockets.get(user, ())):
-                try:
-                    await ws.send(frame)
-                except websockets.ConnectionClosed:
-                    pass
+    async def subscribe():
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(CHANNEL)
+        return pubsub
 
+    async def pump(pubsub) -> None:
+        # Redis drops a subscriber that falls 32 MiB behind (client-output-buffer-limit pubsub):
+        # say so (the runner counts these lines) and subscribe again, like the pub/sub layer.
+        while True:
+            try:
+                async for message in pubsub.listen():
+                    key, _, frame = message["data"].decode().partition(" ")
+                    for ws in list(sockets.get(key, ())):
+                        try:
+                            await ws.send(frame)
+                        except websockets.ConnectionClosed:
+                            pass
+            except (aioredis.ConnectionError, OSError) as exc:
+                print(f"floor: subscription lost ({exc!r}); subscribing again", flush=True)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                pubsub = await subscribe()
+
+    first = await subscribe()
     async with serve(handler, "127.0.0.1", port, max_size=2**16, ping_interval=None):
         print(f"floor listening on {port}", flush=True)
-        task = asyncio.create_task(pump())
+        task = asyncio.create_task(pump(first))
         await stop.wait()
         task.cancel()
     await client.aclose()
@@ -78,26 +106,34 @@ def iso(ts: float) -> str:
 async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
     rate, window, seconds = job["rate"], job["window"], job["seconds"]
     instruments: list[int] = job["instruments"]
-    holders: dict[int, list[str]] = defaultdict(list)  # instrument -> users holding it
-    for user, held in job["holdings"].items():
-        for instrument in held:
-            holders[instrument].append(user)
-    # One template per user: its real valuation frame, as_of replaced per send.
-    templates = {u: json.dumps(t) for u, t in job["frames"].items()}
     client = aioredis.Redis.from_url(redis_url)
     rng = random.Random(job.get("seed", 1))
     pending: dict[int, float] = {}  # instrument -> time of its newest tick in this window
     published = 0
+    ticked = 0
 
     async def ticks() -> None:
-        # The same loop as the simulated feed: one random instrument per 1/rate sleep.
+        # The simulated feed's loop: one random instrument per 1/rate sleep; paced: every tick
+        # the clock says is owed, at each wake-up (what bench/feed.py does to the real feed).
+        nonlocal ticked
+        started = time.monotonic()
         while True:
-            pending[rng.choice(instruments)] = time.time()
-            await asyncio.sleep(1 / rate)
+            owed = int((time.monotonic() - started) * rate) - ticked if job.get("paced") else 1
+            now = time.time()
+            for _ in range(max(owed, 0)):
+                pending[rng.choice(instruments)] = now
+            ticked += max(owed, 0)
+            await asyncio.sleep(0.001 if job.get("paced") else 1 / rate)
 
-    async def flushes() -> None:
+    async def portfolio_flushes() -> None:
         # The same coalescing as the feed runner; as_of per user is the newest tick it holds.
         nonlocal pending, published
+        holders: dict[int, list[str]] = defaultdict(list)  # instrument -> users holding it
+        for user, held in job["holdings"].items():
+            for instrument in held:
+                holders[instrument].append(user)
+        # One template per user: its real valuation frame, as_of replaced per send.
+        templates = {u: json.dumps(t) for u, t in job["frames"].items()}
         while True:
             await asyncio.sleep(window)
             batch, pending = pending, {}
@@ -113,12 +149,35 @@ async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
             await pipe.execute()
             published += len(newest)
 
-    tasks = [asyncio.create_task(ticks()), asyncio.create_task(flushes())]
+    async def broadcast_flushes() -> None:
+        # One coalesced quote per window, sent once to the group: the server fans it out.
+        nonlocal pending, published
+        template = json.dumps(job["frame"])
+        group = job["group"]
+        while True:
+            await asyncio.sleep(job["interval"])
+            batch, pending = pending, {}
+            if not batch:
+                continue
+            frame = template.replace('"__AS_OF__"', json.dumps(iso(max(batch.values()))), 1)
+            frame = frame.replace('"__RECEIVED__"', json.dumps(iso(time.time())), 1)
+            await client.publish(CHANNEL, f"{group} {frame}")
+            published += 1
+
+    async def report() -> None:
+        # The achieved tick rate, for the runner: "ticks <count so far> <wall time>" each second.
+        while True:
+            await asyncio.sleep(1.0)
+            print(f"ticks {ticked} {time.time():.3f}", flush=True)
+
+    flushes = broadcast_flushes if job.get("mode") == "broadcast" else portfolio_flushes
+    started = time.monotonic()
+    tasks = [asyncio.create_task(f()) for f in (ticks, flushes, report)]
     await asyncio.sleep(seconds)
     for task in tasks:
         task.cancel()
     await client.aclose()
-    print(f"published {published}", flush=True)
+    print(f"published {published} ticks {ticked} in {time.monotonic() - started:.2f} s", flush=True)
 
 
 def main() -> None:

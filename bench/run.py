@@ -1,7 +1,23 @@
 """One command that runs the real stack on this machine and puts it beside a raw floor.
 
-    python bench/run.py [--clients C --users U --instruments I --holdings H --rate R
-                         --seconds T --daphne N --workers N --scenario portfolio|broadcast|idle]
+    python bench/run.py [--scenario portfolio|broadcast|ingest|idle --clients C --users U
+                         --instruments I --holdings H --rate R --feed runfeed|paced
+                         --seconds T --daphne N --workers N]
+
+Scenarios:
+- ``portfolio`` (default): C clients on /ws/portfolio/, one user each, each user a portfolio of H
+  holdings over I instruments; the feed ticks R/s over all I. Latency of valuations.
+- ``broadcast``: C clients on ONE instrument's page /ws/instrument/<symbol>/ (the issue's
+  "1,000 clients subscribed to one instrument's quotes at 5 updates/s"); only that instrument is
+  active, so the feed's R ticks/s all land on it and the coalescing window (LIVEFOLIO_COALESCE_MS,
+  200 ms) turns them into 5 quotes/s; the users hold nothing (no valuations). Latency of quotes;
+  final state: each client's last quote price equals the database's.
+- ``ingest``: "one Celery worker keeps up with 5,000 ticks/s while valuing 10,000 portfolios":
+  U users (default 10,000) with H-holding portfolios over I instruments, the feed at R (default
+  5,000 ticks/s, paced: see ``--feed``), C clients (default 1,000) on /ws/portfolio/. Reports the
+  Celery backlog over the run, batches and quotes stored per second, the ingest lag and whether
+  the worker keeps up (the backlog does not grow and drains within 5 s of the feed stopping).
+- ``idle``: C clients connected, no feed; every socket must still answer a ping after T s.
 
 Needs DATABASE_URL (a PostgreSQL database of its own: it is created, migrated and WIPED),
 REDIS_URL (a Redis db of its own: it is FLUSHDB'd) and LIVEFOLIO_CHANNEL_PREFIX. Both names must
@@ -31,6 +47,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -47,14 +64,51 @@ PYTHON = sys.executable
 PASSWORD = "bench-password-not-secret"
 
 
+# Per scenario: what a flag left out means (README and docs/performance.md show the commands).
+SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "portfolio": {"clients": 200, "users": None, "rate": 200.0, "feed": "runfeed", "drain": 90.0},
+    "broadcast": {"clients": 200, "users": None, "rate": 50.0, "feed": "runfeed", "drain": 90.0},
+    "ingest": {"clients": 1000, "users": 10_000, "rate": 5000.0, "feed": "paced", "drain": 30.0},
+    "idle": {"clients": 200, "users": None, "rate": 200.0, "feed": "runfeed", "drain": 90.0},
+}
+# "Keeps up": the Celery backlog grows by at most this many tasks over the measured window
+# (a worker that keeps up holds one task and maybe one queued) and empties within DRAIN_OK_S
+# of the feed stopping.
+BACKLOG_GROWTH_OK = 2
+DRAIN_OK_S = 5.0
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--scenario", choices=["portfolio", "broadcast", "idle"], default="portfolio")
-    p.add_argument("--clients", type=int, default=200, help="WebSocket clients (one per user)")
-    p.add_argument("--users", type=int, default=None, help="users seeded (default: --clients)")
+    p.add_argument("--scenario", choices=list(SCENARIO_DEFAULTS), default="portfolio")
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        help="WebSocket clients, one per user (default 200; ingest 1000)",
+    )
+    p.add_argument(
+        "--users",
+        type=int,
+        default=None,
+        help="users seeded (default: --clients; ingest 10000)",
+    )
     p.add_argument("--instruments", type=int, default=200)
     p.add_argument("--holdings", type=int, default=20, help="holdings per portfolio")
-    p.add_argument("--rate", type=float, default=200.0, help="feed ticks per second")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="feed ticks per second (default 200; broadcast 50; ingest 5000)",
+    )
+    p.add_argument(
+        "--feed",
+        choices=["runfeed", "paced"],
+        default=None,
+        help="runfeed: manage.py runfeed simulated (one tick per 1/R sleep: tops out near\n"
+        "800 ticks/s here); paced: bench/feed.py, the same command with the tick loop paced\n"
+        "by the clock (default runfeed; ingest paced). The achieved rate is printed.",
+    )
     p.add_argument("--window-ms", type=int, default=None, help="feed coalescing window")
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=3.0, help="feed seconds before measuring")
@@ -62,17 +116,26 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="Celery worker processes")
     p.add_argument("--client-procs", type=int, default=1, help="client processes")
     p.add_argument("--real-logins", type=int, default=3, help="users logged in by form POST")
-    p.add_argument("--drain", type=float, default=90.0, help="max seconds to drain after feed")
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=None,
+        help="max seconds to drain after the feed stops (default 90; ingest 30)",
+    )
     p.add_argument("--no-floor", action="store_true", help="skip the floor run")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--label", default="", help="free text stored in the result (e.g. a change)")
     p.add_argument("--i-mean-it", action="store_true", help="allow names without 'bench'")
     args = p.parse_args()
+    for name, value in SCENARIO_DEFAULTS[args.scenario].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.users = args.users or args.clients
     if args.clients > args.users:
         p.error("--clients: at most one client per user (raise --users)")
     if args.scenario == "broadcast":
         args.instruments = max(args.instruments, 1)
+        args.holdings = 0  # the instrument page's users hold nothing: only quotes flow
     if args.holdings > args.instruments:
         p.error("--holdings: cannot exceed --instruments")
     return args
@@ -153,7 +216,7 @@ def seed(args: argparse.Namespace) -> dict[str, Any]:
                 quote_currency="USD",
                 feed=FeedKind.SIMULATED,
                 feed_symbol=f"BENCH{i:05d}",
-                # Broadcast: every portfolio holds the first instrument, the only one streamed.
+                # Broadcast: the first instrument is the only one the feed streams.
                 active=args.scenario != "broadcast" or i == 0,
             )
             for i in range(args.instruments)
@@ -174,16 +237,18 @@ def seed(args: argparse.Namespace) -> dict[str, Any]:
         users = user_model.objects.bulk_create(
             user_model(username=f"bench{n:06d}", password=hashed) for n in range(args.users)
         )
-        portfolios = Portfolio.objects.bulk_create(
-            Portfolio(owner=u, name="Bench", base_currency="USD") for u in users
-        )
+        # Broadcast: users without portfolios. The instrument page also joins its user's group,
+        # but with nothing held no valuation reaches it: only the one instrument's quotes flow.
+        portfolios = []
+        if args.scenario != "broadcast":
+            portfolios = Portfolio.objects.bulk_create(
+                (Portfolio(owner=u, name="Bench", base_currency="USD") for u in users),
+                batch_size=5000,
+            )
         holdings = []
         held: dict[int, list[int]] = {}
         for portfolio in portfolios:
-            if args.scenario == "broadcast":
-                chosen = [instruments[0]]
-            else:
-                chosen = rng.sample(instruments, args.holdings)
+            chosen = rng.sample(instruments, args.holdings)
             held[portfolio.owner_id] = [i.id for i in chosen]
             holdings += [
                 Holding(
@@ -196,8 +261,8 @@ def seed(args: argparse.Namespace) -> dict[str, Any]:
             ]
         Holding.objects.bulk_create(holdings, batch_size=5000)
     print(
-        f"seeded {len(users)} users, {len(instruments)} instruments, {len(holdings)} holdings "
-        f"in {time.monotonic() - started:.1f}s",
+        f"seeded {len(users)} users, {len(instruments)} instruments, {len(portfolios)} "
+        f"portfolios, {len(holdings)} holdings in {time.monotonic() - started:.1f}s",
         flush=True,
     )
     active = [i.id for i in instruments if i.active]
@@ -206,6 +271,8 @@ def seed(args: argparse.Namespace) -> dict[str, Any]:
         "portfolio_of": {p.owner_id: p.id for p in portfolios},
         "held": held,
         "active": active,
+        # Broadcast: the one streamed instrument, whose page every client opens.
+        "instrument": {"id": instruments[0].id, "symbol": instruments[0].symbol},
     }
 
 
@@ -218,7 +285,12 @@ def session_cookies(users: list, base_url: str, real_logins: int) -> dict[int, s
     import urllib.request
 
     from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        load_backend,
+    )
     from django.contrib.sessions.backends.db import SessionStore
     from django.contrib.sessions.models import Session
     from django.utils.crypto import get_random_string
@@ -244,7 +316,11 @@ def session_cookies(users: list, base_url: str, real_logins: int) -> dict[int, s
     rest = users[real_logins:]
     store = SessionStore()
     expire = datetime.now(UTC) + timedelta(days=1)
-    backend = settings.AUTHENTICATION_BACKENDS[0]
+    # The backend a login records is the one that authenticated: the first that can also load
+    # the user again (axes' backend, listed first, only guards logins and has no get_user).
+    backend = next(
+        path for path in settings.AUTHENTICATION_BACKENDS if hasattr(load_backend(path), "get_user")
+    )
     sessions = []
     for user in rest:
         key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
@@ -423,12 +499,17 @@ class PostgresBackends:
 class Sampler:
     """CPU seconds and RSS of each process between ``start`` and ``stop``; Redis commands/s."""
 
-    def __init__(self, procs: list[Proc], redis_client: redis.Redis) -> None:
+    def __init__(
+        self, procs: list[Proc], redis_client: redis.Redis, hooks: list[Any] | None = None
+    ) -> None:
         self.procs = procs
         self.redis = redis_client
         self.postgres = PostgresBackends(urlsplit(os.environ["DATABASE_URL"]).path.lstrip("/"))
+        self.hooks = hooks or []  # objects with window_start() / window_end(): edges of the window
 
     def start(self) -> None:
+        for hook in self.hooks:
+            hook.window_start()
         self.t0 = time.monotonic()
         self.cmd0 = self.redis.info("stats")["total_commands_processed"]
         self.postgres.start()
@@ -443,6 +524,8 @@ class Sampler:
 
     def stop(self) -> dict[str, Any]:
         wall = time.monotonic() - self.t0
+        for hook in self.hooks:
+            hook.window_end()
         cmds = self.redis.info("stats")["total_commands_processed"] - self.cmd0
         self.postgres.sample()
         procs = {}
@@ -515,6 +598,8 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         "msgs_per_s": round(messages / seconds, 1),
         "bytes_per_msg": round(sum(r["bytes"] for r in results) / messages) if messages else None,
         "latency": percentiles(latencies),
+        # Quotes only: the feed runner's flush (``received``) -> client, without the window's wait.
+        "flush_latency": percentiles([x for r in results for x in r.get("flush_latencies", ())]),
         "last": {k: v for r in results for k, v in r["last"].items()},
     }
 
@@ -554,6 +639,200 @@ def wait_drained(r: redis.Redis, timeout: float) -> float:
     return round(drained, 1)
 
 
+def client_states(clients: list[ClientProc], logs: Path, tag: str) -> dict[str, Any]:
+    """Every client's last states right now (client name -> its ``last``)."""
+    states: dict[str, Any] = {}
+    for c in clients:
+        path = logs / f"{c.name}-states-{tag}.json"
+        c.send(f"dump {path}")
+        c.expect("dumped")
+        states.update(json.loads(path.read_text()))
+    return states
+
+
+def wait_quiet(clients: list[ClientProc], quiet: float, timeout: float) -> float:
+    """Seconds until no client has received a frame for ``quiet`` s (bounded by ``timeout``):
+    whatever was still on its way (in daphne, the channel layer) has arrived by then."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        since = []
+        for c in clients:
+            c.send("quiet")
+            since.append(float(c.expect("quiet")[0]))
+        if min(since, default=quiet) >= quiet:
+            break
+        time.sleep(0.5)
+    return round(time.monotonic() - started, 1)
+
+
+def final_quote_loss(last: dict[str, dict[str, Any]], instrument_id: int) -> dict[str, Any]:
+    """Broadcast: clients whose last quote of the instrument is not the database's price."""
+    from portfolio.models import Quote
+    from streaming import protocol
+
+    truth = protocol.dec(Quote.objects.get(instrument_id=instrument_id).price)
+    key = f"quote:{instrument_id}"
+    stale = [user for user, seen in last.items() if (seen.get(key) or {}).get("price") != truth]
+    return {"checked": len(last), "stale": len(stale), "stale_users": stale[:10], "price": truth}
+
+
+class FeedCounter:
+    """The feed's achieved tick rate over the window, from the health row it writes every 2 s
+    (FeedStatus.messages and heartbeat_at: the feed's own count, not what was asked of it)."""
+
+    def __init__(self, kind: str = "simulated") -> None:
+        self.kind = kind
+        self.first: tuple[int, datetime] | None = None
+        self.last: tuple[int, datetime] | None = None
+
+    def read(self) -> tuple[int, datetime] | None:
+        from portfolio.models import FeedStatus
+
+        return (
+            FeedStatus.objects.filter(feed=self.kind)
+            .values_list("messages", "heartbeat_at")
+            .first()
+        )
+
+    def window_start(self) -> None:
+        self.first = self.read()
+
+    def window_end(self) -> None:
+        self.last = self.read()
+
+    def ticks_per_s(self) -> float | None:
+        if not (self.first and self.last) or self.last[1] <= self.first[1]:
+            return None
+        seconds = (self.last[1] - self.first[1]).total_seconds()
+        return round((self.last[0] - self.first[0]) / seconds, 1)
+
+
+class IngestMonitor:
+    """The Celery backlog (``LLEN celery`` + ``HLEN unacked``: queued + taken, not yet acked)
+    every 0.2 s from a thread, from the feed's start until the drain ends; the window's edges;
+    and at the end the per-batch records bench/worker.py pushed (batches, quotes stored, lag)
+    plus the stack's own running totals (portfolio/health.py ``record_ingest``)."""
+
+    PERIOD = 0.2
+
+    def __init__(self, redis_url: str) -> None:
+        from django.conf import settings
+
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=5)
+        self.stack_key = f"{settings.LIVEFOLIO_REDIS_PREFIX}:ingest"
+        self.samples: list[tuple[float, int, int]] = []  # (wall time, queued, unacked)
+        self.edges: dict[str, float] = {}
+        self.stack: dict[str, dict[str, float]] = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="ingest-monitor", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.llen("celery")
+                pipe.hlen("unacked")
+                queued, unacked = pipe.execute()
+                self.samples.append((time.time(), queued, unacked))
+            except redis.RedisError:
+                pass
+            self.stopping.wait(self.PERIOD)
+
+    def _stack_totals(self) -> dict[str, float]:
+        raw = self.redis.hgetall(self.stack_key)
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    def window_start(self) -> None:
+        self.edges["start"] = time.time()
+        self.stack["start"] = self._stack_totals()
+
+    def window_end(self) -> None:
+        self.edges["end"] = time.time()
+        self.stack["end"] = self._stack_totals()
+
+    def feed_stopped(self) -> None:
+        self.edges["feed_stopped"] = time.time()
+
+    def stop(self) -> None:
+        self.edges["drain_end"] = time.time()
+        self.stopping.set()
+        self.thread.join(5)
+
+    def summary(self, drain_s: float | None, drain_limit: float) -> dict[str, Any]:
+        from bench.worker import BATCHES_KEY
+
+        t0, t1 = self.edges["start"], self.edges["end"]
+        seconds = t1 - t0
+        window = [(t, q + u) for t, q, u in self.samples if t0 <= t <= t1]
+        backlog = [b for _, b in window]
+        slope = None
+        if len(window) >= 2:  # least squares: tasks per second the backlog grew
+            mt = sum(t for t, _ in window) / len(window)
+            mb = sum(backlog) / len(backlog)
+            var = sum((t - mt) ** 2 for t, _ in window)
+            slope = sum((t - mt) * (b - mb) for t, b in window) / var if var else 0.0
+        records = [json.loads(x) for x in self.redis.lrange(BATCHES_KEY, 0, -1)]
+        inside = [x for x in records if t0 <= x["t"] <= t1]
+        stopped = self.edges.get("feed_stopped", t1)
+        after = [x for x in records if x["t"] > stopped]
+        after_s = self.edges.get("drain_end", stopped) - stopped
+        backlog_after = self.samples[-1][1] + self.samples[-1][2] if self.samples else None
+        start, end = self.stack.get("start", {}), self.stack.get("end", {})
+        stack_batches = end.get("batches", 0) - start.get("batches", 0)
+        stack_seconds = end.get("seconds", 0) - start.get("seconds", 0)
+        drained = backlog_after == 0 and drain_s is not None and drain_s < drain_limit
+        growth = backlog[-1] - backlog[0] if backlog else None
+        keeps_up = (
+            growth is not None
+            and growth <= BACKLOG_GROWTH_OK
+            and drained
+            and drain_s is not None
+            and drain_s <= DRAIN_OK_S
+        )
+        drain_rate = len(after) / after_s if after_s > 0 else 0
+        return {
+            "backlog": {
+                "start": backlog[0] if backlog else None,
+                "max": max(backlog) if backlog else None,
+                "end": backlog[-1] if backlog else None,
+                "growth_per_s": None if slope is None else round(slope, 2),
+                "samples": len(backlog),
+            },
+            "drain_s": drain_s,
+            "drained": drained,
+            "backlog_after_drain": backlog_after,
+            # Not drained: at the rate the worker emptied it after the feed stopped.
+            "drain_left_estimate_s": (
+                round(backlog_after / drain_rate, 1)
+                if backlog_after and drain_rate
+                else (None if backlog_after else 0)
+            ),
+            "keeps_up": keeps_up,
+            "batches_per_s": round(len(inside) / seconds, 2),
+            "items_per_s": round(sum(x["items"] for x in inside) / seconds, 1),
+            "quotes_stored_per_s": round(sum(x["changed"] or 0 for x in inside) / seconds, 1),
+            "items_per_batch": (
+                round(sum(x["items"] for x in inside) / len(inside), 1) if inside else None
+            ),
+            "task": percentiles([x["run_s"] for x in inside if x["run_s"] is not None]),
+            "lag": percentiles([x["lag_s"] for x in inside if x["lag_s"] is not None]),
+            # A slow worker may finish few batches inside the window: every batch finished from
+            # the window's start to the end of the drain.
+            "lag_through_drain": percentiles(
+                [x["lag_s"] for x in records if x["t"] >= t0 and x["lag_s"] is not None]
+            ),
+            "failed_tasks": sum(1 for x in inside if x["state"] != "SUCCESS"),
+            "stack_metrics": {
+                "batches_per_s": round(stack_batches / seconds, 2),
+                "mean_task_s": round(stack_seconds / stack_batches, 4) if stack_batches else None,
+                "last_lag_s": end.get("lag"),
+            },
+        }
+
+
 # ---------------------------------------------------------------- the two runs
 
 
@@ -582,10 +861,7 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
             f"worker-{n}",
             [
                 PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "portfolio",
+                str(ROOT / "bench" / "worker.py"),  # celery -A portfolio worker + batch records
                 "worker",
                 "--pool=solo",
                 "--loglevel=INFO",
@@ -618,10 +894,13 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
         )
         from django.conf import settings
 
+        page = "/ws/portfolio/"
+        if args.scenario == "broadcast":
+            page = f"/ws/instrument/{world['instrument']['symbol']}/"
         specs = [
             {
                 "name": str(u.id),
-                "url": f"ws://127.0.0.1:{ports[n % len(ports)]}/ws/portfolio/",
+                "url": f"ws://127.0.0.1:{ports[n % len(ports)]}{page}",
                 "headers": {
                     "Origin": f"http://127.0.0.1:{ports[n % len(ports)]}",
                     "Cookie": f"{settings.SESSION_COOKIE_NAME}={cookies[u.id]}",
@@ -634,25 +913,27 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
         connect_s = time.monotonic() - started
         procs += clients
         feed = None
+        hooks: list[Any] = []
+        monitor = counter = None
         if args.scenario != "idle":
+            command = (
+                [PYTHON, str(ROOT / "bench" / "feed.py")]
+                if args.feed == "paced"
+                else [PYTHON, "manage.py", "runfeed", "simulated"]
+            )
+            monitor = IngestMonitor(os.environ["REDIS_URL"])
+            counter = FeedCounter()
+            hooks = [monitor, counter]
             feed = Proc(
                 "feed",
-                [
-                    PYTHON,
-                    "manage.py",
-                    "runfeed",
-                    "simulated",
-                    "--rate",
-                    str(args.rate),
-                    "--seed",
-                    str(args.seed),
-                ],
+                [*command, "--rate", str(args.rate), "--seed", str(args.seed)],
                 env,
                 logs,
             )
             procs.append(feed)
+            monitor.start()
             time.sleep(args.warmup)
-        sampler = Sampler(procs, r)
+        sampler = Sampler(procs, r, hooks)
         measure_window(clients, sampler, args.seconds)
         pinged = None
         if args.scenario == "idle":
@@ -661,18 +942,45 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
             pinged = sum(int(c.expect("pinged")[0]) for c in clients)
         run = sampler.stop()
         drain_s = None
+        ingest = None
         if feed is not None:
             feed.stop()
+            monitor.feed_stopped()
             drain_s = wait_drained(r, args.drain)
+            monitor.stop()
+            ingest = monitor.summary(drain_s, args.drain)
+            ingest["feed"] = args.feed
+            ingest["feed_ticks_per_s"] = counter.ticks_per_s()
+        loss = settled = None
+        settle_s = None
+        if feed is not None:
+
+            def check(states: dict[str, Any]) -> dict[str, Any]:
+                if args.scenario == "broadcast":
+                    return final_quote_loss(states, world["instrument"]["id"])
+                return final_state_loss(states, world["portfolio_of"])
+
+            # The issue's criterion: 1 s after the feed stopped and Celery drained. Then, when
+            # some client is stale, wait until deliveries stop and look again: what is still
+            # stale then was lost, the rest was late (queued in daphne or the channel layer).
+            loss = check(client_states(clients, logs, "drained"))
+            settled = loss
+            if loss["stale"] and r.llen("celery") + r.hlen("unacked") == 0:
+                settle_s = wait_quiet(clients, 2.0, args.drain)
+                settled = check(client_states(clients, logs, "settled"))
+                settled["quiet_after_s"] = settle_s
         delivered = merge([c.finish() for c in clients])
-        last = delivered.pop("last")
+        delivered.pop("last")
         run.update(
             connect_s=round(connect_s, 1),
             drain_s=drain_s,
             backlog_after_drain=r.llen("celery") + r.hlen("unacked"),
             delivered=delivered,
             pinged=pinged,
-            loss=final_state_loss(last, world["portfolio_of"]) if feed is not None else None,
+            loss=loss,
+            loss_settled=settled,
+            ingest=ingest,
+            feed_ticks_per_s=ingest["feed_ticks_per_s"] if ingest else None,
         )
         run["msgs_per_server_cpu_s"] = per_server_cpu(run, ("daphne", "worker", "feed", "postgres"))
         run["msgs_per_daphne_cpu_s"] = per_server_cpu(run, ("daphne",))
@@ -699,6 +1007,55 @@ def floor_frames(world, users) -> dict[str, Any]:
     return frames
 
 
+def floor_quote_frame(world) -> dict[str, Any]:
+    """Broadcast: the instrument's real quote frame (same bytes as Livefolio's: the database's
+    quote after the Livefolio run, with bid and ask), ``as_of`` and ``received`` left open."""
+    from portfolio.models import Quote
+    from streaming import protocol
+
+    q = Quote.objects.select_related("instrument").get(instrument_id=world["instrument"]["id"])
+    frame = protocol.envelope(
+        protocol.quote(
+            instrument_id=q.instrument_id,
+            symbol=q.instrument.symbol,
+            price=q.price,
+            bid=q.bid,
+            ask=q.ask,
+            exchange_ts=q.exchange_ts,
+            received=q.exchange_ts,
+        ),
+        seq=1,
+    )
+    frame["as_of"], frame["received"] = "__AS_OF__", "__RECEIVED__"
+    return frame
+
+
+class PublisherTicks:
+    """The floor publisher's achieved tick rate over the window, from its per-second lines."""
+
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+        self.first: tuple[int, float] | None = None
+        self.last: tuple[int, float] | None = None
+
+    def read(self) -> tuple[int, float] | None:
+        self.proc.log.flush()
+        lines = [x.split() for x in self.proc.log_path.read_text().splitlines()]
+        found = [(int(x[1]), float(x[2])) for x in lines if len(x) == 3 and x[0] == "ticks"]
+        return found[-1] if found else None
+
+    def window_start(self) -> None:
+        self.first = self.read()
+
+    def window_end(self) -> None:
+        self.last = self.read()
+
+    def ticks_per_s(self) -> float | None:
+        if not (self.first and self.last) or self.last[1] <= self.first[1]:
+            return None
+        return round((self.last[0] - self.first[0]) / (self.last[1] - self.first[1]), 1)
+
+
 def run_floor(args, env, logs, world, r) -> dict[str, Any]:
     port = free_port()
     redis_url = os.environ["REDIS_URL"]
@@ -721,27 +1078,43 @@ def run_floor(args, env, logs, world, r) -> dict[str, Any]:
     try:
         server.wait_for("floor listening")
         users = world["users"][: args.clients]
-        specs = [{"name": str(u.id), "url": f"ws://127.0.0.1:{port}/?user={u.id}"} for u in users]
+        group = f"instrument.{world['instrument']['id']}"
+        query = f"&group={group}" if args.scenario == "broadcast" else ""
+        specs = [
+            {"name": str(u.id), "url": f"ws://127.0.0.1:{port}/?user={u.id}{query}"} for u in users
+        ]
         clients = start_clients(specs, args.client_procs, env, logs, "floor")
         procs += clients
         publisher = None
+        hooks: list[Any] = []
         if args.scenario != "idle":
             from django.conf import settings
 
-            job = logs / "floor-publisher.json"
-            job.write_text(
-                json.dumps(
-                    {
-                        "rate": args.rate,
-                        "window": settings.LIVEFOLIO_COALESCE_MS / 1000,
-                        "seconds": args.warmup + args.seconds + 5,
-                        "instruments": world["active"],
-                        "holdings": {str(u.id): world["held"][u.id] for u in users},
-                        "frames": floor_frames(world, users),
-                        "seed": args.seed,
-                    }
+            window = settings.LIVEFOLIO_COALESCE_MS / 1000
+            job_spec: dict[str, Any] = {
+                "rate": args.rate,
+                "paced": args.feed == "paced",
+                "window": window,
+                "seconds": args.warmup + args.seconds + 5,
+                "instruments": world["active"],
+                "seed": args.seed,
+            }
+            if args.scenario == "broadcast":
+                # One quote per window to the group, at most the instrument page's 5 a second.
+                job_spec.update(
+                    mode="broadcast",
+                    group=group,
+                    frame=floor_quote_frame(world),
+                    interval=max(window, 1 / settings.LIVEFOLIO_WS_MAX_UPDATES),
                 )
-            )
+            else:
+                job_spec.update(
+                    mode="portfolio",
+                    holdings={str(u.id): world["held"][u.id] for u in users},
+                    frames=floor_frames(world, users),
+                )
+            job = logs / "floor-publisher.json"
+            job.write_text(json.dumps(job_spec))
             publisher = Proc(
                 "floor-publisher",
                 [
@@ -756,8 +1129,9 @@ def run_floor(args, env, logs, world, r) -> dict[str, Any]:
                 logs,
             )
             procs.append(publisher)
+            hooks.append(PublisherTicks(publisher))
             time.sleep(args.warmup)
-        sampler = Sampler(procs, r)
+        sampler = Sampler(procs, r, hooks)
         measure_window(clients, sampler, args.seconds)
         pinged = None
         if args.scenario == "idle":
@@ -767,7 +1141,15 @@ def run_floor(args, env, logs, world, r) -> dict[str, Any]:
         run = sampler.stop()
         delivered = merge([c.finish() for c in clients])
         delivered.pop("last")
-        run.update(delivered=delivered, pinged=pinged)
+        server.log.flush()
+        run.update(
+            delivered=delivered,
+            pinged=pinged,
+            feed_ticks_per_s=hooks[0].ticks_per_s() if hooks else None,
+            # Times Redis dropped the floor's subscription (it fell 32 MiB behind): the floor
+            # itself could not carry the offered load.
+            subscription_lost=server.log_path.read_text().count("subscription lost"),
+        )
         run["msgs_per_server_cpu_s"] = per_server_cpu(run, ("floor-server", "floor-publisher"))
         run["msgs_per_daphne_cpu_s"] = per_server_cpu(run, ("floor-server",))
         return run
@@ -797,10 +1179,24 @@ def table(result: dict[str, Any]) -> str:
             )
         )
 
+    scenario = result["args"]["scenario"]
     row("clients connected", lambda x: x["delivered"]["connected"])
+    if scenario != "idle":
+        row("feed ticks/s achieved", lambda x: x.get("feed_ticks_per_s"))
     row("delivered msgs/s", lambda x: x["delivered"]["msgs_per_s"])
+    row(
+        "msgs/s per client",
+        lambda x: (
+            round(x["delivered"]["msgs_per_s"] / x["delivered"]["connected"], 2)
+            if x["delivered"]["connected"]
+            else None
+        ),
+    )
     for q in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
         row(f"latency {q}", lambda x, q=q: x["delivered"]["latency"][q])
+    if scenario == "broadcast":  # quotes carry the flush time: the stack's share alone
+        for q in ("p50_ms", "p99_ms"):
+            row(f"flush->client {q}", lambda x, q=q: x["delivered"]["flush_latency"][q])
     row("msgs per server CPU-s", lambda x: x["msgs_per_server_cpu_s"])
     row("msgs per daphne CPU-s", lambda x: x["msgs_per_daphne_cpu_s"])
     row("redis cmds/s (shared)", lambda x: x["redis_cmds_per_s"])
@@ -814,11 +1210,29 @@ def table(result: dict[str, Any]) -> str:
         for name, p in result[side]["procs"].items():
             rss = "-" if p["rss_mib"] is None else f"{p['rss_mib']:>7} ({p['rss_max_mib']})"
             lines.append(f"{name:<20} {p['cpu_pct']:>5}  {rss}")
+    ingest = lf.get("ingest")
+    if ingest:
+        lines.extend(ingest_lines(ingest, lf))
     loss = lf.get("loss")
     if loss:
+        what = "last quote" if scenario == "broadcast" else "last valuation"
         lines.append(
-            f"\nfinal-state loss: {loss['stale']} of {loss['checked']} clients stale "
-            f"(drain {lf['drain_s']} s, backlog after drain {lf['backlog_after_drain']})"
+            f"\nfinal-state loss: {loss['stale']} of {loss['checked']} clients' {what} differs "
+            f"from the database 1 s after Celery drained (drain {lf['drain_s']} s, backlog "
+            f"after drain {lf['backlog_after_drain']})"
+        )
+        settled = lf.get("loss_settled")
+        if settled is not None and settled is not loss and "quiet_after_s" in settled:
+            lines.append(
+                f"  once deliveries stopped ({settled['quiet_after_s']} s later, bounded by "
+                f"--drain): {settled['stale']} of {settled['checked']} still differ"
+            )
+        if lf["backlog_after_drain"]:
+            lines.append("  not drained: undelivered work was still queued (lateness, not loss)")
+    if fl and fl.get("subscription_lost"):
+        lines.append(
+            f"floor: Redis dropped its subscription {fl['subscription_lost']} times (it fell "
+            "32 MiB behind): the floor could not carry this load either"
         )
     if lf.get("pinged") is not None:
         lines.append(
@@ -832,6 +1246,37 @@ def table(result: dict[str, Any]) -> str:
         f"load average at start: {result['loadavg_start']}, at end: {result['loadavg_end']}"
     )
     return "\n".join(lines)
+
+
+def ingest_lines(ingest: dict[str, Any], lf: dict[str, Any]) -> list[str]:
+    """The Celery side of a run: does the worker keep up with the feed?"""
+    backlog, lag, task = ingest["backlog"], ingest["lag"], ingest["task"]
+    late = ingest["lag_through_drain"]
+    workers = [p["cpu_pct"] for name, p in lf["procs"].items() if name.startswith("worker")]
+    feed_cpu = lf["procs"].get("feed", {}).get("cpu_pct")
+    if ingest["drained"]:
+        drain = f"drained {ingest['drain_s']} s after the feed stopped"
+    else:
+        drain = (
+            f"NOT drained after {ingest['drain_s']} s: {ingest['backlog_after_drain']} tasks "
+            f"left, ~{ingest['drain_left_estimate_s']} s more at the drain's pace"
+        )
+    verdict = "yes" if ingest["keeps_up"] else "NO"
+    return [
+        "",
+        f"ingest: feed ({ingest['feed']}) {ingest['feed_ticks_per_s']} ticks/s at {feed_cpu}% "
+        f"CPU; worker CPU {' + '.join(f'{w}%' for w in workers)}",
+        f"  worker: {ingest['batches_per_s']} batches/s of {ingest['items_per_batch']} quotes, "
+        f"{ingest['quotes_stored_per_s']} quotes stored/s; task p50 {task['p50_ms']} ms, "
+        f"p99 {task['p99_ms']} ms; {ingest['failed_tasks']} failed",
+        f"  celery backlog (queued + unacked): start {backlog['start']}, max {backlog['max']}, "
+        f"end {backlog['end']}, growth {backlog['growth_per_s']} tasks/s; {drain}",
+        f"  ingest lag (feed flush -> task done): p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms,"
+        f" max {lag['max_ms']} ms over {lag['n']} batches; counting the drain: p50 "
+        f"{late['p50_ms']} ms, p99 {late['p99_ms']} ms over {late['n']}",
+        f"  keeps up: {verdict} (backlog growth <= {BACKLOG_GROWTH_OK} tasks over the window "
+        f"and drained within {DRAIN_OK_S:g} s)",
+    ]
 
 
 def settings_value(name: str) -> Any:
