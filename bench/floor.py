@@ -16,10 +16,9 @@ no ORM, no channel layer, no per-message thread hop.
   once to the group every client joined, ``as_of`` = the window's newest tick, ``received`` =
   the flush time (as the feed runner stamps it).
 
-Ticks are paced like the simulated feed (one per ``1/rate`` sleep), or with ``paced`` like
-bench/feed.py (every tick owed by the clock at each wake-up). Prints ``ticks <n> <wall time>``
-every second (the runner derives the achieved tick rate), runs for the given seconds, prints
-``published <frames> ticks <n> in <s> s`` and exits.
+Ticks are paced like the simulated feed (every tick owed by the clock at each wake-up). Prints
+``ticks <n> <wall time>`` every second (the runner derives the achieved tick rate), runs for the
+given seconds, prints ``published <frames> ticks <n> in <s> s`` and exits.
 """
 
 from __future__ import annotations
@@ -113,17 +112,17 @@ async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
     ticked = 0
 
     async def ticks() -> None:
-        # The simulated feed's loop: one random instrument per 1/rate sleep; paced: every tick
-        # the clock says is owed, at each wake-up (what bench/feed.py does to the real feed).
+        # The simulated feed's loop (streaming/feeds/simulated.py): at each wake-up, every tick
+        # the clock says is owed, one random instrument each.
         nonlocal ticked
         started = time.monotonic()
         while True:
-            owed = int((time.monotonic() - started) * rate) - ticked if job.get("paced") else 1
+            owed = int((time.monotonic() - started) * rate) + 1 - ticked
             now = time.time()
             for _ in range(max(owed, 0)):
                 pending[rng.choice(instruments)] = now
             ticked += max(owed, 0)
-            await asyncio.sleep(0.001 if job.get("paced") else 1 / rate)
+            await asyncio.sleep(max(0.0, ticked / rate - (time.monotonic() - started)))
 
     async def portfolio_flushes() -> None:
         # The same coalescing as the feed runner; as_of per user is the newest tick it holds.

@@ -1,7 +1,7 @@
 """One command that runs the real stack on this machine and puts it beside a raw floor.
 
     python bench/run.py [--scenario portfolio|broadcast|ingest|idle --clients C --users U
-                         --instruments I --holdings H --rate R --feed runfeed|paced
+                         --instruments I --holdings H --rate R
                          --seconds T --daphne N --workers N]
 
 Scenarios:
@@ -14,7 +14,7 @@ Scenarios:
   final state: each client's last quote price equals the database's.
 - ``ingest``: "one Celery worker keeps up with 5,000 ticks/s while valuing 10,000 portfolios":
   U users (default 10,000) with H-holding portfolios over I instruments, the feed at R (default
-  5,000 ticks/s, paced: see ``--feed``), C clients (default 1,000) on /ws/portfolio/. Reports the
+  5,000 ticks/s), C clients (default 1,000) on /ws/portfolio/. Reports the
   Celery backlog over the run, batches and quotes stored per second, the ingest lag and whether
   the worker keeps up (the backlog does not grow and drains within 5 s of the feed stopping).
 - ``idle``: C clients connected, no feed; every socket must still answer a ping after T s.
@@ -66,10 +66,10 @@ PASSWORD = "bench-password-not-secret"
 
 # Per scenario: what a flag left out means (README and docs/performance.md show the commands).
 SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "portfolio": {"clients": 200, "users": None, "rate": 200.0, "feed": "runfeed", "drain": 90.0},
-    "broadcast": {"clients": 200, "users": None, "rate": 50.0, "feed": "runfeed", "drain": 90.0},
-    "ingest": {"clients": 1000, "users": 10_000, "rate": 5000.0, "feed": "paced", "drain": 30.0},
-    "idle": {"clients": 200, "users": None, "rate": 200.0, "feed": "runfeed", "drain": 90.0},
+    "portfolio": {"clients": 200, "users": None, "rate": 200.0, "drain": 90.0},
+    "broadcast": {"clients": 200, "users": None, "rate": 50.0, "drain": 90.0},
+    "ingest": {"clients": 1000, "users": 10_000, "rate": 5000.0, "drain": 30.0},
+    "idle": {"clients": 200, "users": None, "rate": 200.0, "drain": 90.0},
 }
 # "Keeps up": the Celery backlog grows by at most this many tasks over the measured window
 # (a worker that keeps up holds one task and maybe one queued) and empties within DRAIN_OK_S
@@ -100,14 +100,6 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=None,
         help="feed ticks per second (default 200; broadcast 50; ingest 5000)",
-    )
-    p.add_argument(
-        "--feed",
-        choices=["runfeed", "paced"],
-        default=None,
-        help="runfeed: manage.py runfeed simulated (one tick per 1/R sleep: tops out near\n"
-        "800 ticks/s here); paced: bench/feed.py, the same command with the tick loop paced\n"
-        "by the clock (default runfeed; ingest paced). The achieved rate is printed.",
     )
     p.add_argument("--window-ms", type=int, default=None, help="feed coalescing window")
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds")
@@ -620,9 +612,22 @@ def final_state_loss(
     stale = []
     for user, pid in ids.items():
         seen = last[str(user)].get(str(pid))
-        if seen != json.loads(json.dumps(truth[pid])):
+        if seen is None or valued(seen) != valued(json.loads(json.dumps(truth[pid]))):
             stale.append(user)
     return {"checked": len(ids), "stale": len(stale), "stale_users": stale[:10]}
+
+
+# What moves with the clock, not with the data: when it was valued, how old each price is.
+_CLOCK_FIELDS = ("valued_at",)
+_CLOCK_HOLDING_FIELDS = ("price_age_seconds", "stale")
+
+
+def valued(state: dict[str, Any]) -> dict[str, Any]:
+    """A portfolio state without the fields that change with the clock alone."""
+    holdings = [
+        {k: v for k, v in h.items() if k not in _CLOCK_HOLDING_FIELDS} for h in state["holdings"]
+    ]
+    return {k: v for k, v in state.items() if k not in _CLOCK_FIELDS} | {"holdings": holdings}
 
 
 def wait_drained(r: redis.Redis, timeout: float) -> float:
@@ -916,11 +921,7 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
         hooks: list[Any] = []
         monitor = counter = None
         if args.scenario != "idle":
-            command = (
-                [PYTHON, str(ROOT / "bench" / "feed.py")]
-                if args.feed == "paced"
-                else [PYTHON, "manage.py", "runfeed", "simulated"]
-            )
+            command = [PYTHON, "manage.py", "runfeed", "simulated"]
             monitor = IngestMonitor(os.environ["REDIS_URL"])
             counter = FeedCounter()
             hooks = [monitor, counter]
@@ -949,7 +950,6 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
             drain_s = wait_drained(r, args.drain)
             monitor.stop()
             ingest = monitor.summary(drain_s, args.drain)
-            ingest["feed"] = args.feed
             ingest["feed_ticks_per_s"] = counter.ticks_per_s()
         loss = settled = None
         settle_s = None
@@ -1093,7 +1093,6 @@ def run_floor(args, env, logs, world, r) -> dict[str, Any]:
             window = settings.LIVEFOLIO_COALESCE_MS / 1000
             job_spec: dict[str, Any] = {
                 "rate": args.rate,
-                "paced": args.feed == "paced",
                 "window": window,
                 "seconds": args.warmup + args.seconds + 5,
                 "instruments": world["active"],
@@ -1264,7 +1263,7 @@ def ingest_lines(ingest: dict[str, Any], lf: dict[str, Any]) -> list[str]:
     verdict = "yes" if ingest["keeps_up"] else "NO"
     return [
         "",
-        f"ingest: feed ({ingest['feed']}) {ingest['feed_ticks_per_s']} ticks/s at {feed_cpu}% "
+        f"ingest: feed {ingest['feed_ticks_per_s']} ticks/s at {feed_cpu}% "
         f"CPU; worker CPU {' + '.join(f'{w}%' for w in workers)}",
         f"  worker: {ingest['batches_per_s']} batches/s of {ingest['items_per_batch']} quotes, "
         f"{ingest['quotes_stored_per_s']} quotes stored/s; task p50 {task['p50_ms']} ms, "

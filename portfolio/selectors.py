@@ -207,11 +207,17 @@ class _MarketTexts(dict):
         m = self.market[instrument]
         ts = m.exchange_ts
         age = (self.now - ts).total_seconds() if ts is not None else None
+        price, reference = m.price, m.reference_price
+        day_return = None
+        if price is not None and reference is not None and reference != 0:
+            day_return = valuation.price_return(price, reference)
         texts = {
-            "instrument": instrument,
             "symbol": m.symbol,
             "name": m.name,
             "asset_class": m.asset_class,
+            "price": protocol.dec(price),
+            "reference_price": protocol.dec(reference),
+            "day_change_pct": _pct(day_return),  # the same for every holder (if priced)
             "price_as_of": protocol.iso(ts) if ts is not None else None,
             "price_age_seconds": None if age is None else max(0, int(age)),
             "stale": age is None or age > self.stale_after,
@@ -242,6 +248,10 @@ def portfolios_holding(*, instrument_ids: Iterable[int]) -> list[tuple[int, int]
                 (Q(holdings__currency=other) & held) | Q(cash__currency=other)
             )
     return list(Portfolio.objects.filter(affected).values_list("id", "owner_id").distinct())
+
+
+def _times(quantity: Decimal, price: Decimal | None) -> Decimal | None:
+    return None if price is None else quantity * price
 
 
 def _pct(rate: Decimal | None) -> str | None:
@@ -291,37 +301,40 @@ def _state(
         rate = valuation.fx_rate(currency, base, rates)
         return None if rate is None else amount * rate
 
-    money, dec = protocol.money, protocol.dec
+    money = protocol.money
     ok = valuation.ValueStatus.OK
     rows = []
     for p, hv in zip(positions, value.holdings, strict=True):
         shared = texts[p.instrument]
         own = p.texts
-        price = hv.price
+        priced = hv.status is ok
+        # In the base currency (the common case) value and cost need no second formatting.
+        same = hv.currency == base
+        value_text = money(hv.market_value) if priced else None
         rows.append(
             {
-                "instrument": shared["instrument"],
+                "instrument": p.instrument,
                 "symbol": shared["symbol"],
                 "name": shared["name"],
                 "asset_class": shared["asset_class"],
                 "currency": hv.currency,
                 "quantity": own["quantity"],
-                "price": dec(price),
-                "value": money(p.quantity * price if price is not None else None),
+                "price": shared["price"],
+                "value": value_text if same else money(_times(p.quantity, hv.price)),
                 "price_as_of": shared["price_as_of"],
-                "in_total": hv.status is ok,
+                "in_total": priced,
                 "status": str(hv.status),
                 "reason": hv.reason,
                 "cost_basis": own["cost_basis"],
                 "average_cost": own["average_cost"],
-                "fx_rate": dec(hv.fx_rate),
-                "value_base": money(hv.market_value),
-                "cost_base": money(hv.cost),
+                "fx_rate": "1" if same else protocol.dec(hv.fx_rate),
+                "value_base": value_text,
+                "cost_base": (own["cost_basis"] if same else money(hv.cost)) if priced else None,
                 "unrealized_pnl": money(hv.unrealized_pnl),
                 "unrealized_pnl_pct": _pct(hv.unrealized_return),
-                "reference_price": dec(hv.reference_price),
+                "reference_price": shared["reference_price"],
                 "day_change": money(hv.day_change),
-                "day_change_pct": _pct(hv.day_return),
+                "day_change_pct": shared["day_change_pct"] if priced else None,
                 "weight_pct": _pct(hv.weight),
                 "realized_pnl": own["realized_pnl"],
                 "income": own["income"],

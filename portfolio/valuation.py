@@ -179,6 +179,12 @@ def _fx_rate(source: str, target: str, rates: Mapping[tuple[str, str], Decimal])
     return None
 
 
+def price_return(price: Decimal, reference: Decimal) -> Decimal | None:
+    """A price's change since ``reference`` as a fraction: a holding's ``day_return``."""
+    with localcontext(_CONTEXT):
+        return _ratio(price - reference, reference)
+
+
 def _ratio(part: Decimal, whole: Decimal) -> Decimal | None:
     return None if whole == 0 else part / whole
 
@@ -190,6 +196,10 @@ def _check(value: object, what: str, *, positive: bool = False) -> None:
         raise ValuationError(f"{what} must be positive, got {value}")
 
 
+# _value_holding's tuple: HoldingValue's fields in order, without ``weight`` (it needs the total).
+_VALUE, _COST, _DAY_CHANGE, _STATUS, _REASON = 7, 8, 11, 13, 14
+
+
 def _value_holding(
     holding: Holding,
     *,
@@ -197,51 +207,32 @@ def _value_holding(
     reference: Decimal | None,
     rate: Decimal | None,
     base_currency: str,
-) -> dict[str, Any]:
-    """A :class:`HoldingValue`'s fields but ``weight``, which needs the portfolio total."""
-    common = {
-        "instrument": holding.instrument,
-        "asset_class": holding.asset_class,
-        "currency": holding.currency,
-        "quantity": holding.quantity,
-        "price": price,
-        "reference_price": reference,
-        "fx_rate": rate,
-    }
+) -> tuple:
+    """A :class:`HoldingValue`'s fields but ``weight``, positionally (this runs per holding per
+    valuation: a tuple is the cheapest record to build)."""
     if price is None or rate is None:
         reason = (
             f"no price for {holding.instrument!r}"
             if price is None
             else f"no {holding.currency}->{base_currency} rate for {holding.instrument!r}"
         )
-        return common | {
-            "market_value": None,
-            "cost": None,
-            "unrealized_pnl": None,
-            "unrealized_return": None,
-            "day_change": None,
-            "day_return": None,
-            "status": ValueStatus.UNPRICED if price is None else ValueStatus.NO_FX,
-            "reason": reason,
-        }
-    value = holding.quantity * price * rate
+        status = ValueStatus.UNPRICED if price is None else ValueStatus.NO_FX
+        return (
+            holding.instrument, holding.asset_class, holding.currency, holding.quantity, price,
+            reference, rate, None, None, None, None, None, None, status, reason,
+        )  # fmt: skip
+    quantity = holding.quantity
+    value = quantity * price * rate
     cost = holding.cost_basis * rate
     pnl = value - cost
     day_change = day_return = None
     if reference is not None:
-        day_change = holding.quantity * (price - reference) * rate
-        day_return = _ratio(price - reference, reference)
-    common.update(
-        market_value=value,
-        cost=cost,
-        unrealized_pnl=pnl,
-        unrealized_return=_ratio(pnl, abs(cost)),
-        day_change=day_change,
-        day_return=day_return,
-        status=ValueStatus.OK,
-        reason=None,
-    )
-    return common
+        day_change = quantity * (price - reference) * rate
+        day_return = _ratio(price - reference, reference)  # = price_return(price, reference)
+    return (
+        holding.instrument, holding.asset_class, holding.currency, quantity, price, reference,
+        rate, value, cost, pnl, _ratio(pnl, abs(cost)), day_change, day_return, _OK, None,
+    )  # fmt: skip
 
 
 def value_portfolio(
@@ -312,28 +303,30 @@ def _slices(
     return {key: AllocationSlice(key, value, _ratio(value, total)) for key, value in ordered}
 
 
-def _totals(
-    valued: list[dict[str, Any]], cash_values: list[dict[str, Any]], *, base_currency: str
-) -> PortfolioValue:
+def _totals(valued: list[tuple], cash_values: list[dict[str, Any]], *, base_currency: str):
     """Totals, then each item with its weight (built once: ``replace`` would copy each)."""
-    ok = ValueStatus.OK
-    priced = [h for h in valued if h["status"] is ok]
-    counted_cash = [c for c in cash_values if c["status"] is ok]
-    holdings_value = sum((h["market_value"] for h in priced), ZERO)
-    cash_value = sum((c["market_value"] for c in counted_cash), ZERO)
+    priced = [h for h in valued if h[_STATUS] is _OK]
+    counted_cash = [c for c in cash_values if c["status"] is _OK]
+    holdings_value = sum([h[_VALUE] for h in priced], ZERO)
+    cash_value = sum([c["market_value"] for c in counted_cash], ZERO)
     total = holdings_value + cash_value
-    cost = sum((h["cost"] for h in priced), ZERO)
+    cost = sum([h[_COST] for h in priced], ZERO)
     pnl = holdings_value - cost
-    day_change = sum((h["day_change"] for h in priced if h["day_change"] is not None), ZERO)
+    day_change = sum([h[_DAY_CHANGE] for h in priced if h[_DAY_CHANGE] is not None], ZERO)
     holdings = tuple(
-        HoldingValue(**h, weight=_ratio(h["market_value"], total) if h["status"] is ok else None)
+        HoldingValue(
+            *h[:_STATUS],
+            None if h[_STATUS] is not _OK or total == 0 else h[_VALUE] / total,
+            h[_STATUS],
+            h[_REASON],
+        )
         for h in valued
     )
     cash_out = tuple(
-        CashValue(**c, weight=_ratio(c["market_value"], total) if c["status"] is ok else None)
+        CashValue(**c, weight=_ratio(c["market_value"], total) if c["status"] is _OK else None)
         for c in cash_values
     )
-    issues = tuple(item["reason"] for item in (*valued, *cash_values) if item["reason"])
+    issues = tuple(item.reason for item in (*holdings, *cash_out) if item.reason)
     cash_pairs = [(CASH_ASSET_CLASS, c["market_value"]) for c in counted_cash]
     return PortfolioValue(
         base_currency=base_currency,
@@ -348,12 +341,10 @@ def _totals(
         day_change=day_change,
         # Relative to yesterday's value of what is counted today: today's total minus the change.
         day_return=_ratio(day_change, total - day_change),
-        by_asset_class=_slices(
-            [*((h["asset_class"], h["market_value"]) for h in priced), *cash_pairs], total
-        ),
+        by_asset_class=_slices([*((h[1], h[_VALUE]) for h in priced), *cash_pairs], total),
         by_currency=_slices(
             [
-                *((h["currency"], h["market_value"]) for h in priced),
+                *((h[2], h[_VALUE]) for h in priced),
                 *((c["currency"], c["market_value"]) for c in counted_cash),
             ],
             total,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass
 from importlib import import_module
@@ -227,6 +228,9 @@ class PortfolioConsumer(ProtocolConsumer):
         check_every = settings.LIVEFOLIO_SESSION_CHECK_SECONDS
         period = min(UserConnections.REFRESH_SECONDS, check_every)
         next_check = time.monotonic() + check_every
+        # Sockets opened together (a server restart reconnects everyone) spread their renewals
+        # over the period instead of hitting Redis all in the same instant.
+        await asyncio.sleep(random.uniform(0, period))
         while True:
             await asyncio.sleep(period)
             if time.monotonic() >= next_check:

@@ -114,9 +114,17 @@ def redis_client() -> Any:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = redis.asyncio.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+        # A blocking pool: with a thousand sockets renewing at once, a call waits its turn
+        # for a connection instead of failing with "Too many connections" (which left sockets
+        # unmarked and their cap slots unrenewed).
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=50,
+            timeout=10,
+            socket_timeout=2,
+            socket_connect_timeout=2,
         )
+        client = redis.asyncio.Redis(connection_pool=pool)
         _clients[loop] = client
     return client
 
