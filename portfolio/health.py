@@ -42,18 +42,10 @@ WS_REJECTED = Counter(
 
 
 def _redis():
-    """A synchronous Redis client for this process (cached; redis-py pools connections)."""
-    import redis
+    """The process's synchronous Redis client."""
+    from streaming.flow import redis_sync
 
-    global _sync_client
-    if _sync_client is None:
-        _sync_client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
-        )
-    return _sync_client
-
-
-_sync_client = None
+    return redis_sync()
 
 
 def _key(*parts: str) -> str:

@@ -211,6 +211,7 @@ else:
 CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = EMBEDDED
+CELERY_TASK_DEFAULT_QUEUE = "celery"  # streaming/tasks.py reads its length
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -240,6 +241,9 @@ CELERY_BEAT_SCHEDULE = {
 
 # Ticks per instrument are coalesced in this window before one ingest batch (milliseconds).
 LIVEFOLIO_COALESCE_MS = env_int("LIVEFOLIO_COALESCE_MS", 200, minimum=10)
+# A worker behind its queue values once for several ingest batches (streaming/tasks.py), but
+# never lets this long pass without a valuation.
+LIVEFOLIO_VALUATION_MAX_DELAY_MS = env_int("LIVEFOLIO_VALUATION_MAX_DELAY_MS", 1000, minimum=10)
 # A price older than this is shown as stale (seconds).
 LIVEFOLIO_STALE_SECONDS = env_int("LIVEFOLIO_STALE_SECONDS", 120, minimum=1)
 # Order books are published at most this often per instrument (milliseconds).

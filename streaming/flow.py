@@ -9,6 +9,7 @@ sends, a :class:`UserConnections` cap shared by every server process through Red
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
@@ -105,6 +106,17 @@ return 1
 )
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+@functools.cache
+def redis_sync() -> Any:
+    """The process's synchronous Redis client (redis-py pools its connections); None in the
+    embedded default, which has no Redis. Celery tasks, health checks and thread-pool code."""
+    if not settings.REDIS_URL:
+        return None
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
 
 def redis_client() -> Any:

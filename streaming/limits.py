@@ -4,14 +4,12 @@ gives its slots back)."""
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 
-import redis
 from django.conf import settings
 
-from streaming import presence
+from streaming import flow, presence
 
 # KEYS[1] the user's lease set, KEYS[2..3] presence's; ARGV: member, cap, lease seconds, user
 # id. Redis' own clock, so servers with skewed clocks agree. Returns 1 when the member holds a
@@ -39,11 +37,7 @@ _memory_slots: dict[int, dict[str, float]] = {}
 _memory_lock = threading.Lock()
 
 
-@functools.cache
-def _client() -> redis.Redis | None:
-    if not settings.REDIS_URL:
-        return None
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+_client = flow.redis_sync
 
 
 def _key(user_id: int) -> str:

@@ -19,7 +19,6 @@ A user who left is valued for at most ``ttl`` seconds more.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable
 
@@ -53,11 +52,10 @@ def ttl() -> int:
     return max(60, 4 * slowest)
 
 
-@functools.cache
-def _client() -> redis.Redis | None:
-    if not settings.REDIS_URL:
-        return None
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+def _client():
+    from streaming.flow import redis_sync
+
+    return redis_sync()
 
 
 def present(user_ids: Iterable[int]) -> set[int] | None:

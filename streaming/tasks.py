@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import redis
 from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError, transaction
 
 from portfolio import health, selectors, services
 from portfolio.models import FeedKind, Instrument
-from streaming import events, presence, protocol
+from streaming import events, flow, presence, protocol
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ def ingest_quotes(batch: list[dict[str, Any]]) -> int:
             stored = set(changed)
             services.bars_record(updates=[u for u in updates if u.instrument_id in stored])
             quotes = _quote_messages(changed, received)
-            transaction.on_commit(lambda: events.publish(quotes + _valuation_messages(changed)))
+            transaction.on_commit(
+                lambda: events.publish(quotes + _valuation_messages(valuations_due(changed)))
+            )
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         health.record_ingest(seconds=time.monotonic() - started, lag=_lag(received.values()))
     return len(changed)
@@ -122,6 +125,68 @@ def _quote_messages(changed: list[int], received: dict[int, Any]) -> list[tuple[
         messages.append((events.instrument_group(instrument.id), payload))
     return messages
 
+
+def valuations_due(changed: list[int]) -> list[int]:
+    """The instruments whose holders to value now: ``changed`` and any a skipped batch left.
+
+    A worker that falls behind has ingest batches queued behind this one. Valuing every
+    portfolio for each of them would keep it behind (valuing costs far more than storing), so
+    while tasks wait on the queue this batch only notes its instruments in a Redis set and the
+    next task values them all at once: the backlog drains at the speed of storing, and a
+    valuation covers every batch stored before it. Never longer than
+    ``LIVEFOLIO_VALUATION_MAX_DELAY_MS`` without a valuation pass, however long the queue.
+    Every task on this queue takes the set before its own work (:func:`value_pending`), so a
+    noted instrument is valued by the next task whatever it is. Without Redis (the embedded
+    default) or when Redis fails: value ``changed`` now.
+    """
+    client = flow.redis_sync()
+    if client is None:
+        return changed
+    key = _pending_key()
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.sadd(key, *changed)
+        pipe.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
+        _, waiting = pipe.execute()
+        overdue = time.monotonic() - _last_pass >= settings.LIVEFOLIO_VALUATION_MAX_DELAY_MS / 1000
+        if waiting and not overdue:
+            return []
+        return sorted(set(changed) | set(_take_pending(client)))
+    except redis.RedisError as exc:
+        log.warning("ingest: coalescing unavailable, valuing this batch (%s)", exc)
+        return changed
+
+
+def value_pending() -> None:
+    """Value and publish what skipped batches left (a task's first step)."""
+    client = flow.redis_sync()
+    if client is None:
+        return
+    try:
+        pending = _take_pending(client)
+    except redis.RedisError as exc:
+        log.warning("ingest: pending valuations unavailable (%s)", exc)
+        return
+    if pending:
+        events.publish(_valuation_messages(pending))
+
+
+def _take_pending(client) -> list[int]:
+    global _last_pass
+    pipe = client.pipeline(transaction=True)
+    pipe.smembers(_pending_key())
+    pipe.delete(_pending_key())
+    members, _ = pipe.execute()
+    _last_pass = time.monotonic()
+    return [int(m) for m in members]
+
+
+def _pending_key() -> str:
+    return f"{settings.LIVEFOLIO_REDIS_PREFIX}:valuation:pending"
+
+
+# When this process last took the pending set (a valuation pass).
+_last_pass = 0.0
 
 # The worker's books (holdings and cash per portfolio) between batches: reloaded from the
 # database only when a portfolio's ledger changed (selectors.BookCache).

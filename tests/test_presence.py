@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 
-from streaming import presence
+from streaming import flow, presence
 from streaming.tasks import ingest_quotes
 from tests import api
 from tests.test_ingest import T0, deliveries, tick
@@ -102,11 +102,11 @@ def test_presence_is_unknown_while_tracking_is_younger_than_a_ttl(world, redis_c
 
 def test_presence_is_unknown_without_redis(world, redis_client, settings):
     settings.REDIS_URL = ""  # the embedded default: one process, nobody to ask
-    presence._client.cache_clear()
+    flow.redis_sync.cache_clear()
     try:
         assert presence.present([world["users"]["alice"].id]) is None
     finally:
-        presence._client.cache_clear()
+        flow.redis_sync.cache_clear()
 
 
 def test_ingest_values_only_watched_portfolios_and_a_newcomer_misses_nothing(world, redis_client):

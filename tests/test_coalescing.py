@@ -1,0 +1,96 @@
+"""A worker behind its queue values once for several ingest batches (streaming/tasks.py
+valuations_due): nothing is dropped, the last value always goes out. Real Redis."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.conf import settings as django_settings
+
+from portfolio.tasks import snapshot_valuations
+from streaming import tasks
+from streaming.tasks import ingest_quotes
+from tests.test_ingest import T0, deliveries, tick
+from tests.websocket import as_sent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def queued(redis_client, monkeypatch, settings):
+    """Tasks waiting on the Celery queue behind the one running, and a valuation pass just
+    made (with a max delay no test reaches, unless it says otherwise)."""
+    settings.LIVEFOLIO_VALUATION_MAX_DELAY_MS = 600_000
+    monkeypatch.setattr(tasks, "_last_pass", time.monotonic())
+    queue = django_settings.CELERY_TASK_DEFAULT_QUEUE
+
+    def set_waiting(n: int) -> None:
+        redis_client.delete(queue)
+        for i in range(n):
+            redis_client.lpush(queue, f"a task {i}")
+
+    yield set_waiting
+    redis_client.delete(queue)
+
+
+def totals(messages):
+    return [as_sent(m)["portfolio"]["total"] for m in messages]
+
+
+def test_a_batch_with_tasks_behind_it_leaves_its_valuation_to_the_next(world, queued):
+    users = {name: world["users"][name] for name in ("alice", "bob", "charlie")}
+    queued(2)
+    skipped = deliveries(users, lambda: ingest_quotes([tick(world["btc"], "50000.10", T0)]))
+    assert skipped == {"alice": [], "bob": [], "charlie": []}
+    queued(0)  # the last batch of the burst: it values what the first left, and its own
+    later = T0 + timedelta(seconds=1)
+    got = deliveries(users, lambda: ingest_quotes([tick(world["eth"], "3000", later)]))
+    assert totals(got["alice"]) == ["100000.20"]  # BTC from the skipped batch
+    assert totals(got["charlie"]) == ["150000.30"]
+    assert totals(got["bob"]) == ["30000.00"]  # 10 ETH from this one
+    again = deliveries(users, lambda: ingest_quotes([tick(world["eth"], "3001", later)]))
+    assert again == {"alice": [], "bob": [], "charlie": []}  # same time: nothing changed
+
+
+def test_several_skipped_batches_are_valued_once_at_their_newest_prices(world, queued):
+    users = {"alice": world["users"]["alice"]}
+    queued(3)
+    for n, price in enumerate(["50000", "50001", "50002"]):
+        ts = T0 + timedelta(seconds=n)
+        batch = [tick(world["btc"], price, ts)]
+        assert deliveries(users, lambda b=batch: ingest_quotes(b)) == {"alice": []}
+    queued(0)
+    got = deliveries(users, lambda: ingest_quotes([tick(world["eth"], "1", T0)]))
+    assert totals(got["alice"]) == ["100004.00"]  # one valuation, at the newest BTC price
+
+
+def test_a_valuation_is_never_postponed_past_the_max_delay(world, queued, monkeypatch, settings):
+    users = {"alice": world["users"]["alice"]}
+    queued(5)  # the queue never empties ...
+    settings.LIVEFOLIO_VALUATION_MAX_DELAY_MS = 1000
+    monkeypatch.setattr(tasks, "_last_pass", time.monotonic() - 1.0)  # ... but it is time
+    got = deliveries(users, lambda: ingest_quotes([tick(world["btc"], "50000.10", T0)]))
+    assert totals(got["alice"]) == ["100000.20"]
+
+
+def test_any_task_that_runs_next_values_what_a_skipped_batch_left(world, queued):
+    """The task behind a skipped batch may be the minute's snapshot, not an ingest."""
+    users = {"alice": world["users"]["alice"]}
+    queued(1)
+    assert deliveries(users, lambda: ingest_quotes([tick(world["btc"], "600", T0)])) == {
+        "alice": []
+    }
+    queued(0)
+    got = deliveries(users, snapshot_valuations)
+    assert totals(got["alice"]) == ["1200.00"]
+
+
+def test_without_a_queue_every_batch_is_valued_at_once(world, redis_client):
+    users = {"alice": world["users"]["alice"]}
+    for n, price in enumerate(["600", "601"]):
+        ts = T0 + timedelta(seconds=n)
+        batch = [tick(world["btc"], price, ts)]
+        got = deliveries(users, lambda b=batch: ingest_quotes(b))
+        assert totals(got["alice"]) == [f"{2 * int(price)}.00"]
