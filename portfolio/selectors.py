@@ -202,6 +202,8 @@ class _MarketTexts(dict):
         self.market = market
         self.now = now
         self.stale_after = settings.LIVEFOLIO_STALE_SECONDS
+        self.day_change_pct: dict[int, str | None] = {}
+        self.prices = _prices(market)
 
     def __missing__(self, instrument: int) -> dict[str, Any]:
         m = self.market[instrument]
@@ -211,13 +213,13 @@ class _MarketTexts(dict):
         day_return = None
         if price is not None and reference is not None and reference != 0:
             day_return = valuation.price_return(price, reference)
-        texts = {
+        self.day_change_pct[instrument] = _pct(day_return)  # every priced holder's
+        texts = {  # a holding row's fields that every holder of the instrument shares
             "symbol": m.symbol,
             "name": m.name,
             "asset_class": m.asset_class,
             "price": protocol.dec(price),
             "reference_price": protocol.dec(reference),
-            "day_change_pct": _pct(day_return),  # the same for every holder (if priced)
             "price_as_of": protocol.iso(ts) if ts is not None else None,
             "price_age_seconds": None if age is None else max(0, int(age)),
             "stale": age is None or age > self.stale_after,
@@ -260,9 +262,15 @@ def _pct(rate: Decimal | None) -> str | None:
 
 
 def _book_value(
-    book: Book, market: dict[int, Market], rates: dict[tuple[str, str], Decimal]
+    book: Book,
+    market: dict[int, Market],
+    rates: dict[tuple[str, str], Decimal],
+    prices: tuple[dict[int, Decimal | None], dict[int, Decimal | None]] | None = None,
 ) -> tuple[list[Position], valuation.PortfolioValue]:
-    """The open positions (by symbol) and their valuation: the one place a book meets prices."""
+    """The open positions (by symbol) and their valuation: the one place a book meets prices.
+    ``prices``: latest and reference price per instrument, shared by a call's portfolios."""
+    if prices is None:
+        prices = _prices(market)
     positions = sorted(
         (p for p in book.positions if p.quantity != 0), key=lambda p: market[p.instrument].symbol
     )
@@ -277,13 +285,21 @@ def _book_value(
             )
             for p in positions
         ],
-        prices={p.instrument: market[p.instrument].price for p in positions},
-        reference_prices={p.instrument: market[p.instrument].reference_price for p in positions},
+        prices=prices[0],
+        reference_prices=prices[1],
         fx_rates=rates,
         base_currency=book.base_currency,
         cash={currency: amount for currency, amount, _ in book.cash if amount != 0},
     )
     return positions, value
+
+
+def _prices(market: dict[int, Market]) -> tuple[dict, dict]:
+    """(latest, reference) price per instrument of ``market``."""
+    return (
+        {i: m.price for i, m in market.items()},
+        {i: m.reference_price for i, m in market.items()},
+    )
 
 
 def _state(
@@ -293,7 +309,7 @@ def _state(
     rates: dict[tuple[str, str], Decimal],
 ) -> dict[str, Any]:
     base = book.base_currency
-    positions, value = _book_value(book, market, rates)
+    positions, value = _book_value(book, market, rates, texts.prices)
     stamps = (market[p.instrument].exchange_ts for p in positions)
     as_of = max((ts for ts in stamps if ts is not None), default=None)
 
@@ -305,8 +321,6 @@ def _state(
     ok = valuation.ValueStatus.OK
     rows = []
     for p, hv in zip(positions, value.holdings, strict=True):
-        shared = texts[p.instrument]
-        own = p.texts
         priced = hv.status is ok
         # In the base currency (the common case) value and cost need no second formatting.
         same = hv.currency == base
@@ -314,32 +328,23 @@ def _state(
         rows.append(
             {
                 "instrument": p.instrument,
-                "symbol": shared["symbol"],
-                "name": shared["name"],
-                "asset_class": shared["asset_class"],
+                **texts[p.instrument],  # symbol, name, price, as of, reference price, age
+                **p.texts,  # quantity, cost basis, average cost, realized P&L, income
                 "currency": hv.currency,
-                "quantity": own["quantity"],
-                "price": shared["price"],
                 "value": value_text if same else money(_times(p.quantity, hv.price)),
-                "price_as_of": shared["price_as_of"],
                 "in_total": priced,
                 "status": str(hv.status),
                 "reason": hv.reason,
-                "cost_basis": own["cost_basis"],
-                "average_cost": own["average_cost"],
                 "fx_rate": "1" if same else protocol.dec(hv.fx_rate),
                 "value_base": value_text,
-                "cost_base": (own["cost_basis"] if same else money(hv.cost)) if priced else None,
+                "cost_base": (
+                    (p.texts["cost_basis"] if same else money(hv.cost)) if priced else None
+                ),
                 "unrealized_pnl": money(hv.unrealized_pnl),
                 "unrealized_pnl_pct": _pct(hv.unrealized_return),
-                "reference_price": shared["reference_price"],
                 "day_change": money(hv.day_change),
-                "day_change_pct": shared["day_change_pct"] if priced else None,
+                "day_change_pct": texts.day_change_pct[p.instrument] if priced else None,
                 "weight_pct": _pct(hv.weight),
-                "realized_pnl": own["realized_pnl"],
-                "income": own["income"],
-                "price_age_seconds": shared["price_age_seconds"],
-                "stale": shared["stale"],
             }
         )
     realized = Decimal(0)

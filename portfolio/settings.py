@@ -242,8 +242,9 @@ CELERY_BEAT_SCHEDULE = {
 # Ticks per instrument are coalesced in this window before one ingest batch (milliseconds).
 LIVEFOLIO_COALESCE_MS = env_int("LIVEFOLIO_COALESCE_MS", 200, minimum=10)
 # A worker behind its queue values once for several ingest batches (streaming/tasks.py), but
-# never lets this long pass without a valuation.
-LIVEFOLIO_VALUATION_MAX_DELAY_MS = env_int("LIVEFOLIO_VALUATION_MAX_DELAY_MS", 1000, minimum=10)
+# never lets this long pass without a valuation (a guard for a queue that never empties: a
+# short one would make an overloaded worker value on every other batch and never catch up).
+LIVEFOLIO_VALUATION_MAX_DELAY_MS = env_int("LIVEFOLIO_VALUATION_MAX_DELAY_MS", 5000, minimum=10)
 # A price older than this is shown as stale (seconds).
 LIVEFOLIO_STALE_SECONDS = env_int("LIVEFOLIO_STALE_SECONDS", 120, minimum=1)
 # Order books are published at most this often per instrument (milliseconds).

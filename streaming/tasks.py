@@ -134,7 +134,7 @@ def valuations_due(changed: list[int]) -> list[int]:
     while tasks wait on the queue this batch only notes its instruments in a Redis set and the
     next task values them all at once: the backlog drains at the speed of storing, and a
     valuation covers every batch stored before it. Never longer than
-    ``LIVEFOLIO_VALUATION_MAX_DELAY_MS`` without a valuation pass, however long the queue.
+    ``LIVEFOLIO_VALUATION_MAX_DELAY_MS`` (5 s) without a valuation pass, however long the queue.
     Every task on this queue takes the set before its own work (:func:`value_pending`), so a
     noted instrument is valued by the next task whatever it is. Without Redis (the embedded
     default) or when Redis fails: value ``changed`` now.
