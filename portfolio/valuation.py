@@ -268,16 +268,17 @@ def value_portfolio(
             instrument = holding.instrument
             price = prices.get(instrument)
             reference = reference_prices.get(instrument)
-            for what, value in (
-                ("quantity", holding.quantity),
-                ("cost_basis", holding.cost_basis),
-                ("price", price),
-                ("reference price", reference),
+            quantity, cost_basis = holding.quantity, holding.cost_basis
+            if not (isinstance(quantity, Decimal) and quantity.is_finite()):
+                _check(quantity, f"quantity of {instrument!r}")
+            if not (isinstance(cost_basis, Decimal) and cost_basis.is_finite()):
+                _check(cost_basis, f"cost_basis of {instrument!r}")
+            if price is not None and not (isinstance(price, Decimal) and price.is_finite()):
+                _check(price, f"price of {instrument!r}")
+            if reference is not None and not (
+                isinstance(reference, Decimal) and reference.is_finite()
             ):
-                if not (isinstance(value, Decimal) and value.is_finite()) and (
-                    value is not None or what in ("quantity", "cost_basis")
-                ):
-                    _check(value, f"{what} of {instrument!r}")
+                _check(reference, f"reference price of {instrument!r}")
             currency = holding.currency
             rate = (
                 rates[currency]
