@@ -42,40 +42,65 @@ class TokenBucket:
             return True
         return False
 
+    def wait(self) -> float:
+        """Seconds until :meth:`allow` would succeed (0 when it would now)."""
+        now = self.clock()
+        tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        return max(0.0, (1 - tokens) / self.rate)
+
 
 class Conflator:
-    """Sends at most one message per key every ``interval`` seconds, always the latest one.
+    """Sends at most ``1 / interval`` messages per key a second on average, always the latest.
 
-    The first message of a key goes out at once; later ones inside the interval replace each
-    other, and the last is sent when the interval is over. What a connection can have queued is
-    therefore one message per key, however fast the producer or however slow the reader.
+    Each key has a token bucket (bursts of ``burst``): a message goes out at once while the key
+    has a token; one that comes sooner waits, and later ones replace it while it waits, so what
+    a connection can have queued is one message per key, however fast the producer or however
+    slow the reader. The burst absorbs jitter: a stream at the allowed rate whose messages come
+    a little early or late (a coalescing window of the same length) is never held back.
     """
 
-    def __init__(self, *, interval: float, send: Callable[[dict[str, Any]], Awaitable[None]]):
+    def __init__(
+        self,
+        *,
+        interval: float,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        burst: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.interval = interval
         self.send = send
-        self.last_sent: dict[Hashable, float] = {}
+        self.burst = burst
+        self.clock = clock
+        self.buckets: dict[Hashable, TokenBucket] = {}
         self.pending: dict[Hashable, dict[str, Any]] = {}
         self.timers: dict[Hashable, asyncio.Task] = {}
+
+    def _bucket(self, key: Hashable) -> TokenBucket:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = TokenBucket(rate=1 / self.interval, burst=self.burst, clock=self.clock)
+            self.buckets[key] = bucket
+        return bucket
 
     async def offer(self, key: Hashable, message: dict[str, Any]) -> None:
         if key in self.pending:
             self.pending[key] = message  # a flush is already scheduled: it sends this one
             return
-        wait = self.last_sent.get(key, float("-inf")) + self.interval - time.monotonic()
-        if wait <= 0:
-            self.last_sent[key] = time.monotonic()
+        bucket = self._bucket(key)
+        if bucket.allow():
             await self.send(message)
             return
         self.pending[key] = message
-        self.timers[key] = asyncio.create_task(self._flush_later(key, wait))
+        self.timers[key] = asyncio.create_task(self._flush_later(key, bucket.wait()))
 
     async def _flush_later(self, key: Hashable, wait: float) -> None:
         await asyncio.sleep(wait)
         self.timers.pop(key, None)
         message = self.pending.pop(key, None)
         if message is not None:
-            self.last_sent[key] = time.monotonic()
+            bucket = self._bucket(key)
+            if not bucket.allow():  # the sleep ended a hair early: spend what there is
+                bucket.tokens = 0.0
             await self.send(message)
 
     def discard_pending(self) -> None:

@@ -75,3 +75,56 @@ async def test_a_ping_is_answered_while_a_valuation_waits_and_the_latest_still_a
     assert valuations[-1] == "2.00"
     assert [f["seq"] for f in frames] == list(range(2, 2 + len(frames)))
     await comm.disconnect()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def recording_conflator(clock, interval=0.2):
+    from streaming.flow import Conflator
+
+    sent = []
+
+    async def send(message):
+        sent.append(message["n"])
+
+    return Conflator(interval=interval, send=send, clock=clock), sent
+
+
+async def test_a_stream_at_the_allowed_rate_with_jitter_is_never_held():
+    """Valuations every 200 ms from a 200 ms window arrive a little early or late; none waits."""
+    clock = FakeClock()
+    conflator, sent = recording_conflator(clock)
+    for n, gap in enumerate([0.0, 0.19, 0.21, 0.18, 0.22, 0.2, 0.19, 0.2, 0.21, 0.19]):
+        clock.now += gap
+        await conflator.offer("p", {"n": n})
+    assert sent == list(range(10))
+    assert conflator.pending == {} and conflator.timers == {}
+
+
+async def test_a_burst_sends_the_bucket_then_holds_only_the_latest():
+    clock = FakeClock()
+    conflator, sent = recording_conflator(clock)
+    for n in range(10):
+        await conflator.offer("p", {"n": n})
+    await conflator.offer("q", {"n": 100})  # another key has its own bucket
+    assert sent == [0, 1, 100]  # the burst of 2, then only what waits
+    assert conflator.pending == {"p": {"n": 9}}
+    conflator.discard_pending()
+
+
+async def test_a_held_message_goes_out_when_its_token_comes():
+    clock = FakeClock()
+    conflator, sent = recording_conflator(clock, interval=0.05)
+    for n in range(5):
+        await conflator.offer("p", {"n": n})
+    assert sent == [0, 1]
+    clock.now += 0.05  # the fake clock says the token is there; the timer sleeps for real
+    await conflator.timers["p"]
+    assert sent == [0, 1, 4]
+    assert conflator.pending == {}
