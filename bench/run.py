@@ -841,6 +841,17 @@ class IngestMonitor:
 # ---------------------------------------------------------------- the two runs
 
 
+def presence_established(r: redis.Redis) -> None:
+    """Every client has connected, so every one has marked its user present: let the workers
+    trust presence now rather than one ttl after this fresh Redis saw its first mark (the wait
+    that covers a Redis restart, when open sockets have not marked themselves again yet;
+    streaming/presence.py). A server up for a minute is in this state."""
+    from streaming import presence
+
+    now, _ = r.time()
+    r.set(presence.keys()[1], now - presence.ttl())
+
+
 def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
     ports = [free_port() for _ in range(args.daphne)]
     servers = [
@@ -917,6 +928,7 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
         clients = start_clients(specs, args.client_procs, env, logs, "livefolio")
         connect_s = time.monotonic() - started
         procs += clients
+        presence_established(r)
         feed = None
         hooks: list[Any] = []
         monitor = counter = None
