@@ -6,10 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Any
 
 import redis
@@ -17,7 +15,6 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import SESSION_KEY
 
 from portfolio import selectors
 from portfolio.health import WS_CONNECTIONS, WS_MESSAGES_SENT, WS_REJECTED
@@ -25,16 +22,9 @@ from portfolio.models import Instrument
 from portfolio.security import context_id, new_id
 from streaming import events, limits, protocol, streams, tokens
 from streaming.flow import Conflator, TokenBucket, UserConnections
+from streaming.watch import socket_watch
 
 log = logging.getLogger(__name__)
-
-
-def session_user_id(session_key: str | None) -> str | None:
-    """The user id a session still belongs to; None once it is gone or expired."""
-    if not session_key:
-        return None
-    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session_key)
-    return store.get(SESSION_KEY)
 
 
 class ProtocolConsumer(AsyncWebsocketConsumer):
@@ -75,9 +65,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 buffers.pop(self.channel_name, None)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        self.bucket = TokenBucket(
-            rate=settings.LIVEFOLIO_WS_RATE, burst=settings.LIVEFOLIO_WS_BURST
-        )
+        self.bucket: TokenBucket | None = None  # made on the first frame: most never send one
         self.dropped = 0
         self.capped_user: int | None = None
         self.counted = False
@@ -124,6 +112,12 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             if handler is not None:
                 await handler(message)
                 return
+        elif message["type"] == "websocket.receive":
+            # A client's frame: its handlers reach the database only through
+            # database_sync_to_async, which closes stale connections itself. 5,000 idle sockets
+            # answering a ping at once were 5,000 queued thread hops.
+            await self.websocket_receive(message)
+            return
         await super().dispatch(message)
 
     async def send_message(self, payload: dict[str, Any]) -> None:
@@ -135,6 +129,9 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         await self.send_message(protocol.error(code=code, message=message))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.bucket is None:
+            rate, burst = settings.LIVEFOLIO_WS_RATE, settings.LIVEFOLIO_WS_BURST
+            self.bucket = TokenBucket(rate=rate, burst=burst)
         if not self.bucket.allow():
             await self.reject_flood()
             return
@@ -208,47 +205,23 @@ class PortfolioConsumer(ProtocolConsumer):
                 await self.channel_layer.group_discard(group, self.channel_name)
             return
         await self.send_snapshot()
-        self.watchdog = asyncio.create_task(self.watch())
+        socket_watch().add(self)  # session checks and renewals: one task for all sockets
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "watchdog"):
-            self.watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.watchdog
+        await socket_watch().remove(self)
         if hasattr(self, "conflator"):
             self.conflator.discard_pending()
         for group in getattr(self, "groups", ()):
             with contextlib.suppress(Exception):  # Redis may be the reason we are closing
                 await self.channel_layer.group_discard(group, self.channel_name)
 
-    async def watch(self) -> None:
-        """Close when the session has ended (checked every LIVEFOLIO_SESSION_CHECK_SECONDS);
-        renew the group membership and the connection-cap entry more often (both are lost if
-        Redis restarts empty, and a cap entry expires unless renewed)."""
-        check_every = settings.LIVEFOLIO_SESSION_CHECK_SECONDS
-        period = min(UserConnections.REFRESH_SECONDS, check_every)
-        next_check = time.monotonic() + check_every
-        # Sockets opened together (a server restart reconnects everyone) spread their renewals
-        # over the period instead of hitting Redis all in the same instant.
-        await asyncio.sleep(random.uniform(0, period))
-        while True:
-            await asyncio.sleep(period)
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + check_every
-                try:
-                    owner = await database_sync_to_async(session_user_id)(self.session_key)
-                except Exception as exc:  # database down: keep serving what we have
-                    log.warning("session check failed: %s", exc)
-                    owner = str(self.user_id)
-                if owner != str(self.user_id):
-                    await self.end_session()
-                    return
-            try:
-                for group in self.groups:
-                    await self.channel_layer.group_add(group, self.channel_name)
-                await self.connection_cap.refresh(self.user_id, self.channel_name)
-            except Exception as exc:
-                log.warning("renewing group membership failed: %s", exc)
+    async def renew(self) -> None:
+        """Renew the group memberships and the connection-cap entry (streaming.watch calls this
+        every UserConnections.REFRESH_SECONDS: both are lost if Redis restarts empty, and a cap
+        entry expires unless renewed)."""
+        for group in self.groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.connection_cap.refresh(self.user_id, self.channel_name)
 
     async def end_session(self) -> None:
         await self.send_error(protocol.ERROR_SESSION_ENDED, "your session ended; log in again")
