@@ -28,6 +28,7 @@ from typing import Any
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
 from channels_redis.utils import _wrap_close
+from redis.asyncio import BlockingConnectionPool
 
 
 class Inbox:
@@ -100,12 +101,28 @@ class Inbox:
             self._getters = None
 
 
+# Redis connections one daphne's channel layer may hold per host. A burst (5,000 sockets
+# connecting, each joining its group) waits for a free one instead of failing the handshake
+# with "Too many connections", as the stock pool (100, raising) did.
+POOL_SIZE = 100
+POOL_WAIT_SECONDS = 10
+
+
 class CoreChannelLayer(RedisChannelLayer):
-    """channels-redis' core layer with an :class:`Inbox` per local channel."""
+    """channels-redis' core layer with an :class:`Inbox` per local channel and a connection
+    pool that makes a burst wait rather than fail."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.receive_buffer = defaultdict(functools.partial(Inbox, self.capacity))
+
+    def create_pool(self, index: int) -> Any:
+        host = dict(self.hosts[index])
+        if "address" not in host:
+            return super().create_pool(index)  # sentinels: channels-redis' own pool
+        return BlockingConnectionPool.from_url(
+            host.pop("address"), max_connections=POOL_SIZE, timeout=POOL_WAIT_SECONDS, **host
+        )
 
 
 class _PubSubLoopLayer(RedisPubSubLoopLayer):
