@@ -207,6 +207,10 @@ class PortfolioConsumer(ProtocolConsumer):
         await self.send_snapshot()
         socket_watch().add(self)  # session checks and renewals: one task for all sockets
 
+    async def forget(self) -> None:
+        await socket_watch().remove(self)  # first: no renewal may re-add the cap entry
+        await super().forget()
+
     async def disconnect(self, code: int) -> None:
         await socket_watch().remove(self)
         if hasattr(self, "conflator"):

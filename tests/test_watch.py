@@ -108,3 +108,21 @@ async def test_removing_a_socket_stops_its_renewal_in_flight(monkeypatch):
     assert staying.renewed > 1
     await watch.remove(staying)
     await asyncio.wait_for(watch.task, 5)  # the timer stops when nothing is left to watch
+
+
+async def test_sockets_closing_while_renewals_run_leave_no_cap_entry_or_group_member(
+    world, redis_client, monkeypatch
+):
+    monkeypatch.setattr(UserConnections, "REFRESH_SECONDS", 0.01)  # renewing all the time
+    alice = world["users"]["alice"]
+    cookie = await database_sync_to_async(session_cookie)(alice)
+    for _ in range(30):
+        comm = communicator("/ws/portfolio/", cookie=cookie)
+        assert (await comm.connect())[0]
+        assert (await comm.receive_json_from())["type"] == "snapshot"
+        await asyncio.sleep(0.02)  # a renewal or two of this socket
+        await comm.disconnect()
+    await asyncio.sleep(0.1)
+    prefix = settings.LIVEFOLIO_REDIS_PREFIX
+    assert redis_client.zcard(f"{prefix}:conn:portfolio:user.{alice.id}") == 0
+    assert redis_client.zcard(f"{prefix}:group:{events.user_group(alice.id)}") == 0
