@@ -58,7 +58,7 @@ class SessionAuth:
                 break
         store = import_module(settings.SESSION_ENGINE).SessionStore
         session = store(cookies.get(settings.SESSION_COOKIE_NAME))
-        scope = dict(scope, cookies=cookies, session=session)
+        scope = dict(scope, cookies=cookies, session=session, user=None)  # one allocation
         scope["user"] = await get_user(scope)
         return await self.inner(scope, receive, send)
 
