@@ -176,10 +176,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio")
 
 # "pubsub": Livefolio's layer on Redis pub/sub (one PUBLISH per group message, batched);
-# "core": channels-redis' RedisChannelLayer. docs/performance.md has the measurements.
+# "core": channels-redis' RedisChannelLayer (one lighter inbox per connection, see
+# streaming/layers.py). docs/performance.md has the measurements.
 CHANNEL_LAYER_BACKENDS = {
     "pubsub": "streaming.layers.PubSubChannelLayer",
-    "core": "channels_redis.core.RedisChannelLayer",
+    "core": "streaming.layers.CoreChannelLayer",
 }
 # The default stays "core": the fault suite (Redis restarted empty, 1,000 reconnects) covers it;
 # "pubsub" is measured faster (docs/performance.md) and opt-in until the fault suite covers it.

@@ -51,7 +51,7 @@ def test_database_and_redis_urls_give_the_real_stack():
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     assert config["engine"] == "django.db.backends.postgresql"
-    assert config["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert config["layer"] == "streaming.layers.CoreChannelLayer"  # channels-redis core layer
     assert config["eager"] is False
     # The idle-consumer pitfall: no socket read timeout on the channel layer's connections.
     assert config["hosts"] == [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}]
