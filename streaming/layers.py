@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import weakref
 from collections import defaultdict
 from typing import Any
 
@@ -52,10 +51,6 @@ class Inbox:
 
     def empty(self) -> bool:
         return not self._items
-
-    def idle(self) -> bool:
-        """Nothing queued and nobody waiting."""
-        return not self._items and not self._getters
 
     def full(self) -> bool:
         return 0 < self.maxsize <= self.qsize()
@@ -96,13 +91,6 @@ class Inbox:
                     self._getters = None
         return self.get_nowait()
 
-    def fail(self, exc: BaseException) -> None:
-        """Raise ``exc`` in every reader waiting now (the source they wait on is gone)."""
-        getters, self._getters = self._getters or [], None
-        for getter in getters:
-            if not getter.done():
-                getter.set_exception(exc)
-
     def _wake_next(self) -> None:
         while self._getters:
             getter = self._getters.pop(0)
@@ -120,80 +108,13 @@ POOL_SIZE = 100
 POOL_WAIT_SECONDS = 10
 
 
-class _LocalReader:
-    """Reads this process's Redis queue (``receive_single``) while any local channel waits,
-    and files each message in its channel's inbox: one task per event loop, where
-    channels-redis had every waiting receive() hold two tasks and an ``asyncio.wait``
-    (~3 KB per idle socket) to take turns at the same read."""
-
-    def __init__(self, layer: CoreChannelLayer, real_channel: str) -> None:
-        self.layer = layer
-        self.real_channel = real_channel
-        self.waiting = 0
-        self.task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self.run())
-
-    async def stop(self) -> None:
-        """Cancel the read and wait until it has let go of its Redis connection and lock.
-        Safe at any point: a message popped but not yet filed is still in channels-redis'
-        backup queue and comes back on the next read."""
-        task, self.task = self.task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-
-    async def run(self) -> None:
-        buffers = self.layer.receive_buffer
-        try:
-            while True:
-                channels, message = await self.layer.receive_single(self.real_channel)
-                for channel in channels if isinstance(channels, list) else [channels]:
-                    buffers[channel].put_nowait(message)
-        except Exception as exc:  # Redis went away: every waiting receive() raises it
-            self.task = None
-            for inbox in list(buffers.values()):
-                inbox.fail(exc)
-
-
 class CoreChannelLayer(RedisChannelLayer):
-    """channels-redis' core layer with an :class:`Inbox` per local channel, one reader task per
-    event loop for all of them, and a connection pool that makes a burst wait rather than
-    fail."""
+    """channels-redis' core layer with an :class:`Inbox` per local channel and a connection
+    pool that makes a burst wait rather than fail."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.receive_buffer = defaultdict(functools.partial(Inbox, self.capacity))
-        self._readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LocalReader] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    async def receive(self, channel: str) -> dict[str, Any]:
-        if "!" not in channel:
-            return await super().receive(channel)
-        assert self.require_valid_channel_name(channel)
-        loop = asyncio.get_running_loop()
-        reader = self._readers.get(loop)
-        if reader is None:
-            reader = self._readers[loop] = _LocalReader(self, self.non_local_name(channel))
-        inbox = self.receive_buffer[channel]
-        reader.waiting += 1
-        try:
-            if inbox.empty():
-                reader.start()
-            return await inbox.get()
-        except asyncio.CancelledError:
-            # The last receiver leaving stops the read (a receiver that got its message calls
-            # again at once: the read goes on for it).
-            if reader.waiting == 1:
-                await reader.stop()
-            raise
-        finally:
-            reader.waiting -= 1
-            if inbox.idle() and self.receive_buffer.get(channel) is inbox:
-                del self.receive_buffer[channel]
 
     def create_pool(self, index: int) -> Any:
         host = dict(self.hosts[index])

@@ -59,15 +59,3 @@ async def test_two_readers_each_get_one_message():
     inbox.put_nowait("a")
     inbox.put_nowait("b")
     assert sorted(await asyncio.gather(*readers)) == ["a", "b"]
-
-
-async def test_a_failed_source_raises_in_every_waiting_reader():
-    inbox = Inbox()
-    readers = [asyncio.ensure_future(inbox.get()) for _ in range(3)]
-    await asyncio.sleep(0)
-    assert not inbox.idle()
-    inbox.fail(ConnectionError("Redis went away"))
-    for reader in readers:
-        with pytest.raises(ConnectionError):
-            await reader
-    assert inbox.idle()

@@ -92,19 +92,3 @@ async def test_an_idle_socket_still_gets_updates_after_a_minute(world, daphne_se
         message = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert (message["type"], message["seq"]) == ("valuation", 2)
         assert message["portfolio"]["total"] == "7.00"
-
-
-async def test_many_waiting_channels_each_get_their_own_message_with_no_task_per_wait(
-    world, redis_client, layer_kind
-):
-    layer = get_channel_layer()
-    channels = [await layer.new_channel() for _ in range(50)]
-    receivers = [asyncio.ensure_future(layer.receive(channel)) for channel in channels]
-    await asyncio.sleep(0.2)
-    # The 50 receivers, this test and the layer's one reader: no helper task per waiting receive
-    # (channels-redis' core layer had two each, ~3 KB per idle socket).
-    assert len(asyncio.all_tasks()) <= 50 + 2
-    for n, channel in enumerate(channels):
-        await layer.send(channel, {"type": "test.message", "n": n})
-    got = await asyncio.wait_for(asyncio.gather(*receivers), timeout=10)
-    assert [message["n"] for message in got] == list(range(50))
