@@ -681,23 +681,14 @@ def final_quote_loss(last: dict[str, dict[str, Any]], instrument_id: int) -> dic
     return {"checked": len(last), "stale": len(stale), "stale_users": stale[:10], "price": truth}
 
 
-class FeedCounter:
-    """The feed's achieved tick rate over the window, from the health row it writes every 2 s
-    (FeedStatus.messages and heartbeat_at: the feed's own count, not what was asked of it)."""
+class TickRate:
+    """A tick count's rate over the measured window: ``read()`` gives (count, time) or None."""
 
-    def __init__(self, kind: str = "simulated") -> None:
-        self.kind = kind
-        self.first: tuple[int, datetime] | None = None
-        self.last: tuple[int, datetime] | None = None
+    first: tuple[int, Any] | None = None
+    last: tuple[int, Any] | None = None
 
-    def read(self) -> tuple[int, datetime] | None:
-        from portfolio.models import FeedStatus
-
-        return (
-            FeedStatus.objects.filter(feed=self.kind)
-            .values_list("messages", "heartbeat_at")
-            .first()
-        )
+    def read(self) -> tuple[int, Any] | None:
+        raise NotImplementedError
 
     def window_start(self) -> None:
         self.first = self.read()
@@ -708,8 +699,26 @@ class FeedCounter:
     def ticks_per_s(self) -> float | None:
         if not (self.first and self.last) or self.last[1] <= self.first[1]:
             return None
-        seconds = (self.last[1] - self.first[1]).total_seconds()
+        elapsed = self.last[1] - self.first[1]
+        seconds = elapsed.total_seconds() if isinstance(elapsed, timedelta) else elapsed
         return round((self.last[0] - self.first[0]) / seconds, 1)
+
+
+class FeedCounter(TickRate):
+    """The feed's achieved tick rate over the window, from the health row it writes every 2 s
+    (FeedStatus.messages and heartbeat_at: the feed's own count, not what was asked of it)."""
+
+    def __init__(self, kind: str = "simulated") -> None:
+        self.kind = kind
+
+    def read(self) -> tuple[int, datetime] | None:
+        from portfolio.models import FeedStatus
+
+        return (
+            FeedStatus.objects.filter(feed=self.kind)
+            .values_list("messages", "heartbeat_at")
+            .first()
+        )
 
 
 class IngestMonitor:
@@ -1042,30 +1051,17 @@ def floor_quote_frame(world) -> dict[str, Any]:
     return frame
 
 
-class PublisherTicks:
+class PublisherTicks(TickRate):
     """The floor publisher's achieved tick rate over the window, from its per-second lines."""
 
     def __init__(self, proc: Proc) -> None:
         self.proc = proc
-        self.first: tuple[int, float] | None = None
-        self.last: tuple[int, float] | None = None
 
     def read(self) -> tuple[int, float] | None:
         self.proc.log.flush()
         lines = [x.split() for x in self.proc.log_path.read_text().splitlines()]
         found = [(int(x[1]), float(x[2])) for x in lines if len(x) == 3 and x[0] == "ticks"]
         return found[-1] if found else None
-
-    def window_start(self) -> None:
-        self.first = self.read()
-
-    def window_end(self) -> None:
-        self.last = self.read()
-
-    def ticks_per_s(self) -> float | None:
-        if not (self.first and self.last) or self.last[1] <= self.first[1]:
-            return None
-        return round((self.last[0] - self.first[0]) / (self.last[1] - self.first[1]), 1)
 
 
 def run_floor(args, env, logs, world, r) -> dict[str, Any]:

@@ -7,19 +7,14 @@ from channels.db import database_sync_to_async
 
 from portfolio import services
 from portfolio.models import TxKind
-from tests.websocket import communicator, session_cookie
+from tests.websocket import open_portfolio_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def snapshot_of(user):
-    cookie = await database_sync_to_async(session_cookie)(user)
-    comm = communicator("/ws/portfolio/", cookie=cookie)
-    connected, _ = await comm.connect()
-    assert connected
-    message = await comm.receive_json_from(timeout=10)
+    comm, message, _ = await open_portfolio_page(user)
     await comm.disconnect()
-    assert message["type"] == "snapshot"
     return message["portfolios"]
 
 

@@ -7,13 +7,12 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.db import database_sync_to_async
 
 from streaming import flow, presence
 from streaming.tasks import ingest_quotes
 from tests import api
 from tests.test_ingest import T0, deliveries, tick
-from tests.websocket import as_sent, communicator, session_cookie
+from tests.websocket import as_sent, open_portfolio_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,12 +24,7 @@ def tracking_since(redis_client, seconds_ago: float) -> None:
 
 
 async def open_page(user):
-    cookie = await database_sync_to_async(session_cookie)(user)
-    comm = communicator("/ws/portfolio/", cookie=cookie)
-    connected, _ = await comm.connect()
-    assert connected
-    snapshot = await comm.receive_json_from(timeout=5)
-    assert snapshot["type"] == "snapshot"
+    comm, snapshot, _ = await open_portfolio_page(user)
     return comm, snapshot
 
 

@@ -15,17 +15,13 @@ from django.utils import timezone
 from streaming import events, protocol
 from streaming.flow import UserConnections
 from streaming.watch import SocketWatch, session_owners
-from tests.websocket import communicator, session_cookie
+from tests.websocket import communicator, open_portfolio_page, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def open_as(user):
-    cookie = await database_sync_to_async(session_cookie)(user)
-    comm = communicator("/ws/portfolio/", cookie=cookie)
-    connected, _ = await comm.connect()
-    assert connected
-    assert (await comm.receive_json_from())["type"] == "snapshot"
+    comm, _, cookie = await open_portfolio_page(user)
     return comm, cookie.split("=", 1)[1]
 
 

@@ -26,6 +26,19 @@ def communicator(path: str, *, cookie: str | None = None, origin: str | None = O
     return WebsocketCommunicator(application, path, headers=headers)
 
 
+async def open_portfolio_page(user):
+    """A logged-in /ws/portfolio/ socket with its first frame (the snapshot) read."""
+    from channels.db import database_sync_to_async
+
+    cookie = await database_sync_to_async(session_cookie)(user)
+    comm = communicator("/ws/portfolio/", cookie=cookie)
+    connected, _ = await comm.connect()
+    assert connected
+    snapshot = await comm.receive_json_from(timeout=10)
+    assert snapshot["type"] == "snapshot"
+    return comm, snapshot, cookie
+
+
 def as_sent(message: dict) -> dict:
     """A channel-layer event's payload as a socket sends it (encoded parts decoded)."""
     import json
