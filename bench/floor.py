@@ -133,14 +133,29 @@ async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
                 holders[instrument].append(user)
         # One template per user: its real valuation frame, as_of replaced per send.
         templates = {u: json.dumps(t) for u, t in job["frames"].items()}
+        # Livefolio's pacing (streaming/pacing.py): a user's frame at most once per slot of
+        # its own phase; what moves in between waits for the next slot.
+        pace_ms = job.get("pace_ms", 0)
+        owed: dict[str, float] = {}  # user -> newest tick not sent yet
+        last_slot: dict[str, int] = {}
         while True:
             await asyncio.sleep(window)
             batch, pending = pending, {}
-            newest: dict[str, float] = {}
             for instrument, ts in batch.items():
                 for user in holders[instrument]:
-                    if ts > newest.get(user, 0.0):
-                        newest[user] = ts
+                    if ts > owed.get(user, 0.0):
+                        owed[user] = ts
+            newest: dict[str, float] = {}
+            now_ms = int(time.time() * 1000)
+            for user, ts in owed.items():
+                if pace_ms:
+                    slot = (now_ms - int(user) * 7919 % pace_ms) // pace_ms
+                    if last_slot.get(user, -1) >= slot:
+                        continue
+                    last_slot[user] = slot
+                newest[user] = ts
+            for user in newest:
+                del owed[user]
             pipe = client.pipeline(transaction=False)
             for user, ts in newest.items():
                 frame = templates[user].replace('"__AS_OF__"', json.dumps(iso(ts)), 1)

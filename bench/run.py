@@ -102,6 +102,13 @@ def parse_args() -> argparse.Namespace:
         help="feed ticks per second (default 200; broadcast 50; ingest 5000)",
     )
     p.add_argument("--window-ms", type=int, default=None, help="feed coalescing window")
+    p.add_argument(
+        "--interval-ms",
+        type=int,
+        default=None,
+        help="valuation pacing: each portfolio valued at most once per this interval "
+        "(LIVEFOLIO_VALUATION_INTERVAL_MS; the floor paces the same way)",
+    )
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=3.0, help="feed seconds before measuring")
     p.add_argument("--daphne", type=int, default=1, help="daphne processes")
@@ -160,6 +167,8 @@ def bench_env(args: argparse.Namespace) -> dict[str, str]:
     )
     if args.window_ms:
         env["LIVEFOLIO_COALESCE_MS"] = str(args.window_ms)
+    if args.interval_ms is not None:
+        env["LIVEFOLIO_VALUATION_INTERVAL_MS"] = str(args.interval_ms)
     os.environ.update(env)
     return env
 
@@ -1118,6 +1127,7 @@ def run_floor(args, env, logs, world, r) -> dict[str, Any]:
                 job_spec.update(
                     mode="portfolio",
                     holdings={str(u.id): world["held"][u.id] for u in users},
+                    pace_ms=settings.LIVEFOLIO_VALUATION_INTERVAL_MS,
                     frames=floor_frames(world, users),
                 )
             job = logs / "floor-publisher.json"
@@ -1247,7 +1257,8 @@ def table(result: dict[str, Any]) -> str:
             f" after {result['args']['seconds']} s"
         )
     lines.append(
-        f"{result['revision']}, {result['channel_layer']}, window {result['coalesce_ms']} ms"
+        f"{result['revision']}, {result['channel_layer']}, window {result['coalesce_ms']} ms, "
+        f"valuation interval {result['valuation_interval_ms']} ms"
     )
     lines.append(
         f"load average at start: {result['loadavg_start']}, at end: {result['loadavg_end']}"
@@ -1318,6 +1329,7 @@ def main() -> None:
         "revision": git_revision(),
         "channel_layer": settings_value("CHANNEL_LAYERS")["default"]["BACKEND"],
         "coalesce_ms": settings_value("LIVEFOLIO_COALESCE_MS"),
+        "valuation_interval_ms": settings_value("LIVEFOLIO_VALUATION_INTERVAL_MS"),
         "loadavg_start": loadavg_start,
         "logs": str(logs),
     }

@@ -252,6 +252,11 @@ def portfolios_holding(*, instrument_ids: Iterable[int]) -> list[tuple[int, int]
     return list(Portfolio.objects.filter(affected).values_list("id", "owner_id").distinct())
 
 
+def portfolio_owners(*, portfolio_ids: Iterable[int]) -> list[tuple[int, int]]:
+    """(portfolio id, owner id) of each of these portfolios that exists."""
+    return list(Portfolio.objects.filter(id__in=list(portfolio_ids)).values_list("id", "owner_id"))
+
+
 def _times(quantity: Decimal, price: Decimal | None) -> Decimal | None:
     return None if price is None else quantity * price
 

@@ -246,6 +246,10 @@ LIVEFOLIO_COALESCE_MS = env_int("LIVEFOLIO_COALESCE_MS", 200, minimum=10)
 # never lets this long pass without a valuation (a guard for a queue that never empties: a
 # short one would make an overloaded worker value on every other batch and never catch up).
 LIVEFOLIO_VALUATION_MAX_DELAY_MS = env_int("LIVEFOLIO_VALUATION_MAX_DELAY_MS", 5000, minimum=10)
+# Each portfolio is valued at most once per this interval, on a phase of its own, so that a feed
+# window shorter than it spreads the valuations evenly instead of one burst per window
+# (streaming/pacing.py; needs Redis). 0: value every moving portfolio at every batch.
+LIVEFOLIO_VALUATION_INTERVAL_MS = env_int("LIVEFOLIO_VALUATION_INTERVAL_MS", 0, minimum=0)
 # A price older than this is shown as stale (seconds).
 LIVEFOLIO_STALE_SECONDS = env_int("LIVEFOLIO_STALE_SECONDS", 120, minimum=1)
 # Order books are published at most this often per instrument (milliseconds).

@@ -16,7 +16,7 @@ from django.db import OperationalError, transaction
 
 from portfolio import health, selectors, services
 from portfolio.models import FeedKind, Instrument
-from streaming import events, flow, presence, protocol
+from streaming import events, flow, pacing, presence, protocol
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,7 @@ def value_pending() -> None:
     except redis.RedisError as exc:
         log.warning("ingest: pending valuations unavailable (%s)", exc)
         return
-    if pending:
-        events.publish(_valuation_messages(pending))
+    events.publish(_valuation_messages(pending, flush=True))
 
 
 def _take_pending(client) -> list[int]:
@@ -193,12 +192,34 @@ _last_pass = 0.0
 books = selectors.BookCache()
 
 
-def _valuation_messages(changed: list[int]) -> list[tuple[str, dict]]:
-    owners = dict(selectors.portfolios_holding(instrument_ids=changed))
+@shared_task(acks_late=True, soft_time_limit=30, time_limit=60)
+def value_deferred() -> None:
+    """Value the portfolios whose paced turn has come (streaming/pacing.py), for when no
+    ingest batch comes to do it."""
+    pacing.flush_taken()
+    value_pending()
+
+
+def _valuation_messages(changed: list[int], *, flush: bool = False) -> list[tuple[str, dict]]:
+    """The valuations of the portfolios ``changed`` instruments move, that are watched and
+    whose turn it is (pacing), plus the deferred ones whose turn has come. ``flush``: take
+    those even when nothing changed."""
+    if not changed and not flush:
+        return []
+    owners = dict(selectors.portfolios_holding(instrument_ids=changed)) if changed else {}
     # Only portfolios someone watches (streaming/presence.py); None: unknown, value them all.
     watching = presence.present(owners.values())
     if watching is not None:
         owners = {pid: owner for pid, owner in owners.items() if owner in watching}
+    turns = pacing.take_turns(owners)
+    if turns is not None:
+        late = [pid for pid in turns.due if pid not in owners]
+        if late:
+            owners.update(selectors.portfolio_owners(portfolio_ids=late))
+        owners = {pid: owners[pid] for pid in turns.due if pid in owners}
+        pacing.schedule_flush(turns)
+    if not owners:
+        return []
     states = selectors.portfolio_states(portfolio_ids=owners, cache=books)
     return [
         (events.user_group(owners[state["id"]]), protocol.valuation(portfolio=state))

@@ -168,7 +168,7 @@ class Process:
         return self.proc.returncode
 
 
-def start_worker(tmp: Path) -> Process:
+def start_worker(tmp: Path, **env: str) -> Process:
     worker = Process(
         "celery-worker",
         [
@@ -184,7 +184,7 @@ def start_worker(tmp: Path) -> Process:
             "--without-mingle",
             "--without-heartbeat",
         ],
-        stack_env(),
+        stack_env(**env),
         tmp,
     )
     worker.wait_for_output("ready.")
