@@ -138,11 +138,6 @@ def valuations_due(changed: list[int]) -> list[int]:
     Every task on this queue takes the set before its own work (:func:`value_pending`), so a
     noted instrument is valued by the next task whatever it is. Without Redis (the embedded
     default) or when Redis fails: value ``changed`` now.
-
-    With pacing on (streaming/pacing.py) batches are not coalesced: a pass then values only the
-    portfolios whose turn came, so two passes merged would value as many as two passes apart
-    (the interval, not the batch rate, bounds the valuation work), and skipping one would only
-    make those portfolios a batch later.
     """
     client = flow.redis_sync()
     if client is None:
@@ -154,7 +149,7 @@ def valuations_due(changed: list[int]) -> list[int]:
         pipe.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
         _, waiting = pipe.execute()
         overdue = time.monotonic() - _last_pass >= settings.LIVEFOLIO_VALUATION_MAX_DELAY_MS / 1000
-        if waiting and not overdue and not pacing.interval_ms():
+        if waiting and not overdue:
             return []
         return sorted(set(changed) | set(_take_pending(client)))
     except redis.RedisError as exc:
