@@ -29,30 +29,45 @@ from streaming import flow
 
 log = logging.getLogger(__name__)
 
-# KEYS: last-slot hash, deferred sorted set. ARGV: now (ms), interval (ms), portfolio ids.
+# KEYS: last-slot hash, deferred sorted set. ARGV: now (ms), interval (ms), the largest share of
+# the portfolios considered one pass may value, portfolio ids.
 # Returns {ids to value now, the earliest deferred turn (ms) or false}.
 _PACE = """
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
+local share = tonumber(ARGV[3])
 local ready = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 if #ready > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
-local due, seen = {}, {}
+local turns, seen, considered = {}, {}, 0
 local function consider(p)
   if seen[p] then return end
   seen[p] = true
+  considered = considered + 1
   local phase = (tonumber(p) * 7919) % interval
   local slot = math.floor((now - phase) / interval)
   local last = tonumber(redis.call('HGET', KEYS[1], p) or '-1')
   if last < slot then
-    redis.call('HSET', KEYS[1], p, slot)
-    redis.call('ZREM', KEYS[2], p)
-    due[#due + 1] = p
+    turns[#turns + 1] = {p, last, slot}
   else
     redis.call('ZADD', KEYS[2], phase + (last + 1) * interval, p)
   end
 end
 for _, p in ipairs(ready) do consider(p) end
-for i = 3, #ARGV do consider(ARGV[i]) end
+for i = 4, #ARGV do consider(ARGV[i]) end
+local limit = math.max(1, math.ceil(considered * share))
+if #turns > limit then
+  table.sort(turns, function(a, b) return a[2] < b[2] end)
+end
+local due = {}
+for i, t in ipairs(turns) do
+  if i <= limit then
+    redis.call('HSET', KEYS[1], t[1], t[3])
+    redis.call('ZREM', KEYS[2], t[1])
+    due[#due + 1] = t[1]
+  else
+    redis.call('ZADD', KEYS[2], now, t[1])
+  end
+end
 local keep = interval * 10 + 60000
 redis.call('PEXPIRE', KEYS[1], keep)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], keep) end
@@ -68,6 +83,14 @@ def clock_ms() -> int:
 
 def interval_ms() -> int:
     return settings.LIVEFOLIO_VALUATION_INTERVAL_MS
+
+
+def pass_share() -> float:
+    """The largest share of the moving portfolios one pass values: twice a batch window's share
+    of the interval. Its turns beyond that (a worker that fell behind finds every portfolio's
+    turn come) wait for the next pass, longest unvalued first: without the cap each pass would
+    value everyone, take longer than the interval and find everyone due again."""
+    return min(1.0, 2 * settings.LIVEFOLIO_COALESCE_MS / interval_ms())
 
 
 def phase_ms(portfolio_id: int, interval: int) -> int:
@@ -108,7 +131,7 @@ def take_turns(moving: Iterable[int]) -> Turns | None:
         return None
     now = clock_ms()
     try:
-        due, first = client.eval(_PACE, 2, *_keys(), now, interval, *moving)
+        due, first = client.eval(_PACE, 2, *_keys(), now, interval, pass_share(), *moving)
     except redis.RedisError as exc:
         log.warning("valuation pacing unavailable, valuing every moving portfolio (%s)", exc)
         return None

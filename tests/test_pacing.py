@@ -29,6 +29,7 @@ START = 1_800_000_000_000  # epoch ms
 def clock(redis_client, monkeypatch, settings):
     """Pacing on at INTERVAL ms, on a clock the test moves."""
     settings.LIVEFOLIO_VALUATION_INTERVAL_MS = INTERVAL
+    settings.LIVEFOLIO_COALESCE_MS = INTERVAL // 2  # a pass may value every portfolio
     now = [START]
     monkeypatch.setattr(pacing, "clock_ms", lambda: now[0])
     return now
@@ -75,6 +76,25 @@ def test_phases_spread_the_valuations_evenly_over_the_interval(clock):
         assert set(due) == {p for p in ids if slot(p, clock[0]) > slot(p, clock[0] - 100)}
         valued += due
     assert sorted(valued) == ids
+
+
+def test_a_pass_values_at_most_its_share_longest_unvalued_first(clock, settings):
+    """A worker that fell behind finds every portfolio's turn come: a pass values at most twice
+    a batch window's share of them (here 100 ms of 500: 40%), the ones valued longest ago
+    first, and leaves the rest to the next pass, so no pass grows past the interval."""
+    settings.LIVEFOLIO_COALESCE_MS = 100
+    ids = list(range(1, 501))
+    first = pacing.take_turns(ids)
+    assert len(first.due) == 200
+    assert first.next_turn_ms == START  # the rest are ready for the next pass
+    clock[0] += 100
+    second = pacing.take_turns(ids)
+    assert len(second.due) == 200
+    assert not set(second.due) & set(first.due)  # never valued before them
+    clock[0] += 100
+    third = pacing.take_turns(ids).due
+    assert len(third) == 200
+    assert set(first.due) | set(second.due) | set(third) == set(ids)  # nobody starved
 
 
 def queued_tasks(redis_client) -> list[dict]:
