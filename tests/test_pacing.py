@@ -98,7 +98,7 @@ def test_a_pass_values_at_most_its_share_longest_unvalued_first(clock, settings)
 
 
 def queued_tasks(redis_client) -> list[dict]:
-    queue = django_settings.CELERY_TASK_DEFAULT_QUEUE
+    queue = django_settings.CELERY_TIMER_QUEUE  # not the default: no backlog for ingest
     return [json.loads(raw)["headers"] for raw in redis_client.lrange(queue, 0, -1)]
 
 
@@ -138,7 +138,7 @@ def test_a_price_inside_the_slot_is_valued_at_the_next_turn_not_dropped(
     assert totals(got["alice"]) == ["1202.00"]  # the newest price, once
 
 
-def test_a_batch_after_the_turn_values_the_deferred_portfolio_itself(world, clock, redis_client):
+def test_a_batch_after_the_turn_values_the_deferred_portfolio_itself(world, clock):
     users = {"alice": world["users"]["alice"], "bob": world["users"]["bob"]}
     alice = world["portfolios"]["alice"].id
     deliveries(users, lambda: ingest_quotes([tick(world["btc"], "600", T0)]))
@@ -148,9 +148,6 @@ def test_a_batch_after_the_turn_values_the_deferred_portfolio_itself(world, cloc
         "alice": [],
         "bob": [],
     }
-    # A worker reserves the scheduled flush at once (it waits for its time in the worker, not
-    # on the queue, where the next batch would take it for a backlog).
-    redis_client.delete(django_settings.CELERY_TASK_DEFAULT_QUEUE)
     clock[0] = max(next_turn(alice, START), START + 1)
     got = deliveries(users, lambda: ingest_quotes([tick(world["eth"], "200", later)]))
     assert totals(got["alice"]) == ["1202.00"]  # deferred BTC, though this batch moved ETH only
