@@ -92,3 +92,38 @@ async def test_an_idle_socket_still_gets_updates_after_a_minute(world, daphne_se
         message = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert (message["type"], message["seq"]) == ("valuation", 2)
         assert message["portfolio"]["total"] == "7.00"
+
+
+def test_publishing_from_sync_code_keeps_one_connection_and_survives_redis_dropping_it(
+    layer_kind, redis_client
+):
+    """A Celery worker publishes from a thread without an event loop (streaming/events.py):
+    one kept connection for every publish, and a fresh one when Redis dropped it."""
+    db = redis_client.connection_pool.connection_kwargs.get("db", 0)
+
+    def connections() -> set[int]:
+        me = redis_client.client_id()
+        return {
+            int(c["id"])
+            for c in redis_client.client_list()
+            if int(c["db"]) == db and int(c["id"]) != me
+        }
+
+    async def run():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add("publish.test", channel)
+        listening = connections()
+        for n in (1, 2):
+            await database_sync_to_async(events.publish)([("publish.test", numbered(n))])
+        publishing = connections() - listening
+        assert len(publishing) == 1
+        for client_id in publishing:
+            redis_client.client_kill_filter(_id=client_id)
+        await database_sync_to_async(events.publish)([("publish.test", numbered(3))])
+        got = [await asyncio.wait_for(layer.receive(channel), timeout=5) for _ in range(3)]
+        return [as_sent(m)["portfolio"]["total"] for m in got]
+
+    from asgiref.sync import async_to_sync
+
+    assert async_to_sync(run)() == ["1.00", "2.00", "3.00"]
