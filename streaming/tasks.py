@@ -138,6 +138,11 @@ def valuations_due(changed: list[int]) -> list[int]:
     Every task on this queue takes the set before its own work (:func:`value_pending`), so a
     noted instrument is valued by the next task whatever it is. Without Redis (the embedded
     default) or when Redis fails: value ``changed`` now.
+
+    With pacing on (streaming/pacing.py) a pass is bounded (a share of the portfolios), so one
+    task waiting is the next batch arriving while this one runs, not a backlog: only two or
+    more make a batch skip. Skipping for one would make the due portfolios a batch later and
+    the next pass twice as long.
     """
     client = flow.redis_sync()
     if client is None:
@@ -149,7 +154,8 @@ def valuations_due(changed: list[int]) -> list[int]:
         pipe.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
         _, waiting = pipe.execute()
         overdue = time.monotonic() - _last_pass >= settings.LIVEFOLIO_VALUATION_MAX_DELAY_MS / 1000
-        if waiting and not overdue:
+        backlog = 2 if pacing.interval_ms() else 1
+        if waiting >= backlog and not overdue:
             return []
         return sorted(set(changed) | set(_take_pending(client)))
     except redis.RedisError as exc:

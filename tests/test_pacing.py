@@ -182,3 +182,18 @@ def test_with_a_real_worker_the_last_price_of_a_burst_arrives_when_the_feed_goes
         worker.stop()
     assert got[-1] == "1402.00"
     assert got in (["1400.00", "1402.00"], ["1402.00"])  # never more than one per tick
+
+
+def test_with_pacing_one_task_waiting_is_no_backlog_two_are(world, clock, redis_client):
+    """A paced pass is bounded, so the next batch arriving while this one runs does not make
+    it skip its valuations (streaming/tasks.py valuations_due); two waiting do."""
+    users = {"alice": world["users"]["alice"]}
+    queue = django_settings.CELERY_TASK_DEFAULT_QUEUE
+    redis_client.lpush(queue, "the next batch")
+    got = deliveries(users, lambda: ingest_quotes([tick(world["btc"], "600", T0)]))
+    assert totals(got["alice"]) == ["1200.00"]
+    redis_client.lpush(queue, "and one more")
+    clock[0] += INTERVAL  # alice's turn again
+    later = T0 + timedelta(seconds=1)
+    got = deliveries(users, lambda: ingest_quotes([tick(world["btc"], "601", later)]))
+    assert got == {"alice": []}  # left to the next task
