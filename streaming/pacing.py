@@ -8,7 +8,7 @@ but the work, the Channels traffic and the clients' parsing come evenly, and a v
 its newest tick within about one window instead of behind a pass over every portfolio
 (docs/performance.md). A portfolio that moves inside a slot it was already valued in is
 *deferred*: valued by the first pass after its next slot begins — the next ingest batch, or,
-when the feed goes quiet, a ``value_deferred`` task at most one interval after that turn (the
+when the feed goes quiet, a ``value_deferred`` task two batch windows after that turn (the
 last price of a burst is never dropped, only held until the portfolio's turn).
 
 State lives in Redis so that several workers pace together: a hash of each portfolio's last
@@ -54,7 +54,7 @@ local function consider(p)
 end
 for _, p in ipairs(ready) do consider(p) end
 for i = 4, #ARGV do consider(ARGV[i]) end
-local limit = math.max(1, math.ceil(considered * share))
+local limit = math.max(1, math.ceil(math.max(considered, redis.call('HLEN', KEYS[1])) * share))
 if #turns > limit then
   table.sort(turns, function(a, b) return a[2] < b[2] end)
 end
@@ -86,10 +86,11 @@ def interval_ms() -> int:
 
 
 def pass_share() -> float:
-    """The largest share of the moving portfolios one pass values: twice a batch window's share
-    of the interval. Its turns beyond that (a worker that fell behind finds every portfolio's
-    turn come) wait for the next pass, longest unvalued first: without the cap each pass would
-    value everyone, take longer than the interval and find everyone due again."""
+    """The largest share of the paced portfolios (all valued lately, or all moving now if more)
+    one pass values: twice a batch window's share of the interval. Turns beyond that (a worker
+    that fell behind finds every portfolio's turn come) wait for the next pass, longest
+    unvalued first: without the cap each pass would value everyone, take longer than the
+    interval and find everyone due again."""
     return min(1.0, 2 * settings.LIVEFOLIO_COALESCE_MS / interval_ms())
 
 
@@ -140,13 +141,13 @@ def take_turns(moving: Iterable[int]) -> Turns | None:
 
 def schedule_flush(turns: Turns) -> float | None:
     """Make sure the deferred portfolios are valued even if no ingest batch comes (the feed
-    went quiet): a ``value_deferred`` task one interval after the earliest deferred turn,
+    went quiet): a ``value_deferred`` task two batch windows after the earliest deferred turn,
     unless one is outstanding (a Redis key marks it). While batches keep coming they value the
-    deferred portfolios on their turn, and this fallback fires about once an interval. Returns
-    the countdown (seconds) when this call scheduled the task."""
+    deferred portfolios on their turn and the flush finds little to do. Returns the countdown
+    (seconds) when this call scheduled the task."""
     if turns.next_turn_ms is None:
         return None
-    delay_ms = max(turns.next_turn_ms - clock_ms(), 0) + interval_ms()
+    delay_ms = max(turns.next_turn_ms - clock_ms(), 0) + 2 * settings.LIVEFOLIO_COALESCE_MS
     client = flow.redis_sync()
     try:
         # Expires on its own a little after the task was due: a task lost with its worker

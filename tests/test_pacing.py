@@ -97,6 +97,16 @@ def test_a_pass_values_at_most_its_share_longest_unvalued_first(clock, settings)
     assert set(first.due) | set(second.due) | set(third) == set(ids)  # nobody starved
 
 
+def test_the_share_is_of_every_paced_portfolio_not_of_the_few_a_pass_considers(clock, settings):
+    """A flush after the feed went quiet considers only the deferred, a quiet market only a few
+    moving: their turns are not cut to a share of so few."""
+    ids = list(range(1, 101))
+    assert len(pacing.take_turns(ids).due) == 100
+    settings.LIVEFOLIO_COALESCE_MS = 100  # a pass may value 40% of the 100 paced
+    clock[0] += 10 * INTERVAL
+    assert sorted(pacing.take_turns(ids[:10]).due) == ids[:10]
+
+
 def queued_tasks(redis_client) -> list[dict]:
     queue = django_settings.CELERY_TIMER_QUEUE  # not the default: no backlog for ingest
     return [json.loads(raw)["headers"] for raw in redis_client.lrange(queue, 0, -1)]
@@ -125,11 +135,12 @@ def test_a_price_inside_the_slot_is_valued_at_the_next_turn_not_dropped(
     later = T0 + timedelta(seconds=1)
     held = deliveries(users, lambda: ingest_quotes([tick(world["btc"], "601", later)]))
     assert held == {"alice": []}
-    # The fallback for a quiet feed: one flush, one interval after the earliest deferred turn
-    # (alice's or charlie's: both hold BTC), on the queue.
+    # The fallback for a quiet feed: one flush, two batch windows after the earliest deferred
+    # turn (alice's or charlie's: both hold BTC), on the queue.
     charlie = world["portfolios"]["charlie"].id
     earliest = min(next_turn(alice, START), next_turn(charlie, START))
-    assert countdowns == [(earliest + INTERVAL - clock[0]) / 1000]
+    window = django_settings.LIVEFOLIO_COALESCE_MS
+    assert countdowns == [(earliest + 2 * window - clock[0]) / 1000]
     assert [t["task"] for t in queued_tasks(redis_client)] == ["streaming.tasks.value_deferred"]
     deliveries(users, lambda: ingest_quotes([tick(world["btc"], "602", later)]))  # same time
     assert len(countdowns) == 1  # one flush outstanding, not one per pass
