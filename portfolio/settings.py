@@ -213,12 +213,6 @@ CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = EMBEDDED
 CELERY_TASK_DEFAULT_QUEUE = "celery"  # streaming/tasks.py reads its length
-# Paced valuations' scheduled flushes (streaming/pacing.py) wait on a queue of their own: on the
-# default one they would look like a backlog to the ingest tasks that read its length. A worker
-# started without -Q consumes both.
-CELERY_TIMER_QUEUE = "livefolio.timers"
-CELERY_TASK_QUEUES = {CELERY_TASK_DEFAULT_QUEUE: {}, CELERY_TIMER_QUEUE: {}}
-CELERY_TASK_ROUTES = {"streaming.tasks.value_deferred": {"queue": CELERY_TIMER_QUEUE}}
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -7,9 +7,11 @@ batch instead of all of them in one burst every I: the same number of valuations
 but the work, the Channels traffic and the clients' parsing come evenly, and a valuation follows
 its newest tick within about one window instead of behind a pass over every portfolio
 (docs/performance.md). A portfolio that moves inside a slot it was already valued in is
-*deferred*: valued by the first pass after its next slot begins — the next ingest batch, or,
-when the feed goes quiet, a ``value_deferred`` task two batch windows after that turn (the
-last price of a burst is never dropped, only held until the portfolio's turn).
+*deferred*: valued by the first pass after its next slot begins — the next ingest batch. When
+the market goes quiet, each feed runner goes on sending empty batches for one interval and two
+windows after its last tick (:func:`settle_seconds`), so every deferred turn still comes (the
+last price of a burst is never dropped, only held until the portfolio's turn); the minute's
+snapshot task passes too.
 
 State lives in Redis so that several workers pace together: a hash of each portfolio's last
 valued slot and a sorted set of deferred portfolios scored by when their turn comes. One Lua
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # KEYS: last-slot hash, deferred sorted set. ARGV: now (ms), interval (ms), the largest share of
 # the portfolios considered one pass may value, portfolio ids.
-# Returns {ids to value now, the earliest deferred turn (ms) or false}.
+# Returns the ids to value now.
 _PACE = """
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
@@ -71,8 +73,7 @@ end
 local keep = interval * 10 + 60000
 redis.call('PEXPIRE', KEYS[1], keep)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], keep) end
-local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-return {due, first[2] or false}
+return due
 """
 
 
@@ -104,24 +105,9 @@ def _keys() -> list[str]:
     return [f"{prefix}:valuation:slot", f"{prefix}:valuation:deferred"]
 
 
-def flush_key() -> str:
-    return f"{settings.LIVEFOLIO_REDIS_PREFIX}:valuation:flush"
-
-
-class Turns:
-    """What one pass may value: ``due`` (portfolio ids whose turn it is, the ``moving`` ones
-    and any deferred earlier whose turn has come) and ``next_turn_ms`` (epoch ms of the
-    earliest deferred portfolio's turn, or None)."""
-
-    __slots__ = ("due", "next_turn_ms")
-
-    def __init__(self, due: list[int], next_turn_ms: int | None) -> None:
-        self.due = due
-        self.next_turn_ms = next_turn_ms
-
-
-def take_turns(moving: Iterable[int]) -> Turns | None:
-    """Pace ``moving`` (portfolios whose value changed) at the configured interval.
+def take_turns(moving: Iterable[int]) -> list[int] | None:
+    """Of ``moving`` (portfolios whose value changed) and those deferred earlier, the ids whose
+    turn it is; the rest are deferred to their next turn.
 
     None when pacing is off or impossible (interval 0, no Redis, Redis failing): value all of
     ``moving`` now, as without pacing.
@@ -132,43 +118,15 @@ def take_turns(moving: Iterable[int]) -> Turns | None:
         return None
     now = clock_ms()
     try:
-        due, first = client.eval(_PACE, 2, *_keys(), now, interval, pass_share(), *moving)
+        due = client.eval(_PACE, 2, *_keys(), now, interval, pass_share(), *moving)
     except redis.RedisError as exc:
         log.warning("valuation pacing unavailable, valuing every moving portfolio (%s)", exc)
         return None
-    return Turns([int(p) for p in due], int(float(first)) if first else None)
+    return [int(p) for p in due]
 
 
-def schedule_flush(turns: Turns) -> float | None:
-    """Make sure the deferred portfolios are valued even if no ingest batch comes (the feed
-    went quiet): a ``value_deferred`` task two batch windows after the earliest deferred turn,
-    unless one is outstanding (a Redis key marks it). While batches keep coming they value the
-    deferred portfolios on their turn and the flush finds little to do. Returns the countdown
-    (seconds) when this call scheduled the task."""
-    if turns.next_turn_ms is None:
-        return None
-    delay_ms = max(turns.next_turn_ms - clock_ms(), 0) + 2 * settings.LIVEFOLIO_COALESCE_MS
-    client = flow.redis_sync()
-    try:
-        # Expires on its own a little after the task was due: a task lost with its worker
-        # only delays the flush until the next pass schedules another.
-        if not client.set(flush_key(), 1, nx=True, px=delay_ms + 1000):
-            return None
-    except redis.RedisError as exc:
-        log.warning("valuation pacing: cannot schedule the deferred flush (%s)", exc)
-        return None
-    from streaming.tasks import value_deferred
-
-    countdown = delay_ms / 1000
-    value_deferred.apply_async(countdown=countdown)
-    return countdown
-
-
-def flush_taken() -> None:
-    """The scheduled flush is running: the next deferral may schedule another."""
-    client = flow.redis_sync()
-    if client is not None:
-        try:
-            client.delete(flush_key())
-        except redis.RedisError as exc:
-            log.warning("valuation pacing: cannot clear the flush mark (%s)", exc)
+def settle_seconds() -> float:
+    """How long a feed runner goes on sending (empty) batches after its last tick, so that the
+    portfolios its ticks deferred get their turn: one interval and two windows. 0: no pacing."""
+    interval = interval_ms()
+    return (interval + 2 * settings.LIVEFOLIO_COALESCE_MS) / 1000 if interval else 0.0

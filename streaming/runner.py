@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,7 +24,7 @@ from django.conf import settings
 
 from portfolio import services
 from portfolio.models import Instrument, Quote
-from streaming import events, marketdata, protocol
+from streaming import events, marketdata, pacing, protocol
 from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ class FeedRunner:
         self.books: dict[str, Book] = {}
         self.feed_options = feed_options
         self.feed: Feed | None = None
+        self.clock = time.monotonic
+        self.settle_until = 0.0  # clock time until which empty windows are still sent
 
     def on_event(self, event: MarketEvent) -> None:
         if event.feed_symbol not in self.symbols:
@@ -142,8 +145,14 @@ class FeedRunner:
             for t in ticks
             if t.feed_symbol in self.symbols
         ]
+        now = self.clock()
         if batch:
+            self.settle_until = now + pacing.settle_seconds()
             await self.sink(batch)
+        elif now < self.settle_until:
+            # Valuation pacing deferred some portfolios its last ticks moved: keep sending
+            # (empty) batches until every such turn has come (streaming/pacing.py).
+            await self.sink([])
 
     def market_messages(
         self, trades: list[Trade], books: dict[str, Book]

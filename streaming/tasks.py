@@ -85,6 +85,9 @@ def ingest_quotes(batch: list[dict[str, Any]]) -> int:
     committed before it, and ``valued_at`` lets clients keep the later one. Returns how many
     instruments changed.
     """
+    if not batch:  # a feed runner settling after its last tick (streaming/pacing.py)
+        value_pending()
+        return 0
     started = time.monotonic()
     updates = parse_batch(batch)
     received = {int(i["instrument"]): i.get("received") for i in batch if "instrument" in i}
@@ -198,14 +201,6 @@ _last_pass = 0.0
 books = selectors.BookCache()
 
 
-@shared_task(acks_late=True, soft_time_limit=30, time_limit=60)
-def value_deferred() -> None:
-    """Value the portfolios whose paced turn has come (streaming/pacing.py), for when no
-    ingest batch comes to do it."""
-    pacing.flush_taken()
-    value_pending()
-
-
 def _valuation_messages(changed: list[int], *, flush: bool = False) -> list[tuple[str, dict]]:
     """The valuations of the portfolios ``changed`` instruments move, that are watched and
     whose turn it is (pacing), plus the deferred ones whose turn has come. ``flush``: take
@@ -217,13 +212,12 @@ def _valuation_messages(changed: list[int], *, flush: bool = False) -> list[tupl
     watching = presence.present(owners.values())
     if watching is not None:
         owners = {pid: owner for pid, owner in owners.items() if owner in watching}
-    turns = pacing.take_turns(owners)
-    if turns is not None:
-        late = [pid for pid in turns.due if pid not in owners]
+    due = pacing.take_turns(owners)
+    if due is not None:
+        late = [pid for pid in due if pid not in owners]
         if late:
             owners.update(selectors.portfolio_owners(portfolio_ids=late))
-        owners = {pid: owners[pid] for pid in turns.due if pid in owners}
-        pacing.schedule_flush(turns)
+        owners = {pid: owners[pid] for pid in due if pid in owners}
     if not owners:
         return []
     states = selectors.portfolio_states(portfolio_ids=owners, cache=books)

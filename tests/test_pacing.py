@@ -1,20 +1,21 @@
 """Valuation pacing (streaming/pacing.py): each portfolio valued at most once per interval, on
 a phase of its own; what moves in between is deferred to its next turn, never dropped.
-Real Redis; a real Celery worker for the flush when the feed goes quiet."""
+Real Redis; a real Celery worker for the turns that come after the feed went quiet."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
 
 from streaming import events, pacing
-from streaming.tasks import ingest_quotes, value_deferred
+from streaming.feeds.base import Tick
+from streaming.runner import FeedRunner, Target
+from streaming.tasks import ingest_quotes
 from tests.conftest import start_worker
 from tests.test_ingest import T0, deliveries, tick
 from tests.websocket import as_sent
@@ -49,29 +50,25 @@ def test_off_by_default_every_moving_portfolio_is_valued_at_once(redis_client, s
 
 
 def test_once_per_slot_then_deferred_to_the_portfolios_next_turn(clock):
-    assert pacing.take_turns([42]).due == [42]
+    assert pacing.take_turns([42]) == [42]
     clock[0] += 1
-    again = pacing.take_turns([42])  # moved again inside the slot it was valued in
-    assert again.due == []
-    assert again.next_turn_ms == next_turn(42, START)
+    assert pacing.take_turns([42]) == []  # moved again inside the slot it was valued in
     clock[0] = next_turn(42, START) - 1
-    assert pacing.take_turns([]).due == []  # not yet
+    assert pacing.take_turns([]) == []  # not yet
     clock[0] += 1
-    turn = pacing.take_turns([])  # its turn: valued without moving again
-    assert turn.due == [42]
-    assert turn.next_turn_ms is None
-    assert pacing.take_turns([]).due == []  # once
+    assert pacing.take_turns([]) == [42]  # its turn: valued without moving again
+    assert pacing.take_turns([]) == []  # once
 
 
 def test_phases_spread_the_valuations_evenly_over_the_interval(clock):
     """500 portfolios moving at every 100 ms batch: after the first pass, each batch values the
     fifth whose slot began since the last, and each is valued exactly once per interval."""
     ids = list(range(1, 501))
-    assert sorted(pacing.take_turns(ids).due) == ids
+    assert sorted(pacing.take_turns(ids)) == ids
     valued: list[int] = []
     for step in range(1, 6):
         clock[0] = START + 100 * step
-        due = pacing.take_turns(ids).due
+        due = pacing.take_turns(ids)
         assert len(due) == 100
         assert set(due) == {p for p in ids if slot(p, clock[0]) > slot(p, clock[0] - 100)}
         valued += due
@@ -85,68 +82,49 @@ def test_a_pass_values_at_most_its_share_longest_unvalued_first(clock, settings)
     settings.LIVEFOLIO_COALESCE_MS = 100
     ids = list(range(1, 501))
     first = pacing.take_turns(ids)
-    assert len(first.due) == 200
-    assert first.next_turn_ms == START  # the rest are ready for the next pass
+    assert len(first) == 200  # the rest are ready for the next pass
     clock[0] += 100
     second = pacing.take_turns(ids)
-    assert len(second.due) == 200
-    assert not set(second.due) & set(first.due)  # never valued before them
+    assert len(second) == 200
+    assert not set(second) & set(first)  # never valued before them
     clock[0] += 100
-    third = pacing.take_turns(ids).due
+    third = pacing.take_turns(ids)
     assert len(third) == 200
-    assert set(first.due) | set(second.due) | set(third) == set(ids)  # nobody starved
+    assert set(first) | set(second) | set(third) == set(ids)  # nobody starved
 
 
 def test_the_share_is_of_every_paced_portfolio_not_of_the_few_a_pass_considers(clock, settings):
     """A flush after the feed went quiet considers only the deferred, a quiet market only a few
     moving: their turns are not cut to a share of so few."""
     ids = list(range(1, 101))
-    assert len(pacing.take_turns(ids).due) == 100
+    assert len(pacing.take_turns(ids)) == 100
     settings.LIVEFOLIO_COALESCE_MS = 100  # a pass may value 40% of the 100 paced
     clock[0] += 10 * INTERVAL
-    assert sorted(pacing.take_turns(ids[:10]).due) == ids[:10]
-
-
-def queued_tasks(redis_client) -> list[dict]:
-    queue = django_settings.CELERY_TIMER_QUEUE  # not the default: no backlog for ingest
-    return [json.loads(raw)["headers"] for raw in redis_client.lrange(queue, 0, -1)]
+    assert sorted(pacing.take_turns(ids[:10])) == ids[:10]
 
 
 def totals(messages):
     return [as_sent(m)["portfolio"]["total"] for m in messages]
 
 
-def test_a_price_inside_the_slot_is_valued_at_the_next_turn_not_dropped(
-    world, clock, redis_client, monkeypatch
-):
+def test_a_price_inside_the_slot_is_valued_at_the_next_turn_not_dropped(world, clock):
+    """The feed went quiet: the empty batches its runner sends while it settles take the
+    deferred portfolios' turns."""
     users = {"alice": world["users"]["alice"]}
     alice = world["portfolios"]["alice"].id
-    countdowns = []
-    send = value_deferred.apply_async
-
-    def scheduled(*args, countdown, **kwargs):
-        countdowns.append(countdown)
-        return send(*args, countdown=countdown, **kwargs)
-
-    monkeypatch.setattr(value_deferred, "apply_async", scheduled)
+    charlie = world["portfolios"]["charlie"].id
     first = deliveries(users, lambda: ingest_quotes([tick(world["btc"], "600", T0)]))
     assert totals(first["alice"]) == ["1200.00"]
     clock[0] += 1
     later = T0 + timedelta(seconds=1)
     held = deliveries(users, lambda: ingest_quotes([tick(world["btc"], "601", later)]))
     assert held == {"alice": []}
-    # The fallback for a quiet feed: one flush, two batch windows after the earliest deferred
-    # turn (alice's or charlie's: both hold BTC), on the queue.
-    charlie = world["portfolios"]["charlie"].id
-    earliest = min(next_turn(alice, START), next_turn(charlie, START))
-    window = django_settings.LIVEFOLIO_COALESCE_MS
-    assert countdowns == [(earliest + 2 * window - clock[0]) / 1000]
-    assert [t["task"] for t in queued_tasks(redis_client)] == ["streaming.tasks.value_deferred"]
-    deliveries(users, lambda: ingest_quotes([tick(world["btc"], "602", later)]))  # same time
-    assert len(countdowns) == 1  # one flush outstanding, not one per pass
+    clock[0] = next_turn(alice, START) - 1
+    assert deliveries(users, lambda: ingest_quotes([])) == {"alice": []}  # not its turn yet
     clock[0] = max(next_turn(alice, START), next_turn(charlie, START))
-    got = deliveries(users, value_deferred)
+    got = deliveries(users, lambda: ingest_quotes([]))
     assert totals(got["alice"]) == ["1202.00"]  # the newest price, once
+    assert deliveries(users, lambda: ingest_quotes([])) == {"alice": []}
 
 
 def test_a_batch_after_the_turn_values_the_deferred_portfolio_itself(world, clock):
@@ -165,26 +143,63 @@ def test_a_batch_after_the_turn_values_the_deferred_portfolio_itself(world, cloc
     assert totals(got["bob"]) == ["2000.00"]
 
 
+def test_a_feed_runner_settles_with_empty_batches_for_one_interval_and_two_windows(settings):
+    """After its last tick a runner goes on sending empty batches so the turns its ticks
+    deferred still come; then it goes quiet. Without pacing it sends nothing empty."""
+    settings.LIVEFOLIO_VALUATION_INTERVAL_MS = 500
+    settings.LIVEFOLIO_COALESCE_MS = 100
+    sent: list[int] = []
+
+    async def sink(batch):
+        sent.append(len(batch))
+
+    runner = FeedRunner(kind="simulated", window=0.1, sink=sink)
+    runner.symbols = {"BTC-USD": Target(1, "BTC-USD")}
+    now = [0.0]
+    runner.clock = lambda: now[0]
+    btc = Tick(feed_symbol="BTC-USD", price=Decimal("1"), ts=T0)
+
+    async def windows(ticks_first: bool, count: int):
+        for n in range(count):
+            await runner.flush([btc] if ticks_first and n == 0 else [])
+            now[0] += 0.1
+
+    asyncio.run(windows(True, 10))
+    assert sent == [1] + [0] * 6  # 0.1 .. 0.6 s: within 0.5 + 2 x 0.1 of the tick
+    settings.LIVEFOLIO_VALUATION_INTERVAL_MS = 0
+    sent.clear()
+    asyncio.run(windows(True, 10))
+    assert sent == [1]
+
+
 @pytest.mark.stack
-def test_with_a_real_worker_the_last_price_of_a_burst_arrives_when_the_feed_goes_quiet(
-    world, redis_client, tmp_path
+def test_with_a_real_runner_and_worker_the_last_price_of_a_burst_arrives_when_it_goes_quiet(
+    world, redis_client, tmp_path, settings
 ):
-    """Two ticks close together, then nothing: the second is deferred (inside the slot the
-    first was valued in) and the worker's scheduled flush delivers it."""
+    """Two ticks in two windows, then nothing: the second is deferred (inside the slot the
+    first was valued in), and a settling batch of the runner, in the worker, delivers it."""
+    settings.LIVEFOLIO_VALUATION_INTERVAL_MS = 2000
     worker = start_worker(tmp_path, LIVEFOLIO_VALUATION_INTERVAL_MS="2000")
     alice = world["users"]["alice"]
+    runner = FeedRunner(kind="simulated", window=0.1)
+    runner.symbols = {"BTC-USD": Target(world["btc"].id, "BTC-USD")}
 
     async def run():
         layer = get_channel_layer()
         channel = await layer.new_channel()
         await layer.group_add(events.user_group(alice.id), channel)
+        feeding = asyncio.create_task(runner.coalescer.run())
         now = datetime.now(UTC)
         for n, price in enumerate(["700", "701"]):
-            batch = [tick(world["btc"], price, now + timedelta(milliseconds=n))]
-            await sync_to_async(ingest_quotes.delay)(batch)
+            ts = now + timedelta(milliseconds=n)
+            runner.on_event(Tick(feed_symbol="BTC-USD", price=Decimal(price), ts=ts))
+            await asyncio.sleep(0.15)  # the next window
         received = []
-        while not received or totals(received)[-1] != "1402.00":
-            received.append(await asyncio.wait_for(layer.receive(channel), timeout=15))
+        try:
+            while not received or totals(received)[-1] != "1402.00":
+                received.append(await asyncio.wait_for(layer.receive(channel), timeout=15))
+        finally:
+            feeding.cancel()
         return totals(received)
 
     try:

@@ -85,12 +85,11 @@ class Coalescer:
         return batch
 
     async def run(self) -> None:
-        """Flush every window until cancelled; a failing flush is logged, never fatal."""
+        """Flush every window until cancelled, an empty window too (the flush decides what it
+        is worth); a failing flush is logged, never fatal."""
         while True:
             await asyncio.sleep(self.window)
             batch = self.take()
-            if not batch:
-                continue
             try:
                 await self._flush(batch)
             except Exception:
