@@ -262,6 +262,18 @@ class FeedRunner:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await self.settle()
             with contextlib.suppress(Exception):
                 await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
             log.info("feed %s: stopped", self.kind)
+
+    async def settle(self) -> None:
+        """On the way out: hand on the window's last ticks, then the settling batches valuation
+        pacing needs (streaming/pacing.py), so no price waits for a feed that has gone."""
+        try:
+            await self.flush(self.coalescer.take())
+            while self.clock() < self.settle_until:
+                await asyncio.sleep(self.coalescer.window)
+                await self.flush([])
+        except Exception:
+            log.exception("feed %s: handing on the last ticks failed", self.kind)

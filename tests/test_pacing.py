@@ -172,6 +172,25 @@ def test_a_feed_runner_settles_with_empty_batches_for_one_interval_and_two_windo
     assert sent == [1]
 
 
+def test_a_stopping_runner_hands_on_its_last_window_and_settles_before_it_exits(settings):
+    """SIGTERM cancels the runner: the ticks of the window in progress are still sent, then
+    the settling batches, so no deferred turn waits for a feed process that is gone."""
+    settings.LIVEFOLIO_VALUATION_INTERVAL_MS = 200
+    settings.LIVEFOLIO_COALESCE_MS = 50
+    sent: list[int] = []
+
+    async def sink(batch):
+        sent.append(len(batch))
+
+    runner = FeedRunner(kind="simulated", window=0.05, sink=sink)
+    runner.symbols = {"BTC-USD": Target(1, "BTC-USD")}
+    runner.on_event(Tick(feed_symbol="BTC-USD", price=Decimal("1"), ts=T0))  # not flushed yet
+    asyncio.run(runner.settle())
+    assert sent[0] == 1
+    assert len(sent) > 1 and set(sent[1:]) == {0}
+    assert runner.clock() >= runner.settle_until
+
+
 @pytest.mark.stack
 def test_with_a_real_runner_and_worker_the_last_price_of_a_burst_arrives_when_it_goes_quiet(
     world, redis_client, tmp_path, settings
