@@ -8,7 +8,8 @@ no ORM, no channel layer, no per-message thread hop.
 ``publish``: replays Livefolio's offered load without Django, from the job file:
 
 - ``portfolio`` mode: the same users and holdings, the same tick rate over the same instruments,
-  coalesced in the same window, one frame per affected user per window, each frame a real
+  coalesced in the same window, one frame per affected user per window (paced like Livefolio
+  when the job has ``pace_ms``: at most one per user per slot of its phase), each frame a real
   valuation payload of that user (so the same size) with ``as_of`` stamped when the window's
   newest tick was emitted;
 - ``broadcast`` mode: ticks of the one instrument at the same rate, one real quote frame per
