@@ -199,13 +199,13 @@ if REDIS_URL:
                 # fixes it; the pub/sub layer's subscriber connection must not time out either.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
                 "prefix": LIVEFOLIO_REDIS_PREFIX,
+                # Messages held per connection that is not reading; beyond, the oldest drop.
+                "capacity": env_int("LIVEFOLIO_CHANNEL_CAPACITY", 1000, minimum=1),
             },
         }
     }
     if LIVEFOLIO_CHANNEL_LAYER == "core":
-        CHANNEL_LAYERS["default"]["CONFIG"].update(
-            capacity=env_int("LIVEFOLIO_CHANNEL_CAPACITY", 1000, minimum=1), expiry=30
-        )
+        CHANNEL_LAYERS["default"]["CONFIG"]["expiry"] = 30
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

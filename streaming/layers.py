@@ -11,24 +11,38 @@ and one pipeline per Redis shard costs one round-trip instead of one per message
 channels-redis 4.3's per-loop layer internals (pinned in requirements.lock); the tests in
 tests/test_layers.py run it against the real Redis.
 
-Both layers (this one and ``CoreChannelLayer``, the default) keep each connection's undelivered
+When the connection that carries a server's subscriptions is lost (Redis down or restarted),
+channels-redis re-subscribes silently and what was published meanwhile is gone without a word.
+Here every local channel it carried raises :class:`SubscriptionLost` in ``receive`` instead, so
+its socket closes with 4503 and the client resyncs, as with the core layer.
+
+Both layers (this one, the default, and ``CoreChannelLayer``) keep each connection's undelivered
 messages in an :class:`Inbox` instead of an ``asyncio.Queue``: an idle daphne holds one per
-open socket, and an empty ``asyncio.Queue`` is four deques, ~3.3 KB; an empty Inbox is ~60 bytes
-(docs/performance.md, the idle rows).
+open socket, and an empty ``asyncio.Queue`` is four deques, ~3.3 KB; an empty Inbox is 64 bytes
+(docs/performance.md, the idle rows). Both bound it at ``capacity`` messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
+import logging
 from collections import defaultdict
 from typing import Any
 
+import redis
 from channels_redis.core import RedisChannelLayer
-from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
+from channels_redis.pubsub import (
+    RedisPubSubChannelLayer,
+    RedisPubSubLoopLayer,
+    RedisSingleShardConnection,
+)
 from channels_redis.utils import _wrap_close
 from redis.asyncio import BlockingConnectionPool
+
+log = logging.getLogger(__name__)
 
 
 class Inbox:
@@ -37,14 +51,16 @@ class Inbox:
 
     With ``maxsize`` it is bounded the way channels-redis' ``BoundedQueue`` is: a put into a full
     inbox drops the oldest message (the consumer stopped reading; delivery is at most once).
+    After :meth:`fail`, every ``get`` raises: nothing more can arrive for it.
     """
 
-    __slots__ = ("_getters", "_items", "maxsize")
+    __slots__ = ("_error", "_getters", "_items", "maxsize")
 
     def __init__(self, maxsize: int = 0) -> None:
         self.maxsize = maxsize
         self._items: collections.deque | None = None  # made on the first put, dropped when empty
         self._getters: list[asyncio.Future] | None = None
+        self._error: BaseException | None = None
 
     def qsize(self) -> int:
         return len(self._items) if self._items else 0
@@ -56,6 +72,8 @@ class Inbox:
         return 0 < self.maxsize <= self.qsize()
 
     def put_nowait(self, item: Any) -> None:
+        if self._error is not None:
+            return  # failed: its reader is on its way out
         if self._items is None:
             self._items = collections.deque()
         elif self.full():
@@ -64,6 +82,8 @@ class Inbox:
         self._wake_next()
 
     def get_nowait(self) -> Any:
+        if self._error is not None:
+            raise self._error
         if not self._items:
             raise asyncio.QueueEmpty
         item = self._items.popleft()
@@ -72,7 +92,7 @@ class Inbox:
         return item
 
     async def get(self) -> Any:
-        while not self._items:
+        while not self._items and self._error is None:
             getter = asyncio.get_running_loop().create_future()
             if self._getters is None:
                 self._getters = []
@@ -90,6 +110,13 @@ class Inbox:
                 if not self._getters:
                     self._getters = None
         return self.get_nowait()
+
+    def fail(self, error: BaseException) -> None:
+        """Drop what is queued and make every ``get``, waiting or to come, raise ``error``."""
+        self._error = error
+        self._items = None
+        while self._getters:
+            self._wake_next()
 
     def _wake_next(self) -> None:
         while self._getters:
@@ -125,10 +152,101 @@ class CoreChannelLayer(RedisChannelLayer):
         )
 
 
+class SubscriptionLost(redis.ConnectionError):
+    """Raised by the pub/sub layer's ``receive`` for a channel whose Redis subscription was lost
+    (Redis down or restarted): what was published meanwhile is gone, so the consumer must start
+    over (the sockets close with 4503 and the clients resync), as with the core layer."""
+
+
+class _PubSubShard(RedisSingleShardConnection):
+    """One Redis shard's subscription connection. channels-redis re-subscribes silently after a
+    reconnect, and messages published in between are lost without a word; this one fails every
+    local channel the connection carried and starts over with an empty subscription."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lost: str | None = None  # why, once the connection is lost, until handled
+
+    async def subscribe(self, channel: str) -> None:
+        await super().subscribe(channel)
+        # Whoever reconnects it (the receive loop, a subscribe, redis-py's retries), we hear of it.
+        self._pubsub.connection.register_connect_callback(self._reconnected)
+
+    def _reconnected(self, connection: Any) -> None:
+        self._lost = self._lost or "the connection was made again"
+
+    async def _do_receiving(self) -> None:
+        while True:
+            try:
+                if self._lost is None and self._pubsub and self._pubsub.subscribed:
+                    message = await self._pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=0.1
+                    )
+                    self._receive_message(message)
+                elif self._lost is None:
+                    await asyncio.sleep(0.1)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._lost = self._lost or str(exc) or type(exc).__name__
+            except Exception:
+                log.exception("channel layer: unexpected error receiving from Redis")
+                await asyncio.sleep(1)
+            if self._lost is not None:
+                await self._start_over()
+
+    async def _start_over(self) -> None:
+        """Fail the channels the lost connection carried; drop its subscriptions (their
+        consumers are closing), so a reconnect renews none of them."""
+        reason, self._lost = self._lost, None
+        async with self._lock:
+            failed = self.channel_layer.fail_channels_of(self, reason)
+            old, self._subscribed_to = self._pubsub, set()
+            self._pubsub = self._redis.pubsub() if self._redis is not None else None
+            if old is not None and old.connection is not None:
+                old.connection.deregister_connect_callback(self._reconnected)
+        log.warning(
+            "channel layer: subscription to Redis lost (%s); %d local channels told", reason, failed
+        )
+        if old is not None:
+            with contextlib.suppress(Exception):  # Redis may still be down
+                await old.aclose()
+
+
 class _PubSubLoopLayer(RedisPubSubLoopLayer):
+    def __init__(self, *args: Any, capacity: int = 100, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.capacity = capacity
+        self._shards = [_PubSubShard(shard.host, self) for shard in self._shards]
+
     async def _subscribe_to_channel(self, channel: str) -> None:
-        self.channels[channel] = Inbox()
-        await self._get_shard(channel).subscribe(channel)
+        self.channels[channel] = Inbox(self.capacity)
+        try:
+            await self._get_shard(channel).subscribe(channel)
+        except BaseException:
+            # Redis is down: the consumer gives up (4503); no reader will ever clean this up.
+            self.channels.pop(channel, None)
+            raise
+
+    async def receive(self, channel: str) -> Any:
+        try:
+            return await super().receive(channel)
+        except SubscriptionLost:
+            self.channels.pop(channel, None)  # its subscription went with the connection
+            raise
+
+    def fail_channels_of(self, shard: RedisSingleShardConnection, reason: str) -> int:
+        """Make every local channel that heard through ``shard`` (its own name or one of its
+        groups) raise :class:`SubscriptionLost` in ``receive``; returns how many."""
+        lost = {channel for channel in self.channels if self._get_shard(channel) is shard}
+        for group, members in self.groups.items():
+            if self._get_shard(group) is shard:
+                lost.update(members)
+        message = f"subscription to Redis lost ({reason})"
+        for channel in lost:
+            inbox = self.channels.get(channel)
+            if inbox is not None:
+                # One exception each: a shared one would collect every reader's traceback.
+                inbox.fail(SubscriptionLost(message))
+        return len(lost)
 
 
 class PubSubChannelLayer(RedisPubSubChannelLayer):

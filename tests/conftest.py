@@ -3,6 +3,7 @@ helpers to start the real processes: a Celery worker and daphne on the test data
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from channels.layers import channel_layers
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,3 +261,29 @@ def page(chromium):
     page.console_errors = errors
     yield page
     context.close()
+
+
+@contextlib.contextmanager
+def configured_layer(kind: str, **host):
+    """Make ``kind`` the default channel layer, with ``host`` added to its Redis host config."""
+    config = dict(settings.CHANNEL_LAYERS["default"]["CONFIG"])
+    config["hosts"] = [config["hosts"][0] | host]
+    if kind == "pubsub":
+        config.pop("expiry", None)
+    layers = {"default": {"BACKEND": settings.CHANNEL_LAYER_BACKENDS[kind], "CONFIG": config}}
+    saved_settings, saved_backends = settings.CHANNEL_LAYERS, dict(channel_layers.backends)
+    settings.CHANNEL_LAYERS = layers
+    channel_layers.backends.clear()
+    try:
+        yield
+    finally:
+        settings.CHANNEL_LAYERS = saved_settings
+        channel_layers.backends.clear()
+        channel_layers.backends.update(saved_backends)
+
+
+@pytest.fixture(params=["pubsub", "core"])
+def layer_kind(request):
+    """Run the test on each channel layer Livefolio can be configured with."""
+    with configured_layer(request.param):
+        yield request.param

@@ -59,3 +59,20 @@ async def test_two_readers_each_get_one_message():
     inbox.put_nowait("a")
     inbox.put_nowait("b")
     assert sorted(await asyncio.gather(*readers)) == ["a", "b"]
+
+
+async def test_a_failed_inbox_raises_in_its_waiting_reader_and_in_every_later_get():
+    lost = ConnectionError("subscription lost")
+    waiting, holding = Inbox(), Inbox()
+    reader = asyncio.ensure_future(waiting.get())
+    holding.put_nowait("queued before the loss")
+    await asyncio.sleep(0)
+    waiting.fail(lost)
+    holding.fail(lost)
+    with pytest.raises(ConnectionError, match="subscription lost"):
+        await asyncio.wait_for(reader, 1)
+    holding.put_nowait("arrived after the loss")
+    for _ in range(2):
+        with pytest.raises(ConnectionError, match="subscription lost"):
+            await asyncio.wait_for(holding.get(), 1)
+    assert holding.empty()

@@ -1,18 +1,25 @@
-"""Both channel layers on the real Redis (channels-redis' core layer, the default, and Livefolio's
-pub/sub layer, opt-in): batched sends keep order per group and per connection, and an idle
-connection keeps receiving."""
+"""Both channel layers on the real Redis (Livefolio's pub/sub layer, the default, and
+channels-redis' core layer): batched sends keep order per group and per connection, and an idle
+connection keeps receiving. The pub/sub layer's own faults: a lost subscription fails every local
+channel it carried (their sockets close with 4503), and a channel nobody reads stays bounded."""
 
 import asyncio
 import json
+import uuid
 
 import pytest
+import redis
 import websockets
-from channels.db import database_sync_to_async
-from channels.layers import channel_layers, get_channel_layer
+from channels.db import aclose_old_connections, database_sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from streaming import events, protocol
-from tests.websocket import as_sent, communicator, session_cookie
+from streaming.layers import PubSubChannelLayer, SubscriptionLost
+from tests.conftest import configured_layer, free_port
+from tests.websocket import as_sent, communicator, open_portfolio_page, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,23 +29,29 @@ def numbered(n: int, portfolio: int = 1) -> dict:
     return protocol.valuation(portfolio={"id": portfolio, "total": f"{n}.00"})
 
 
-@pytest.fixture(params=["core", "pubsub"])
-def layer_kind(request):
-    """Run the test on each channel layer Livefolio can be configured with."""
-    config = dict(settings.CHANNEL_LAYERS["default"]["CONFIG"])
-    if request.param == "pubsub":
-        config.pop("capacity", None)
-        config.pop("expiry", None)
-    layers = {
-        "default": {"BACKEND": settings.CHANNEL_LAYER_BACKENDS[request.param], "CONFIG": config}
-    }
-    saved_settings, saved_backends = settings.CHANNEL_LAYERS, dict(channel_layers.backends)
-    settings.CHANNEL_LAYERS = layers
-    channel_layers.backends.clear()
-    yield request.param
-    settings.CHANNEL_LAYERS = saved_settings
-    channel_layers.backends.clear()
-    channel_layers.backends.update(saved_backends)
+def connection_name() -> str:
+    """A Redis client name no other test run uses: a test cuts exactly its own connection."""
+    return f"livefolio-test-{uuid.uuid4().hex}"
+
+
+def cut_subscription(redis_client, name: str) -> None:
+    """Close, from the Redis side, the subscription connection named ``name`` (as a Redis
+    restart does), and only it: other test runs share this Redis."""
+    ids = [c["id"] for c in redis_client.client_list(_type="pubsub") if c["name"] == name]
+    assert len(ids) == 1, f"expected one subscription connection named {name}, found {ids}"
+    redis_client.client_kill_filter(_id=ids[0])
+
+
+def subscribers(redis_client, channel: str) -> int:
+    return dict(redis_client.pubsub_numsub(channel))[channel.encode()]
+
+
+async def wait_until(predicate, what: str) -> None:
+    for _ in range(100):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within 5 s: {what}")
 
 
 async def test_a_batch_reaches_each_group_whole_and_in_publish_order(
@@ -127,3 +140,88 @@ def test_publishing_from_sync_code_keeps_one_connection_and_survives_redis_dropp
     from asgiref.sync import async_to_sync
 
     assert async_to_sync(run)() == ["1.00", "2.00", "3.00"]
+
+
+@pytest.mark.parametrize(
+    "retries", [0, 3], ids=["reconnected-by-the-receive-loop", "reconnected-by-redis-py-retries"]
+)
+async def test_pubsub_a_lost_subscription_fails_every_local_channel_and_none_is_renewed(
+    redis_client, retries
+):
+    # With retries, redis-py reconnects and re-subscribes inside the read, raising nothing: the
+    # messages published while the connection was gone are lost all the same.
+    name = connection_name()
+    host = {"address": settings.REDIS_URL, "socket_timeout": None, "client_name": name}
+    layer = PubSubChannelLayer(
+        hosts=[host | {"retry": Retry(NoBackoff(), retries)}],
+        prefix=settings.LIVEFOLIO_REDIS_PREFIX,
+    )
+    alone, grouped = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("everyone", grouped)
+    await layer.send(alone, {"type": "hello"})
+    await layer.group_send("everyone", {"type": "hello"})
+    for channel in (alone, grouped):
+        assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "hello"
+    waiting = [asyncio.ensure_future(layer.receive(c)) for c in (alone, grouped)]
+    await asyncio.sleep(0.2)
+
+    cut_subscription(redis_client, name)
+
+    for receive in waiting:
+        with pytest.raises(SubscriptionLost):
+            await asyncio.wait_for(receive, 5)
+    # The lost channels' subscriptions are not renewed on the new connection (they would stay
+    # forever: their consumers are gone).
+    group_channel = f"{settings.LIVEFOLIO_REDIS_PREFIX}__group__everyone"
+    for channel in (alone, group_channel):
+        await wait_until(lambda c=channel: subscribers(redis_client, c) == 0, f"{channel} left")
+    # A consumer that connects now is served.
+    fresh = await layer.new_channel()
+    await layer.group_add("everyone", fresh)
+    await layer.group_send("everyone", {"type": "after"})
+    assert (await asyncio.wait_for(layer.receive(fresh), 5))["type"] == "after"
+    await layer.flush()
+
+
+async def test_pubsub_a_socket_whose_subscription_is_lost_closes_with_4503(world, redis_client):
+    name = connection_name()
+    with configured_layer("pubsub", client_name=name):
+        comm, _snapshot, _cookie = await open_portfolio_page(world["users"]["alice"])
+        cut_subscription(redis_client, name)
+        closed = await comm.receive_output(timeout=5)
+        assert closed == {"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER}
+        await comm.wait()
+        await get_channel_layer().flush()
+    # The consumer ended on an error, so no handler closed its thread's database connection
+    # (Channels does before each one): close it, or the test database cannot be dropped.
+    await aclose_old_connections()
+
+
+async def test_pubsub_a_channel_nobody_reads_keeps_only_the_newest_capacity_messages(
+    redis_client,
+):
+    layer = PubSubChannelLayer(
+        hosts=settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"],
+        prefix=settings.LIVEFOLIO_REDIS_PREFIX,
+        capacity=5,
+    )
+    idle, marker = await layer.new_channel(), await layer.new_channel()
+    for n in range(20):
+        await layer.send(idle, {"type": "n", "n": n})
+    # One connection carries both channels in order: once the marker is in, so are all 20.
+    await layer.send(marker, {"type": "marker"})
+    await asyncio.wait_for(layer.receive(marker), 5)
+    got = [(await asyncio.wait_for(layer.receive(idle), 5))["n"] for _ in range(5)]
+    assert got == [15, 16, 17, 18, 19]
+    await layer.flush()
+
+
+async def test_pubsub_sockets_refused_while_redis_is_down_leave_no_channel_behind():
+    # Nothing listens there: Redis is down. Each refused socket's channel would otherwise stay
+    # in the layer for good (no receive ever comes to clean it up).
+    layer = PubSubChannelLayer(hosts=[f"redis://127.0.0.1:{free_port()}/0"], prefix="down")
+    for _ in range(3):
+        with pytest.raises(redis.ConnectionError):
+            await layer.new_channel()
+    assert layer.channels == {}
+    await layer.flush()
