@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from django.conf import settings
 
 from tests.conftest import ROOT, Process, free_port
 
@@ -33,6 +34,10 @@ def postgres_bin() -> Path:
         pytest.fail("PostgreSQL server binaries missing: apt-get install -y postgresql")
     return found[-1].parent
 
+
+# The faults whose handling lives in the channel layer (Redis lost, a client that never reads,
+# connection churn) run on both layers Livefolio offers; the others on the configured one.
+on_each_channel_layer = pytest.mark.parametrize("stack", ["pubsub", "core"], indirect=True)
 
 SECRET = "fault-tests-secret-key-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFG"
 METRICS_TOKEN = "fault-tests-metrics-token"
@@ -164,12 +169,16 @@ class PrivatePostgres:
 
 
 class Stack:
-    """The private services, the seeded world's ids, and the app processes a test starts."""
+    """The private services, the seeded world's ids, the channel layer (LIVEFOLIO_CHANNEL_LAYER)
+    and the app processes a test starts."""
 
-    def __init__(self, redis_server: PrivateRedis, postgres: PrivatePostgres, world: dict):
+    def __init__(
+        self, redis_server: PrivateRedis, postgres: PrivatePostgres, world: dict, layer: str
+    ):
         self.redis = redis_server
         self.postgres = postgres
         self.world = world
+        self.layer = layer
         self.tmp: Path | None = None
         self.processes: list[Process] = []
 
@@ -182,6 +191,7 @@ class Stack:
             DJANGO_SECRET_KEY=SECRET,
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
             LIVEFOLIO_CHANNEL_PREFIX="lf-faults",
+            LIVEFOLIO_CHANNEL_LAYER=self.layer,
             LIVEFOLIO_METRICS_TOKEN=METRICS_TOKEN,
             LIVEFOLIO_HEARTBEAT_SECONDS="1",
             PYTHONUNBUFFERED="1",
@@ -241,6 +251,14 @@ class Stack:
         worker.wait_for_output("ready.")
         return worker
 
+    def channel_layer(self, **config):
+        """The channel layer the app processes use, on the private Redis: a group message sent
+        with it reaches their consumers."""
+        from django.utils.module_loading import import_string
+
+        backend = import_string(settings.CHANNEL_LAYER_BACKENDS[self.layer])
+        return backend(hosts=[self.redis.url], prefix="lf-faults", **config)
+
     def send_batch(self, batch: list[dict]) -> None:
         """Queue an ingest batch on the private broker, as the feed process does."""
         from celery import Celery
@@ -290,8 +308,9 @@ def private_services() -> Iterator[tuple[PrivateRedis, PrivatePostgres, dict]]:
 
 
 @pytest.fixture
-def stack(private_services, tmp_path) -> Iterator[Stack]:
-    """The private services up and Redis empty; app processes stopped after the test."""
+def stack(private_services, tmp_path, request) -> Iterator[Stack]:
+    """The private services up and Redis empty; app processes stopped after the test. The
+    channel layer is the configured one unless the test is ``on_each_channel_layer``."""
     redis_server, postgres, world = private_services
     if redis_server.proc.poll() is not None:
         redis_server.start()
@@ -300,7 +319,8 @@ def stack(private_services, tmp_path) -> Iterator[Stack]:
     except psycopg.OperationalError:
         postgres.start()
     redis_server.client().flushall()
-    stack = Stack(redis_server, postgres, world)
+    layer = getattr(request, "param", settings.LIVEFOLIO_CHANNEL_LAYER)
+    stack = Stack(redis_server, postgres, world, layer)
     stack.tmp = tmp_path
     stack.sql("DELETE FROM portfolio_quote")
     yield stack

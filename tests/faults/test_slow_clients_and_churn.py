@@ -9,9 +9,7 @@ import socket
 import urllib.request
 from datetime import UTC, datetime
 
-from channels_redis.core import RedisChannelLayer
-
-from tests.faults.conftest import METRICS_TOKEN
+from tests.faults.conftest import METRICS_TOKEN, on_each_channel_layer
 from tests.faults.live import LiveClient, eventually, log_in, open_socket
 
 MB = 1024 * 1024
@@ -65,6 +63,7 @@ def valuation(portfolio_id: int, total: str, pad: int = 0) -> dict:
     }
 
 
+@on_each_channel_layer
 async def test_a_client_that_never_reads_is_conflated_then_closed_and_memory_stays_bounded(stack):
     world = stack.world
     # Keepalive pings every 2 s, closed when no pong comes back within 3 s.
@@ -78,7 +77,9 @@ async def test_a_client_that_never_reads_is_conflated_then_closed_and_memory_sta
     await eventually(lambda: open_connections(base) == 2, timeout=10, what="two sockets open")
     before = rss(server)
 
-    layer = RedisChannelLayer(hosts=[stack.redis.url], prefix="lf-faults", capacity=5000)
+    # The server's own layer (a message sent with another never reaches it); with the core
+    # layer, a sender's capacity bounds the server's inbox in Redis: room for the whole flood.
+    layer = stack.channel_layer(capacity=5000)
     alice_group = f"user.{world['users']['alice']}"
     charlie_group = f"user.{world['users']['charlie']}"
     for i in range(600):  # 600 x 64 KB = 38 MB aimed at a reader that never reads
@@ -107,6 +108,7 @@ async def test_a_client_that_never_reads_is_conflated_then_closed_and_memory_sta
     await layer.flush()
 
 
+@on_each_channel_layer
 async def test_thousands_of_connect_disconnect_cycles_leak_no_groups_connections_or_memory(stack):
     world = stack.world
     base = await asyncio.to_thread(stack.daphne)
@@ -134,6 +136,8 @@ async def test_thousands_of_connect_disconnect_cycles_leak_no_groups_connections
         user = world["users"][name]
         assert client.zcard(f"lf-faults:group:user.{user}") == 0, f"{name}'s group leaked"
         assert client.zcard(f"lf-faults:conn:portfolio:user.{user}") == 0, "cap slots leaked"
+    # The pub/sub layer's subscriptions (a group's, a socket's own channel) go with the sockets.
+    assert client.pubsub_channels("lf-faults*") == [], "subscriptions leaked"
     # channels-redis opens and closes short-lived connections as it goes (a few come and go at
     # any moment); a leak would be one per cycle: hundreds.
     assert client.info("clients")["connected_clients"] <= clients_before + 3
