@@ -175,16 +175,16 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Prefix of every Redis key: the channel layer's and Livefolio's own (market-data cache, API slots).
 LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio")
 
-# "pubsub": Livefolio's layer on Redis pub/sub (one PUBLISH per group message, batched);
+# "pubsub" (the default): Livefolio's layer on Redis pub/sub, one PUBLISH per group message,
+# batched; 2-3x the core layer's deliveries at the target load (docs/performance.md). When its
+# subscription to Redis is lost, every socket it carried closes with 4503, as with the core layer.
 # "core": channels-redis' RedisChannelLayer (one lighter inbox per connection, see
-# streaming/layers.py). docs/performance.md has the measurements.
+# streaming/layers.py). tests/faults runs the faults a layer handles on both.
 CHANNEL_LAYER_BACKENDS = {
     "pubsub": "streaming.layers.PubSubChannelLayer",
     "core": "streaming.layers.CoreChannelLayer",
 }
-# The default stays "core": the fault suite (Redis restarted empty, 1,000 reconnects) covers it;
-# "pubsub" is measured faster (docs/performance.md) and opt-in until the fault suite covers it.
-LIVEFOLIO_CHANNEL_LAYER = env_str("LIVEFOLIO_CHANNEL_LAYER", "core")
+LIVEFOLIO_CHANNEL_LAYER = env_str("LIVEFOLIO_CHANNEL_LAYER", "pubsub")
 if LIVEFOLIO_CHANNEL_LAYER not in CHANNEL_LAYER_BACKENDS:
     raise ImproperlyConfigured(
         f"LIVEFOLIO_CHANNEL_LAYER: expected pubsub or core, got {LIVEFOLIO_CHANNEL_LAYER!r}"

@@ -11,7 +11,8 @@ PROBE = (
     "print(json.dumps({'engine': settings.DATABASES['default']['ENGINE'], "
     "'layer': settings.CHANNEL_LAYERS['default']['BACKEND'], "
     "'eager': settings.CELERY_TASK_ALWAYS_EAGER, 'embedded': settings.EMBEDDED, "
-    "'hosts': settings.CHANNEL_LAYERS['default'].get('CONFIG', {}).get('hosts')}))"
+    "'hosts': settings.CHANNEL_LAYERS['default'].get('CONFIG', {}).get('hosts'), "
+    "'capacity': settings.CHANNEL_LAYERS['default'].get('CONFIG', {}).get('capacity')}))"
 )
 
 
@@ -37,6 +38,7 @@ def test_no_variables_gives_the_embedded_default():
         "eager": True,
         "embedded": True,
         "hosts": None,
+        "capacity": None,
     }
 
 
@@ -51,10 +53,11 @@ def test_database_and_redis_urls_give_the_real_stack():
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     assert config["engine"] == "django.db.backends.postgresql"
-    assert config["layer"] == "streaming.layers.CoreChannelLayer"  # channels-redis core layer
+    assert config["layer"] == "streaming.layers.PubSubChannelLayer"  # Livefolio's pub/sub layer
     assert config["eager"] is False
     # The idle-consumer pitfall: no socket read timeout on the channel layer's connections.
     assert config["hosts"] == [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}]
+    assert config["capacity"] == 1000  # messages held per connection that is not reading
 
 
 REAL_STACK = {
@@ -64,12 +67,14 @@ REAL_STACK = {
 }
 
 
-def test_channel_layer_pubsub_selects_livefolios_layer_without_read_timeout():
-    result = run_with_env(REAL_STACK | {"LIVEFOLIO_CHANNEL_LAYER": "pubsub"})
+def test_channel_layer_core_selects_channels_redis_core_layer_without_read_timeout():
+    env = REAL_STACK | {"LIVEFOLIO_CHANNEL_LAYER": "core", "LIVEFOLIO_CHANNEL_CAPACITY": "50"}
+    result = run_with_env(env)
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
-    assert config["layer"] == "streaming.layers.PubSubChannelLayer"
+    assert config["layer"] == "streaming.layers.CoreChannelLayer"
     assert config["hosts"] == [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}]
+    assert config["capacity"] == 50
 
 
 def test_unknown_channel_layer_names_the_variable():

@@ -107,7 +107,7 @@ async def test_removing_a_socket_stops_its_renewal_in_flight(monkeypatch):
 
 
 async def test_sockets_closing_while_renewals_run_leave_no_cap_entry_or_group_member(
-    world, redis_client, monkeypatch
+    world, redis_client, monkeypatch, layer_kind
 ):
     monkeypatch.setattr(UserConnections, "REFRESH_SECONDS", 0.01)  # renewing all the time
     alice = world["users"]["alice"]
@@ -121,4 +121,6 @@ async def test_sockets_closing_while_renewals_run_leave_no_cap_entry_or_group_me
     await asyncio.sleep(0.1)
     prefix = settings.LIVEFOLIO_REDIS_PREFIX
     assert redis_client.zcard(f"{prefix}:conn:portfolio:user.{alice.id}") == 0
-    assert redis_client.zcard(f"{prefix}:group:{events.user_group(alice.id)}") == 0
+    assert redis_client.zcard(f"{prefix}:group:{events.user_group(alice.id)}") == 0  # core layer
+    group_channel = f"{prefix}__group__{events.user_group(alice.id)}"  # the pub/sub layer's
+    assert redis_client.pubsub_numsub(group_channel) == [(group_channel.encode(), 0)]
