@@ -9,8 +9,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
@@ -26,7 +24,6 @@ from portfolio.models import (
     Transaction,
     TxKind,
 )
-from streaming import events
 from streaming.tasks import ingest_quotes
 from tests.conftest import ROOT
 from tests.test_ingest import deliveries
@@ -185,13 +182,13 @@ def test_field_rules_are_reported_on_the_field_and_the_database_enforces_them_to
 def test_adding_a_transaction_publishes_the_new_valuation_after_commit(
     world, redis_client, django_capture_on_commit_callbacks
 ):
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.user_group(world["users"]["alice"].id), channel)
-    with django_capture_on_commit_callbacks(execute=True):
-        buy(world["portfolios"]["alice"], world["btc"], "1", "600", T0)
-    message = as_sent(async_to_sync(layer.receive)(channel))
-    assert message["type"] == "valuation"
+    def add_a_buy():
+        with django_capture_on_commit_callbacks(execute=True):
+            buy(world["portfolios"]["alice"], world["btc"], "1", "600", T0)
+
+    received = deliveries({"alice": world["users"]["alice"]}, add_a_buy)["alice"]
+    assert [as_sent(m)["type"] for m in received] == ["valuation"]
+    message = as_sent(received[0])
     assert message["portfolio"]["holdings"][0]["quantity"] == "3"
     assert message["portfolio"]["cash_total"] == "-600.00"
 
