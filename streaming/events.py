@@ -62,8 +62,8 @@ def _run(function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None
     ~0.2 ms (docs/performance.md). The in-memory layer (the embedded default) must be used
     from the loop its consumers run on, which ``async_to_sync`` finds.
     """
-    if isinstance(get_channel_layer(), InMemoryChannelLayer):
-        async_to_sync(function)(*args)
+    if _loop_running() or isinstance(get_channel_layer(), InMemoryChannelLayer):
+        async_to_sync(function)(*args)  # in a running loop's thread it raises, saying why
         return
     for attempt in (1, 2):
         loop = getattr(_threads, "loop", None)
@@ -80,6 +80,14 @@ def _run(function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None
                 loop.close()
             if attempt == 2:
                 raise
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def layer_message(payload: dict[str, Any]) -> dict[str, Any]:
