@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -180,6 +180,17 @@ def portfolio_states(
     numbers, so of two valuations of one portfolio the one valued later is never the less
     complete (call it after commit).
     """
+    return list(iter_portfolio_states(portfolio_ids=portfolio_ids, now=now, cache=cache))
+
+
+def iter_portfolio_states(
+    *,
+    portfolio_ids: Iterable[int],
+    now: datetime | None = None,
+    cache: BookCache | None = None,
+) -> Iterator[dict[str, Any]]:
+    """:func:`portfolio_states` one by one: every read is done before the first, each state is
+    computed when it is asked for (a worker publishes the first while it values the rest)."""
     valued_at = protocol.iso(timezone.now())
     rows = list(
         Portfolio.objects.filter(id__in=list(portfolio_ids))
@@ -191,7 +202,8 @@ def portfolio_states(
     rates = fx_rates() if books else {}
     now = now or timezone.now()
     texts = _MarketTexts(market, now)
-    return [_state(books[row[0]], market, texts, rates) | {"valued_at": valued_at} for row in rows]
+    for row in rows:
+        yield _state(books[row[0]], market, texts, rates) | {"valued_at": valued_at}
 
 
 class _MarketTexts(dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -97,9 +97,7 @@ def ingest_quotes(batch: list[dict[str, Any]]) -> int:
             stored = set(changed)
             services.bars_record(updates=[u for u in updates if u.instrument_id in stored])
             quotes = _quote_messages(changed, received)
-            transaction.on_commit(
-                lambda: events.publish(quotes + _valuation_messages(valuations_due(changed)))
-            )
+            transaction.on_commit(lambda: _publish(quotes, valuations_due(changed)))
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         health.record_ingest(seconds=time.monotonic() - started, lag=_lag(received.values()))
     return len(changed)
@@ -176,7 +174,7 @@ def value_pending() -> None:
     except redis.RedisError as exc:
         log.warning("ingest: pending valuations unavailable (%s)", exc)
         return
-    events.publish(_valuation_messages(pending, flush=True))
+    _publish([], pending, flush=True)
 
 
 def _take_pending(client) -> list[int]:
@@ -201,12 +199,28 @@ _last_pass = 0.0
 books = selectors.BookCache()
 
 
-def _valuation_messages(changed: list[int], *, flush: bool = False) -> list[tuple[str, dict]]:
+# Valuations published per channel-layer send: the first clients get theirs while the worker
+# values the rest of a pass, instead of all of them waiting for the whole pass.
+CHUNK = 50
+
+
+def _publish(messages: list[tuple[str, dict]], changed: list[int], *, flush: bool = False) -> None:
+    """Publish ``messages`` with the first valuations ``changed`` makes due, then the rest as
+    they are computed, ``CHUNK`` at a time."""
+    chunks = _valuation_chunks(changed, flush=flush)
+    events.publish(messages + next(chunks, []))
+    for chunk in chunks:
+        events.publish(chunk)
+
+
+def _valuation_chunks(
+    changed: list[int], *, flush: bool = False
+) -> Iterator[list[tuple[str, dict]]]:
     """The valuations of the portfolios ``changed`` instruments move, that are watched and
-    whose turn it is (pacing), plus the deferred ones whose turn has come. ``flush``: take
-    those even when nothing changed."""
+    whose turn it is (pacing), plus the deferred ones whose turn has come, ``CHUNK`` at a time.
+    ``flush``: take those even when nothing changed."""
     if not changed and not flush:
-        return []
+        return
     owners = dict(selectors.portfolios_holding(instrument_ids=changed)) if changed else {}
     # Only portfolios someone watches (streaming/presence.py); None: unknown, value them all.
     watching = presence.present(owners.values())
@@ -219,9 +233,12 @@ def _valuation_messages(changed: list[int], *, flush: bool = False) -> list[tupl
             owners.update(selectors.portfolio_owners(portfolio_ids=late))
         owners = {pid: owners[pid] for pid in due if pid in owners}
     if not owners:
-        return []
-    states = selectors.portfolio_states(portfolio_ids=owners, cache=books)
-    return [
-        (events.user_group(owners[state["id"]]), protocol.valuation(portfolio=state))
-        for state in states
-    ]
+        return
+    chunk: list[tuple[str, dict]] = []
+    for state in selectors.iter_portfolio_states(portfolio_ids=owners, cache=books):
+        chunk.append((events.user_group(owners[state["id"]]), protocol.valuation(portfolio=state)))
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -14,9 +14,11 @@ from streaming.tasks import ingest_quotes
 from tests.test_ingest import T0, tick
 from tests.test_portfolio_ledger import buy, sell
 
+NOW = T0.replace(hour=13)  # one clock for every call: price ages are compared too
+
 
 def states(portfolio, cache=None):
-    [state] = selectors.portfolio_states(portfolio_ids=[portfolio.id], cache=cache)
+    [state] = selectors.portfolio_states(portfolio_ids=[portfolio.id], cache=cache, now=NOW)
     state.pop("valued_at")
     return state
 

@@ -136,6 +136,35 @@ def test_valuations_reach_each_holders_group_with_their_own_numbers(
     assert len(got["alice"]) == len(got["charlie"]) == 1
 
 
+def test_a_pass_publishes_its_valuations_in_chunks_as_it_computes_them(
+    world, redis_client, django_capture_on_commit_callbacks, monkeypatch
+):
+    """The batch's quotes go with the first chunk; each further chunk is sent as soon as it is
+    valued, not after the whole pass (streaming/tasks.py CHUNK)."""
+    from streaming import tasks
+
+    monkeypatch.setattr(tasks, "CHUNK", 1)
+    sends = []
+    publish = events.publish
+
+    def recording(messages):
+        sends.append([payload["type"] for _, payload in messages])
+        publish(messages)
+
+    monkeypatch.setattr(events, "publish", recording)
+
+    def ingest_and_commit():
+        with django_capture_on_commit_callbacks(execute=True):
+            ingest_quotes([tick(world["btc"], "50000.10", T0)])
+
+    got = deliveries(world["users"], ingest_and_commit)
+    assert sends == [["quote", "valuation"], ["valuation"]]  # alice's, then charlie's
+    assert [as_sent(m)["portfolio"]["total"] for m in got["alice"] + got["charlie"]] == [
+        "100000.20",
+        "150000.30",
+    ]
+
+
 def test_nothing_is_published_when_the_transaction_rolls_back(world, redis_client):
     # Without the on-commit capture the test transaction never commits: nothing may be sent.
     alice = {"alice": world["users"]["alice"]}
