@@ -10,4 +10,4 @@ COPY . .
 RUN pip install --no-cache-dir --no-deps -e . \
     && DJANGO_SECRET_KEY=build python manage.py collectstatic --noinput
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "portfolio.asgi:application"]
+CMD ["python", "-m", "streaming.serve", "-b", "0.0.0.0", "-p", "8000", "portfolio.asgi:application"]

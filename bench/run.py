@@ -112,6 +112,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=3.0, help="feed seconds before measuring")
     p.add_argument("--daphne", type=int, default=1, help="daphne processes")
+    p.add_argument(
+        "--plain-daphne",
+        action="store_true",
+        help="start plain `daphne` instead of `python -m streaming.serve` (to compare memory)",
+    )
     p.add_argument("--workers", type=int, default=1, help="Celery worker processes")
     p.add_argument("--client-procs", type=int, default=1, help="client processes")
     p.add_argument("--real-logins", type=int, default=3, help="users logged in by form POST")
@@ -878,7 +883,7 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
             [
                 PYTHON,
                 "-m",
-                "daphne",
+                "daphne" if args.plain_daphne else "streaming.serve",
                 "-b",
                 "127.0.0.1",
                 "-p",
@@ -1256,9 +1261,10 @@ def table(result: dict[str, Any]) -> str:
             f"idle: {lf['pinged']} of {lf['delivered']['connected']} sockets answered a ping"
             f" after {result['args']['seconds']} s"
         )
+    server = "daphne" if result["args"].get("plain_daphne") else "streaming.serve"
     lines.append(
-        f"{result['revision']}, {result['channel_layer']}, window {result['coalesce_ms']} ms, "
-        f"valuation interval {result['valuation_interval_ms']} ms"
+        f"{result['revision']}, {server}, {result['channel_layer']}, window "
+        f"{result['coalesce_ms']} ms, valuation interval {result['valuation_interval_ms']} ms"
     )
     lines.append(
         f"load average at start: {result['loadavg_start']}, at end: {result['loadavg_end']}"

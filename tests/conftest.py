@@ -199,7 +199,7 @@ def start_daphne(tmp: Path, port: int) -> Process:
         [
             sys.executable,
             "-m",
-            "daphne",
+            "streaming.serve",  # daphne through Livefolio's launcher, as the Procfile runs it
             "-b",
             "127.0.0.1",
             "-p",

@@ -212,7 +212,7 @@ class Stack:
             [
                 sys.executable,
                 "-m",
-                "daphne",
+                "streaming.serve",
                 "-b",
                 "127.0.0.1",
                 "-p",

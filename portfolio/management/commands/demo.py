@@ -46,10 +46,9 @@ class Command(BaseCommand):
         call_command("collectstatic", interactive=False, verbosity=0)
         demo_seed()
 
-        from daphne.server import Server
-
         from portfolio.asgi import application
         from streaming.runner import FeedRunner
+        from streaming.serve import Server
 
         runner = FeedRunner(kind="simulated", seed=options["seed"], rate=options["rate"])
         url = f"http://127.0.0.1:{options['port']}/"

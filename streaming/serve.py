@@ -1,0 +1,90 @@
+"""``python -m streaming.serve``: daphne, holding less memory per open WebSocket.
+
+The same command line as ``daphne`` (every flag, e.g.
+``python -m streaming.serve -b 0.0.0.0 -p 8000 portfolio.asgi:application``) and the same
+behaviour, with two of daphne's per-connection objects made smaller (docs/performance.md,
+"Idle sockets"):
+
+- the application's input queue is an :class:`~streaming.layers.Inbox` (nothing while empty)
+  instead of an ``asyncio.Queue`` (four deques, ~3.2 KB per connection);
+- autobahn copies its ~30 protocol options (ping timeout, frame limits, ...) from the factory
+  onto every connection; this protocol reads them from the factory instead.
+
+Plain ``daphne portfolio.asgi:application`` still runs the same application, with more memory
+per socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+import daphne.server  # first: it installs Twisted's asyncio reactor
+from daphne import cli, ws_protocol
+
+from streaming.layers import Inbox
+
+
+class FactoryOption:
+    """A protocol option read from the protocol's factory.
+
+    A non-data descriptor: autobahn sees the option as already set (``hasattr``) and does not
+    copy it; a value set on one connection still lands in its ``__dict__`` and wins.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, protocol: Any, owner: type | None = None) -> Any:
+        if protocol is None:
+            return self
+        return getattr(protocol.factory, self.name)
+
+
+class WebSocketProtocol(ws_protocol.WebSocketProtocol):
+    """daphne's WebSocket protocol, its options read from the factory rather than copied."""
+
+
+for _name in WebSocketProtocol.CONFIG_ATTRS:
+    setattr(WebSocketProtocol, _name, FactoryOption(_name))
+
+
+class Server(daphne.server.Server):
+    """daphne's server with an :class:`Inbox` per application and :class:`WebSocketProtocol`."""
+
+    @property
+    def ws_factory(self) -> ws_protocol.WebSocketFactory:
+        return self._ws_factory
+
+    @ws_factory.setter
+    def ws_factory(self, factory: ws_protocol.WebSocketFactory) -> None:
+        # daphne's run() builds its WebSocket factory inline; its connections get our protocol.
+        factory.protocol = WebSocketProtocol
+        self._ws_factory = factory
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Inbox | None:
+        """daphne's ``create_application`` with an :class:`Inbox` as the input queue."""
+        assert "application_instance" not in self.connections[protocol]
+        input_queue = Inbox()
+        scope.setdefault("asgi", {"version": "3.0"})
+        application_instance = self.application(
+            scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
+        )
+        if protocol not in self.connections:
+            return None
+        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
+            application_instance, loop=asyncio.get_event_loop()
+        )
+        return input_queue
+
+
+class CommandLineInterface(cli.CommandLineInterface):
+    description = "Livefolio's daphne (daphne's flags; less memory per WebSocket)"
+    server_class = Server
+
+
+if __name__ == "__main__":
+    CommandLineInterface.entrypoint()
