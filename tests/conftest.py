@@ -20,6 +20,8 @@ import redis
 from channels.layers import channel_layers
 from django.conf import settings
 
+import portfolio.celery  # noqa: F401 -- tests send tasks (.delay); only senders load the app
+
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery"
 
