@@ -133,6 +133,13 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             WS_CONNECTIONS.labels(self.endpoint).dec()
             self.counted = False
 
+    def drop_scope_auth(self) -> None:
+        """Once the socket is open it keeps its user's id and session key, not the scope's
+        ``User``, decoded session and cookies (~2 KB per idle socket): nothing reads them after
+        the handshake (streaming.routing.SessionAuth makes this scope the consumer's own)."""
+        for key in ("user", "session", "cookies"):
+            self.scope.pop(key, None)
+
     async def accept_for(self, user_id: int) -> bool:
         """Accept the handshake unless the user is at the cap; then say why and close 4409."""
         if self.connection_cap is not None:
@@ -242,6 +249,7 @@ class PortfolioConsumer(ProtocolConsumer):
         watch the session. The user's own group is always among them: logout reaches it."""
         self.user_id = user.id
         self.session_key = self.scope["session"].session_key
+        self.drop_scope_auth()
         self.groups = groups
         self.conflator = Conflator(
             interval=1 / settings.LIVEFOLIO_WS_MAX_UPDATES, send=self.send_message
@@ -389,6 +397,7 @@ class ApiConsumer(ProtocolConsumer):
         self.user_id: int | None = None
         self.username: str | None = None
         self.token_id: int | None = None
+        self.session_key: str | None = None  # of the session that signed this connection in
         self.subscriptions: dict[str, Subscription] = {}
         self.by_source: dict[tuple[str, int], Subscription] = {}
         self.group_refs: dict[str, int] = {}
@@ -420,6 +429,8 @@ class ApiConsumer(ProtocolConsumer):
             session_user.is_authenticated
         ):
             user = session_user
+            self.session_key = self.scope["session"].session_key
+        self.drop_scope_auth()
         if user is not None and not await self._sign_in(user):
             return
         await self.send_message(
@@ -498,8 +509,7 @@ class ApiConsumer(ProtocolConsumer):
             )
 
     async def livefolio_session_ended(self, event: dict[str, Any]) -> None:
-        session = self.scope.get("session")
-        key = session.session_key if session is not None else None
+        key = self.session_key
         signed_in_by_session = self.token_id is None and self.user_id is not None
         if signed_in_by_session and key and event["session"] == events.session_fingerprint(key):
             await self._refuse(

@@ -19,15 +19,6 @@ from streaming import consumers
 
 API_PREFIX = "/ws/v1/"
 
-websocket_urlpatterns = [
-    path("ws/portfolio/", consumers.PortfolioConsumer.as_asgi()),
-    path("ws/instrument/<str:symbol>/", consumers.InstrumentConsumer.as_asgi()),
-]
-
-api_urlpatterns = [
-    path("ws/v1/", consumers.ApiConsumer.as_asgi()),
-]
-
 
 class OriginIfPresentValidator(OriginValidator):
     """Like channels' OriginValidator, but a handshake without Origin (not a browser) passes."""
@@ -45,12 +36,21 @@ class SessionAuth:
     three-layer stack held five frames and four copies of the scope (~3 KB per idle socket),
     this holds one of each. The same session store, and the same user check as the stack:
     ``channels.auth.get_user`` (the session's auth hash included).
+
+    It wraps each consumer (inside the URL router), so the scope it makes is the consumer's own:
+    an open socket can drop the ``User`` and the session from it
+    (``ProtocolConsumer.drop_scope_auth``) and nothing else still holds them.
     """
 
     def __init__(self, inner) -> None:
         self.inner = inner
 
     async def __call__(self, scope, receive, send):
+        scope = await self.authenticate(scope)  # this frame keeps only the consumer's scope
+        return await self.inner(scope, receive, send)
+
+    async def authenticate(self, scope: dict) -> dict:
+        """A copy of ``scope`` with the request's ``cookies``, ``session`` and ``user``."""
         cookies = {}
         for name, value in scope.get("headers", ()):
             if name == b"cookie":
@@ -60,7 +60,17 @@ class SessionAuth:
         session = store(cookies.get(settings.SESSION_COOKIE_NAME))
         scope = dict(scope, cookies=cookies, session=session, user=None)  # one allocation
         scope["user"] = await get_user(scope)
-        return await self.inner(scope, receive, send)
+        return scope
+
+
+websocket_urlpatterns = [
+    path("ws/portfolio/", SessionAuth(consumers.PortfolioConsumer.as_asgi())),
+    path("ws/instrument/<str:symbol>/", SessionAuth(consumers.InstrumentConsumer.as_asgi())),
+]
+
+api_urlpatterns = [
+    path("ws/v1/", SessionAuth(consumers.ApiConsumer.as_asgi())),
+]
 
 
 def websocket_application():
@@ -68,8 +78,8 @@ def websocket_application():
     allowed_hosts = settings.ALLOWED_HOSTS
     if settings.DEBUG and not allowed_hosts:
         allowed_hosts = ["localhost", "127.0.0.1", "[::1]"]  # as AllowedHostsOriginValidator
-    api = OriginIfPresentValidator(SessionAuth(URLRouter(api_urlpatterns)), allowed_hosts)
-    browser = AllowedHostsOriginValidator(SessionAuth(URLRouter(websocket_urlpatterns)))
+    api = OriginIfPresentValidator(URLRouter(api_urlpatterns), allowed_hosts)
+    browser = AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
 
     def route(scope, receive, send):
         # Not a coroutine function: the chosen app's coroutine is awaited by the caller, so an
