@@ -195,13 +195,15 @@ def start_worker(tmp: Path, **env: str) -> Process:
     return worker
 
 
-def start_daphne(tmp: Path, port: int) -> Process:
+def start_daphne(tmp: Path, port: int, module: str = "streaming.serve") -> Process:
+    """daphne serving the app, started as the Procfile does (``python -m streaming.serve``,
+    Livefolio's launcher); ``module="daphne"`` starts plain daphne."""
     server = Process(
         "daphne",
         [
             sys.executable,
             "-m",
-            "streaming.serve",  # daphne through Livefolio's launcher, as the Procfile runs it
+            module,
             "-b",
             "127.0.0.1",
             "-p",

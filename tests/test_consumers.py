@@ -1,5 +1,6 @@
 """The live portfolio socket through the real ASGI stack and the real Redis channel layer."""
 
+import gc
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -216,3 +217,32 @@ async def test_instrument_socket_refuses_unknown_symbols_and_anonymous_visitors(
     assert (await unknown.connect())[0] is False
     anonymous = communicator("/ws/instrument/BTC-USD/")
     assert (await anonymous.connect())[0] is False
+
+
+async def test_open_sockets_keep_no_user_or_session_object(world, redis_client):
+    """Each open page socket keeps its user's id and session key, not the ``User`` and the
+    decoded session its handshake loaded (~2 KB per idle socket; logging out still closes it:
+    tests/test_websocket_hostile.py)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.backends.base import SessionBase
+
+    def alive(kind) -> int:
+        gc.collect()
+        return sum(isinstance(o, kind) for o in gc.get_objects())
+
+    user_model = get_user_model()
+    cookies = [
+        await database_sync_to_async(session_cookie)(world["users"][name])
+        for name in ("alice", "bob", "charlie")
+        for _ in range(4)
+    ]
+    users, sessions = alive(user_model), alive(SessionBase)
+    sockets = [communicator("/ws/portfolio/", cookie=cookie) for cookie in cookies]
+    for comm in sockets:
+        assert (await comm.connect())[0]
+        assert (await comm.receive_json_from())["type"] == "snapshot"
+    assert (alive(user_model), alive(SessionBase)) == (users, sessions)
+    for comm in sockets:
+        await comm.send_json_to({"type": "ping"})
+        assert (await comm.receive_json_from())["type"] == "pong"
+        await comm.disconnect()
