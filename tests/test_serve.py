@@ -1,13 +1,15 @@
-"""``python -m streaming.serve``: daphne with a slimmer input queue per connection and autobahn's
-options read from the factory. What daphne promises still holds: every frame reaches the
-application in order however slowly it reads, pings go out every --ping-interval and a client
-that stops answering is dropped after --ping-timeout, oversized frames are refused, and a
-request body arrives whole. Plain daphne still serves the same application."""
+"""``python -m streaming.serve``: daphne keeping less per open WebSocket (no asyncio.Queue, no
+copy of autobahn's options, no upgraded HTTP request). What daphne promises still holds: every
+frame reaches the application in order however slowly it reads, a slow reader gets a large burst
+whole, pings go out every --ping-interval and a client that stops answering is dropped after
+--ping-timeout, oversized frames are refused, a request body arrives whole. Plain daphne still
+serves the same application."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -89,6 +91,53 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     else:
         header = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
     return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+async def live_objects(port: int) -> dict[str, int]:
+    def fetch() -> dict[str, int]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/live", timeout=20) as response:
+            return json.loads(response.read())
+
+    return await asyncio.to_thread(fetch)
+
+
+async def test_open_sockets_keep_no_http_request_input_queue_or_copy_of_the_options(echo_server):
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(websockets.connect(f"ws://127.0.0.1:{echo_server}/"))
+            for _ in range(20)
+        ]
+        for ws in sockets:
+            await ws.send("open")
+            assert await asyncio.wait_for(ws.recv(), 20) == "open"
+        # daphne forgets an upgraded request within a second or two (its application checker);
+        # from then on only the request serving /live holds an HTTP channel.
+        for _ in range(50):
+            live = await live_objects(echo_server)
+            if live["http_channels"] <= 1:
+                break
+            await asyncio.sleep(0.2)
+    assert live["open_websockets"] >= 20
+    assert live["http_channels"] <= 1
+    assert live["asyncio_queues"] == 0
+    assert live["copied_options"] == 0
+
+
+async def test_a_slow_reader_gets_a_large_burst_whole_and_in_order_then_the_close(echo_server):
+    count, size = 4000, MAX_MESSAGE - 96  # 16 MB: far past the server's write buffer
+    # A small incoming queue: the client stops reading its TCP socket while it does not recv().
+    async with websockets.connect(
+        f"ws://127.0.0.1:{echo_server}/", max_size=None, max_queue=1
+    ) as ws:
+        await ws.send(f"burst {count} {size}")
+        await asyncio.sleep(1)
+        frames = [await asyncio.wait_for(ws.recv(), 20) for _ in range(count)]
+        assert [frame[:8] for frame in frames] == [f"{n:08d}" for n in range(count)]
+        assert {len(frame) for frame in frames} == {size}
+        await ws.send("close")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 20)
+    assert closed.value.rcvd.code == 4000
 
 
 @pytest.mark.parametrize("delay", [0, 0.005], ids=["fast application", "slow application"])
