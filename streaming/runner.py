@@ -86,6 +86,9 @@ def _latest_prices(kind: str) -> dict[str, Decimal]:
 
 
 async def _default_sink(batch: list[dict[str, Any]]) -> None:
+    # The one sender of tasks: through Livefolio's Celery app, loaded here whoever started this
+    # process (the package does not load it; without it Celery would fall back to AMQP).
+    import portfolio.celery  # noqa: F401
     from streaming.tasks import ingest_quotes
 
     # Eager (embedded) runs the task in Django's sync thread; otherwise this is broker I/O.
