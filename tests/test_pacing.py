@@ -143,18 +143,24 @@ def test_a_batch_after_the_turn_values_the_deferred_portfolio_itself(world, cloc
     assert totals(got["bob"]) == ["2000.00"]
 
 
-def test_a_feed_runner_settles_with_empty_batches_for_one_interval_and_two_windows(settings):
-    """After its last tick a runner goes on sending empty batches so the turns its ticks
-    deferred still come; then it goes quiet. Without pacing it sends nothing empty."""
-    settings.LIVEFOLIO_VALUATION_INTERVAL_MS = 500
-    settings.LIVEFOLIO_COALESCE_MS = 100
+def recording_runner(*, window: float) -> tuple[FeedRunner, list[int]]:
+    """A feed runner for BTC-USD whose batches are only counted: the sizes, in order."""
     sent: list[int] = []
 
     async def sink(batch):
         sent.append(len(batch))
 
-    runner = FeedRunner(kind="simulated", window=0.1, sink=sink)
+    runner = FeedRunner(kind="simulated", window=window, sink=sink)
     runner.symbols = {"BTC-USD": Target(1, "BTC-USD")}
+    return runner, sent
+
+
+def test_a_feed_runner_settles_with_empty_batches_for_one_interval_and_two_windows(settings):
+    """After its last tick a runner goes on sending empty batches so the turns its ticks
+    deferred still come; then it goes quiet. Without pacing it sends nothing empty."""
+    settings.LIVEFOLIO_VALUATION_INTERVAL_MS = 500
+    settings.LIVEFOLIO_COALESCE_MS = 100
+    runner, sent = recording_runner(window=0.1)
     now = [0.0]
     runner.clock = lambda: now[0]
     btc = Tick(feed_symbol="BTC-USD", price=Decimal("1"), ts=T0)
@@ -177,13 +183,7 @@ def test_a_stopping_runner_hands_on_its_last_window_and_settles_before_it_exits(
     the settling batches, so no deferred turn waits for a feed process that is gone."""
     settings.LIVEFOLIO_VALUATION_INTERVAL_MS = 200
     settings.LIVEFOLIO_COALESCE_MS = 50
-    sent: list[int] = []
-
-    async def sink(batch):
-        sent.append(len(batch))
-
-    runner = FeedRunner(kind="simulated", window=0.05, sink=sink)
-    runner.symbols = {"BTC-USD": Target(1, "BTC-USD")}
+    runner, sent = recording_runner(window=0.05)
     runner.on_event(Tick(feed_symbol="BTC-USD", price=Decimal("1"), ts=T0))  # not flushed yet
     asyncio.run(runner.settle())
     assert sent[0] == 1
