@@ -137,6 +137,7 @@ async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
         # Livefolio's pacing (streaming/pacing.py): a user's frame at most once per slot of
         # its own phase; what moves in between waits for the next slot.
         pace_ms = job.get("pace_ms", 0)
+        phase_step = job.get("phase_step", 1)
         owed: dict[str, float] = {}  # user -> newest tick not sent yet
         last_slot: dict[str, int] = {}
         while True:
@@ -150,7 +151,7 @@ async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
             now_ms = int(time.time() * 1000)
             for user, ts in owed.items():
                 if pace_ms:
-                    slot = (now_ms - int(user) * 7919 % pace_ms) // pace_ms
+                    slot = (now_ms - int(user) * phase_step % pace_ms) // pace_ms
                     if last_slot.get(user, -1) >= slot:
                         continue
                     last_slot[user] = slot

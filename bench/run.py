@@ -1112,6 +1112,8 @@ def run_floor(args, env, logs, world, r) -> dict[str, Any]:
         if args.scenario != "idle":
             from django.conf import settings
 
+            from streaming import pacing
+
             window = settings.LIVEFOLIO_COALESCE_MS / 1000
             job_spec: dict[str, Any] = {
                 "rate": args.rate,
@@ -1133,6 +1135,7 @@ def run_floor(args, env, logs, world, r) -> dict[str, Any]:
                     mode="portfolio",
                     holdings={str(u.id): world["held"][u.id] for u in users},
                     pace_ms=settings.LIVEFOLIO_VALUATION_INTERVAL_MS,
+                    phase_step=pacing.PHASE_STEP,
                     frames=floor_frames(world, users),
                 )
             job = logs / "floor-publisher.json"

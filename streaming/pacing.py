@@ -31,13 +31,17 @@ from streaming import flow
 
 log = logging.getLogger(__name__)
 
+# A portfolio's phase is its id times this, modulo the interval: consecutive ids spread over it.
+PHASE_STEP = 7919
+
 # KEYS: last-slot hash, deferred sorted set. ARGV: now (ms), interval (ms), the largest share of
-# the portfolios considered one pass may value, portfolio ids.
+# the portfolios considered one pass may value, PHASE_STEP, portfolio ids.
 # Returns the ids to value now.
 _PACE = """
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
 local share = tonumber(ARGV[3])
+local step = tonumber(ARGV[4])
 local ready = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 if #ready > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
 local turns, seen, considered = {}, {}, 0
@@ -45,7 +49,7 @@ local function consider(p)
   if seen[p] then return end
   seen[p] = true
   considered = considered + 1
-  local phase = (tonumber(p) * 7919) % interval
+  local phase = (tonumber(p) * step) % interval
   local slot = math.floor((now - phase) / interval)
   local last = tonumber(redis.call('HGET', KEYS[1], p) or '-1')
   if last < slot then
@@ -55,7 +59,7 @@ local function consider(p)
   end
 end
 for _, p in ipairs(ready) do consider(p) end
-for i = 4, #ARGV do consider(ARGV[i]) end
+for i = 5, #ARGV do consider(ARGV[i]) end
 local limit = math.max(1, math.ceil(math.max(considered, redis.call('HLEN', KEYS[1])) * share))
 if #turns > limit then
   table.sort(turns, function(a, b) return a[2] < b[2] end)
@@ -97,7 +101,7 @@ def pass_share() -> float:
 
 def phase_ms(portfolio_id: int, interval: int) -> int:
     """Where in each interval a portfolio's slot begins (the script's formula)."""
-    return portfolio_id * 7919 % interval
+    return portfolio_id * PHASE_STEP % interval
 
 
 def _keys() -> list[str]:
@@ -118,7 +122,7 @@ def take_turns(moving: Iterable[int]) -> list[int] | None:
         return None
     now = clock_ms()
     try:
-        due = client.eval(_PACE, 2, *_keys(), now, interval, pass_share(), *moving)
+        due = client.eval(_PACE, 2, *_keys(), now, interval, pass_share(), PHASE_STEP, *moving)
     except redis.RedisError as exc:
         log.warning("valuation pacing unavailable, valuing every moving portfolio (%s)", exc)
         return None
