@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+import orjson
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
@@ -98,24 +99,40 @@ def _upsert(
 ) -> list[object]:
     """One ``INSERT ... ON CONFLICT DO UPDATE`` for many rows, on PostgreSQL and SQLite.
 
-    Values go through each field's own database preparation (decimals, aware datetimes), so the
-    raw statement stores exactly what the ORM would. Returns the ``returning`` column of the rows
-    inserted or updated (the conflict's WHERE decides which).
+    ``rows`` hold the fields' Python types (Decimal, aware datetime). On PostgreSQL they travel
+    as one JSON document read with the columns' own SQL types; on SQLite each value goes through
+    its field's database preparation. Either way the statement stores what the ORM would.
+    Returns the ``returning`` column of the rows inserted or updated (the conflict's WHERE
+    decides which).
     """
-    fields = {f.column: f for f in model._meta.concrete_fields}
-    params: list[object] = []
-    for values in rows:
-        params += [
-            fields[c].get_db_prep_save(v, connection) for c, v in zip(columns, values, strict=True)
+    db = transaction.get_connection()  # the proxy `connection` costs a lookup per attribute
+    fields = [{f.column: f for f in model._meta.concrete_fields}[c] for c in columns]
+    table = db.ops.quote_name(model._meta.db_table)
+    if db.vendor == "postgresql":
+        # The rows travel as one JSON document, typed by the columns' own SQL types: the
+        # statement's text is the same for any number of rows (psycopg converts it once) and
+        # no value is adapted one by one in Python. Values are the fields' Python types
+        # (Decimal, aware datetime), as the ORM would send them.
+        record = ", ".join(f"{c} {f.db_type(db)}" for c, f in zip(columns, fields, strict=True))
+        source = f"SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r({record})"
+        params: list[object] = [
+            orjson.dumps(
+                [dict(zip(columns, values, strict=True)) for values in rows], default=str
+            ).decode()
         ]
-    table = connection.ops.quote_name(model._meta.db_table)
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
+    else:
+        source = "VALUES " + ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
+        params = [
+            f.get_db_prep_save(v, db)
+            for values in rows
+            for f, v in zip(fields, values, strict=True)
+        ]
     sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "
+        f"INSERT INTO {table} ({', '.join(columns)}) {source} "
         f"ON CONFLICT ({conflict}) DO UPDATE SET {set_sql}"
         + (f" RETURNING {returning}" if returning else "")
     )
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(sql, params)
         return [row[0] for row in cursor.fetchall()] if returning else []
 

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import OperationalError, transaction
 
 from portfolio import health, selectors, services
-from portfolio.models import FeedKind, Instrument
+from portfolio.models import FeedKind, Quote
 from streaming import events, flow, pacing, presence, protocol
 
 log = logging.getLogger(__name__)
@@ -110,20 +110,22 @@ def _lag(received: Iterable[Any]) -> float | None:
 
 
 def _quote_messages(changed: list[int], received: dict[int, Any]) -> list[tuple[str, dict]]:
+    rows = Quote.objects.filter(instrument_id__in=changed).values_list(
+        "instrument_id", "instrument__symbol", "price", "bid", "ask", "exchange_ts"
+    )
     messages = []
-    for instrument in Instrument.objects.filter(id__in=changed).select_related("quote"):
-        q = instrument.quote
-        raw = received.get(instrument.id)
+    for instrument_id, symbol, price, bid, ask, exchange_ts in rows:
+        raw = received.get(instrument_id)
         payload = protocol.quote(
-            instrument_id=instrument.id,
-            symbol=instrument.symbol,
-            price=q.price,
-            bid=q.bid,
-            ask=q.ask,
-            exchange_ts=q.exchange_ts,
+            instrument_id=instrument_id,
+            symbol=symbol,
+            price=price,
+            bid=bid,
+            ask=ask,
+            exchange_ts=exchange_ts,
             received=datetime.fromisoformat(raw) if raw else None,
         )
-        messages.append((events.instrument_group(instrument.id), payload))
+        messages.append((events.instrument_group(instrument_id), payload))
     return messages
 
 

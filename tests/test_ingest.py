@@ -9,7 +9,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 
 from portfolio import services
-from portfolio.models import Quote
+from portfolio.models import PriceBar, Quote
 from streaming import events
 from streaming.tasks import ingest_quotes, parse_batch
 from tests.websocket import as_sent
@@ -49,6 +49,19 @@ def test_newer_exchange_time_wins_and_older_or_equal_changes_nothing(world):
     quote = Quote.objects.get(instrument=btc)
     assert quote.price == Decimal("101")
     assert quote.exchange_ts == T0 + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("price", ["1E+2", "1E-8", "0.00000001", "123456789012.12345678"])
+def test_a_stored_price_is_the_decimal_sent_whatever_its_notation(world, price):
+    # Rows reach PostgreSQL as one JSON document of decimal strings (services._upsert).
+    btc = world["btc"]
+    ts = T0 + timedelta(microseconds=123456)
+    ingest_quotes([tick(btc, price, ts, bid=price, ask=price)])
+    quote = Quote.objects.get(instrument=btc)
+    assert (quote.price, quote.bid, quote.ask) == (Decimal(price),) * 3
+    assert quote.exchange_ts == ts
+    bar = PriceBar.objects.get(instrument=btc)
+    assert (bar.open, bar.close, bar.open_ts) == (Decimal(price), Decimal(price), ts)
 
 
 def test_newest_tick_in_one_batch_wins_whatever_the_order(world):
