@@ -24,7 +24,7 @@ from django.conf import settings
 
 from portfolio import services
 from portfolio.models import Instrument, Quote
-from streaming import events, marketdata, pacing, protocol
+from streaming import events, flow, marketdata, pacing, protocol
 from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,16 @@ async def _default_sink(batch: list[dict[str, Any]]) -> None:
     await sync_to_async(ingest_quotes.delay)(batch)
 
 
+async def _ingest_waiting() -> bool:
+    """Whether an ingest task already waits on the Celery queue: the worker is behind, and a
+    batch sent now would wait behind it. The runner then keeps its window open instead, so
+    what reaches the worker next is one batch of the newest ticks, not a queue of stale ones
+    (a worker over capacity delivers fresh prices less often instead of old prices late)."""
+    if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
+        return False
+    return await flow.redis_client().llen(settings.CELERY_TASK_DEFAULT_QUEUE) > 0
+
+
 class FeedRunner:
     def __init__(
         self,
@@ -114,6 +124,8 @@ class FeedRunner:
         self.coalescer = Coalescer(
             window=window if window is not None else settings.LIVEFOLIO_COALESCE_MS / 1000,
             flush=self.flush,
+            # Backpressure on Livefolio's own queue only (a test's sink has none).
+            hold=_ingest_waiting if sink is None else None,
         )
         self.book_interval = settings.LIVEFOLIO_BOOK_INTERVAL_MS / 1000
         self.trades: list[Trade] = []

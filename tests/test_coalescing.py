@@ -94,3 +94,47 @@ def test_without_a_queue_every_batch_is_valued_at_once(world, redis_client):
         batch = [tick(world["btc"], price, ts)]
         got = deliveries(users, lambda b=batch: ingest_quotes(b))
         assert totals(got["alice"]) == [f"{2 * int(price)}.00"]
+
+
+def test_the_feed_runner_holds_its_window_while_an_ingest_task_waits(queued, redis_client):
+    """Backpressure (streaming/runner.py): with a task waiting on the queue, the runner sends
+    nothing and keeps coalescing; once the queue is empty, one batch of the newest ticks."""
+    import asyncio
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from streaming.feeds.base import Tick
+    from streaming.runner import FeedRunner, Target
+
+    sent: list[list[dict]] = []
+    runner = FeedRunner(kind="simulated", window=0.02)
+    runner.symbols = {"BTC-USD": Target(1, "BTC-USD"), "ETH-USD": Target(2, "ETH-USD")}
+
+    async def sink(batch):  # what ingest_quotes.delay would get; the check is the real one
+        sent.append(batch)
+
+    runner.sink = sink
+    queue = django_settings.CELERY_TASK_DEFAULT_QUEUE
+
+    async def run():
+        feeding = asyncio.create_task(runner.coalescer.run())
+        now = datetime.now(UTC)
+        queued(1)
+        runner.on_event(Tick(feed_symbol="BTC-USD", price=Decimal("1"), ts=now))
+        await asyncio.sleep(0.2)  # ten windows
+        held = list(sent)
+        runner.on_event(Tick(feed_symbol="BTC-USD", price=Decimal("2"), ts=now + timedelta(1)))
+        runner.on_event(Tick(feed_symbol="ETH-USD", price=Decimal("3"), ts=now))
+        redis_client.delete(queue)  # the worker took it
+        for _ in range(500):
+            if sent:
+                break
+            await asyncio.sleep(0.01)
+        feeding.cancel()
+        return held
+
+    held = asyncio.run(run())
+    assert held == []
+    assert [sorted((i["instrument"], i["price"]) for i in batch) for batch in sent] == [
+        [(1, "2"), (2, "3")]
+    ]

@@ -68,11 +68,22 @@ class Coalescer:
     ticks 50 times in a window costs one row update and one valuation.
     """
 
-    def __init__(self, *, window: float, flush: Callable[[list[Tick]], Awaitable[None]]):
+    def __init__(
+        self,
+        *,
+        window: float,
+        flush: Callable[[list[Tick]], Awaitable[None]],
+        hold: Callable[[], Awaitable[bool]] | None = None,
+        max_hold: float = 1.0,
+    ):
         if window <= 0:
             raise ValueError("coalescing window must be positive")
         self.window = window
         self._flush = flush
+        # Backpressure: while ``hold()`` says the consumer is behind, windows merge (newest
+        # tick per symbol) instead of queueing behind it; never longer than ``max_hold``.
+        self._hold = hold
+        self.max_hold = max_hold
         self._pending: dict[str, Tick] = {}
 
     def add(self, tick: Tick) -> None:
@@ -86,14 +97,29 @@ class Coalescer:
 
     async def run(self) -> None:
         """Flush every window until cancelled, an empty window too (the flush decides what it
-        is worth); a failing flush is logged, never fatal."""
+        is worth); a failing flush is logged, never fatal. While ``hold()`` is true the window
+        stays open (up to ``max_hold``): its ticks go with the next flush, newest per symbol."""
+        held = 0.0
         while True:
             await asyncio.sleep(self.window)
+            if held < self.max_hold and await self._holding():
+                held += self.window
+                continue
+            held = 0.0
             batch = self.take()
             try:
                 await self._flush(batch)
             except Exception:
                 log.exception("feed: flush of %d ticks failed", len(batch))
+
+    async def _holding(self) -> bool:
+        if self._hold is None:
+            return False
+        try:
+            return await self._hold()
+        except Exception:  # not knowing is no reason to hold ticks back
+            log.warning("feed: backpressure check failed; flushing", exc_info=True)
+            return False
 
 
 def utcnow() -> datetime:

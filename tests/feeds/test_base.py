@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaming.feeds.base import Backoff, Book, FeedStats, Trade
+from streaming.feeds.base import Backoff, Book, Coalescer, FeedStats, Tick, Trade
 
 
 @given(
@@ -82,3 +83,73 @@ def test_trades_and_books_refuse_floats_and_naive_times():
         Trade(feed_symbol="X", price=1.5, size=Decimal(1), side="buy", trade_id="1", ts=now)
     with pytest.raises(ValueError, match="timezone-aware"):
         Book(feed_symbol="X", bids=(), asks=(), ts=datetime(2024, 1, 1))
+
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def coalescer(hold, *, max_hold=60.0):
+    flushed: list[list[tuple[str, Decimal]]] = []
+
+    async def flush(batch):
+        flushed.append(sorted((t.feed_symbol, t.price) for t in batch))
+
+    return Coalescer(window=0.01, flush=flush, hold=hold, max_hold=max_hold), flushed
+
+
+async def until(condition, what):
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_while_the_consumer_is_behind_windows_merge_into_one_batch_of_the_newest():
+    behind = True
+    asked = 0
+
+    async def hold():
+        nonlocal asked
+        asked += 1
+        return behind
+
+    c, flushed = coalescer(hold)
+    running = asyncio.create_task(c.run())
+    c.add(Tick("BTC", Decimal("1"), T0))
+    await until(lambda: asked >= 3, "three windows held")
+    c.add(Tick("BTC", Decimal("2"), T0.replace(second=1)))
+    c.add(Tick("ETH", Decimal("7"), T0))
+    await until(lambda: asked >= 6, "three more windows held")
+    assert flushed == []  # nothing sent while held, nothing dropped either
+    behind = False
+    await until(lambda: flushed, "a flush once the consumer caught up")
+    running.cancel()
+    assert flushed[0] == [("BTC", Decimal("2")), ("ETH", Decimal("7"))]
+
+
+async def test_a_window_is_never_held_longer_than_max_hold():
+    async def hold():
+        return True  # a consumer that never catches up (or a queue someone else fills)
+
+    c, flushed = coalescer(hold, max_hold=0.05)
+    running = asyncio.create_task(c.run())
+    c.add(Tick("BTC", Decimal("1"), T0))
+    await until(lambda: flushed and flushed[0], "a flush after max_hold")
+    c.add(Tick("BTC", Decimal("3"), T0.replace(second=2)))
+    await until(lambda: [("BTC", Decimal("3"))] in flushed, "the next one too")
+    running.cancel()
+
+
+async def test_when_the_backpressure_check_fails_the_window_goes_out(caplog):
+    async def hold():
+        raise ConnectionError("redis down")
+
+    c, flushed = coalescer(hold)
+    running = asyncio.create_task(c.run())
+    c.add(Tick("BTC", Decimal("1"), T0))
+    with caplog.at_level(logging.WARNING):
+        await until(lambda: flushed and flushed[0], "a flush despite the failing check")
+    running.cancel()
+    assert flushed[0] == [("BTC", Decimal("1"))]
+    assert "backpressure check failed" in caplog.text
