@@ -18,7 +18,9 @@ Latency is receive time minus the message's ``as_of`` (the newest exchange time 
 or a quote's exchange time); the simulated feed stamps exchange time at emission, so this is
 tick -> client. A quote also carries ``received`` (when the feed runner flushed its coalescing
 window): receive time minus that is recorded apart (``flush_latencies``), the stack's share
-without the wait for the window. Both clocks are this machine's.
+without the wait for the window; a valuation carries ``valued_at`` (when the worker started
+its pass): receive time minus that is ``valued_latencies``, the pass, the channel layer, daphne
+and this process. All clocks are this machine's.
 
 What each client keeps as its last state: per portfolio the newest valuation (portfolio page),
 and under ``quote:<instrument id>`` the newest quote (instrument page: from the snapshot's
@@ -96,6 +98,8 @@ class Client:
                         self.last[str(state["id"])] = state
                     if stats.measuring and state.get("as_of"):
                         stats.latencies.append(now - parse_ts(state["as_of"]))
+                        if state.get("valued_at"):
+                            stats.valued_latencies.append(now - parse_ts(state["valued_at"]))
                 elif kind == "quote":
                     self.keep_quote(message["instrument"], message)
                     if stats.measuring:
@@ -134,6 +138,7 @@ class Stats:
         self.closing = False
         self.latencies: list[float] = []
         self.flush_latencies: list[float] = []  # quotes: feed runner's flush -> client
+        self.valued_latencies: list[float] = []  # valuations: the worker's valued_at -> client
         self.last_rx = time.monotonic()  # when any client last received a frame
         self.messages = 0
         self.bytes = 0
@@ -209,6 +214,7 @@ async def run(specs: list[dict[str, Any]], result_path: Path, parallel: int) -> 
         "bytes": stats.bytes,
         "latencies": stats.latencies,
         "flush_latencies": stats.flush_latencies,
+        "valued_latencies": stats.valued_latencies,
         "last": {c.spec["name"]: c.last for c in connected},
     }
     await asyncio.to_thread(result_path.write_text, json.dumps(result))

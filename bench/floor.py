@@ -159,8 +159,10 @@ async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
             for user in newest:
                 del owed[user]
             pipe = client.pipeline(transaction=False)
+            valued = json.dumps(iso(time.time()))  # Livefolio's valued_at: its pass began
             for user, ts in newest.items():
                 frame = templates[user].replace('"__AS_OF__"', json.dumps(iso(ts)), 1)
+                frame = frame.replace('"__VALUED_AT__"', valued, 1)
                 pipe.publish(CHANNEL, f"{user} {frame}")
             await pipe.execute()
             published += len(newest)

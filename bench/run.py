@@ -606,6 +606,8 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         "latency": percentiles(latencies),
         # Quotes only: the feed runner's flush (``received``) -> client, without the window's wait.
         "flush_latency": percentiles([x for r in results for x in r.get("flush_latencies", ())]),
+        # Valuations only: the worker's ``valued_at`` (its pass began; floor: published) -> client.
+        "valued_latency": percentiles([x for r in results for x in r.get("valued_latencies", ())]),
         "last": {k: v for r in results for k, v in r["last"].items()},
     }
 
@@ -1027,7 +1029,8 @@ def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:
 
 
 def floor_frames(world, users) -> dict[str, Any]:
-    """Each user's real valuation frame (the same bytes Livefolio sends), as_of left open."""
+    """Each user's real valuation frame (the same bytes Livefolio sends), as_of and valued_at
+    left open (the floor's publisher stamps them)."""
     from portfolio import selectors
     from streaming import protocol
 
@@ -1035,7 +1038,7 @@ def floor_frames(world, users) -> dict[str, Any]:
     owner = {v: k for k, v in world["portfolio_of"].items()}
     frames = {}
     for state in selectors.portfolio_states(portfolio_ids=pids):
-        state["as_of"] = "__AS_OF__"
+        state["as_of"], state["valued_at"] = "__AS_OF__", "__VALUED_AT__"
         frames[str(owner[state["id"]])] = protocol.envelope(
             protocol.valuation(portfolio=state), seq=1
         )
@@ -1222,6 +1225,12 @@ def table(result: dict[str, Any]) -> str:
     if scenario == "broadcast":  # quotes carry the flush time: the stack's share alone
         for q in ("p50_ms", "p99_ms"):
             row(f"flush->client {q}", lambda x, q=q: x["delivered"]["flush_latency"][q])
+    else:  # valuations carry valued_at: the pass, the channel layer, daphne and the client
+        for q in ("p50_ms", "p99_ms"):
+            row(
+                f"valued->client {q}",
+                lambda x, q=q: x["delivered"].get("valued_latency", {}).get(q),
+            )
     row("msgs per server CPU-s", lambda x: x["msgs_per_server_cpu_s"])
     row("msgs per daphne CPU-s", lambda x: x["msgs_per_daphne_cpu_s"])
     row("redis cmds/s (shared)", lambda x: x["redis_cmds_per_s"])
