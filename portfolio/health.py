@@ -48,7 +48,8 @@ def _redis():
     return redis_sync()
 
 
-def _key(*parts: str) -> str:
+def key(*parts: str) -> str:
+    """A Redis key of the health records (the feed runner counts workers' heartbeats)."""
     return ":".join([settings.LIVEFOLIO_REDIS_PREFIX, *parts])
 
 
@@ -58,7 +59,7 @@ def _key(*parts: str) -> str:
 def worker_heartbeat_write(name: str) -> None:
     """Say "this worker is alive" for three heartbeat periods."""
     ttl = 3 * settings.LIVEFOLIO_HEARTBEAT_SECONDS
-    _redis().set(_key("worker", name), datetime.now(UTC).isoformat(), ex=ttl)
+    _redis().set(key("worker", name), datetime.now(UTC).isoformat(), ex=ttl)
 
 
 def start_worker_heartbeat(name: str) -> threading.Thread:
@@ -81,10 +82,10 @@ def record_ingest(*, seconds: float, lag: float | None) -> None:
     """Count one ingest batch, its duration and its lag (tick received → stored)."""
     try:
         pipe = _redis().pipeline(transaction=False)
-        pipe.hincrby(_key("ingest"), "batches", 1)
-        pipe.hincrbyfloat(_key("ingest"), "seconds", seconds)
+        pipe.hincrby(key("ingest"), "batches", 1)
+        pipe.hincrbyfloat(key("ingest"), "seconds", seconds)
         if lag is not None:
-            pipe.hset(_key("ingest"), "lag", f"{lag:.6f}")
+            pipe.hset(key("ingest"), "lag", f"{lag:.6f}")
         pipe.execute()
     except Exception as exc:  # metrics never fail the ingest
         log.warning("ingest metrics: %s", exc)
@@ -110,11 +111,11 @@ def worker_ages() -> dict[str, float]:
     """Seconds since each live worker's last heartbeat."""
     now = datetime.now(UTC)
     client = _redis()
-    keys = list(client.scan_iter(match=_key("worker", "*"), count=100))
+    keys = list(client.scan_iter(match=key("worker", "*"), count=100))
     ages = {}
-    for key, value in zip(keys, client.mget(keys) if keys else [], strict=True):
+    for found, value in zip(keys, client.mget(keys) if keys else [], strict=True):
         if value is not None:
-            name = key.decode().rsplit(":worker:", 1)[1]
+            name = found.decode().rsplit(":worker:", 1)[1]
             ages[name] = (now - datetime.fromisoformat(value.decode())).total_seconds()
     return ages
 
@@ -221,7 +222,7 @@ class InstanceCollector:
         try:
             for name, age in worker_ages().items():
                 workers.add_metric([name], age)
-            ingest = {k.decode(): float(v) for k, v in _redis().hgetall(_key("ingest")).items()}
+            ingest = {k.decode(): float(v) for k, v in _redis().hgetall(key("ingest")).items()}
             batches.add_metric([], ingest.get("batches", 0))
             seconds.add_metric([], ingest.get("seconds", 0))
             lag.add_metric([], ingest.get("lag", 0))

@@ -95,14 +95,44 @@ async def _default_sink(batch: list[dict[str, Any]]) -> None:
     await sync_to_async(ingest_quotes.delay)(batch)
 
 
-async def _ingest_waiting() -> bool:
-    """Whether an ingest task already waits on the Celery queue: the worker is behind, and a
-    batch sent now would wait behind it. The runner then keeps its window open instead, so
-    what reaches the worker next is one batch of the newest ticks, not a queue of stale ones
-    (a worker over capacity delivers fresh prices less often instead of old prices late)."""
-    if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
-        return False
-    return await flow.redis_client().llen(settings.CELERY_TASK_DEFAULT_QUEUE) > 0
+# kombu's Redis transport keeps each task a worker has taken, and not yet acknowledged, in this
+# hash; with acks_late (settings) that is each task running.
+UNACKED_KEY = "unacked"
+WORKERS_RECOUNT = 5.0  # seconds between counts of live workers (their heartbeats)
+
+
+class IngestBackpressure:
+    """Whether every Celery worker is busy with a task, or one already waits on the queue.
+
+    While so, a batch sent now would wait behind a whole task and reach the worker with prices
+    that old; the runner keeps its window open instead and sends when a worker is free, so
+    what the worker takes is the newest ticks (a worker over capacity delivers fresh prices
+    less often instead of old prices late). Measured at the portfolio target on a 2-core
+    machine where the worker is over capacity: tick -> client p50 533 -> 261 ms, p99 840 ->
+    458 ms (docs/performance.md). Live workers are counted from their heartbeats
+    (portfolio/health.py) every few seconds; a worker that died mid-task leaves its task in the
+    hash until the broker restores it, during which the window is held for ``max_hold``.
+    """
+
+    def __init__(self) -> None:
+        self.workers = 1
+        self.counted = -WORKERS_RECOUNT
+
+    async def __call__(self) -> bool:
+        if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
+            return False
+        client = flow.redis_client()
+        now = time.monotonic()
+        if now - self.counted >= WORKERS_RECOUNT:
+            from portfolio import health
+
+            alive = [k async for k in client.scan_iter(match=health.key("worker", "*"))]
+            self.workers, self.counted = max(1, len(alive)), now
+        pipe = client.pipeline(transaction=False)
+        pipe.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
+        pipe.hlen(UNACKED_KEY)
+        waiting, running = await pipe.execute()
+        return waiting > 0 or running >= self.workers
 
 
 class FeedRunner:
@@ -125,7 +155,7 @@ class FeedRunner:
             window=window if window is not None else settings.LIVEFOLIO_COALESCE_MS / 1000,
             flush=self.flush,
             # Backpressure on Livefolio's own queue only (a test's sink has none).
-            hold=_ingest_waiting if sink is None else None,
+            hold=IngestBackpressure() if sink is None else None,
         )
         self.book_interval = settings.LIVEFOLIO_BOOK_INTERVAL_MS / 1000
         self.trades: list[Trade] = []

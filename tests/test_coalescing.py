@@ -138,3 +138,26 @@ def test_the_feed_runner_holds_its_window_while_an_ingest_task_waits(queued, red
     assert [sorted((i["instrument"], i["price"]) for i in batch) for batch in sent] == [
         [(1, "2"), (2, "3")]
     ]
+
+
+def test_backpressure_holds_while_every_live_worker_runs_a_task(redis_client):
+    """A batch is held while as many tasks run as workers are alive (their heartbeats), or one
+    waits; a free worker releases it."""
+    import asyncio
+
+    from portfolio import health
+    from streaming.runner import UNACKED_KEY, IngestBackpressure
+
+    def busy(running: int, workers: int) -> bool:
+        redis_client.flushdb()
+        for n in range(workers):
+            health.worker_heartbeat_write(f"worker-{n}")
+        for n in range(running):
+            redis_client.hset(UNACKED_KEY, f"tag-{n}", "a task")
+        return asyncio.run(IngestBackpressure()())
+
+    assert busy(running=0, workers=1) is False
+    assert busy(running=1, workers=1) is True
+    assert busy(running=1, workers=2) is False  # the other worker would take a batch at once
+    assert busy(running=2, workers=2) is True
+    assert busy(running=1, workers=0) is True  # no heartbeat yet: count one
