@@ -106,7 +106,8 @@ def _upsert(
     decides which).
     """
     db = transaction.get_connection()  # the proxy `connection` costs a lookup per attribute
-    fields = [{f.column: f for f in model._meta.concrete_fields}[c] for c in columns]
+    by_column = {f.column: f for f in model._meta.concrete_fields}
+    fields = [by_column[c] for c in columns]
     table = db.ops.quote_name(model._meta.db_table)
     if db.vendor == "postgresql":
         # The rows travel as one JSON document, typed by the columns' own SQL types: the

@@ -22,7 +22,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from portfolio import services
+from portfolio import health, services
 from portfolio.models import Instrument, Quote
 from streaming import events, flow, marketdata, pacing, protocol
 from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
@@ -124,8 +124,6 @@ class IngestBackpressure:
         client = flow.redis_client()
         now = time.monotonic()
         if now - self.counted >= WORKERS_RECOUNT:
-            from portfolio import health
-
             alive = [k async for k in client.scan_iter(match=health.key("worker", "*"))]
             self.workers, self.counted = max(1, len(alive)), now
         pipe = client.pipeline(transaction=False)
