@@ -66,8 +66,13 @@ def valuation(portfolio_id: int, total: str, pad: int = 0) -> dict:
 @on_each_channel_layer
 async def test_a_client_that_never_reads_is_conflated_then_closed_and_memory_stays_bounded(stack):
     world = stack.world
-    # Keepalive pings every 2 s, closed when no pong comes back within 3 s.
-    base = await asyncio.to_thread(stack.daphne, PING_INTERVAL="2", PING_TIMEOUT="3")
+    # Keepalive pings every 2 s, closed when no pong comes back within 3 s. What the server may
+    # hold for the socket is bounded by design, whenever its consumer reads: up to CAPACITY
+    # messages waiting in its inbox (a consumer still busy with its snapshot reads none; beyond,
+    # the oldest drop: 50 x 64 KB here), then one conflated frame per portfolio at a time.
+    base = await asyncio.to_thread(
+        stack.daphne, PING_INTERVAL="2", PING_TIMEOUT="3", LIVEFOLIO_CHANNEL_CAPACITY="50"
+    )
     server = stack.processes[-1]
     charlie = LiveClient(base, await asyncio.to_thread(log_in, base, "charlie")).start()
     stuck = await asyncio.to_thread(
