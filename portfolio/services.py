@@ -9,6 +9,7 @@ from decimal import Decimal
 import orjson
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from portfolio import ledger, selectors
@@ -469,26 +470,45 @@ def transaction_delete(*, tx: Transaction) -> None:
         ) from None
 
 
+# Portfolios valued and stored per query round by valuation_snapshots_take.
+SNAPSHOT_CHUNK = 500
+
+
 def valuation_snapshots_take(*, at: datetime | None = None) -> int:
     """Store every portfolio's current value (one row per portfolio per instant).
 
     Idempotent per instant: a second run with the same ``at`` changes nothing. Returns how many
-    snapshots were written. Portfolios without any transaction are skipped.
+    snapshots were written. Portfolios without any transaction are skipped. Portfolios are
+    valued ``SNAPSHOT_CHUNK`` at a time with a fixed number of queries each, and each chunk is
+    stored as it is done: a run cut short by its time limit keeps what it stored.
     """
     at = at or timezone.now()
+    ids = list(
+        Portfolio.objects.filter(Exists(Transaction.objects.filter(portfolio=OuterRef("pk"))))
+        .order_by("id")
+        .values_list("id", "base_currency")
+    )
+    rates = selectors.fx_rates()
     written = 0
-    for portfolio in Portfolio.objects.filter(transactions__isnull=False).distinct():
-        value = selectors.portfolio_value(portfolio=portfolio)
-        flows = sum(
-            (f.amount for f in selectors.external_flows(portfolio=portfolio) if f.at <= at),
-            Decimal(0),
-        )
-        _, created = ValuationSnapshot.objects.get_or_create(
-            portfolio=portfolio,
-            taken_at=at,
-            defaults={"value": value.market_value, "net_flows": flows},
-        )
-        written += created
+    for begin in range(0, len(ids), SNAPSHOT_CHUNK):
+        chunk = dict(ids[begin : begin + SNAPSHOT_CHUNK])
+        taken = ValuationSnapshot.objects.filter(taken_at=at, portfolio_id__in=list(chunk))
+        for pid in taken.values_list("portfolio_id", flat=True):
+            del chunk[pid]
+        values = selectors.portfolio_values(portfolio_ids=chunk, rates=rates)
+        flows = selectors.external_flows_of(portfolios=chunk, rates=rates)
+        snapshots = [
+            ValuationSnapshot(
+                portfolio_id=pid,
+                taken_at=at,
+                value=values[pid].market_value,
+                net_flows=sum((f.amount for f in flows[pid] if f.at <= at), Decimal(0)),
+            )
+            for pid in chunk
+        ]
+        # A run racing this one for the same instant may have stored some: theirs stay.
+        ValuationSnapshot.objects.bulk_create(snapshots, ignore_conflicts=True)
+        written += len(snapshots)
     return written
 
 

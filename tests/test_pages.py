@@ -268,6 +268,72 @@ def test_beat_task_snapshots_each_portfolio_once_per_instant(world):
     assert snap.net_flows == 1000
 
 
+def test_snapshots_of_many_portfolios_cost_the_queries_of_one_chunk(
+    world, django_assert_max_num_queries
+):
+    """Beat values every portfolio each minute: a fixed number of queries per 500 of them, with
+    each value and each portfolio's flows (in its base currency, at or before the instant)."""
+    from portfolio import selectors
+    from portfolio.models import AssetClass, FeedKind, Instrument, Quote
+
+    now = timezone.now()
+    eurusd = Instrument.objects.create(
+        symbol="EURUSD",
+        name="Euro in US dollars",
+        asset_class=AssetClass.FX,
+        quote_currency="USD",
+        feed=FeedKind.SIMULATED,
+        feed_symbol="EURUSD",
+    )
+    for instrument, price in ((world["btc"], "600"), (world["eth"], "90"), (eurusd, "1.25")):
+        Quote.objects.create(
+            instrument=instrument, price=Decimal(price), exchange_ts=now, received_at=now
+        )
+    owner = world["users"]["bob"]
+    euro = []
+    for i in range(40):
+        portfolio = services.portfolio_create(owner=owner, name=f"Euro {i}", base_currency="EUR")
+        for amount, currency, at in (
+            ("1000", "USD", now - timedelta(days=2)),  # 800 EUR at 1.25
+            ("50", "EUR", now - timedelta(days=1)),
+            ("70", "CHF", now - timedelta(days=1)),  # no CHF rate: left out
+        ):
+            services.transaction_add(
+                portfolio=portfolio,
+                kind=TxKind.DEPOSIT,
+                amount=Decimal(amount),
+                currency=currency,
+                executed_at=at,
+            )
+        services.transaction_add(
+            portfolio=portfolio,
+            kind=TxKind.BUY,
+            instrument=world["eth"],
+            quantity=Decimal(i + 1),
+            price=Decimal("1"),
+            currency="USD",
+            executed_at=now - timedelta(hours=1),
+        )
+        services.transaction_add(  # after the instant: not in its flows
+            portfolio=portfolio,
+            kind=TxKind.WITHDRAWAL,
+            amount=Decimal("5"),
+            currency="EUR",
+            executed_at=now + timedelta(minutes=1),
+        )
+        euro.append(portfolio)
+
+    with django_assert_max_num_queries(12):  # 43 portfolios; one at a time took ~8 each
+        assert services.valuation_snapshots_take(at=now) == 43
+    snapshots = {s.portfolio_id: s for s in ValuationSnapshot.objects.filter(taken_at=now)}
+    states = {s["id"]: s for s in selectors.portfolio_states(portfolio_ids=list(snapshots))}
+    for pid, snapshot in snapshots.items():
+        assert snapshot.value == Decimal(states[pid]["total"]), pid
+    assert {snapshots[p.id].net_flows for p in euro} == {Decimal("850")}
+    assert snapshots[world["portfolios"]["alice"].id].value == Decimal("1200")  # 2 BTC at 600
+    assert snapshots[euro[3].id].value != snapshots[euro[4].id].value  # 4 ETH and 5 ETH
+
+
 def test_the_switcher_keeps_the_page_and_lists_only_own_portfolios(world, client_for):
     alice = world["portfolios"]["alice"]
     savings = services.portfolio_create(owner=world["users"]["alice"], name="Savings")
