@@ -1,14 +1,16 @@
-"""Performance and value-chart benchmark: a portfolio with a year of minute snapshots.
+"""Value-snapshot benchmark: a portfolio with a year of minute snapshots, and the minute task.
 
 Celery beat stores every portfolio's value each minute (525,600 rows a year); the live page
 shows TWR and IRR per period, the performance page their working and the chart thins a range
-to 500 points. This times each of them, and the two pages as a logged-in user gets them, on
-the database of your environment (``DATABASE_URL``; SQLite by default) from the repository root:
+to 500 points. This times each of them, the two pages as a logged-in user gets them, and one
+run of the minute task over P portfolios of 20 holdings, on the database of your environment
+(``DATABASE_URL``; SQLite by default) from the repository root:
 
-    .venv/bin/python bench/history_bench.py [--days 365] [--repeat 3]
+    .venv/bin/python bench/history_bench.py [--days 365] [--repeat 3] [--portfolios 2000]
 
-It creates a throw-away user ``bench-history`` with a portfolio (12 monthly deposits, one
-snapshot a minute) and deletes them afterwards. Prints one JSON object and a short table.
+It creates throw-away users ``bench-history*`` with their portfolios (12 monthly deposits, one
+snapshot a minute; one deposit and 20 holdings each) and deletes them afterwards. Prints one
+JSON object and a short table.
 """
 
 from __future__ import annotations
@@ -39,7 +41,17 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
 from portfolio import performance, selectors, services  # noqa: E402
-from portfolio.models import TxKind, ValuationSnapshot  # noqa: E402
+from portfolio.models import (  # noqa: E402
+    AssetClass,
+    FeedKind,
+    Holding,
+    Instrument,
+    Portfolio,
+    Quote,
+    Transaction,
+    TxKind,
+    ValuationSnapshot,
+)
 
 
 def seed(days: int, now: datetime):
@@ -71,6 +83,61 @@ def seed(days: int, now: datetime):
     return user, portfolio
 
 
+def snapshot_task(count: int) -> dict:
+    """One run of the minute task over ``count`` portfolios of 20 holdings out of 200."""
+    rng = random.Random(6)
+    now = datetime.now(UTC)
+    instruments = Instrument.objects.bulk_create(
+        Instrument(
+            symbol=f"BENCHH{i:03d}",
+            name=f"History bench {i}",
+            asset_class=AssetClass.CRYPTO,
+            quote_currency="USD",
+            feed=FeedKind.SIMULATED,
+            feed_symbol=f"BENCHH{i:03d}",
+            active=False,
+        )
+        for i in range(200)
+    )
+    Quote.objects.bulk_create(
+        Quote(instrument=i, price=Decimal(rng.randint(10, 5000)), exchange_ts=now, received_at=now)
+        for i in instruments
+    )
+    owners = get_user_model().objects.bulk_create(
+        get_user_model()(username=f"bench-history{n:06d}") for n in range(count)
+    )
+    try:
+        portfolios = Portfolio.objects.bulk_create(
+            Portfolio(owner=u, name="Bench", base_currency="USD") for u in owners
+        )
+        Transaction.objects.bulk_create(
+            Transaction(
+                portfolio=p, kind=TxKind.DEPOSIT, amount=Decimal(1000), currency="USD",
+                executed_at=now - timedelta(days=1),
+            )
+            for p in portfolios
+        )  # fmt: skip
+        Holding.objects.bulk_create(
+            Holding(
+                portfolio=p,
+                instrument=i,
+                quantity=Decimal(rng.randint(1, 10_000)) / 100,
+                cost_basis=Decimal(1000),
+            )
+            for p in portfolios
+            for i in rng.sample(instruments, 20)
+        )
+        with CaptureQueriesContext(connection) as captured:
+            started = time.perf_counter()
+            written = services.valuation_snapshots_take(at=now)
+            seconds = time.perf_counter() - started
+        assert written == count, (written, count)
+        return {"median_ms": round(seconds * 1000, 1), "queries": len(captured)}
+    finally:
+        get_user_model().objects.filter(id__in=[u.id for u in owners]).delete()
+        Instrument.objects.filter(id__in=[i.id for i in instruments]).delete()
+
+
 def timed(repeat: int, call) -> dict:
     seconds, queries = [], 0
     for _ in range(repeat):
@@ -86,6 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--portfolios", type=int, default=2000)
     args = parser.parse_args()
     call_command("migrate", interactive=False, verbosity=0)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -116,6 +184,8 @@ def main() -> None:
             rows[name] = timed(args.repeat, get)
     finally:
         user.delete()
+    if args.portfolios:
+        rows[f"minute task, {args.portfolios} portfolios"] = snapshot_task(args.portfolios)
     report = {
         "benchmark": "value_history",
         "database": connection.vendor,
@@ -123,6 +193,7 @@ def main() -> None:
         "snapshots": args.days * 1440 + 1,
         "seed_seconds": round(seeded, 1),
         "repeat": args.repeat,
+        "portfolios": args.portfolios,
         "timings": rows,
     }
     print(json.dumps(report))
