@@ -382,6 +382,7 @@ class RequestError(Exception):
 
 
 MAX_ID_LENGTH = 64
+MAX_ID_INT = 2**53 - 1  # the largest integer JSON readers (JavaScript's numbers) hold exactly
 MAX_RATE_LIMIT = 100.0  # updates a second per stream
 
 
@@ -585,7 +586,8 @@ class ApiConsumer(ProtocolConsumer):
                 request_id = None
                 raise RequestError(
                     protocol.ERROR_BAD_PARAMS,
-                    f"id: a string or whole number of at most {MAX_ID_LENGTH} characters",
+                    f"id: a string of at most {MAX_ID_LENGTH} characters or an integer "
+                    f"between -{MAX_ID_INT} and {MAX_ID_INT}",
                 )
             handler = self.REQUESTS.get(kind)
             if handler is None:
@@ -765,9 +767,12 @@ class ApiConsumer(ProtocolConsumer):
 
 
 def _valid_id(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return False
-    return len(str(value)) <= MAX_ID_LENGTH
+    """A request id the reply can carry back: a string of at most MAX_ID_LENGTH characters or
+    an integer every JSON reader holds exactly (at most 2**53 - 1 either way; a larger one
+    cannot be encoded in a frame at all beyond 64 bits)."""
+    if isinstance(value, str):
+        return len(value) <= MAX_ID_LENGTH
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_ID_INT
 
 
 def _request_id(text_data: str | None) -> Any:

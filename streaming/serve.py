@@ -2,7 +2,8 @@
 
 The same command line as ``daphne`` (every flag, e.g.
 ``python -m streaming.serve -b 0.0.0.0 -p 8000 portfolio.asgi:application``) and the same
-behaviour, keeping less for each open connection (docs/performance.md, "Idle sockets"):
+behaviour, keeping less for each open connection (docs/performance.md, "Idle sockets"), and
+refusing an incoming message over 128 KiB (daphne: 1 MiB) unless its flags say otherwise:
 
 - the application's input queue is an :class:`~streaming.layers.Inbox` (nothing while empty)
   instead of an ``asyncio.Queue`` (four deques, ~3.2 KB per connection);
@@ -137,9 +138,22 @@ class Server(daphne.server.Server):
         return input_queue
 
 
+# The largest incoming WebSocket message or frame accepted unless the flags say otherwise.
+# daphne's default is 1 MiB, held whole before the application sees it; the application answers
+# a frame over 64 KiB (LIVEFOLIO_MAX_FRAME_BYTES) with frame_too_large and closes 1009, so
+# anything much larger is refused here, before it is read: no socket makes the server hold more.
+INCOMING_LIMIT = 128 * 1024
+
+
 class CommandLineInterface(cli.CommandLineInterface):
     description = "Livefolio's daphne (daphne's flags; less memory per WebSocket)"
     server_class = Server
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parser.set_defaults(
+            websocket_max_message_size=INCOMING_LIMIT, websocket_max_frame_size=INCOMING_LIMIT
+        )
 
 
 if __name__ == "__main__":

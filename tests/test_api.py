@@ -494,6 +494,8 @@ async def test_an_outsider_receives_nothing_of_alices_valuations(world, redis_cl
         ({"type": "subscribe", "id": 1, "stream": "quotes:BTC-USD", "max_rate": 0}, "bad_params"),
         ({"type": "subscribe", "id": 1, "stream": "quotes:BTC-USD", "max_rate": "2"}, "bad_params"),
         ({"type": "subscribe", "id": [1], "stream": "quotes:BTC-USD"}, "bad_params"),
+        ({"type": "ping", "id": 10**30}, "bad_params"),  # too large to echo: the reply had crashed
+        ({"type": "ping", "id": -(2**53)}, "bad_params"),
         ({"type": "auth", "id": 1, "token": "lf_x_y"}, "bad_params"),  # already authenticated
         ({"type": "subscribe", "id": 1, "stream": "quotes:DOGE-USD"}, "not_found"),
         ({"type": "subscribe", "id": 1, "stream": "portfolio:999999"}, "not_found"),
@@ -508,10 +510,12 @@ async def test_each_bad_request_gets_its_documented_error_code_and_the_id(
     error = await request(comm, **frame)
     assert (error["type"], error["code"]) == ("error", code)
     assert error["message"]
-    assert error.get("id") == (frame["id"] if not isinstance(frame["id"], list) else None)
+    echoed = isinstance(frame["id"], int) and abs(frame["id"]) < 2**53
+    assert error.get("id") == (frame["id"] if echoed else None)
     assert code in documented_error_codes()
     assert_documented(error)
     assert (await request(comm, type="ping", id="still"))["type"] == "reply"
+    assert (await request(comm, type="ping", id=2**53 - 1))["id"] == 2**53 - 1  # the largest
     await comm.disconnect()
 
 

@@ -88,8 +88,10 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     size = len(payload)
     if size < 126:
         header = bytes([0x80 | opcode, 0x80 | size])
-    else:
+    elif size < 65536:
         header = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
     return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
 
 
@@ -183,6 +185,31 @@ async def test_a_frame_over_the_max_message_size_drops_the_connection(echo_serve
             opcode, _ = await read_frame(reader)
             assert opcode == PING
     writer.close()
+
+
+async def test_without_the_flags_a_message_over_128_kib_drops_the_connection(tmp_path):
+    """daphne's own default is 1 MiB; the app refuses frames over 64 KiB anyway (with an
+    error), so the launcher does not read one over 128 KiB."""
+    port = free_port()
+    server = Process(
+        "serve-default-limits",
+        [sys.executable, "-m", "streaming.serve", "-p", str(port), "tests.serve_app:application"],
+        {**os.environ, "PYTHONUNBUFFERED": "1"},
+        tmp_path,
+    )
+    try:
+        server.wait_for_output("Listening on TCP address")
+        reader, writer = await open_raw(port)
+        writer.write(client_frame(TEXT, b"y" * (120 * 1024)))
+        assert await read_frame(reader) == (TEXT, b"y" * (120 * 1024))
+        writer.write(client_frame(TEXT, b"x" * (130 * 1024)))
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionResetError)):
+            while True:  # the connection ends, the frame unechoed
+                opcode, _ = await read_frame(reader)
+                assert opcode == PING
+        writer.close()
+    finally:
+        server.stop()
 
 
 async def test_a_request_body_of_many_chunks_arrives_whole_and_in_order(echo_server):
