@@ -549,8 +549,12 @@ def _snapshots_near(
     for begin in range(0, len(names), _LOOKUPS_PER_QUERY):
         chunk = {name: picks[name] for name in names[begin : begin + _LOOKUPS_PER_QUERY]}
         row = Portfolio.objects.filter(pk=portfolio.pk).annotate(**chunk).values_list(*chunk)
-        instants.update(at for at in row.get() if at is not None)
-    points = dict(own.filter(taken_at__in=instants).values_list("taken_at", "value"))
+        instants.update(at for at in row.first() or () if at is not None)
+    points: dict[datetime, Decimal] = {}
+    found = sorted(instants)
+    for begin in range(0, len(found), _LOOKUPS_PER_QUERY):
+        chunk_at = found[begin : begin + _LOOKUPS_PER_QUERY]
+        points.update(own.filter(taken_at__in=chunk_at).values_list("taken_at", "value"))
     return [performance.ValuePoint(at=at, value=points[at]) for at in sorted(points)]
 
 

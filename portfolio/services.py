@@ -505,10 +505,13 @@ def valuation_snapshots_take(*, at: datetime | None = None) -> int:
                 net_flows=sum((f.amount for f in flows[pid] if f.at <= at), Decimal(0)),
             )
             for pid in chunk
+            if pid in values  # not deleted since the run began
         ]
-        # A run racing this one for the same instant may have stored some: theirs stay.
+        # A run racing this one for the same instant may have stored some: theirs stay, and
+        # only what this run added counts.
+        before = taken.count()
         ValuationSnapshot.objects.bulk_create(snapshots, ignore_conflicts=True)
-        written += len(snapshots)
+        written += taken.count() - before
     return written
 
 

@@ -15,9 +15,9 @@ from tests.conftest import ROOT
 NOW = datetime(2026, 11, 27, 21, 0, 13, tzinfo=UTC)
 
 
-def seed():
-    """A portfolio with 40 days of snapshots every 10 minutes (values wander, a few minutes
-    missing) and deposits and withdrawals at odd times, some exactly at a snapshot."""
+def seed(days: int, step: timedelta):
+    """A portfolio with ``days`` of snapshots every ``step`` (values wander, a few missing) and
+    deposits and withdrawals at odd times, some exactly at a snapshot."""
     from django.contrib.auth import get_user_model
 
     from portfolio import services
@@ -26,13 +26,13 @@ def seed():
     owner = get_user_model().objects.create(username="historian")
     portfolio = services.portfolio_create(owner=owner, name="History")
     rng = random.Random(8)
-    first = NOW - timedelta(days=40)
+    first = NOW - timedelta(days=days)
     snapshots, value, at = [], Decimal("1000.00"), first
     while at <= NOW:
         if rng.random() > 0.02:
             snapshots.append(ValuationSnapshot(portfolio=portfolio, taken_at=at, value=value))
         value = max(Decimal("100.00"), value + Decimal(rng.randint(-900, 1000)) / 100)
-        at += timedelta(minutes=10)
+        at += step
     ValuationSnapshot.objects.bulk_create(snapshots)
     flows = [
         (first - timedelta(days=1), "1000", TxKind.DEPOSIT),  # before the first snapshot
@@ -90,13 +90,13 @@ def whole_series_history(portfolio, period):
     return series
 
 
-def check_against_the_whole_series() -> None:
+def check_against_the_whole_series(days: int = 40, step_minutes: int = 10) -> None:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     from portfolio import selectors
 
-    portfolio = seed()
+    portfolio = seed(days, timedelta(minutes=step_minutes))
     expected, series = whole_series_performance(portfolio)
     flows = selectors.external_flows(portfolio=portfolio)
     with CaptureQueriesContext(connection) as queries:
@@ -113,23 +113,30 @@ def check_against_the_whole_series() -> None:
         assert len(row.values) <= 1 + len(rows) + len(flows), (period, len(row.values))
         assert set(row.values) <= set(series)
     assert rows[-1].twr.approximate  # flows between snapshots are in the test
+    if days > 366:  # every period starts at its own snapshot; Max's IRR is the annual one
+        assert len({row.start for row in rows}) == len(rows)
+        assert rows[-1].irr_annualized and not rows[3].irr_annualized  # Max, YTD
 
     # Read whole and thinned here, and looked up bucket by bucket: the same points.
     read_whole = selectors.HISTORY_READ_WHOLE
     try:
         for selectors.HISTORY_READ_WHOLE in (read_whole, 0):
-            for period in ("1D", "1W", "1M", "MAX"):
+            for period in ("1D", "1W", "1M", "YTD", "1Y", "MAX"):
                 points = selectors.value_history(portfolio=portfolio, period=period, now=NOW)
                 got = [(datetime.fromisoformat(p["at"]), Decimal(p["value"])) for p in points]
                 assert got == whole_series_history(portfolio, period), period
-            assert len(points) == selectors.HISTORY_MAX_POINTS  # 40 days of 10 minutes, thinned
+            assert len(points) == selectors.HISTORY_MAX_POINTS  # thinned
     finally:
         selectors.HISTORY_READ_WHOLE = read_whole
 
 
 @pytest.mark.django_db
-def test_performance_and_history_equal_the_whole_series_on_postgresql():
-    check_against_the_whole_series()
+@pytest.mark.parametrize(
+    ("days", "step_minutes"),
+    [(40, 10), (430, 360)],  # the second: 1Y, YTD and Max start apart; Max's IRR is annual
+)
+def test_performance_and_history_equal_the_whole_series_on_postgresql(days, step_minutes):
+    check_against_the_whole_series(days, step_minutes)
 
 
 @pytest.mark.django_db
