@@ -95,9 +95,9 @@ async def _default_sink(batch: list[dict[str, Any]]) -> None:
     await sync_to_async(ingest_quotes.delay)(batch)
 
 
-# kombu's Redis transport keeps each task a worker has taken, and not yet acknowledged, in this
-# hash; with acks_late (settings) that is each task running.
-UNACKED_KEY = "unacked"
+# kombu's Redis transport notes each task a worker has taken, and not yet acknowledged, in this
+# sorted set, scored by when it was taken; with acks_late (settings) that is each task running.
+UNACKED_INDEX_KEY = "unacked_index"
 WORKERS_RECOUNT = 5.0  # seconds between counts of live workers (their heartbeats)
 
 
@@ -110,8 +110,10 @@ class IngestBackpressure:
     less often instead of old prices late). Measured at the portfolio target on a 2-core
     machine where the worker is over capacity: tick -> client p50 533 -> 261 ms, p99 840 ->
     458 ms (docs/performance.md). Live workers are counted from their heartbeats
-    (portfolio/health.py) every few seconds; a worker that died mid-task leaves its task in the
-    hash until the broker restores it, during which the window is held for ``max_hold``.
+    (portfolio/health.py) every few seconds. A task taken longer ago than the soft time limit
+    (30 s) no longer counts as running: a worker that died mid-task leaves it behind until the
+    broker restores it (the visibility timeout, 300 s), and the feed would be held for
+    ``max_hold`` at every window all that time.
     """
 
     def __init__(self) -> None:
@@ -128,7 +130,8 @@ class IngestBackpressure:
             self.workers, self.counted = max(1, len(alive)), now
         pipe = client.pipeline(transaction=False)
         pipe.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
-        pipe.hlen(UNACKED_KEY)
+        since = time.time() - settings.CELERY_TASK_SOFT_TIME_LIMIT
+        pipe.zcount(UNACKED_INDEX_KEY, since, "+inf")
         waiting, running = await pipe.execute()
         return waiting > 0 or running >= self.workers
 

@@ -142,18 +142,22 @@ def test_the_feed_runner_holds_its_window_while_an_ingest_task_waits(queued, red
 
 def test_backpressure_holds_while_every_live_worker_runs_a_task(redis_client):
     """A batch is held while as many tasks run as workers are alive (their heartbeats), or one
-    waits; a free worker releases it."""
+    waits; a free worker releases it. A task taken longer ago than the soft time limit is one
+    a dead worker left behind: it does not hold the feed until the broker restores it."""
     import asyncio
 
     from portfolio import health
-    from streaming.runner import UNACKED_KEY, IngestBackpressure
+    from streaming.runner import UNACKED_INDEX_KEY, IngestBackpressure
 
-    def busy(running: int, workers: int) -> bool:
+    def busy(running: int, workers: int, abandoned: int = 0) -> bool:
         redis_client.flushdb()
         for n in range(workers):
             health.worker_heartbeat_write(f"worker-{n}")
         for n in range(running):
-            redis_client.hset(UNACKED_KEY, f"tag-{n}", "a task")
+            redis_client.zadd(UNACKED_INDEX_KEY, {f"tag-{n}": time.time() - 1})
+        for n in range(abandoned):
+            taken = time.time() - django_settings.CELERY_TASK_SOFT_TIME_LIMIT - 5
+            redis_client.zadd(UNACKED_INDEX_KEY, {f"old-{n}": taken})
         return asyncio.run(IngestBackpressure()())
 
     assert busy(running=0, workers=1) is False
@@ -161,3 +165,5 @@ def test_backpressure_holds_while_every_live_worker_runs_a_task(redis_client):
     assert busy(running=1, workers=2) is False  # the other worker would take a batch at once
     assert busy(running=2, workers=2) is True
     assert busy(running=1, workers=0) is True  # no heartbeat yet: count one
+    assert busy(running=0, workers=1, abandoned=1) is False
+    assert busy(running=1, workers=2, abandoned=3) is False
