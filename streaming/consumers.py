@@ -361,10 +361,15 @@ class Subscription:
     stream: streams.Stream
     max_rate: float | None
     stream_seq: int = 0
-    last_sent: float = float("-inf")  # monotonic time of the last update sent
-    pending: Any = None  # the latest value held back by max_rate, sent when its turn comes
+    # Holds back what comes faster than max_rate, keeping the latest (None: no max_rate).
+    conflator: Conflator | None = None
     skipped: int = 0  # trades conflated away since the last update: stream_seq jumps by these
-    flush: asyncio.Task | None = None
+
+    def stop(self) -> None:
+        """Forget what max_rate holds back (a snapshot supersedes it, or the stream ends)."""
+        if self.conflator is not None:
+            self.conflator.discard_pending()
+        self.skipped = 0
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -448,8 +453,10 @@ class ApiConsumer(ProtocolConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
-        for task in self.timers + [s.flush for s in self.subscriptions.values() if s.flush]:
+        for task in self.timers:
             task.cancel()
+        for sub in self.subscriptions.values():
+            sub.stop()
         for group in list(getattr(self, "group_refs", {})):
             await self.channel_layer.group_discard(group, self.channel_name)
         if getattr(self, "user_id", None) is not None:
@@ -675,15 +682,20 @@ class ApiConsumer(ProtocolConsumer):
             self.subscriptions[stream.name] = sub
             self.by_source[stream.source] = sub
         else:
-            sub.max_rate = max_rate  # subscribing again changes the rate and sends a snapshot
+            sub.stop()  # subscribing again changes the rate and sends a snapshot
+            sub.max_rate = max_rate
+        sub.conflator = None
+        if max_rate is not None:
+            # At most max_rate a second, no bursts; the latest value always goes out.
+            send = functools.partial(self._send_update, sub)
+            sub.conflator = Conflator(interval=1 / max_rate, send=send, burst=1)
         return sub.describe(), [await self._snapshot_of(sub)]
 
     async def _unsubscribe(self, message: dict[str, Any]):
         sub = self._subscribed(message)
         del self.subscriptions[sub.stream.name]
         del self.by_source[sub.stream.source]
-        if sub.flush is not None:
-            sub.flush.cancel()
+        sub.stop()
         group = sub.stream.group
         self.group_refs[group] -= 1
         if self.group_refs[group] == 0:
@@ -719,9 +731,7 @@ class ApiConsumer(ProtocolConsumer):
 
     async def _snapshot_of(self, sub: Subscription) -> dict[str, Any]:
         data = await database_sync_to_async(streams.stream_state)(sub.stream)
-        # The snapshot supersedes a value held back by max_rate (and holds skipped trades).
-        sub.pending = None
-        sub.skipped = 0
+        sub.stop()  # the snapshot supersedes a value held back by max_rate (and skipped trades)
         return protocol.stream_snapshot(
             stream=sub.stream.name, stream_seq=sub.stream_seq, data=data
         )
@@ -736,31 +746,18 @@ class ApiConsumer(ProtocolConsumer):
         sub = self.by_source.get(source)
         if sub is None:
             return  # another stream of the same group, or another portfolio of the user
-        interval = 1 / sub.max_rate if sub.max_rate else 0.0
-        if sub.flush is None and time.monotonic() - sub.last_sent >= interval:
+        if sub.conflator is None:
             await self._send_update(sub, data)
             return
-        # Conflate: keep only the latest value; it goes out when the interval has passed. A quote,
-        # book or portfolio state supersedes the one it replaces; a trade does not, so skipped
-        # trades show as a jump in stream_seq (the client's snapshot has the recent trades).
-        if sub.pending is not None and sub.stream.kind == protocol.STREAM_TRADES:
+        # A quote, book or portfolio state supersedes the one it replaces; a trade does not, so
+        # skipped trades show as a jump in stream_seq (the client's snapshot has recent trades).
+        replaced = await sub.conflator.offer(source, data)
+        if replaced and sub.stream.kind == protocol.STREAM_TRADES:
             sub.skipped += 1
-        sub.pending = data
-        if sub.flush is None:
-            delay = sub.last_sent + interval - time.monotonic()
-            sub.flush = asyncio.create_task(self._flush_later(sub, delay))
-
-    async def _flush_later(self, sub: Subscription, delay: float) -> None:
-        await asyncio.sleep(max(delay, 0))
-        sub.flush = None
-        if sub.pending is not None and self.subscriptions.get(sub.stream.name) is sub:
-            data, sub.pending = sub.pending, None
-            await self._send_update(sub, data)
 
     async def _send_update(self, sub: Subscription, data: Any) -> None:
         sub.stream_seq += 1 + sub.skipped
         sub.skipped = 0
-        sub.last_sent = time.monotonic()
         await self.send_message(
             protocol.stream_update(stream=sub.stream.name, stream_seq=sub.stream_seq, data=data)
         )

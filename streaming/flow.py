@@ -63,7 +63,7 @@ class Conflator:
         self,
         *,
         interval: float,
-        send: Callable[[dict[str, Any]], Awaitable[None]],
+        send: Callable[[Any], Awaitable[None]],
         burst: int = 2,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -72,7 +72,7 @@ class Conflator:
         self.burst = burst
         self.clock = clock
         self.buckets: dict[Hashable, TokenBucket] = {}
-        self.pending: dict[Hashable, dict[str, Any]] = {}
+        self.pending: dict[Hashable, Any] = {}
         self.timers: dict[Hashable, asyncio.Task] = {}
 
     def _bucket(self, key: Hashable) -> TokenBucket:
@@ -82,16 +82,19 @@ class Conflator:
             self.buckets[key] = bucket
         return bucket
 
-    async def offer(self, key: Hashable, message: dict[str, Any]) -> None:
+    async def offer(self, key: Hashable, message: Any) -> bool:
+        """Send ``message`` now or when ``key``'s turn comes; True when it replaced one that
+        was waiting (which is then never sent)."""
         if key in self.pending:
             self.pending[key] = message  # a flush is already scheduled: it sends this one
-            return
+            return True
         bucket = self._bucket(key)
         if bucket.allow():
             await self.send(message)
-            return
+            return False
         self.pending[key] = message
         self.timers[key] = asyncio.create_task(self._flush_later(key, bucket.wait()))
+        return False
 
     async def _flush_later(self, key: Hashable, wait: float) -> None:
         await asyncio.sleep(wait)
