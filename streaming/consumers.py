@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -23,7 +22,7 @@ from portfolio import selectors
 from portfolio.health import WS_CONNECTIONS, WS_MESSAGES_SENT, WS_REJECTED
 from portfolio.models import Instrument
 from portfolio.security import context_id, new_id
-from streaming import events, limits, protocol, streams, tokens
+from streaming import events, protocol, streams, tokens
 from streaming.flow import Conflator, TokenBucket, UserConnections
 from streaming.watch import socket_watch
 
@@ -399,6 +398,15 @@ class ApiConsumer(ProtocolConsumer):
     The protocol is in docs/api.md and docs/asyncapi.yaml.
     """
 
+    # Renewed every heartbeat; three missed renewals (a crashed server) free the slot. (Not
+    # connection_cap: this socket signs in after it is accepted, and says why it refuses.)
+    api_cap = UserConnections(
+        scope="api",
+        limit_setting="LIVEFOLIO_API_MAX_CONNECTIONS",
+        marks_presence=True,
+        lease=lambda: 3 * settings.LIVEFOLIO_API_HEARTBEAT_SECONDS,
+    )
+
     async def connect(self) -> None:
         self.user_id: int | None = None
         self.username: str | None = None
@@ -460,9 +468,7 @@ class ApiConsumer(ProtocolConsumer):
         for group in list(getattr(self, "group_refs", {})):
             await self.channel_layer.group_discard(group, self.channel_name)
         if getattr(self, "user_id", None) is not None:
-            await sync_to_async(limits.connection_release)(
-                user_id=self.user_id, member=self.channel_name
-            )
+            await self.api_cap.release(self.user_id, self.channel_name)
 
     # -- framing, auth and limits -------------------------------------------------------------
 
@@ -483,13 +489,7 @@ class ApiConsumer(ProtocolConsumer):
 
     async def _sign_in(self, user, request_id: Any = None) -> bool:
         """Take one of the user's connection slots; refuse and close when they are all taken."""
-        acquired = await sync_to_async(limits.connection_acquire)(
-            user_id=user.id,
-            member=self.channel_name,
-            cap=settings.LIVEFOLIO_API_MAX_CONNECTIONS,
-            lease=self._lease(),
-        )
-        if not acquired:
+        if not await self.api_cap.acquire(user.id, self.channel_name):
             await self._refuse(
                 protocol.ERROR_TOO_MANY_CONNECTIONS,
                 f"at most {settings.LIVEFOLIO_API_MAX_CONNECTIONS} API connections per user",
@@ -526,10 +526,6 @@ class ApiConsumer(ProtocolConsumer):
                 protocol.CLOSE_UNAUTHENTICATED,
             )
 
-    def _lease(self) -> float:
-        # Renewed every heartbeat; three missed renewals (a crashed server) free the slot.
-        return 3 * settings.LIVEFOLIO_API_HEARTBEAT_SECONDS
-
     async def _auth_deadline(self) -> None:
         await asyncio.sleep(settings.LIVEFOLIO_API_AUTH_TIMEOUT)
         if self.user_id is None and not self.closing:
@@ -552,16 +548,7 @@ class ApiConsumer(ProtocolConsumer):
                 )
                 return
             if self.user_id is not None:
-                try:
-                    await sync_to_async(limits.connection_acquire)(
-                        user_id=self.user_id,
-                        member=self.channel_name,
-                        cap=settings.LIVEFOLIO_API_MAX_CONNECTIONS,
-                        lease=self._lease(),
-                    )
-                except redis.RedisError:
-                    # A Redis blip must not stop the heartbeats; the next one renews the lease.
-                    log.warning("api: renewing the connection slot of user %s failed", self.user_id)
+                await self.api_cap.refresh(self.user_id, self.channel_name)
             await self.send_message(protocol.heartbeat())
 
     async def send_message(self, payload: dict[str, Any]) -> None:

@@ -114,17 +114,22 @@ class Conflator:
         self.timers.clear()
 
 
-# Atomically: drop expired members, refuse when full, else add this connection.
+# Atomically, on Redis' own clock (servers with skewed clocks agree): drop expired leases,
+# refuse when the user is full, else take or renew this connection's lease, and mark the user
+# present when asked. KEYS[1] the user's lease set, KEYS[2..3] presence's; ARGV: member, cap,
+# lease seconds, user id ('' marks nobody). Returns 1 when the member holds a slot, 0 if full.
 _ACQUIRE = (
     """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[4]) == false
-   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false
+   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   return 0
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-if ARGV[6] ~= '' then
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
+if ARGV[4] ~= '' then
 """
     + presence.MARK_LUA
     + """
@@ -172,23 +177,34 @@ def redis_client() -> Any:
 class UserConnections:
     """Caps how many sockets one user holds open, across all server processes.
 
-    Each open connection is a member of a Redis sorted set per user, scored by its last refresh;
-    a connection that died without saying so (a killed server) drops out after ``ttl`` seconds.
-    When Redis is unreachable the cap fails open: refusing everyone would be worse.
-    The embedded default (no Redis, one process) counts in memory.
+    Each open connection holds a lease in a Redis sorted set per user and scope, scored by when
+    it expires on Redis' clock; the holder renews it well within ``lease`` seconds, so a
+    connection that died without saying so (a killed server) gives its slot back when its lease
+    runs out. When Redis is unreachable the cap fails open: refusing everyone would be worse.
+    The embedded default (no Redis, one process) keeps the leases in memory. The pages' sockets
+    and the API's each have one (their own limit and renewal period).
     """
 
-    _local: dict[int, set[str]] = {}
+    # scope -> user id -> connection id -> expiry (time.monotonic()), without Redis.
+    _local: dict[str, dict[int, dict[str, float]]] = {}
 
-    def __init__(self, *, scope: str, limit_setting: str, marks_presence: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        scope: str,
+        limit_setting: str,
+        marks_presence: bool = False,
+        lease: Callable[[], float] | None = None,
+    ) -> None:
         self.scope = scope
         self.limit_setting = limit_setting
         # Sockets that show valuations mark their user present (streaming/presence.py).
         self.marks_presence = marks_presence
+        self._lease = lease
 
-    # Holders refresh their entry every REFRESH_SECONDS; an entry not refreshed for three
-    # periods belongs to a server that died (daphne exits on SIGTERM without running the
-    # consumers' disconnect), so a restart locks nobody out for longer than that.
+    # The pages' sockets renew their lease every REFRESH_SECONDS (streaming.watch); a lease
+    # not renewed for three periods belongs to a server that died (daphne exits on SIGTERM
+    # without running the consumers' disconnect), so a restart locks nobody out longer.
     REFRESH_SECONDS = 10
     ttl = 3 * REFRESH_SECONDS
 
@@ -196,28 +212,33 @@ class UserConnections:
     def limit(self) -> int:
         return getattr(settings, self.limit_setting)
 
+    def lease(self) -> float:
+        """Seconds a lease lasts unless renewed."""
+        return self._lease() if self._lease is not None else self.ttl
+
     def key(self, user_id: int) -> str:
         return f"{settings.LIVEFOLIO_REDIS_PREFIX}:conn:{self.scope}:user.{user_id}"
 
     async def acquire(self, user_id: int, connection_id: str) -> bool:
+        """Take (or renew) one of the user's slots; False when they are all taken."""
         if not settings.REDIS_URL:
-            members = self._local.setdefault(user_id, set())
-            if connection_id not in members and len(members) >= self.limit:
+            now = time.monotonic()
+            users = self._local.setdefault(self.scope, {})
+            slots = {c: t for c, t in users.get(user_id, {}).items() if t > now}
+            users[user_id] = slots
+            if connection_id not in slots and len(slots) >= self.limit:
                 return False
-            members.add(connection_id)
+            slots[connection_id] = now + self.lease()
             return True
-        now = time.time()
         try:
             allowed = await redis_client().eval(
                 _ACQUIRE,
                 3,
                 self.key(user_id),
                 *presence.keys(),
-                now - self.ttl,
-                now,
-                self.limit,
                 connection_id,
-                self.ttl,
+                self.limit,
+                self.lease(),
                 str(user_id) if self.marks_presence else "",
             )
         except Exception as exc:
@@ -226,12 +247,12 @@ class UserConnections:
         return bool(allowed)
 
     async def refresh(self, user_id: int, connection_id: str) -> None:
-        """Mark the connection alive (call well within ``ttl``)."""
+        """Renew the lease (call well within ``lease()`` seconds)."""
         await self.acquire(user_id, connection_id)
 
     async def release(self, user_id: int, connection_id: str) -> None:
         if not settings.REDIS_URL:
-            self._local.get(user_id, set()).discard(connection_id)
+            self._local.get(self.scope, {}).get(user_id, {}).pop(connection_id, None)
             return
         try:
             await redis_client().zrem(self.key(user_id), connection_id)

@@ -1,7 +1,7 @@
 """Presence: which users have a live socket open, so a worker values only what someone watches.
 
 Every socket that can receive valuations holds a connection-cap entry in Redis and renews it
-while open (``flow.UserConnections`` for the pages, ``limits`` leases for the API). The scripts
+while open (``flow.UserConnections``: leases, one cap for the pages, one for the API). The scripts
 that do so also run :data:`MARK_LUA`: it stamps the user in one sorted set, scored by Redis' own
 clock, and notes when tracking began. :func:`present` answers "which of these owners are
 watching?" for a Celery worker, in one round-trip.

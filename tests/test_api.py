@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 
 from portfolio import selectors
@@ -589,17 +591,22 @@ async def test_the_per_user_connection_cap_closes_one_more_with_4409_and_frees_o
         await comm.disconnect()
 
 
-def test_a_crashed_servers_connection_slots_expire(world, redis_client):
-    from streaming import limits
+async def test_a_crashed_servers_connection_slots_expire(world, redis_client, settings):
+    from streaming.flow import UserConnections
 
+    settings.LIVEFOLIO_API_MAX_CONNECTIONS = 1
     uid = world["users"]["alice"].id
-    assert limits.connection_acquire(user_id=uid, member="dead-server", cap=1, lease=0.3)
-    assert not limits.connection_acquire(user_id=uid, member="live", cap=1, lease=10)
-    assert limits.connection_acquire(user_id=uid, member="dead-server", cap=1, lease=0.3)  # renew
-    import time
 
-    time.sleep(0.8)  # the dead server never renews
-    assert limits.connection_acquire(user_id=uid, member="live", cap=1, lease=10)
+    def cap(lease: float) -> UserConnections:  # one cap, held with this lease
+        return UserConnections(
+            scope="api", limit_setting="LIVEFOLIO_API_MAX_CONNECTIONS", lease=lambda: lease
+        )
+
+    assert await cap(0.3).acquire(uid, "dead-server")
+    assert not await cap(10).acquire(uid, "live")
+    assert await cap(0.3).acquire(uid, "dead-server")  # a renewal
+    await asyncio.sleep(0.8)  # the dead server never renews
+    assert await cap(10).acquire(uid, "live")
 
 
 async def test_heartbeats_come_and_an_idle_connection_is_closed_with_4000(
@@ -631,19 +638,30 @@ async def test_heartbeats_come_and_an_idle_connection_is_closed_with_4000(
     await subscribed.disconnect()
 
 
-def test_without_redis_the_embedded_default_keeps_slots_and_market_data_in_memory(monkeypatch):
-    from streaming import limits
+def test_without_redis_the_embedded_default_keeps_slots_and_market_data_in_memory(
+    monkeypatch, settings
+):
+    from streaming.flow import UserConnections
 
-    # The embedded default has no REDIS_URL: both modules fall back to one process's memory.
-    monkeypatch.setattr(limits, "_client", lambda: None)
+    # The embedded default has no REDIS_URL: both fall back to one process's memory.
+    settings.REDIS_URL = ""
+    settings.LIVEFOLIO_API_MAX_CONNECTIONS = 1
     monkeypatch.setattr(marketdata, "_client", lambda: None)
-    monkeypatch.setattr(limits, "_memory_slots", {})
+    monkeypatch.setattr(UserConnections, "_local", {})
     monkeypatch.setattr(marketdata, "_memory_books", {})
-    assert limits.connection_acquire(user_id=1, member="a", cap=1, lease=60)
-    assert not limits.connection_acquire(user_id=1, member="b", cap=1, lease=60)
-    assert limits.connection_acquire(user_id=2, member="b", cap=1, lease=60)
-    limits.connection_release(user_id=1, member="a")
-    assert limits.connection_acquire(user_id=1, member="b", cap=1, lease=60)
+    lease = {"seconds": 60.0}
+    cap = UserConnections(
+        scope="api", limit_setting="LIVEFOLIO_API_MAX_CONNECTIONS", lease=lambda: lease["seconds"]
+    )
+    assert async_to_sync(cap.acquire)(1, "a")
+    assert not async_to_sync(cap.acquire)(1, "b")
+    assert async_to_sync(cap.acquire)(2, "b")
+    async_to_sync(cap.release)(1, "a")
+    assert async_to_sync(cap.acquire)(1, "b")
+    lease["seconds"] = 0.01  # a lease not renewed runs out here too
+    assert async_to_sync(cap.acquire)(3, "c")
+    time.sleep(0.05)
+    assert async_to_sync(cap.acquire)(3, "d")
     t0 = datetime(2026, 3, 1, tzinfo=UTC)
     for i in range(marketdata.RECENT_TRADES + 1):
         marketdata.trade_record(
