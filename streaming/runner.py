@@ -136,6 +136,24 @@ class IngestBackpressure:
         return waiting > 0 or running >= self.workers
 
 
+async def cancel_and_wait(tasks: list[asyncio.Task], *, again_every: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again what still runs.
+
+    A cancellation can be lost: asgiref's ``sync_to_async`` waits for its thread and returns
+    the result when the call was already running, and Python 3.11's ``asyncio.wait_for``
+    returns a result that completed as it was cancelled. A task that loops around such a call
+    would run on, and awaiting it once would hang the feed's shutdown (seen: killed after 10 s).
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_every)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("feed: %s ended with %r", task.get_name(), task.exception())
+
+
 class FeedRunner:
     def __init__(
         self,
@@ -165,6 +183,8 @@ class FeedRunner:
         self.feed: Feed | None = None
         self.clock = time.monotonic
         self.settle_until = 0.0  # clock time until which empty windows are still sent
+        # Set by stop(): the run ends even if a cancellation is lost (see cancel_and_wait).
+        self.stopping = False
 
     def on_event(self, event: MarketEvent) -> None:
         if event.feed_symbol not in self.symbols:
@@ -291,7 +311,7 @@ class FeedRunner:
             asyncio.create_task(self.record_health(), name=f"health-{self.kind}"),
         ]
         try:
-            while True:
+            while not self.stopping:
                 await asyncio.sleep(self.refresh)
                 for task in tasks:
                     if task.done() and not task.cancelled() and task.exception():
@@ -303,15 +323,16 @@ class FeedRunner:
                         "feed %s: reading instruments failed; keeping the old set", self.kind
                     )
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(tasks)
             await self.settle()
             with contextlib.suppress(Exception):
                 await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
             log.info("feed %s: stopped", self.kind)
+
+    def stop(self, task: asyncio.Task) -> None:
+        """End ``task``, the one running :meth:`run` (a signal handler's call)."""
+        self.stopping = True
+        task.cancel()
 
     async def settle(self) -> None:
         """On the way out: hand on the window's last ticks, then the settling batches valuation

@@ -191,6 +191,93 @@ def test_a_stopping_runner_hands_on_its_last_window_and_settles_before_it_exits(
     assert runner.clock() >= runner.settle_until
 
 
+async def swallows_one_cancellation(log: list[str]) -> None:
+    """A loop around a call that loses a cancellation, as asgiref's sync_to_async does when
+    its thread is already running: it returns instead of raising."""
+    swallowed = False
+    while True:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            if swallowed:
+                log.append("ended")
+                raise
+            swallowed = True
+            log.append("swallowed")
+
+
+def test_shutdown_cancels_again_a_task_that_lost_its_cancellation():
+    from streaming.runner import cancel_and_wait
+
+    async def run() -> list[str]:
+        log: list[str] = []
+        task = asyncio.create_task(swallows_one_cancellation(log))
+        await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):  # awaiting it after one cancel() would never end
+            await cancel_and_wait([task], again_every=0.05)
+        assert task.cancelled()
+        return log
+
+    assert asyncio.run(run()) == ["swallowed", "ended"]
+
+
+def test_a_stopped_runner_ends_even_if_its_cancellation_is_lost(settings, monkeypatch):
+    """runfeed's SIGTERM handler calls stop(): the run ends and settles even when the
+    cancellation lands in a call that loses it (here: every instruments refresh)."""
+    settings.LIVEFOLIO_VALUATION_INTERVAL_MS = 0
+    runner, sent = recording_runner(window=0.02)
+    runner.refresh = 0.02
+    refreshed: list[int] = []
+    busy = None  # set as the runner starts its third refresh
+    lossy = True
+
+    async def refresh_symbols():
+        refreshed.append(1)
+        if len(refreshed) == 3:
+            busy.set()  # stop() comes while this refresh waits: its cancellation is lost
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            if not lossy:
+                raise
+            # lost, as in sync_to_async
+
+    monkeypatch.setattr(runner, "refresh_symbols", refresh_symbols)
+    # No database here: the feed, its start prices and its health row are stand-ins.
+    monkeypatch.setattr("streaming.runner.build_feed", lambda *a, **k: IdleFeed())
+    monkeypatch.setattr("streaming.runner._latest_prices", lambda kind: {})
+    monkeypatch.setattr("streaming.runner.services.feed_status_record", lambda **kw: None)
+
+    async def run() -> bool:
+        nonlocal busy, lossy
+        busy = asyncio.Event()
+        task = asyncio.create_task(runner.run())
+        await busy.wait()
+        runner.on_event(Tick(feed_symbol="BTC-USD", price=Decimal("1"), ts=T0))
+        runner.stop(task)
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if not done:  # it runs on: end it for good, so that the test can fail
+            lossy = False
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return bool(done)
+
+    assert asyncio.run(run()), "the stopped runner was still running 5 s later"
+    assert 1 in sent  # the last window's tick was handed on before it exited
+
+
+class IdleFeed:
+    """A feed that connects to nothing and only waits to be cancelled."""
+
+    stats = type("Stats", (), {"as_dict": lambda self: {}})()
+
+    async def set_symbols(self, symbols) -> None:
+        pass
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
 @pytest.mark.stack
 def test_with_a_real_runner_and_worker_the_last_price_of_a_burst_arrives_when_it_goes_quiet(
     world, redis_client, tmp_path, settings

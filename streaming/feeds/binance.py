@@ -183,8 +183,8 @@ async def fetch_depth_snapshot(
     query = urllib.parse.urlencode({"symbol": symbol.upper(), "limit": limit})
     url = f"{rest_url.rstrip('/')}/api/v3/depth?{query}"
     # The socket timeout bounds each read; the outer one bounds the whole call.
-    fetch = asyncio.to_thread(_http_get_json, url, request_timeout)
-    data = await asyncio.wait_for(fetch, request_timeout * 2)
+    async with asyncio.timeout(request_timeout * 2):  # not wait_for: FeedConnection.send_json
+        data = await asyncio.to_thread(_http_get_json, url, request_timeout)
     if not isinstance(data, dict):
         raise TypeError(f"depth snapshot is not an object: {truncate(json.dumps(data))}")
     return data

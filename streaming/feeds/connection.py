@@ -144,7 +144,10 @@ class FeedConnection:
         ws = self.ws
         if ws is None:
             raise ConnectionError(f"{self.label}: not connected")
-        await asyncio.wait_for(ws.send(json.dumps(message)), self.send_timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns a result that completed
+        # as its task was cancelled, and the cancellation is lost (the feed would not stop).
+        async with asyncio.timeout(self.send_timeout):
+            await ws.send(json.dumps(message))
 
     async def run(self) -> None:
         """Connect, read and reconnect until cancelled."""
@@ -189,7 +192,8 @@ class FeedConnection:
                 self.backoff.connected()
                 self._set_state("connected")
                 try:
-                    await asyncio.wait_for(self._on_open(ws), self.subscribe_timeout)
+                    async with asyncio.timeout(self.subscribe_timeout):  # see send_json
+                        await self._on_open(ws)
                     return await self._pump(ws)
                 except Stalled as exc:
                     # A silent peer would not answer a close handshake either; don't wait for it.

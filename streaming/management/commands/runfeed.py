@@ -62,7 +62,7 @@ class Command(BaseCommand):
         task = asyncio.create_task(runner.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, runner.stop, task)
         try:
             await task
         except asyncio.CancelledError:
