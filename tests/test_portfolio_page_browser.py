@@ -87,7 +87,8 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
     ValuationSnapshot.objects.create(
         portfolio=portfolio, taken_at=now - timedelta(days=90), value=Decimal("80000")
     )
-    tick(world["btc"], "50000")
+    priced_at = datetime.now(UTC)
+    tick(world["btc"], "50000", priced_at)
     open_alice(page, daphne_server, world)
     chart = page.locator('[data-field="chart"]')
     expect(chart.locator("canvas").first).to_be_visible()
@@ -106,11 +107,25 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
         )
         expect(page.locator('.ranges button[aria-pressed="true"]')).to_have_count(1)
         expect(chart).to_have_attribute("data-points", points)
+    # The minute's snapshot is stamped when it was taken, after the prices it was computed
+    # from: a valuation at prices older than it is still the newest value, and the line ends
+    # there, with the total above it.
+    ValuationSnapshot.objects.create(
+        portfolio=portfolio, taken_at=datetime.now(UTC), value=Decimal("99000")
+    )
+    for name, points in (("1W", "3"), ("1D", "2")):
+        with page.expect_response(lambda r: "history.json" in r.url):
+            page.get_by_role("button", name=name, exact=True).click()
+        expect(chart).to_have_attribute("data-points", points)
     # Each live valuation extends the line with the new total.
-    tick(world["btc"], "50123.45")
+    tick(world["btc"], "50123.45", priced_at + timedelta(milliseconds=1))
     expect(page.locator('[data-field="total"]')).to_have_text("$100,246.90")
     plotted = "window.livefolioValueChart.series.data().map((p) => p.value)"
-    page.wait_for_function(f"{plotted}.at(-1) === 100246.9")
+    for _ in range(50):  # polled from here: the page's CSP forbids wait_for_function's eval
+        if page.evaluate(plotted)[-1] == 100246.9:
+            break
+        page.wait_for_timeout(100)
+    assert page.evaluate(plotted)[-1] == 100246.9  # the line ends at the total
     assert page.evaluate(plotted)[0] == 95000  # the snapshot is still the start of 1D
     # The bars: alice holds only BTC, all crypto, all USD.
     for field, key in (

@@ -49,10 +49,13 @@ export class ValueChart {
     this.chart.timeScale().fitContent();
   }
 
+  // A valuation is plotted at the time of its prices. One whose prices are older than the last
+  // point (a snapshot is stamped when it was taken, after its prices) is still the newest
+  // value: it moves the last point, so that the line always ends at the total shown.
   extend(at, value) {
     if (value === null || value === undefined) return;
-    const time = Math.floor(Date.parse(at) / 1000);
-    if (this.last && time < this.last.time) return;
+    let time = Math.floor(Date.parse(at) / 1000);
+    if (this.last && time < this.last.time) time = this.last.time;
     this.last = { time, value: Number(value) };
     this.series.update(this.last);
   }
