@@ -274,17 +274,11 @@ def test_snapshots_of_many_portfolios_cost_the_queries_of_one_chunk(
     """Beat values every portfolio each minute: a fixed number of queries per 500 of them, with
     each value and each portfolio's flows (in its base currency, at or before the instant)."""
     from portfolio import selectors
-    from portfolio.models import AssetClass, FeedKind, Instrument, Quote
+    from portfolio.models import Quote
+    from tests.test_portfolio_ledger import fx_world
 
     now = timezone.now()
-    eurusd = Instrument.objects.create(
-        symbol="EURUSD",
-        name="Euro in US dollars",
-        asset_class=AssetClass.FX,
-        quote_currency="USD",
-        feed=FeedKind.SIMULATED,
-        feed_symbol="EURUSD",
-    )
+    eurusd, _ = fx_world(world)
     for instrument, price in ((world["btc"], "600"), (world["eth"], "90"), (eurusd, "1.25")):
         Quote.objects.create(
             instrument=instrument, price=Decimal(price), exchange_ts=now, received_at=now
