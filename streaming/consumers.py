@@ -63,6 +63,11 @@ async def dispatch_from(sources: list, dispatch) -> None:
                 await task
 
 
+# WS_MESSAGES_SENT's child per message type: ``labels()`` takes a lock and builds a key each
+# call, and a broadcast counts thousands of frames a second.
+_SENT: dict[str, Any] = {}
+
+
 class ProtocolConsumer(AsyncWebsocketConsumer):
     """Shared framing: sequence numbers, error replies, frame-size and JSON checks, a flood
     limit per connection and a cap on open connections per user."""
@@ -177,7 +182,9 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
 
     async def send_message(self, payload: dict[str, Any]) -> None:
         self.seq += 1
-        WS_MESSAGES_SENT.labels(payload["type"]).inc()
+        kind = payload["type"]
+        sent = _SENT.get(kind) or _SENT.setdefault(kind, WS_MESSAGES_SENT.labels(kind))
+        sent.inc()
         await self.send(text_data=protocol.encode(protocol.envelope(payload, seq=self.seq)))
 
     async def send_error(self, code: str, message: str) -> None:

@@ -7,7 +7,8 @@ prices and quantities travel as strings of Decimal, never as JSON numbers.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -60,7 +61,19 @@ def iso(moment: datetime) -> str:
 
 
 def now_iso() -> str:
-    return iso(datetime.now(UTC))
+    """:func:`iso` of now. A server stamps every frame it sends (a broadcast: a thousand in a few
+    milliseconds), so the text is made once per millisecond and reused within it."""
+    global _now
+    ms = time.time_ns() // 1_000_000
+    last = _now
+    if last[0] != ms:
+        moment = _EPOCH + timedelta(milliseconds=ms)  # exact: no float seconds to round
+        last = _now = (ms, moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    return last[1]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_now: tuple[int, str] = (-1, "")
 
 
 def dec(value: Decimal | None) -> str | None:
