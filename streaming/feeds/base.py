@@ -61,6 +61,10 @@ class Feed(abc.ABC):
         """Stream until cancelled, reconnecting with backoff on any failure."""
 
 
+# How often a held window asks whether the consumer is free again (seconds).
+HOLD_POLL = 0.02
+
+
 class Coalescer:
     """Keeps only the newest tick per symbol and flushes them as one batch every ``window``.
 
@@ -75,6 +79,7 @@ class Coalescer:
         flush: Callable[[list[Tick]], Awaitable[None]],
         hold: Callable[[], Awaitable[bool]] | None = None,
         max_hold: float = 1.0,
+        hold_poll: float = HOLD_POLL,
     ):
         if window <= 0:
             raise ValueError("coalescing window must be positive")
@@ -82,8 +87,11 @@ class Coalescer:
         self._flush = flush
         # Backpressure: while ``hold()`` says the consumer is behind, windows merge (newest
         # tick per symbol) instead of queueing behind it; never longer than ``max_hold``.
+        # A held window asks again every ``hold_poll`` (not every window): the batch goes out
+        # as soon as the consumer is free, not up to a window later.
         self._hold = hold
         self.max_hold = max_hold
+        self.hold_poll = min(hold_poll, window)
         self._pending: dict[str, Tick] = {}
 
     def add(self, tick: Tick) -> None:
@@ -98,14 +106,13 @@ class Coalescer:
     async def run(self) -> None:
         """Flush every window until cancelled, an empty window too (the flush decides what it
         is worth); a failing flush is logged, never fatal. While ``hold()`` is true the window
-        stays open (up to ``max_hold``): its ticks go with the next flush, newest per symbol."""
-        held = 0.0
+        stays open (up to ``max_hold``): its ticks go out, newest per symbol, once it is not."""
         while True:
             await asyncio.sleep(self.window)
-            if held < self.max_hold and await self._holding():
-                held += self.window
-                continue
             held = 0.0
+            while held < self.max_hold and await self._holding():
+                await asyncio.sleep(self.hold_poll)
+                held += self.hold_poll
             batch = self.take()
             try:
                 await self._flush(batch)

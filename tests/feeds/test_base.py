@@ -128,6 +128,35 @@ async def test_while_the_consumer_is_behind_windows_merge_into_one_batch_of_the_
     assert flushed[0] == [("BTC", Decimal("2")), ("ETH", Decimal("7"))]
 
 
+async def test_a_held_window_goes_out_once_the_consumer_is_free_not_a_window_later():
+    # A held window asks again every hold_poll: the batch leaves within a poll of the consumer
+    # becoming free (the worker idled up to a whole window between tasks before).
+    asked = 0
+
+    async def hold():
+        nonlocal asked
+        asked += 1
+        return asked <= 5  # busy for five asks, then free
+
+    flushed_at = []
+
+    async def flush(batch):
+        flushed_at.append((asyncio.get_running_loop().time(), batch))
+
+    c = Coalescer(window=1.0, flush=flush, hold=hold, hold_poll=0.01)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    running = asyncio.create_task(c.run())
+    c.add(Tick("BTC", Decimal("1"), T0))
+    await until(lambda: flushed_at, "the held window's flush")
+    running.cancel()
+    ((at, batch),) = flushed_at
+    assert [t.price for t in batch] == [Decimal("1")]
+    assert asked == 6
+    # One window, then five polls of 10 ms: well before a second window would have ended.
+    assert at - started < 2 * c.window
+
+
 async def test_a_window_is_never_held_longer_than_max_hold():
     async def hold():
         return True  # a consumer that never catches up (or a queue someone else fills)
