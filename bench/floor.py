@@ -66,8 +66,13 @@ async def run_server(port: int, redis_url: str) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
 
+    async def pass_on(response):
+        return response
+
     async def subscribe():
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        # With its own push handler, as the app's channel layer has: redis-py's default one
+        # formats every message for a debug line (streaming/layers.py, _PubSubShard).
+        pubsub = client.pubsub(ignore_subscribe_messages=True, push_handler_func=pass_on)
         await pubsub.subscribe(CHANNEL)
         return pubsub
 
