@@ -67,6 +67,8 @@ class Position:
     income: Decimal
     # The same figures as wire strings, formatted once per ledger change, not per valuation.
     texts: dict[str, str | None]
+    # What value_portfolio takes, kept while the instrument's currency and class stay the same.
+    holding: valuation.Holding | None = None
 
 
 @dataclass(slots=True)
@@ -277,6 +279,10 @@ def _times(quantity: Decimal, price: Decimal | None) -> Decimal | None:
     return None if price is None else quantity * price
 
 
+# A holding's status as the wire shows it (str() of a StrEnum member, per holding per valuation).
+_STATUS_TEXT = {status: str(status) for status in valuation.ValueStatus}
+
+
 def _pct(rate: Decimal | None) -> str | None:
     """A fraction as a percentage string to 2 places ("0.0123" -> "1.23")."""
     return None if rate is None else protocol.money(rate * 100)
@@ -295,17 +301,22 @@ def _book_value(
     positions = sorted(
         (p for p in book.positions if p.quantity != 0), key=lambda p: market[p.instrument].symbol
     )
-    value = valuation.value_portfolio(
-        holdings=[
-            valuation.Holding(
+    holdings = []
+    for p in positions:
+        m = market[p.instrument]
+        holding = p.holding
+        currency = p.currency or m.quote_currency
+        if holding is None or holding.currency != currency or holding.asset_class != m.asset_class:
+            holding = p.holding = valuation.Holding(
                 instrument=p.instrument,
                 quantity=p.quantity,
                 cost_basis=p.cost_basis,
-                currency=p.currency or market[p.instrument].quote_currency,
-                asset_class=market[p.instrument].asset_class,
+                currency=currency,
+                asset_class=m.asset_class,
             )
-            for p in positions
-        ],
+        holdings.append(holding)
+    value = valuation.value_portfolio(
+        holdings=holdings,
         prices=prices[0],
         reference_prices=prices[1],
         fx_rates=rates,
@@ -354,7 +365,7 @@ def _state(
                 "currency": hv.currency,
                 "value": value_text if same else money(_times(p.quantity, hv.price)),
                 "in_total": priced,
-                "status": str(hv.status),
+                "status": _STATUS_TEXT[hv.status],
                 "reason": hv.reason,
                 "fx_rate": "1" if same else protocol.dec(hv.fx_rate),
                 "value_base": value_text,
@@ -370,10 +381,12 @@ def _state(
         )
     realized = Decimal(0)
     for p in book.positions:  # closed positions too: their realized P&L stays
-        converted = to_base(p.realized_pnl, p.currency or market[p.instrument].quote_currency)
-        realized += converted or 0
+        if p.realized_pnl:  # most positions never sold: nothing to convert
+            converted = to_base(p.realized_pnl, p.currency or market[p.instrument].quote_currency)
+            realized += converted or 0
     income = sum(
-        (to_base(inc, currency) or Decimal(0) for currency, _, inc in book.cash), Decimal(0)
+        (to_base(inc, currency) or Decimal(0) for currency, _, inc in book.cash if inc),
+        Decimal(0),
     )
     cash_rows = [
         {

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from portfolio import selectors
-from portfolio.models import Portfolio
+from portfolio.models import Instrument, Portfolio
 from streaming import events, protocol
 from streaming.tasks import ingest_quotes
 from tests.test_ingest import T0, tick
@@ -55,6 +55,21 @@ def test_name_and_base_currency_are_read_fresh_with_a_cached_book(world):
     assert (state["name"], state["base_currency"]) == ("Renamed", "EUR")
     assert state == states(alice)
     assert cache.loads == 1
+
+
+def test_an_instrument_edited_in_the_admin_is_valued_as_edited_with_a_cached_book(world):
+    # The cached book keeps each position's valuation input; the instrument's currency and
+    # asset class come from the instrument, which the admin can change without a ledger replay.
+    alice = world["portfolios"]["alice"]
+    ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
+    cache = selectors.BookCache()
+    before = states(alice, cache)
+    assert [s["key"] for s in before["allocation"]["asset_class"]] == ["crypto"]
+    Instrument.objects.filter(pk=world["btc"].pk).update(asset_class="equity")
+    after = states(alice, cache)
+    assert after == states(alice)  # as from the database: allocation by class included
+    assert cache.loads == 1
+    assert [s["key"] for s in after["allocation"]["asset_class"]] == ["equity"]
 
 
 def test_an_encoded_part_goes_into_the_frame_verbatim_and_routes_by_its_id():
