@@ -107,12 +107,15 @@ class Coalescer:
         """Flush every window until cancelled, an empty window too (the flush decides what it
         is worth); a failing flush is logged, never fatal. While ``hold()`` is true the window
         stays open (up to ``max_hold``): its ticks go out, newest per symbol, once it is not."""
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.window)
-            held = 0.0
-            while held < self.max_hold and await self._holding():
+            # By the clock: a slow check (Redis busy) must not stretch the hold past max_hold.
+            held_since = loop.time()
+            while loop.time() - held_since < self.max_hold:
+                if not await self._holding():
+                    break
                 await asyncio.sleep(self.hold_poll)
-                held += self.hold_poll
             batch = self.take()
             try:
                 await self._flush(batch)

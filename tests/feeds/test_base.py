@@ -170,6 +170,26 @@ async def test_a_window_is_never_held_longer_than_max_hold():
     running.cancel()
 
 
+async def test_a_slow_backpressure_check_does_not_stretch_the_hold_past_max_hold():
+    # Each check takes 50 ms (a busy Redis); the hold is bounded by the clock, not by the
+    # number of polls (20 polls of 10 ms, each after a 50 ms check: held over 1.2 s).
+    async def hold():
+        await asyncio.sleep(0.05)
+        return True
+
+    flushed_at = []
+
+    async def flush(batch):
+        flushed_at.append(asyncio.get_running_loop().time())
+
+    c = Coalescer(window=0.01, flush=flush, hold=hold, max_hold=0.2, hold_poll=0.01)
+    started = asyncio.get_running_loop().time()
+    running = asyncio.create_task(c.run())
+    await until(lambda: flushed_at, "a flush after max_hold")
+    running.cancel()
+    assert flushed_at[0] - started < 1.0  # max_hold (0.2 s), one check and a window over it
+
+
 async def test_when_the_backpressure_check_fails_the_window_goes_out(caplog):
     async def hold():
         raise ConnectionError("redis down")
