@@ -173,6 +173,7 @@ class _PubSubShard(RedisSingleShardConnection):
         self._lost: str | None = None  # why, once the connection is lost, until handled
 
     def _ensure_redis(self) -> None:
+        # channels-redis 4.3's own, with our PubSub (check it again when upgrading channels-redis).
         if self._redis is None:
             self._redis = aioredis.Redis(connection_pool=create_pool(self.host))
             self._pubsub = self._new_pubsub()

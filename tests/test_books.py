@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from portfolio import selectors
-from portfolio.models import Instrument, Portfolio
+from portfolio.models import Holding, Instrument, Portfolio
 from streaming import events, protocol
 from streaming.tasks import ingest_quotes
 from tests.test_ingest import T0, tick
@@ -70,6 +70,23 @@ def test_an_instrument_edited_in_the_admin_is_valued_as_edited_with_a_cached_boo
     assert after == states(alice)  # as from the database: allocation by class included
     assert cache.loads == 1
     assert [s["key"] for s in after["allocation"]["asset_class"]] == ["equity"]
+
+
+def test_a_holding_in_its_instruments_currency_follows_an_edit_of_that_currency(world):
+    # A holding whose currency is "" is in its instrument's quote currency, whatever the admin
+    # makes that; a cached book must not keep valuing it in the old one.
+    alice = world["portfolios"]["alice"]
+    ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
+    Holding.objects.filter(portfolio=alice, instrument=world["btc"]).update(currency="")
+    cache = selectors.BookCache()
+    before = states(alice, cache)
+    assert [h["currency"] for h in before["holdings"] if h["symbol"] == "BTC-USD"] == ["USD"]
+    Instrument.objects.filter(pk=world["btc"].pk).update(quote_currency="EUR")
+    after = states(alice, cache)
+    assert after == states(alice)  # as from the database
+    assert cache.loads == 1
+    btc = next(h for h in after["holdings"] if h["symbol"] == "BTC-USD")
+    assert (btc["currency"], btc["status"]) == ("EUR", "no_fx")  # no EUR rate in this world
 
 
 def test_an_encoded_part_goes_into_the_frame_verbatim_and_routes_by_its_id():

@@ -83,6 +83,8 @@ class Coalescer:
     ):
         if window <= 0:
             raise ValueError("coalescing window must be positive")
+        if hold_poll <= 0:
+            raise ValueError("hold_poll must be positive")
         self.window = window
         self._flush = flush
         # Backpressure: while ``hold()`` says the consumer is behind, windows merge (newest

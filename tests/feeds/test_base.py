@@ -170,6 +170,16 @@ async def test_a_window_is_never_held_longer_than_max_hold():
     running.cancel()
 
 
+@pytest.mark.parametrize("option", ["window", "hold_poll"])
+def test_a_coalescer_refuses_a_window_or_poll_that_is_not_positive(option):
+    async def flush(batch):
+        pass
+
+    options = {"window": 0.1, "hold_poll": 0.02} | {option: 0}
+    with pytest.raises(ValueError, match=f"{option}"):
+        Coalescer(flush=flush, **options)
+
+
 async def test_a_slow_backpressure_check_does_not_stretch_the_hold_past_max_hold():
     # Each check takes 50 ms (a busy Redis); the hold is bounded by the clock, not by the
     # number of polls (20 polls of 10 ms, each after a 50 ms check: held over 1.2 s).
