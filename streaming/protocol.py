@@ -67,8 +67,8 @@ def now_iso() -> str:
     ms = time.time_ns() // 1_000_000
     last = _now
     if last[0] != ms:
-        moment = _EPOCH + timedelta(milliseconds=ms)  # exact: no float seconds to round
-        last = _now = (ms, moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        # exact: no float seconds to round
+        last = _now = (ms, iso(_EPOCH + timedelta(milliseconds=ms)))
     return last[1]
 
 
