@@ -119,7 +119,7 @@ async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
 
     async def ticks() -> None:
         # The simulated feed's loop (streaming/feeds/simulated.py): at each wake-up, every tick
-        # the clock says is owed, one random instrument each.
+        # the clock says is owed, one random instrument each, wake-ups at least 5 ms apart.
         nonlocal ticked
         started = time.monotonic()
         while True:
@@ -128,7 +128,7 @@ async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
             for _ in range(max(owed, 0)):
                 pending[rng.choice(instruments)] = now
             ticked += max(owed, 0)
-            await asyncio.sleep(max(0.0, ticked / rate - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.005, ticked / rate - (time.monotonic() - started)))
 
     async def portfolio_flushes() -> None:
         # The same coalescing as the feed runner; as_of per user is the newest tick it holds.
