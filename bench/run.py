@@ -39,6 +39,7 @@ What one run does (README "Benchmarks" and docs/performance.md explain how to re
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -855,12 +856,40 @@ class IngestMonitor:
                 [x["lag_s"] for x in records if x["t"] >= t0 and x["lag_s"] is not None]
             ),
             "failed_tasks": sum(1 for x in inside if x["state"] != "SUCCESS"),
+            "worker_time": worker_time(inside, seconds),
             "stack_metrics": {
                 "batches_per_s": round(stack_batches / seconds, 2),
                 "mean_task_s": round(stack_seconds / stack_batches, 4) if stack_batches else None,
                 "last_lag_s": end.get("lag"),
             },
         }
+
+
+def worker_time(records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Where each worker's wall time went between its ingest tasks: its busy share of the window
+    and, per gap between two of its tasks, the part before the feed sent the next batch (the
+    task's own end, the acknowledgement, the feed noticing) and the part after (Celery bringing
+    the batch to the worker). ``flush -> start`` is the batch's lag minus its run time."""
+    by_worker: dict[Any, list[dict[str, Any]]] = {}
+    for x in records:
+        if x["run_s"] is not None:
+            by_worker.setdefault(x.get("worker"), []).append(x)
+    busy, gaps, before, after = [], [], [], []
+    for tasks in by_worker.values():
+        tasks.sort(key=lambda x: x["t"])
+        busy.append(round(100 * sum(x["run_s"] for x in tasks) / seconds, 1))
+        for previous, x in itertools.pairwise(tasks):
+            gap = x["t"] - x["run_s"] - previous["t"]
+            gaps.append(gap)
+            if x["lag_s"] is not None and x["items"]:  # an empty settling batch has no lag
+                after.append(x["lag_s"] - x["run_s"])
+                before.append(gap - after[-1])
+    return {
+        "busy_pct": busy,
+        "gap": percentiles(gaps),
+        "end_to_flush": percentiles(before),
+        "flush_to_start": percentiles(after),
+    }
 
 
 # ---------------------------------------------------------------- the two runs
@@ -1287,6 +1316,7 @@ def table(result: dict[str, Any]) -> str:
 def ingest_lines(ingest: dict[str, Any], lf: dict[str, Any]) -> list[str]:
     """The Celery side of a run: does the worker keep up with the feed?"""
     backlog, lag, task = ingest["backlog"], ingest["lag"], ingest["task"]
+    spent = ingest["worker_time"]
     late = ingest["lag_through_drain"]
     workers = [p["cpu_pct"] for name, p in lf["procs"].items() if name.startswith("worker")]
     feed_cpu = lf["procs"].get("feed", {}).get("cpu_pct")
@@ -1305,6 +1335,10 @@ def ingest_lines(ingest: dict[str, Any], lf: dict[str, Any]) -> list[str]:
         f"  worker: {ingest['batches_per_s']} batches/s of {ingest['items_per_batch']} quotes, "
         f"{ingest['quotes_stored_per_s']} quotes stored/s; task p50 {task['p50_ms']} ms, "
         f"p99 {task['p99_ms']} ms; {ingest['failed_tasks']} failed",
+        f"  worker time: busy {' + '.join(f'{b}%' for b in spent['busy_pct'])} of the window; "
+        f"between two tasks p50 {spent['gap']['p50_ms']} ms (task end -> next flush "
+        f"{spent['end_to_flush']['p50_ms']}, flush -> task start "
+        f"{spent['flush_to_start']['p50_ms']}), p90 {spent['gap']['p90_ms']} ms",
         f"  celery backlog (queued + unacked): start {backlog['start']}, max {backlog['max']}, "
         f"end {backlog['end']}, growth {backlog['growth_per_s']} tasks/s; {drain}",
         f"  ingest lag (feed flush -> task done): p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms,"

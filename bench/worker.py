@@ -9,7 +9,8 @@ bench's own Redis db):
 - ``t``: wall time the task finished; ``items``: ticks in the batch (one per instrument: the
   feed coalesced them); ``changed``: instruments the task stored (its return value);
 - ``run_s``: the task's own run time; ``lag_s``: the oldest tick's ``received`` (the feed
-  runner's flush) -> task finished, i.e. broker wait + run: the same lag ``record_ingest`` keeps.
+  runner's flush) -> task finished, i.e. broker wait + run: the same lag ``record_ingest`` keeps;
+- ``worker``: this process's id (with several workers, each one's idle gaps are its own).
 
 One RPUSH per task, a few microseconds beside a task that values portfolios.
 
@@ -45,6 +46,7 @@ def batch_record(batch: Any, retval: Any, run_s: float | None, state: str | None
         "run_s": run_s,
         "lag_s": lag,
         "state": state,
+        "worker": os.getpid(),
     }
 
 
