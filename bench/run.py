@@ -856,7 +856,7 @@ class IngestMonitor:
                 [x["lag_s"] for x in records if x["t"] >= t0 and x["lag_s"] is not None]
             ),
             "failed_tasks": sum(1 for x in inside if x["state"] != "SUCCESS"),
-            "worker_time": worker_time(inside, seconds),
+            "worker_time": worker_time(inside, t0, seconds),
             "stack_metrics": {
                 "batches_per_s": round(stack_batches / seconds, 2),
                 "mean_task_s": round(stack_seconds / stack_batches, 4) if stack_batches else None,
@@ -865,25 +865,29 @@ class IngestMonitor:
         }
 
 
-def worker_time(records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Where each worker's wall time went between its ingest tasks: its busy share of the window
-    and, per gap between two of its tasks, the part before the feed sent the next batch (the
-    task's own end, the acknowledgement, the feed noticing) and the part after (Celery bringing
-    the batch to the worker). ``flush -> start`` is the batch's lag minus its run time."""
+def worker_time(records: list[dict[str, Any]], t0: float, seconds: float) -> dict[str, Any]:
+    """Where each worker's wall time went between its ingest tasks (those finished after ``t0``):
+    its busy share of the window and, per gap between two of its tasks, the part before the feed
+    sent the next batch (the task's end, the acknowledgement, the feed noticing) and the part
+    after (Celery bringing the batch to the worker). ``flush -> start`` is the batch's lag minus
+    its run time; the flush stamp (``received``) is to the millisecond, so the split is too.
+    All three are over the same gaps: those before a batch with ticks (a settling batch has no
+    flush stamp)."""
     by_worker: dict[Any, list[dict[str, Any]]] = {}
     for x in records:
-        if x["run_s"] is not None:
-            by_worker.setdefault(x.get("worker"), []).append(x)
+        by_worker.setdefault(x.get("worker"), []).append(x)
     busy, gaps, before, after = [], [], [], []
-    for tasks in by_worker.values():
-        tasks.sort(key=lambda x: x["t"])
-        busy.append(round(100 * sum(x["run_s"] for x in tasks) / seconds, 1))
+    for worker in sorted(by_worker, key=str):
+        tasks = sorted(by_worker[worker], key=lambda x: x["t"])
+        ran = [min(x["run_s"], x["t"] - t0) for x in tasks if x["run_s"] is not None]
+        busy.append(round(100 * sum(ran) / seconds, 1))
         for previous, x in itertools.pairwise(tasks):
+            if x["run_s"] is None or x["lag_s"] is None or not x["items"]:
+                continue
             gap = x["t"] - x["run_s"] - previous["t"]
             gaps.append(gap)
-            if x["lag_s"] is not None and x["items"]:  # an empty settling batch has no lag
-                after.append(x["lag_s"] - x["run_s"])
-                before.append(gap - after[-1])
+            after.append(x["lag_s"] - x["run_s"])
+            before.append(gap - after[-1])
     return {
         "busy_pct": busy,
         "gap": percentiles(gaps),

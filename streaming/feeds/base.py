@@ -62,8 +62,8 @@ class Feed(abc.ABC):
 
 
 # How often a held window asks whether the consumer is free again (seconds). The worker idles
-# between its task's end and the next batch's arrival; at 20 ms that gap was 18-20 ms a batch
-# at the portfolio target, at 5 ms 15 ms (docs/performance.md). One Redis round trip a poll.
+# between its task's end and the next batch's arrival; at 20 ms that gap was 18-21 ms a batch
+# at the portfolio target, at 5 ms 14-17 ms (docs/performance.md). One Redis round trip a poll.
 HOLD_POLL = 0.005
 
 
