@@ -119,7 +119,8 @@ async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
 
     async def ticks() -> None:
         # The simulated feed's loop (streaming/feeds/simulated.py): at each wake-up, every tick
-        # the clock says is owed, one random instrument each, wake-ups at least 5 ms apart.
+        # the clock says is owed, one random instrument each, wake-ups at least 5 ms apart
+        # (its MIN_WAKE, written out: the floor imports none of the stack).
         nonlocal ticked
         started = time.monotonic()
         while True:
