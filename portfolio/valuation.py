@@ -61,11 +61,12 @@ class ValueStatus(enum.StrEnum):
 
 
 _OK = ValueStatus.OK
+_ONE = Decimal(1)  # the rate from a currency to itself (shared: _value_holding tests for it)
 
 
 # Records of one valuation: built per holding per valuation (a worker builds tens of thousands a
 # second), so not frozen — a frozen dataclass sets each field through object.__setattr__, ~3x the
-# cost. Nothing mutates them; treat them as read-only.
+# cost. Only _totals sets a holding's weight, once the total is known; treat them as read-only.
 @dataclass(slots=True)
 class Holding:
     """A position to value: quantity and total cost basis in the instrument's currency."""
@@ -174,7 +175,7 @@ def fx_rate(source: str, target: str, rates: Mapping[tuple[str, str], Decimal]) 
 
 def _fx_rate(source: str, target: str, rates: Mapping[tuple[str, str], Decimal]) -> Decimal | None:
     if source == target:
-        return Decimal(1)
+        return _ONE
     if (source, target) in rates:
         return rates[(source, target)]
     if (target, source) in rates:
@@ -199,19 +200,15 @@ def _check(value: object, what: str, *, positive: bool = False) -> None:
         raise ValuationError(f"{what} must be positive, got {value}")
 
 
-# _value_holding's tuple: HoldingValue's fields in order, without ``weight`` (it needs the total).
-_VALUE, _COST, _DAY_CHANGE, _STATUS, _REASON = 7, 8, 11, 13, 14
-
-
 def _value_holding(
     holding: Holding,
     price: Decimal | None,
     reference: Decimal | None,
     rate: Decimal | None,
     base_currency: str,
-) -> tuple:
-    """A :class:`HoldingValue`'s fields but ``weight``, positionally (this runs per holding per
-    valuation: a tuple is the cheapest record to build)."""
+) -> HoldingValue:
+    """A :class:`HoldingValue` without its ``weight`` (it needs the total: :func:`_totals` sets
+    it). This runs per holding per valuation: one record built once, positionally."""
     if price is None or rate is None:
         reason = (
             f"no price for {holding.instrument!r}"
@@ -219,21 +216,25 @@ def _value_holding(
             else f"no {holding.currency}->{base_currency} rate for {holding.instrument!r}"
         )
         status = ValueStatus.UNPRICED if price is None else ValueStatus.NO_FX
-        return (
+        return HoldingValue(
             holding.instrument, holding.asset_class, holding.currency, holding.quantity, price,
-            reference, rate, None, None, None, None, None, None, status, reason,
+            reference, rate, None, None, None, None, None, None, None, status, reason,
         )  # fmt: skip
     quantity = holding.quantity
-    value = quantity * price * rate
-    cost = holding.cost_basis * rate
+    # In the base currency (the common case) the rate is _ONE: multiplying by it changes
+    # neither digits nor exponent, so it is left out.
+    same = rate is _ONE
+    value = quantity * price if same else quantity * price * rate
+    cost = holding.cost_basis if same else holding.cost_basis * rate
     pnl = value - cost
     day_change = day_return = None
     if reference is not None:
-        day_change = quantity * (price - reference) * rate
-        day_return = _ratio(price - reference, reference)  # = price_return(price, reference)
-    return (
+        move = price - reference
+        day_change = quantity * move if same else quantity * move * rate
+        day_return = _ratio(move, reference)  # = price_return(price, reference)
+    return HoldingValue(
         holding.instrument, holding.asset_class, holding.currency, quantity, price, reference,
-        rate, value, cost, pnl, _ratio(pnl, abs(cost)), day_change, day_return, _OK, None,
+        rate, value, cost, pnl, _ratio(pnl, abs(cost)), day_change, day_return, None, _OK,
     )  # fmt: skip
 
 
@@ -313,34 +314,28 @@ def _slices(
     return {key: AllocationSlice(key, value, _ratio(value, total)) for key, value in ordered}
 
 
-def _totals(valued: list[tuple], cash_values: list[dict[str, Any]], *, base_currency: str):
-    """Totals, then each item with its weight (built once: ``replace`` would copy each)."""
-    priced = [h for h in valued if h[_STATUS] is _OK]
+def _totals(valued: list[HoldingValue], cash_values: list[dict[str, Any]], *, base_currency: str):
+    """Totals, then each holding's and cash balance's weight in them."""
+    priced = [h for h in valued if h.status is _OK]
     counted_cash = [c for c in cash_values if c["status"] is _OK]
-    holdings_value = sum([h[_VALUE] for h in priced], ZERO)
+    holdings_value = sum([h.market_value for h in priced], ZERO)
     cash_value = sum([c["market_value"] for c in counted_cash], ZERO)
     total = holdings_value + cash_value
-    cost = sum([h[_COST] for h in priced], ZERO)
+    cost = sum([h.cost for h in priced], ZERO)
     pnl = holdings_value - cost
-    day_change = sum([h[_DAY_CHANGE] for h in priced if h[_DAY_CHANGE] is not None], ZERO)
-    holdings = tuple(
-        HoldingValue(
-            *h[:_STATUS],
-            None if h[_STATUS] is not _OK or total == 0 else h[_VALUE] / total,
-            h[_STATUS],
-            h[_REASON],
-        )
-        for h in valued
-    )
+    day_change = sum([h.day_change for h in priced if h.day_change is not None], ZERO)
+    if total != 0:
+        for h in priced:
+            h.weight = h.market_value / total
     cash_out = tuple(
         CashValue(**c, weight=_ratio(c["market_value"], total) if c["status"] is _OK else None)
         for c in cash_values
     )
-    issues = tuple(item.reason for item in (*holdings, *cash_out) if item.reason)
+    issues = tuple(item.reason for item in (*valued, *cash_out) if item.reason)
     cash_pairs = [(CASH_ASSET_CLASS, c["market_value"]) for c in counted_cash]
     return PortfolioValue(
         base_currency=base_currency,
-        holdings=holdings,
+        holdings=tuple(valued),
         cash=cash_out,
         market_value=total,
         holdings_value=holdings_value,
@@ -351,10 +346,12 @@ def _totals(valued: list[tuple], cash_values: list[dict[str, Any]], *, base_curr
         day_change=day_change,
         # Relative to yesterday's value of what is counted today: today's total minus the change.
         day_return=_ratio(day_change, total - day_change),
-        by_asset_class=_slices([*((h[1], h[_VALUE]) for h in priced), *cash_pairs], total),
+        by_asset_class=_slices(
+            [*((h.asset_class, h.market_value) for h in priced), *cash_pairs], total
+        ),
         by_currency=_slices(
             [
-                *((h[2], h[_VALUE]) for h in priced),
+                *((h.currency, h.market_value) for h in priced),
                 *((c["currency"], c["market_value"]) for c in counted_cash),
             ],
             total,
