@@ -3,8 +3,8 @@
 import gc
 import os
 
-from celery import Celery
-from celery.signals import worker_ready
+from celery import Celery, states
+from celery.signals import task_postrun, task_prerun, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
 
@@ -27,3 +27,29 @@ def _freeze_start_up(**kwargs) -> None:
     collector need not walk it in every full collection (~70 ms each with books cached for
     1,000 portfolios; docs/performance.md). Forked pool children inherit it frozen."""
     gc.freeze()
+
+
+@task_prerun.connect
+def _connections_before_task(sender=None, **kwargs) -> None:
+    """Django's request rules for a task's database connections (kept up to CONN_MAX_AGE,
+    checked before reuse, dropped after an error), in place of Celery's close-every-time
+    (settings.CELERY_DB_REUSE_MAX). Not for eager tasks: they run inside the caller's request."""
+    if not getattr(sender.request, "is_eager", False):
+        from django.db import close_old_connections
+
+        close_old_connections()
+
+
+@task_postrun.connect
+def _connections_after_task(sender=None, state=None, **kwargs) -> None:
+    """After a task that did not succeed, close every connection: a task interrupted inside a
+    query (a soft time limit, a retry) can leave one that Django still takes for usable
+    (celery/celery#9824)."""
+    if getattr(sender.request, "is_eager", False):
+        return
+    from django.db import close_old_connections, connections
+
+    if state == states.SUCCESS:
+        close_old_connections()
+    else:
+        connections.close_all()

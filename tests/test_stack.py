@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db import connection
 
 from portfolio.models import Quote
 from streaming.tasks import ingest_quotes
-from tests.conftest import ROOT, Process, stack_env
+from tests.conftest import ROOT, Process, stack_env, start_worker
 from tests.websocket import communicator, session_cookie
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
@@ -108,3 +109,65 @@ def test_runfeed_with_an_unknown_feed_names_the_known_ones():
     assert "unknown feed 'nasdaq'; known feeds: simulated, replay, binance, coinbase, kraken" in (
         result.stderr
     )
+
+
+def worker_sessions(app_name: str) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", [app_name])
+        return sorted(pid for (pid,) in cursor.fetchall())
+
+
+def wait_until(condition, what: str, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
+def test_a_worker_keeps_its_database_session_between_tasks_and_replaces_a_broken_one(
+    world, redis_client, tmp_path
+):
+    """Celery's Django fixup would open a new PostgreSQL session for every task (an ingest
+    batch: several a second); the worker keeps one as Django keeps one between requests, checks
+    it before reuse, and drops it after a task that failed."""
+    app = "livefolio-test-worker"
+    worker = start_worker(tmp_path, PGAPPNAME=app)
+
+    def ingest(price):
+        ingest_quotes.delay(
+            [
+                {
+                    "instrument": world["btc"].id,
+                    "price": price,
+                    "ts": datetime.now(UTC).isoformat(),
+                    "source": "simulated",
+                }
+            ]
+        )
+        wait_until(
+            lambda: Quote.objects.filter(instrument=world["btc"], price=price).exists(),
+            f"{price} stored",
+        )
+
+    try:
+        ingest("100")
+        first = wait_until(lambda: worker_sessions(app), "the worker's session")
+        assert len(first) == 1
+        ingest("101")
+        ingest("102")
+        assert worker_sessions(app) == first  # the same session for every task
+        # The server ends the session between two tasks (a restart, an idle timeout): the
+        # check before reuse finds it gone, and the next batch is stored on a new one.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", first)
+        wait_until(lambda: not worker_sessions(app), "the session to end")
+        ingest("103")
+        second = worker_sessions(app)
+        assert len(second) == 1 and second != first
+        ingest_quotes.delay(123)  # a task that fails (a batch that is not a list)
+        wait_until(lambda: "raised unexpected" in worker.output(), "the task to fail")
+        wait_until(lambda: not worker_sessions(app), "the failed task's session to close")
+        ingest("104")
+    finally:
+        worker.stop()
