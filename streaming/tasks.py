@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import redis
@@ -38,7 +38,7 @@ def _parse_item(item: dict[str, Any]) -> services.QuoteUpdate:
         raise ValueError(f"price must be positive, got {item.get('price')!r}")
     bid, ask = _decimal(item, "bid"), _decimal(item, "ask")
     if bid is not None and ask is not None and bid > ask:
-        raise ValueError(f"bid {bid} is above ask {ask}")
+        raise ValueError(f"bid {item['bid']} is above ask {item['ask']}")
     ts = datetime.fromisoformat(str(item["ts"]))
     if ts.tzinfo is None:
         raise ValueError("ts must carry a timezone")
@@ -64,7 +64,23 @@ def _decimal(item: dict[str, Any], key: str) -> Decimal | None:
     value = Decimal(str(raw))
     if not value.is_finite():
         raise ValueError(f"{key} must be finite, got {raw!r}")
-    return value
+    # Checked against what the column stores (rounded as PostgreSQL rounds), so that a price
+    # the database would refuse drops this item, not the whole batch's statement.
+    if value.adjusted() >= _INTEGER_DIGITS:
+        raise ValueError(
+            f"{key} {raw} is too large: at most {_INTEGER_DIGITS} digits before the point"
+        )
+    stored = value.quantize(_PLACES, rounding=ROUND_HALF_UP)
+    if value and not stored:
+        raise ValueError(
+            f"{key} {raw} rounds to 0 at {-_PLACES.as_tuple().exponent} decimal places"
+        )
+    return stored
+
+
+_PRICE = Quote._meta.get_field("price")  # bid and ask are the same numeric(24, 10)
+_INTEGER_DIGITS = _PRICE.max_digits - _PRICE.decimal_places
+_PLACES = Decimal(1).scaleb(-_PRICE.decimal_places)
 
 
 @shared_task(

@@ -51,7 +51,9 @@ def test_newer_exchange_time_wins_and_older_or_equal_changes_nothing(world):
     assert quote.exchange_ts == T0 + timedelta(seconds=1)
 
 
-@pytest.mark.parametrize("price", ["1E+2", "1E-8", "0.00000001", "123456789012.12345678"])
+@pytest.mark.parametrize(
+    "price", ["1E+2", "1E-8", "0.00000001", "123456789012.12345678", "99999999999999.9999999999"]
+)
 def test_a_stored_price_is_the_decimal_sent_whatever_its_notation(world, price):
     # Rows reach PostgreSQL as one JSON document of decimal strings (services._upsert).
     btc = world["btc"]
@@ -93,6 +95,9 @@ def test_unknown_instrument_is_ignored_and_the_rest_stored(world):
         ({"price": "abc"}, "ConversionSyntax"),
         ({"price": 1.5}, "price must be a decimal string, not a float"),
         ({"price": "NaN"}, "price must be finite"),
+        ({"price": "1E+14"}, "price 1E+14 is too large: at most 14 digits before the point"),
+        ({"price": "0.00000000004"}, "price 0.00000000004 rounds to 0 at 10 decimal places"),
+        ({"bid": "1E+15", "ask": "2E+15"}, "bid 1E+15 is too large"),
         ({"bid": "11", "ask": "10"}, "bid 11 is above ask 10"),
         ({"ts": "2026-11-27T12:00:00"}, "ts must carry a timezone"),
         ({"source": "nasdaq"}, "unknown source 'nasdaq'"),
@@ -104,6 +109,16 @@ def test_bad_items_are_dropped_with_a_reason_naming_the_field(world, caplog, ite
     assert [u.instrument_id for u in parse_batch([bad, good])] == [world["eth"].id]
     assert reason in caplog.text
     assert "dropped item 0" in caplog.text
+
+
+@pytest.mark.parametrize("price", ["1E+20", "0.00000000001"])
+def test_a_price_the_database_cannot_store_drops_that_tick_not_the_batch(world, caplog, price):
+    # numeric(24, 10): the first overflows it, the second rounds to 0 (quote_price_positive).
+    assert ingest_quotes([tick(world["btc"], price, T0), tick(world["eth"], "3000", T0)]) == 1
+    assert [(q.instrument_id, q.price) for q in Quote.objects.all()] == [
+        (world["eth"].id, Decimal("3000"))
+    ]
+    assert f"price {price} " in caplog.text
 
 
 def deliveries(users, action):
