@@ -48,18 +48,80 @@ def quotes_store(*, updates: list[QuoteUpdate]) -> list[int]:
     task, two feed processes by mistake) has no second effect. Returns the instrument ids whose
     quote actually changed. Updates for instruments that no longer exist are ignored.
     """
-    if not updates:
+    newest = _newest(updates)
+    known = set(Instrument.objects.filter(id__in=newest).values_list("id", flat=True))
+    rows = _quote_rows([u for i, u in sorted(newest.items()) if i in known])
+    if not rows:
         return []
+    sql, params = _upsert_sql(model=Quote, returning="instrument_id", **rows)
+    return sorted(row[0] for row in _fetch(sql, params))
+
+
+# What quotes_ingest returns per changed quote (a quote message's fields).
+QUOTE_FIELDS = ("instrument_id", "symbol", "price", "bid", "ask", "exchange_ts")
+
+
+def quotes_ingest(*, updates: list[QuoteUpdate]) -> list[tuple]:
+    """:func:`quotes_store` and :func:`bars_record` for the updates that changed a quote, in
+    one transaction; returns each changed quote as :data:`QUOTE_FIELDS`, by instrument id.
+
+    On PostgreSQL the writes and the read are one statement (data-modifying CTEs: quotes, then
+    bars for what they stored, then the stored rows with their symbols): a Celery worker does
+    this for every feed batch, and the round trips of the separate steps were most of its cost.
+    Still in a transaction: a statement that commits on its own would commit after its worker
+    died (killed while the statement waited on a lock), and the batch run again would then find
+    nothing changed and publish nothing.
+    """
+    with transaction.atomic():
+        db = transaction.get_connection()
+        if db.vendor != "postgresql":
+            changed = quotes_store(updates=updates)
+            stored = set(changed)
+            bars_record(updates=[u for u in updates if u.instrument_id in stored])
+            return list(
+                Quote.objects.filter(instrument_id__in=changed)
+                .order_by("instrument_id")
+                .values_list("instrument_id", "instrument__symbol", *QUOTE_FIELDS[2:])
+            )
+        newest = _newest(updates)
+        if not newest:
+            return []
+        instrument = db.ops.quote_name(Instrument._meta.db_table)
+        quotes, quote_params = _upsert_sql(
+            model=Quote,
+            returning=", ".join(c for c in QUOTE_FIELDS if c != "symbol"),
+            where=f"EXISTS (SELECT 1 FROM {instrument} i WHERE i.id = r.instrument_id)",
+            **_quote_rows([u for _, u in sorted(newest.items())]),
+        )
+        bars, bar_params = _upsert_sql(
+            model=PriceBar,
+            where="r.instrument_id IN (SELECT instrument_id FROM stored)",
+            **_bar_rows(updates),
+        )
+        sql = (
+            f"WITH stored AS ({quotes}), bars AS ({bars}) "
+            f"SELECT s.instrument_id, i.symbol, s.price, s.bid, s.ask, s.exchange_ts "
+            f"FROM stored s JOIN {instrument} i ON i.id = s.instrument_id "
+            f"ORDER BY s.instrument_id"
+        )
+        return [tuple(row) for row in _fetch(sql, [*quote_params, *bar_params])]
+
+
+def _newest(updates: list[QuoteUpdate]) -> dict[int, QuoteUpdate]:
+    """The update with the latest exchange time per instrument (one row per key and statement:
+    PostgreSQL refuses to upsert the same key twice at once)."""
     newest: dict[int, QuoteUpdate] = {}
     for update in updates:
         seen = newest.get(update.instrument_id)
         if seen is None or update.exchange_ts > seen.exchange_ts:
             newest[update.instrument_id] = update
-    known = set(Instrument.objects.filter(id__in=newest).values_list("id", flat=True))
-    rows = [u for i, u in sorted(newest.items()) if i in known]
-    if not rows:
-        return []
+    return newest
 
+
+def _quote_rows(updates: list[QuoteUpdate]) -> dict[str, object]:
+    """``_upsert_sql`` arguments storing ``updates`` (one per instrument) as quotes."""
+    if not updates:
+        return {}
     columns = ["instrument_id", "price", "bid", "ask", "exchange_ts", "received_at", "source"]
     table = connection.ops.quote_name(Quote._meta.db_table)
     now = timezone.now()
@@ -75,21 +137,17 @@ def quotes_store(*, updates: list[QuoteUpdate]) -> list[int]:
             *(f"{c} = excluded.{c}" for c in columns[1:]),
         ]
     )
-    return sorted(
-        _upsert(
-            model=Quote,
-            columns=columns,
-            rows=[
-                [u.instrument_id, u.price, u.bid, u.ask, u.exchange_ts, now, u.source] for u in rows
-            ],
-            conflict="instrument_id",
-            set_sql=f"{updates_sql} WHERE {table}.exchange_ts < excluded.exchange_ts",
-            returning="instrument_id",
-        )
-    )
+    return {
+        "columns": columns,
+        "rows": [
+            [u.instrument_id, u.price, u.bid, u.ask, u.exchange_ts, now, u.source] for u in updates
+        ],
+        "conflict": "instrument_id",
+        "set_sql": f"{updates_sql} WHERE {table}.exchange_ts < excluded.exchange_ts",
+    }
 
 
-def _upsert(
+def _upsert_sql(
     *,
     model: type,
     columns: list[str],
@@ -97,14 +155,15 @@ def _upsert(
     conflict: str,
     set_sql: str,
     returning: str | None = None,
-) -> list[object]:
+    where: str | None = None,
+) -> tuple[str, list[object]]:
     """One ``INSERT ... ON CONFLICT DO UPDATE`` for many rows, on PostgreSQL and SQLite.
 
     ``rows`` hold the fields' Python types (Decimal, aware datetime). On PostgreSQL they travel
     as one JSON document read with the columns' own SQL types; on SQLite each value goes through
     its field's database preparation. Either way the statement stores what the ORM would.
-    Returns the ``returning`` column of the rows inserted or updated (the conflict's WHERE
-    decides which).
+    ``returning``: columns of the rows inserted or updated (the conflict's WHERE decides which).
+    ``where`` (PostgreSQL only): a condition on the source rows, ``r``.
     """
     db = transaction.get_connection()  # the proxy `connection` costs a lookup per attribute
     by_column = {f.column: f for f in model._meta.concrete_fields}
@@ -117,6 +176,8 @@ def _upsert(
         # (Decimal, aware datetime), as the ORM would send them.
         record = ", ".join(f"{c} {f.db_type(db)}" for c, f in zip(columns, fields, strict=True))
         source = f"SELECT * FROM jsonb_to_recordset(%s::jsonb) AS r({record})"
+        if where:
+            source += f" WHERE {where}"
         params: list[object] = [
             orjson.dumps(
                 [dict(zip(columns, values, strict=True)) for values in rows], default=str
@@ -134,16 +195,24 @@ def _upsert(
         f"ON CONFLICT ({conflict}) DO UPDATE SET {set_sql}"
         + (f" RETURNING {returning}" if returning else "")
     )
-    with db.cursor() as cursor:
+    return sql, params
+
+
+def _fetch(sql: str, params: list[object]) -> list[tuple]:
+    with transaction.get_connection().cursor() as cursor:
         cursor.execute(sql, params)
-        return [row[0] for row in cursor.fetchall()] if returning else []
+        return cursor.fetchall() if cursor.description else []
 
 
 def bars_record(*, updates: list[QuoteUpdate]) -> None:
     """Fold stored ticks into 1-minute bars (UTC). Max/min and ts-ordered open/close make a
     repeated tick harmless; call it with the updates that changed a quote."""
-    if not updates:
-        return
+    if updates:
+        _fetch(*_upsert_sql(model=PriceBar, **_bar_rows(updates)))
+
+
+def _bar_rows(updates: list[QuoteUpdate]) -> dict[str, object]:
+    """``_upsert_sql`` arguments folding ``updates`` into their 1-minute bars."""
     greatest, least = ("GREATEST", "LEAST") if connection.vendor == "postgresql" else ("MAX", "MIN")
     # One row per (instrument, minute): PostgreSQL refuses to upsert the same key twice at once.
     bars: dict[tuple[int, datetime], list[QuoteUpdate]] = {}
@@ -151,7 +220,6 @@ def bars_record(*, updates: list[QuoteUpdate]) -> None:
         bars.setdefault(
             (u.instrument_id, u.exchange_ts.replace(second=0, microsecond=0)), []
         ).append(u)
-    columns = ["instrument_id", "start", "open", "high", "low", "close", "open_ts", "close_ts"]
     rows = []
     for (instrument_id, start), ticks in bars.items():
         prices = [t.price for t in ticks]
@@ -169,12 +237,20 @@ def bars_record(*, updates: list[QuoteUpdate]) -> None:
             ]
         )
     table = connection.ops.quote_name(PriceBar._meta.db_table)
-    _upsert(
-        model=PriceBar,
-        columns=columns,
-        rows=rows,
-        conflict="instrument_id, start",
-        set_sql=(
+    return {
+        "columns": [
+            "instrument_id",
+            "start",
+            "open",
+            "high",
+            "low",
+            "close",
+            "open_ts",
+            "close_ts",
+        ],
+        "rows": rows,
+        "conflict": "instrument_id, start",
+        "set_sql": (
             f"high = {greatest}({table}.high, excluded.high), "
             f"low = {least}({table}.low, excluded.low), "
             f"open = CASE WHEN excluded.open_ts < {table}.open_ts "
@@ -184,7 +260,7 @@ def bars_record(*, updates: list[QuoteUpdate]) -> None:
             f"THEN excluded.close ELSE {table}.close END, "
             f"close_ts = {greatest}({table}.close_ts, excluded.close_ts)"
         ),
-    )
+    }
 
 
 def _utc_date(column: str) -> str:

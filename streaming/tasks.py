@@ -107,13 +107,12 @@ def ingest_quotes(batch: list[dict[str, Any]]) -> int:
     started = time.monotonic()
     updates = parse_batch(batch)
     received = {int(i["instrument"]): i.get("received") for i in batch if "instrument" in i}
-    with transaction.atomic():
-        changed = services.quotes_store(updates=updates)
-        if changed:
-            stored = set(changed)
-            services.bars_record(updates=[u for u in updates if u.instrument_id in stored])
-            quotes = _quote_messages(changed, received)
-            transaction.on_commit(lambda: _publish(quotes, valuations_due(changed)))
+    stored = services.quotes_ingest(updates=updates)
+    changed = [row[0] for row in stored]
+    if changed:
+        quotes = _quote_messages(stored, received)
+        # Now, or when the caller's transaction commits (an eager task inside a request).
+        transaction.on_commit(lambda: _publish(quotes, valuations_due(changed)))
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         health.record_ingest(seconds=time.monotonic() - started, lag=_lag(received.values()))
     return len(changed)
@@ -125,12 +124,10 @@ def _lag(received: Iterable[Any]) -> float | None:
     return (datetime.now(UTC) - min(moments)).total_seconds() if moments else None
 
 
-def _quote_messages(changed: list[int], received: dict[int, Any]) -> list[tuple[str, dict]]:
-    rows = Quote.objects.filter(instrument_id__in=changed).values_list(
-        "instrument_id", "instrument__symbol", "price", "bid", "ask", "exchange_ts"
-    )
+def _quote_messages(stored: list[tuple], received: dict[int, Any]) -> list[tuple[str, dict]]:
+    """The quote message of each stored quote (rows of ``services.QUOTE_FIELDS``)."""
     messages = []
-    for instrument_id, symbol, price, bid, ask, exchange_ts in rows:
+    for instrument_id, symbol, price, bid, ask, exchange_ts in stored:
         raw = received.get(instrument_id)
         payload = protocol.quote(
             instrument_id=instrument_id,

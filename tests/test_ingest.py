@@ -1,6 +1,10 @@
 """Ingest stores the newest quote, values the portfolios holding it, tells only their owners."""
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -12,6 +16,7 @@ from portfolio import services
 from portfolio.models import PriceBar, Quote
 from streaming import events
 from streaming.tasks import ingest_quotes, parse_batch
+from tests.conftest import ROOT
 from tests.websocket import as_sent
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -119,6 +124,116 @@ def test_a_price_the_database_cannot_store_drops_that_tick_not_the_batch(world, 
         (world["eth"].id, Decimal("3000"))
     ]
     assert f"price {price} " in caplog.text
+
+
+def ingest_scenario() -> dict:
+    """Three batches through services.quotes_ingest on an empty database: repeats, a late tick,
+    an unknown instrument. What it returns and leaves in the tables, as plain JSON."""
+    from portfolio.models import Instrument
+
+    made = {
+        symbol: Instrument.objects.create(
+            symbol=symbol, name=symbol, asset_class="crypto", quote_currency="USD",
+            feed="simulated", feed_symbol=symbol,
+        ).id
+        for symbol in ("BTC-USD", "ETH-USD")
+    }  # fmt: skip
+    btc, eth = made["BTC-USD"], made["ETH-USD"]
+
+    def update(instrument, price, seconds, bid=None):
+        return services.QuoteUpdate(
+            instrument_id=instrument,
+            price=Decimal(price),
+            bid=None if bid is None else Decimal(bid),
+            ask=None if bid is None else Decimal(price),
+            exchange_ts=T0 + timedelta(seconds=seconds),
+            source="simulated",
+        )
+
+    batches = [
+        [update(btc, "101", 1), update(btc, "100", 0, bid="99.5"), update(eth, "3000", 0),
+         update(btc + eth + 100, "5", 0)],  # an instrument that does not exist
+        [update(btc, "90", 0), update(eth, "3001", 61)],  # btc's is older than the stored one
+        [update(eth, "3001", 61)],  # the same tick again
+    ]  # fmt: skip
+
+    def text(value):
+        return value.isoformat() if isinstance(value, datetime) else str(value)
+
+    names = {btc: "btc", eth: "eth"}
+    return {
+        "returned": [
+            [[names[row[0]], *map(text, row[1:])] for row in services.quotes_ingest(updates=b)]
+            for b in batches
+        ],
+        "quotes": [
+            [names[q.instrument_id], *map(text, (q.price, q.bid, q.ask, q.exchange_ts))]
+            for q in Quote.objects.order_by("instrument_id")
+        ],
+        "bars": [
+            [names[b.instrument_id], *map(text, (b.start, b.open, b.high, b.low, b.close))]
+            for b in PriceBar.objects.order_by("instrument_id", "start")
+        ],
+    }
+
+
+SCENARIO_ON_SQLITE = """
+import json, django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from tests.test_ingest import ingest_scenario
+print(json.dumps(ingest_scenario()))
+"""
+
+
+@pytest.mark.django_db
+def test_one_statement_on_postgresql_stores_and_returns_what_the_steps_do_on_sqlite(tmp_path):
+    on_postgresql = ingest_scenario()
+    T = "2026-11-27T12:00:00+00:00"
+    assert on_postgresql["returned"] == [
+        [
+            ["btc", "BTC-USD", "101.0000000000", "None", "None", "2026-11-27T12:00:01+00:00"],
+            ["eth", "ETH-USD", "3000.0000000000", "None", "None", T],
+        ],
+        [["eth", "ETH-USD", "3001.0000000000", "None", "None", "2026-11-27T12:01:01+00:00"]],
+        [],
+    ]
+    assert on_postgresql["bars"] == [
+        ["btc", T, "100.0000000000", "101.0000000000", "100.0000000000", "101.0000000000"],
+        ["eth", T, "3000.0000000000", "3000.0000000000", "3000.0000000000", "3000.0000000000"],
+        ["eth", "2026-11-27T12:01:00+00:00", *["3001.0000000000"] * 4],
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="portfolio.settings",
+        LIVEFOLIO_SQLITE_PATH=str(tmp_path / "ingest.sqlite3"),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", SCENARIO_ON_SQLITE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    on_sqlite = json.loads(done.stdout.strip().splitlines()[-1])
+    assert normalised(on_sqlite) == normalised(on_postgresql)
+
+
+def normalised(tables: dict) -> dict:
+    """Decimal strings as numbers, so "101" on SQLite equals "101.0000000000" on PostgreSQL."""
+
+    def one(value):
+        if isinstance(value, list):
+            return [one(v) for v in value]
+        try:
+            return Decimal(value)
+        except ArithmeticError:
+            return value
+
+    return {name: one(rows) for name, rows in tables.items()}
 
 
 def deliveries(users, action):

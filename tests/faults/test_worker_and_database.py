@@ -48,7 +48,7 @@ async def test_worker_killed_mid_batch_the_batch_runs_again_once_with_no_double_
             wait_until,
             lambda: stack.sql(
                 "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE 'INSERT INTO%%portfolio_quote%%'"
+                "AND query LIKE '%%INSERT INTO%%portfolio_quote%%'"
             ),
             timeout=30,
             what="the worker to be inside the ingest task",
