@@ -98,9 +98,10 @@ def quotes_ingest(*, updates: list[QuoteUpdate]) -> list[tuple]:
             where="r.instrument_id IN (SELECT instrument_id FROM stored)",
             **_bar_rows(updates),
         )
+        read = ", ".join("i.symbol" if c == "symbol" else f"s.{c}" for c in QUOTE_FIELDS)
         sql = (
             f"WITH stored AS ({quotes}), bars AS ({bars}) "
-            f"SELECT s.instrument_id, i.symbol, s.price, s.bid, s.ask, s.exchange_ts "
+            f"SELECT {read} "
             f"FROM stored s JOIN {instrument} i ON i.id = s.instrument_id "
             f"ORDER BY s.instrument_id"
         )
@@ -184,6 +185,8 @@ def _upsert_sql(
             ).decode()
         ]
     else:
+        if where:
+            raise ValueError("where: PostgreSQL only")
         source = "VALUES " + ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
         params = [
             f.get_db_prep_save(v, db)

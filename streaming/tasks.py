@@ -35,7 +35,10 @@ def parse_batch(batch: list[dict[str, Any]]) -> list[services.QuoteUpdate]:
 def _parse_item(item: dict[str, Any]) -> services.QuoteUpdate:
     price = _decimal(item, "price")
     if price is None or price <= 0:
-        raise ValueError(f"price must be positive, got {item.get('price')!r}")
+        raw = item.get("price")
+        if price == 0 and Decimal(str(raw)):  # quote_price_positive would refuse the batch
+            raise ValueError(f"price {raw} rounds to 0 at {_PRICE.decimal_places} decimal places")
+        raise ValueError(f"price must be positive, got {raw!r}")
     bid, ask = _decimal(item, "bid"), _decimal(item, "ask")
     if bid is not None and ask is not None and bid > ask:
         raise ValueError(f"bid {item['bid']} is above ask {item['ask']}")
@@ -66,15 +69,12 @@ def _decimal(item: dict[str, Any], key: str) -> Decimal | None:
         raise ValueError(f"{key} must be finite, got {raw!r}")
     # Checked against what the column stores (rounded as PostgreSQL rounds), so that a price
     # the database would refuse drops this item, not the whole batch's statement.
-    if value.adjusted() >= _INTEGER_DIGITS:
-        raise ValueError(
-            f"{key} {raw} is too large: at most {_INTEGER_DIGITS} digits before the point"
-        )
+    too_large = f"{key} {raw} is too large: at most {_INTEGER_DIGITS} digits before the point"
+    if value.adjusted() >= _INTEGER_DIGITS:  # first: quantize would overflow the context
+        raise ValueError(too_large)
     stored = value.quantize(_PLACES, rounding=ROUND_HALF_UP)
-    if value and not stored:
-        raise ValueError(
-            f"{key} {raw} rounds to 0 at {-_PLACES.as_tuple().exponent} decimal places"
-        )
+    if stored.adjusted() >= _INTEGER_DIGITS:  # 99999999999999.99999999995 rounds up to 10**14
+        raise ValueError(too_large)
     return stored
 
 

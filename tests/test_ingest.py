@@ -103,6 +103,7 @@ def test_unknown_instrument_is_ignored_and_the_rest_stored(world):
         ({"price": "1E+14"}, "price 1E+14 is too large: at most 14 digits before the point"),
         ({"price": "0.00000000004"}, "price 0.00000000004 rounds to 0 at 10 decimal places"),
         ({"bid": "1E+15", "ask": "2E+15"}, "bid 1E+15 is too large"),
+        ({"price": "99999999999999.99999999995"}, "is too large"),  # rounds up to 10**14
         ({"bid": "11", "ask": "10"}, "bid 11 is above ask 10"),
         ({"ts": "2026-11-27T12:00:00"}, "ts must carry a timezone"),
         ({"source": "nasdaq"}, "unknown source 'nasdaq'"),
@@ -116,9 +117,10 @@ def test_bad_items_are_dropped_with_a_reason_naming_the_field(world, caplog, ite
     assert "dropped item 0" in caplog.text
 
 
-@pytest.mark.parametrize("price", ["1E+20", "0.00000000001"])
+@pytest.mark.parametrize("price", ["1E+20", "0.00000000001", "99999999999999.99999999995"])
 def test_a_price_the_database_cannot_store_drops_that_tick_not_the_batch(world, caplog, price):
-    # numeric(24, 10): the first overflows it, the second rounds to 0 (quote_price_positive).
+    # numeric(24, 10): the first overflows it, the second rounds to 0 (quote_price_positive),
+    # the third rounds up to 10**14 and overflows it.
     assert ingest_quotes([tick(world["btc"], price, T0), tick(world["eth"], "3000", T0)]) == 1
     assert [(q.instrument_id, q.price) for q in Quote.objects.all()] == [
         (world["eth"].id, Decimal("3000"))
