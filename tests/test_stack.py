@@ -129,8 +129,8 @@ def test_a_worker_keeps_its_database_session_between_tasks_and_replaces_a_broken
     world, redis_client, tmp_path
 ):
     """Celery's Django fixup would open a new PostgreSQL session for every task (an ingest
-    batch: several a second); the worker keeps one as Django keeps one between requests, checks
-    it before reuse, and drops it after a task that failed."""
+    batch: several a second); the worker keeps one as Django keeps one between requests,
+    replaces one the server ended, and drops it after a task that failed."""
     app = "livefolio-test-worker"
     worker = start_worker(tmp_path, PGAPPNAME=app)
 
@@ -157,8 +157,9 @@ def test_a_worker_keeps_its_database_session_between_tasks_and_replaces_a_broken
         ingest("101")
         ingest("102")
         assert worker_sessions(app) == first  # the same session for every task
-        # The server ends the session between two tasks (a restart, an idle timeout): the
-        # check before reuse finds it gone, and the next batch is stored on a new one.
+        # The server ends the session between two tasks (a restart, an idle timeout): the next
+        # batch is stored on a new one (found gone by the check before reuse; without the
+        # check, the attempt would fail, close it and succeed when retried).
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(%s)", first)
         wait_until(lambda: not worker_sessions(app), "the session to end")
