@@ -6,7 +6,7 @@ import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from django.conf import settings
@@ -42,7 +42,7 @@ def fx_rates() -> dict[tuple[str, str], Decimal]:
     for quote in quotes:
         pair = fx_pair(quote.instrument)
         if pair is not None:
-            rates[pair] = quote.price
+            rates[pair] = _trim(quote.price)
     return rates
 
 
@@ -53,6 +53,18 @@ def fx_pair(instrument: Instrument) -> tuple[str, str] | None:
     if not letters.endswith(target) or len(letters) == len(target):
         return None
     return letters[: -len(target)], target
+
+
+# Wider than any column (30 digits): trimming never rounds.
+_WIDE = Context(prec=60)
+
+
+def _trim(value: Decimal | None) -> Decimal | None:
+    """The same number without the trailing zeros of its column's scale (a quantity comes back
+    as 17.110000000000, a price as 526.7902000000): a product of two trimmed numbers has 8
+    digits instead of 27. A holding's arithmetic and rounding cost ~25% less on them, a whole
+    valuation ~4% (docs/performance.md); every amount and text comes out the same."""
+    return None if value is None else value.normalize(_WIDE)
 
 
 @dataclass(slots=True)
@@ -117,13 +129,16 @@ def books_load(portfolios: Iterable[tuple]) -> dict[int, Book]:
             "income": protocol.money(income),
         }
         books[pid].positions.append(
-            Position(instrument, quantity, cost_basis, currency, realized, income, texts)
-        )
+            Position(
+                instrument, _trim(quantity), _trim(cost_basis), currency, _trim(realized),
+                _trim(income), texts,
+            )
+        )  # fmt: skip
     cash = CashBalance.objects.filter(portfolio_id__in=list(books)).values_list(
         "portfolio_id", "currency", "amount", "income"
     )
     for pid, currency, amount, income in cash:
-        books[pid].cash.append((currency, amount, income))
+        books[pid].cash.append((currency, _trim(amount), _trim(income)))
     return books
 
 
@@ -168,7 +183,10 @@ def market_load(instrument_ids: Iterable[int]) -> dict[int, Market]:
         "id", "symbol", "name", "asset_class", "quote_currency", "quote__price",
         "quote__reference_price", "quote__exchange_ts",
     )  # fmt: skip
-    return {row[0]: Market(*row[1:]) for row in rows}
+    return {
+        i: Market(symbol, name, asset_class, currency, _trim(price), _trim(reference), ts)
+        for i, symbol, name, asset_class, currency, price, reference, ts in rows
+    }
 
 
 def portfolio_states(

@@ -115,3 +115,17 @@ def test_a_published_event_carries_objects_encoded_once_and_decodes_to_the_paylo
 def test_a_frame_with_something_not_json_names_its_type():
     with pytest.raises(TypeError, match="Decimal"):
         protocol.encode({"price": Decimal("1")})
+
+
+def test_trimming_a_columns_scale_keeps_every_digit(world):
+    # Books and quotes are valued on their numbers without the column's trailing zeros; a
+    # quantity as wide as its column (30 digits) must come back whole, not rounded to 28.
+    wide = Decimal("123456789012345678.123456789012")
+    assert selectors._trim(wide) == wide
+    assert selectors._trim(Decimal("17.110000000000")).as_tuple() == Decimal("17.11").as_tuple()
+    alice = world["portfolios"]["alice"]
+    Holding.objects.filter(portfolio=alice).update(quantity=Decimal("2.000000000001"))
+    ingest_quotes([tick(world["btc"], "50000", T0)])
+    (state,) = selectors.portfolio_states(portfolio_ids=[alice.id], now=NOW)
+    assert state["holdings"][0]["quantity"] == "2.000000000001"
+    assert state["holdings"][0]["value"] == "100000.00"  # 2.000000000001 x 50000 = 100000.00000005
