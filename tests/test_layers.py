@@ -246,3 +246,78 @@ async def test_pubsub_messages_are_not_formatted_for_redis_pys_debug_log(caplog)
         assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "grouped"
     assert [r.getMessage()[:40] for r in caplog.records if r.name == "push_response"] == []
     await layer.flush()
+
+
+async def test_pubsub_a_publish_cut_off_before_its_replies_closes_its_connection(redis_client):
+    # group_send_many writes a batch's PUBLISH commands and reads the replies itself
+    # (streaming/layers.py). Cut off in between (a timeout, a cancelled task), its connection
+    # still has replies coming: back in the pool, the next batch would read those as its own.
+    # It must be closed instead, and the next batch go through whole and in order.
+    name = connection_name()
+    layer = PubSubChannelLayer(
+        hosts=[settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0] | {"client_name": name}],
+        prefix=settings.LIVEFOLIO_REDIS_PREFIX,
+    )
+    channel = await layer.new_channel()
+    await layer.group_add("cut", channel)
+
+    def publishing() -> list[dict]:  # the layer's connections other than its subscription
+        return [c for c in redis_client.client_list() if c["name"] == name and c["sub"] == "0"]
+
+    batch = [("cut", {"type": "n", "n": n}) for n in range(3)]
+    await layer.group_send_many(batch)
+    assert [(await asyncio.wait_for(layer.receive(channel), 5))["n"] for _ in batch] == [0, 1, 2]
+    assert len(publishing()) == 1  # kept for the next batch: it read every reply
+
+    redis_client.client_pause(1000, all=False)  # PUBLISH waits: no reply comes for a second
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(layer.group_send_many(batch), 0.2)
+    finally:
+        redis_client.client_unpause()
+    await wait_until(lambda: not publishing(), "the cut-off batch's connection closed")
+
+    await layer.group_send_many([("cut", {"type": "n", "n": n}) for n in (10, 11, 12)])
+    got = []
+    while got[-3:] != [10, 11, 12]:
+        got.append((await asyncio.wait_for(layer.receive(channel), 5))["n"])
+    assert got[:-3] in ([], [0, 1, 2])  # the cut-off batch arrives whole or not at all
+    await layer.flush()
+
+
+async def test_pubsub_a_batch_redis_refuses_part_of_closes_its_connection(redis_client):
+    # An ACL may refuse a channel: PUBLISH answers NOPERM and the batch's later replies are still
+    # on the connection. Kept, the next batch would read those as its own; it must be closed.
+    name = connection_name()
+    password = uuid.uuid4().hex
+    host = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
+    prefix = settings.LIVEFOLIO_REDIS_PREFIX
+    redis_client.acl_setuser(
+        name, enabled=True, passwords=[f"+{password}"], commands=["+@all"], keys=["*"],
+        reset_channels=True, channels=[f"{prefix}__group__allowed*"],
+    )  # fmt: skip
+    try:
+        sender = PubSubChannelLayer(
+            hosts=[host | {"username": name, "password": password, "client_name": name}],
+            prefix=prefix,
+        )
+        receiver = PubSubChannelLayer(hosts=[host], prefix=prefix)
+        channel = await receiver.new_channel()
+        await receiver.group_add("allowed", channel)
+
+        def publishing() -> list[dict]:
+            return [c for c in redis_client.client_list() if c["name"] == name]
+
+        await sender.group_send_many([("allowed", {"type": "n", "n": 0})])
+        assert len(publishing()) == 1
+        batch = [("refused", {"type": "n", "n": 1}), ("allowed", {"type": "n", "n": 2})]
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await sender.group_send_many(batch)
+        assert publishing() == []
+        await sender.group_send_many([("allowed", {"type": "n", "n": 3})])
+        got = [(await asyncio.wait_for(receiver.receive(channel), 5))["n"] for _ in range(3)]
+        assert got == [0, 2, 3]
+        await sender.flush()
+        await receiver.flush()
+    finally:
+        redis_client.acl_deluser(name)
