@@ -231,10 +231,12 @@ def _value_holding(
     if reference is not None:
         move = price - reference
         day_change = quantity * move if same else quantity * move * rate
-        day_return = _ratio(move, reference)  # = price_return(price, reference)
+        # _ratio written out here and below (a call each, per holding per valuation)
+        day_return = None if reference == 0 else move / reference  # = price_return()
+    pnl_return = None if cost == 0 else pnl / abs(cost)
     return HoldingValue(
         holding.instrument, holding.asset_class, holding.currency, quantity, price, reference,
-        rate, value, cost, pnl, _ratio(pnl, abs(cost)), day_change, day_return, None, _OK,
+        rate, value, cost, pnl, pnl_return, day_change, day_return, None, _OK,
     )  # fmt: skip
 
 
