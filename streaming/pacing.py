@@ -44,36 +44,56 @@ local share = tonumber(ARGV[3])
 local step = tonumber(ARGV[4])
 local ready = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 if #ready > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
-local turns, seen, considered = {}, {}, 0
-local function consider(p)
-  if seen[p] then return end
-  seen[p] = true
-  considered = considered + 1
-  local phase = (tonumber(p) * step) % interval
-  local slot = math.floor((now - phase) / interval)
-  local last = tonumber(redis.call('HGET', KEYS[1], p) or '-1')
-  if last < slot then
-    turns[#turns + 1] = {p, last, slot}
-  else
-    redis.call('ZADD', KEYS[2], phase + (last + 1) * interval, p)
+-- The deferred whose turn came, then the moving, each once.
+local ids, seen = {}, {}
+local function add(p)
+  if not seen[p] then seen[p] = true; ids[#ids + 1] = p end
+end
+for _, p in ipairs(ready) do add(p) end
+for i = 5, #ARGV do add(ARGV[i]) end
+-- Redis commands take many ids at once, in chunks (Lua's unpack has a stack limit): a command
+-- per portfolio was most of the script's time, and Redis serves no one else while it runs.
+local CHUNK = 1000
+local function each_chunk(list, width, command, key)
+  for i = 1, #list, CHUNK * width do
+    redis.call(command, key, unpack(list, i, math.min(i + CHUNK * width - 1, #list)))
   end
 end
-for _, p in ipairs(ready) do consider(p) end
-for i = 5, #ARGV do consider(ARGV[i]) end
-local limit = math.max(1, math.ceil(math.max(considered, redis.call('HLEN', KEYS[1])) * share))
+local turns, later = {}, {}
+for i = 1, #ids, CHUNK do
+  local j = math.min(i + CHUNK - 1, #ids)
+  local lasts = redis.call('HMGET', KEYS[1], unpack(ids, i, j))
+  for k = i, j do
+    local p = ids[k]
+    local phase = (tonumber(p) * step) % interval
+    local slot = math.floor((now - phase) / interval)
+    local last = tonumber(lasts[k - i + 1] or '-1')
+    if last < slot then
+      turns[#turns + 1] = {p, last, slot}
+    else
+      later[#later + 1] = phase + (last + 1) * interval
+      later[#later + 1] = p
+    end
+  end
+end
+local limit = math.max(1, math.ceil(math.max(#ids, redis.call('HLEN', KEYS[1])) * share))
 if #turns > limit then
   table.sort(turns, function(a, b) return a[2] < b[2] end)
 end
-local due = {}
+local due, slots = {}, {}
 for i, t in ipairs(turns) do
   if i <= limit then
-    redis.call('HSET', KEYS[1], t[1], t[3])
-    redis.call('ZREM', KEYS[2], t[1])
     due[#due + 1] = t[1]
+    slots[#slots + 1] = t[1]
+    slots[#slots + 1] = t[3]
   else
-    redis.call('ZADD', KEYS[2], now, t[1])
+    later[#later + 1] = now
+    later[#later + 1] = t[1]
   end
 end
+each_chunk(later, 2, 'ZADD', KEYS[2])
+each_chunk(slots, 2, 'HSET', KEYS[1])
+each_chunk(due, 1, 'ZREM', KEYS[2])
 local keep = interval * 10 + 60000
 redis.call('PEXPIRE', KEYS[1], keep)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], keep) end
