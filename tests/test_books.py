@@ -129,3 +129,74 @@ def test_trimming_a_columns_scale_keeps_every_digit(world):
     (state,) = selectors.portfolio_states(portfolio_ids=[alice.id], now=NOW)
     assert state["holdings"][0]["quantity"] == "2.000000000001"
     assert state["holdings"][0]["value"] == "100000.00"  # 2.000000000001 x 50000 = 100000.00000005
+
+
+def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
+    # selectors._state formats a priced row's amounts inline (a worker does it per holding per
+    # valuation) and takes as_of from the rows' texts: here every row is checked against the
+    # plain formatting of its HoldingValue, over random portfolios that mix priced, unpriced,
+    # unconvertible, foreign-currency, short and flat holdings.
+    import random
+    from datetime import timedelta
+
+    from portfolio import valuation
+
+    rng = random.Random(8)
+    now = NOW
+    market = {}
+    for i in range(1, 41):
+        priced = rng.random() > 0.1
+        price = Decimal(rng.randint(1, 10**7)).scaleb(-rng.randint(0, 6)) if priced else None
+        reference = price * rng.randint(80, 120) / 100 if priced and rng.random() > 0.2 else None
+        stamp = now - timedelta(milliseconds=rng.randint(0, 200_000)) if priced else None
+        market[i] = selectors.Market(
+            f"S{i:02d}", f"Name {i}", rng.choice(["equity", "crypto", "etf"]),
+            rng.choice(["USD", "EUR", "JPY"]), price, reference, stamp,
+        )  # fmt: skip
+    rates = {("EUR", "USD"): Decimal("1.0812"), ("USD", "JPY"): Decimal("151.37")}
+    money, pct = protocol.money, selectors._pct
+    for n in range(200):
+        positions = []
+        for instrument in rng.sample(sorted(market), rng.randint(0, 12)):
+            quantity = Decimal(rng.choice([0, -3, 1, 2.5, 1000, 0.00012345]))
+            cost = abs(quantity) * rng.randint(1, 5000)
+            texts = {"quantity": protocol.dec(quantity), "cost_basis": money(cost)}
+            currency = rng.choice(["", "", "EUR", "GBP"])  # GBP: no rate to anything
+            positions.append(
+                selectors.Position(
+                    instrument, quantity, cost, currency, Decimal(0), Decimal(0), texts
+                )
+            )
+        base = rng.choice(["USD", "EUR", "JPY"])
+        book = selectors.Book(n, n, "P", base, "fifo", None, positions, [])
+        state = selectors._state(book, market, selectors._MarketTexts(market, now), rates)
+        open_positions, value = selectors._book_value(book, market, rates)
+        assert len(state["holdings"]) == len(value.holdings) == len(open_positions)
+        for row, p, hv in zip(state["holdings"], open_positions, value.holdings, strict=True):
+            priced = hv.status is valuation.ValueStatus.OK
+            same = hv.currency == base
+            shown = money(hv.market_value) if priced else None
+            cost_base = p.texts["cost_basis"] if same else money(hv.cost)
+            m = market[p.instrument]
+            day = None
+            if priced and m.reference_price:
+                day = pct(valuation.price_return(m.price, m.reference_price))
+            expected = {
+                "currency": hv.currency,
+                "value": shown if same else money(selectors._times(p.quantity, hv.price)),
+                "in_total": priced,
+                "status": str(hv.status),
+                "reason": hv.reason,
+                "fx_rate": "1" if same else protocol.dec(hv.fx_rate),
+                "value_base": shown,
+                "cost_base": cost_base if priced else None,
+                "unrealized_pnl": money(hv.unrealized_pnl),
+                "unrealized_pnl_pct": pct(hv.unrealized_return),
+                "day_change": money(hv.day_change),
+                "day_change_pct": day,
+                "weight_pct": pct(hv.weight),
+            }
+            assert list(row.items())[-len(expected) :] == list(expected.items()), (n, row)
+        stamps = [market[p.instrument].exchange_ts for p in open_positions]
+        newest = max((s for s in stamps if s is not None), default=None)
+        assert state["as_of"] == (protocol.iso(newest) if newest else None)
