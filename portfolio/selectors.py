@@ -262,8 +262,22 @@ class _MarketTexts(dict):
             "price_age_seconds": None if age is None else max(0, int(age)),
             "stale": age is None or age > self.stale_after,
         }
+        # The rest of a row's keys, in their order, filled per holding: a copy of this already
+        # has room for all of them (a dict grown key by key is resized twice on the way).
+        texts.update(_ROW_REST)
         self[instrument] = texts
         return texts
+
+
+# A holding row's keys after the instrument's: the position's texts (books_load), then the
+# valuation's (_state).
+_ROW_REST = dict.fromkeys(
+    (
+        "quantity", "cost_basis", "average_cost", "realized_pnl", "income", "currency", "value",
+        "in_total", "status", "reason", "fx_rate", "value_base", "cost_base", "unrealized_pnl",
+        "unrealized_pnl_pct", "day_change", "day_change_pct", "weight_pct",
+    )
+)  # fmt: skip
 
 
 def portfolio_states_for_user(*, user_id: int) -> list[dict[str, Any]]:
