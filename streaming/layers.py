@@ -7,9 +7,10 @@ group per server process. Delivery stays at most once, as it always was: snapsho
 keep clients correct.
 
 ``group_send_many`` is the one addition: a Celery task publishes hundreds of valuations at once,
-and one pipeline per Redis shard costs one round-trip instead of one per message. It relies on
-channels-redis 4.3's per-loop layer internals (pinned in requirements.lock); the tests in
-tests/test_layers.py run it against the real Redis.
+and writing all their PUBLISH commands at once per Redis shard (packed here) costs one
+round-trip instead of one per message. It relies on channels-redis 4.3's per-loop layer
+internals (pinned in requirements.lock); the tests in tests/test_layers.py run it against the
+real Redis.
 
 When the connection that carries a server's subscriptions is lost (Redis down or restarted),
 channels-redis re-subscribes silently and what was published meanwhile is gone without a word.
