@@ -121,17 +121,10 @@ def books_load(portfolios: Iterable[tuple]) -> dict[int, Book]:
         "income",
     )  # fmt: skip
     for pid, instrument, quantity, cost_basis, currency, realized, income in rows:
-        texts = {
-            "quantity": protocol.dec(quantity),
-            "cost_basis": protocol.money(cost_basis),
-            "average_cost": protocol.dec(cost_basis / quantity) if quantity else None,
-            "realized_pnl": protocol.money(realized),
-            "income": protocol.money(income),
-        }
         books[pid].positions.append(
             Position(
                 instrument, _trim(quantity), _trim(cost_basis), currency, _trim(realized),
-                _trim(income), texts,
+                _trim(income), position_texts(quantity, cost_basis, realized, income),
             )
         )  # fmt: skip
     cash = CashBalance.objects.filter(portfolio_id__in=list(books)).values_list(
@@ -140,6 +133,19 @@ def books_load(portfolios: Iterable[tuple]) -> dict[int, Book]:
     for pid, currency, amount, income in cash:
         books[pid].cash.append((currency, _trim(amount), _trim(income)))
     return books
+
+
+def position_texts(
+    quantity: Decimal, cost_basis: Decimal, realized: Decimal, income: Decimal
+) -> dict[str, str | None]:
+    """A position's wire strings, in a holding row's order (``_ROW_REST`` starts with them)."""
+    return {
+        "quantity": protocol.dec(quantity),
+        "cost_basis": protocol.money(cost_basis),
+        "average_cost": protocol.dec(cost_basis / quantity) if quantity else None,
+        "realized_pnl": protocol.money(realized),
+        "income": protocol.money(income),
+    }
 
 
 class BookCache:
@@ -269,7 +275,7 @@ class _MarketTexts(dict):
         return texts
 
 
-# A holding row's keys after the instrument's: the position's texts (books_load), then the
+# A holding row's keys after the instrument's: the position's texts (position_texts), then the
 # valuation's (_state).
 _ROW_REST = dict.fromkeys(
     (

@@ -139,6 +139,8 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
     import random
     from datetime import timedelta
 
+    from django.conf import settings
+
     from portfolio import valuation
 
     rng = random.Random(8)
@@ -160,11 +162,12 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
         for instrument in rng.sample(sorted(market), rng.randint(0, 12)):
             quantity = Decimal(rng.choice([0, -3, 1, 2.5, 1000, 0.00012345]))
             cost = abs(quantity) * rng.randint(1, 5000)
-            texts = {"quantity": protocol.dec(quantity), "cost_basis": money(cost)}
+            realized = Decimal(rng.choice([0, 0, "-12.5", "40"]))
+            texts = selectors.position_texts(quantity, cost, realized, Decimal(0))
             currency = rng.choice(["", "", "EUR", "GBP"])  # GBP: no rate to anything
             positions.append(
                 selectors.Position(
-                    instrument, quantity, cost, currency, Decimal(0), Decimal(0), texts
+                    instrument, quantity, cost, currency, realized, Decimal(0), texts
                 )
             )
         base = rng.choice(["USD", "EUR", "JPY"])
@@ -181,7 +184,18 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
             day = None
             if priced and m.reference_price:
                 day = pct(valuation.price_return(m.price, m.reference_price))
+            age = None if m.exchange_ts is None else (now - m.exchange_ts).total_seconds()
             expected = {
+                "instrument": p.instrument,
+                "symbol": m.symbol,
+                "name": m.name,
+                "asset_class": m.asset_class,
+                "price": protocol.dec(m.price),
+                "reference_price": protocol.dec(m.reference_price),
+                "price_as_of": protocol.iso(m.exchange_ts) if m.exchange_ts else None,
+                "price_age_seconds": None if age is None else max(0, int(age)),
+                "stale": age is None or age > settings.LIVEFOLIO_STALE_SECONDS,
+                **p.texts,
                 "currency": hv.currency,
                 "value": shown if same else money(selectors._times(p.quantity, hv.price)),
                 "in_total": priced,
@@ -196,7 +210,7 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
                 "day_change_pct": day,
                 "weight_pct": pct(hv.weight),
             }
-            assert list(row.items())[-len(expected) :] == list(expected.items()), (n, row)
+            assert list(row.items()) == list(expected.items()), (n, row)  # keys in order too
         stamps = [market[p.instrument].exchange_ts for p in open_positions]
         newest = max((s for s in stamps if s is not None), default=None)
         assert state["as_of"] == (protocol.iso(newest) if newest else None)
