@@ -305,8 +305,10 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
                         await connection.read_response()
                 except BaseException:
                     # An error reply (an ACL refusing a channel) leaves the later replies unread;
-                    # a timeout or cancellation, redis-py closes the connection itself.
-                    await connection.disconnect()
+                    # a timeout or cancellation, redis-py closes the connection itself. Without
+                    # waiting (the shard's lock is held), and never hiding the first error.
+                    with contextlib.suppress(Exception):
+                        await connection.disconnect(nowait=True)
                     raise
                 finally:
                     await pool.release(connection)
