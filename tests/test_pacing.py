@@ -60,19 +60,37 @@ def test_once_per_slot_then_deferred_to_the_portfolios_next_turn(clock):
     assert pacing.take_turns([]) == []  # once
 
 
-def test_phases_spread_the_valuations_evenly_over_the_interval(clock):
-    """500 portfolios moving at every 100 ms batch: after the first pass, each batch values the
+# 2,500: more than the script's chunks of a thousand ids (and two thousand entries) a command.
+@pytest.mark.parametrize("count", [500, 2500])
+def test_phases_spread_the_valuations_evenly_over_the_interval(clock, count):
+    """Portfolios moving at every 100 ms batch: after the first pass, each batch values the
     fifth whose slot began since the last, and each is valued exactly once per interval."""
-    ids = list(range(1, 501))
+    ids = list(range(1, count + 1))
     assert sorted(pacing.take_turns(ids)) == ids
     valued: list[int] = []
     for step in range(1, 6):
         clock[0] = START + 100 * step
         due = pacing.take_turns(ids)
-        assert len(due) == 100
+        assert len(due) == count // 5
         assert set(due) == {p for p in ids if slot(p, clock[0]) > slot(p, clock[0] - 100)}
         valued += due
     assert sorted(valued) == ids
+
+
+@pytest.mark.parametrize("count", [500, 2500])
+def test_every_deferred_portfolio_gets_its_turn_without_moving_again(clock, count):
+    ids = list(range(1, count + 1))
+    assert sorted(pacing.take_turns(ids)) == ids
+    clock[0] += 1
+    # All move again: valued now only where a new slot began this millisecond, the rest deferred.
+    valued = pacing.take_turns(ids)
+    assert set(valued) == {p for p in ids if slot(p, clock[0]) > slot(p, START)}
+    for step in range(1, 6):
+        before, clock[0] = clock[0], START + 100 * step
+        due = pacing.take_turns([])  # nothing moves: only deferred turns come
+        assert set(due) == {p for p in ids if before < next_turn(p, START) <= clock[0]}
+        valued += due
+    assert sorted(valued) == ids  # each once
 
 
 def test_a_pass_values_at_most_its_share_longest_unvalued_first(clock, settings):
