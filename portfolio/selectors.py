@@ -393,6 +393,7 @@ def _state(
     # protocol.money and _pct inlined for the priced rows (five amounts a holding, per
     # valuation): the same operations, without a Python call each.
     cent = protocol.CENT
+    ok_text = _STATUS_TEXT[ok]
     rows = []
     as_of = None  # the newest price time of the open positions, as its (sortable) ISO text
     for p, hv in zip(positions, value.holdings, strict=True):
@@ -411,7 +412,7 @@ def _state(
             value_text = str(hv.market_value.quantize(cent))
             row["value"] = value_text if same else money(p.quantity * hv.price)
             row["in_total"] = True
-            row["status"] = "ok"
+            row["status"] = ok_text
             row["reason"] = None
             row["fx_rate"] = "1" if same else protocol.dec(hv.fx_rate)
             row["value_base"] = value_text

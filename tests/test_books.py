@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 
-from portfolio import selectors
+from portfolio import selectors, valuation
 from portfolio.models import Holding, Instrument, Portfolio
 from streaming import events, protocol
 from streaming.tasks import ingest_quotes
@@ -136,13 +139,6 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
     # valuation) and takes as_of from the rows' texts: here every row is checked against the
     # plain formatting of its HoldingValue, over random portfolios that mix priced, unpriced,
     # unconvertible, foreign-currency, short and flat holdings.
-    import random
-    from datetime import timedelta
-
-    from django.conf import settings
-
-    from portfolio import valuation
-
     rng = random.Random(8)
     now = NOW
     market = {}
