@@ -233,6 +233,11 @@ def test_pages_fit_a_phone_and_a_desktop_in_both_themes(
             screenshot(page, f"{name}-{device}-{scheme}")
             if device == "phone":
                 assert page.evaluate("document.documentElement.scrollWidth") <= 360, name
+            elif name == "portfolio":  # every column of the holdings without scrolling sideways
+                table = page.locator(".table-scroll").first
+                assert table.evaluate("(e) => e.scrollWidth <= e.clientWidth"), table.evaluate(
+                    "(e) => [e.scrollWidth, e.clientWidth]"
+                )
     assert page.console_errors == []
 
 
