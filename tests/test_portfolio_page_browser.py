@@ -127,6 +127,21 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
         page.wait_for_timeout(100)
     assert page.evaluate(plotted)[-1] == 100246.9  # the line ends at the total
     assert page.evaluate(plotted)[0] == 95000  # the snapshot is still the start of 1D
+    # Later prices add points, and every point stays in view: the time scale would otherwise
+    # shift by a bar per new point and push the first snapshots off the left edge.
+    for i in range(1, 4):
+        page.wait_for_timeout(1100)  # a point per second: the chart's time is in seconds
+        tick(world["btc"], f"{50200 + i}", datetime.now(UTC))
+        expect(page.locator('[data-field="total"]')).to_have_text(f"${100400 + 2 * i:,}.00")
+    in_view = """() => { const c = window.livefolioValueChart;
+        const range = c.chart.timeScale().getVisibleLogicalRange();
+        return [range.from, range.to, c.series.data().length]; }"""
+    for _ in range(50):
+        start, end, count = page.evaluate(in_view)
+        if count == 5:
+            break
+        page.wait_for_timeout(100)
+    assert count == 5 and start <= 0 and end >= count - 1, (start, end, count)
     # The bars: alice holds only BTC, all crypto, all USD.
     for field, key in (
         ("by_instrument", "BTC-USD"),

@@ -23,6 +23,13 @@ export class ValueChart {
     });
     this.series = this.chart.addSeries(AreaSeries, { lineWidth: 2, priceLineVisible: false });
     this.last = null;
+    // Every point stays in view as the line grows, until the person scrolls or zooms the chart
+    // themselves (a new range from the buttons fits it again). Without this the time scale shifts
+    // by one bar per new point and the first points slide off the left edge.
+    this.follow = true;
+    for (const type of ["wheel", "mousedown", "touchstart"]) {
+      el.addEventListener(type, () => { this.follow = false; }, { passive: true });
+    }
     this.applyTheme();
     document.addEventListener("livefolio:theme", () => this.applyTheme());
     matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => this.applyTheme());
@@ -46,6 +53,7 @@ export class ValueChart {
     }
     this.series.setData(data);
     this.last = data.length ? data[data.length - 1] : null;
+    this.follow = true;
     this.chart.timeScale().fitContent();
   }
 
@@ -56,8 +64,10 @@ export class ValueChart {
     if (value === null || value === undefined) return;
     let time = Math.floor(Date.parse(at) / 1000);
     if (this.last && time < this.last.time) time = this.last.time;
+    const added = !this.last || time > this.last.time;
     this.last = { time, value: Number(value) };
     this.series.update(this.last);
+    if (added && this.follow) this.chart.timeScale().fitContent();
   }
 }
 
