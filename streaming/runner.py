@@ -92,7 +92,10 @@ async def _default_sink(batch: list[dict[str, Any]]) -> None:
     from streaming.tasks import ingest_quotes
 
     # Eager (embedded) runs the task in Django's sync thread; otherwise this is broker I/O.
-    await sync_to_async(ingest_quotes.delay)(batch)
+    # ``argsrepr``: what the worker's log and monitoring tools show of the arguments. Without
+    # it Celery builds a truncated repr of the whole batch for every message (its saferepr,
+    # ~1.8 ms of the ~3.7 ms a 150-tick send takes, while the worker waits for the batch).
+    await sync_to_async(ingest_quotes.apply_async)((batch,), argsrepr=f"[<{len(batch)} ticks>]")
 
 
 # kombu's Redis transport notes each task a worker has taken, and not yet acknowledged, in this

@@ -167,3 +167,26 @@ def test_backpressure_holds_while_every_live_worker_runs_a_task(redis_client):
     assert busy(running=1, workers=0) is True  # no heartbeat yet: count one
     assert busy(running=0, workers=1, abandoned=1) is False
     assert busy(running=1, workers=2, abandoned=3) is False
+
+
+def test_the_feed_sends_its_batch_as_the_task_argument_with_a_one_line_repr(redis_client):
+    """The task message (real Redis broker) carries the whole batch, and the repr Celery shows
+    in logs and monitoring is one short line, not a repr of every tick built per message."""
+    import asyncio
+    import base64
+    import json
+
+    from streaming.runner import _default_sink
+
+    batch = [
+        {"instrument": i, "price": f"{100 + i}.5", "ts": "2026-01-05T15:00:00+00:00"}
+        for i in range(150)
+    ]
+    asyncio.run(_default_sink(batch))
+    queue = django_settings.CELERY_TASK_DEFAULT_QUEUE
+    assert redis_client.llen(queue) == 1
+    message = json.loads(redis_client.rpop(queue))
+    assert message["headers"]["task"] == "streaming.tasks.ingest_quotes"
+    assert message["headers"]["argsrepr"] == "[<150 ticks>]"
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert args == [batch] and kwargs == {}
