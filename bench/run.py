@@ -267,6 +267,11 @@ def seed(args: argparse.Namespace) -> dict[str, Any]:
                 for inst in chosen
             ]
         Holding.objects.bulk_create(holdings, batch_size=5000)
+    with connection.cursor() as cursor:
+        # Planner statistics, as autovacuum keeps them in production: without them (autovacuum
+        # is off on some machines, and a fresh seed has none) PostgreSQL plans on guesses, and
+        # the bench would time plans production does not run (docs/performance.md).
+        cursor.execute("ANALYZE")
     print(
         f"seeded {len(users)} users, {len(instruments)} instruments, {len(portfolios)} "
         f"portfolios, {len(holdings)} holdings in {time.monotonic() - started:.1f}s",
@@ -1314,6 +1319,11 @@ def table(result: dict[str, Any]) -> str:
     lines.append(
         f"load average at start: {result['loadavg_start']}, at end: {result['loadavg_end']}"
     )
+    if result.get("machine_speed"):  # results written before it was measured have none
+        lines.append(
+            f"machine speed: {result['machine_speed']['us_per_step']} µs per reference step "
+            "(Decimal and dict work like a valuation's; lower is faster)"
+        )
     return "\n".join(lines)
 
 
@@ -1359,6 +1369,26 @@ def settings_value(name: str) -> Any:
     return getattr(settings, name)
 
 
+def machine_speed(rounds: int = 5, n: int = 20_000) -> dict[str, float]:
+    """How fast this machine runs the kind of Python a valuation is made of, before the stack
+    starts: Decimal products, rounding and formatting, and dict copies, in µs per step (best of
+    ``rounds``, so a busy moment does not count). Machines of one kind differ by 2x from day to
+    day; this puts runs on different days on one scale (lower is faster)."""
+    cent = Decimal("0.01")
+    row = dict.fromkeys(range(27))
+    quantities = [Decimal(i % 997 + 1) / 100 for i in range(n)]
+    price = Decimal("1234.5678")
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for quantity in quantities:
+            copy = row.copy()
+            copy[0] = str((quantity * price).quantize(cent))
+            copy[1] = str(((quantity * price - quantity) / price * 100).quantize(cent))
+        best = min(best, time.perf_counter() - started)
+    return {"us_per_step": round(best / n * 1e6, 3), "steps": n, "rounds": rounds}
+
+
 def git_revision() -> str:
     rev = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
@@ -1376,6 +1406,7 @@ def main() -> None:
     r = redis.Redis.from_url(os.environ["REDIS_URL"])
     r.flushdb()  # this Redis db is the bench's own (checked above)
     loadavg_start = [round(x, 2) for x in os.getloadavg()]
+    speed = machine_speed()
     world = seed(args)
     logs = Path(tempfile.mkdtemp(prefix="livefolio-bench-"))
     result: dict[str, Any] = {
@@ -1387,6 +1418,7 @@ def main() -> None:
         "coalesce_ms": settings_value("LIVEFOLIO_COALESCE_MS"),
         "valuation_interval_ms": settings_value("LIVEFOLIO_VALUATION_INTERVAL_MS"),
         "loadavg_start": loadavg_start,
+        "machine_speed": speed,
         "logs": str(logs),
     }
     result["livefolio"] = run_livefolio(args, env, logs, world, r)
