@@ -122,11 +122,16 @@ class IngestBackpressure:
     def __init__(self) -> None:
         self.workers = 1
         self.counted = -WORKERS_RECOUNT
+        self.notices: Any = None  # the subscription to workers' "free" notices, on its loop
+        self.notices_loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self) -> bool:
         if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
             return False
         client = flow.redis_client()
+        # Notices from before this check are what it already sees (or an ack still to come,
+        # which the next poll sees): only a later one may end the hold.
+        await self._drain()
         now = time.monotonic()
         if now - self.counted >= WORKERS_RECOUNT:
             alive = [k async for k in client.scan_iter(match=health.key("worker", "*"))]
@@ -137,6 +142,55 @@ class IngestBackpressure:
         pipe.zcount(UNACKED_INDEX_KEY, since, "+inf")
         waiting, running = await pipe.execute()
         return waiting > 0 or running >= self.workers
+
+    async def free(self, seconds: float) -> bool:
+        """Wait at most ``seconds`` for a worker to say it finished a task (streaming/tasks.py
+        ``_say_free``); True when one did and no task waits on the queue: that worker takes the
+        batch next. Its acknowledgement, which the poll waits for, comes a moment later."""
+        notices = await self._subscribed()
+        if notices is None:
+            await asyncio.sleep(seconds)
+            return False
+        try:
+            notice = await notices.get_message(ignore_subscribe_messages=True, timeout=seconds)
+        except Exception:
+            await self._unsubscribe()
+            raise
+        if notice is None:
+            return False
+        return await flow.redis_client().llen(settings.CELERY_TASK_DEFAULT_QUEUE) == 0
+
+    async def _subscribed(self) -> Any:
+        if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
+            return None
+        loop = asyncio.get_running_loop()
+        if self.notices is None or self.notices_loop is not loop:
+            self.notices = flow.redis_client().pubsub()
+            self.notices_loop = loop
+            try:
+                await self.notices.subscribe(flow.ingest_free_channel())
+            except Exception:
+                await self._unsubscribe()
+                raise
+        return self.notices
+
+    async def _drain(self) -> None:
+        try:
+            notices = await self._subscribed()
+            while notices is not None and await notices.get_message(timeout=0) is not None:
+                pass
+        except Exception as exc:  # the poll does without them
+            log.debug("feed: worker notices unavailable (%s)", exc)
+            await self._unsubscribe()
+
+    async def close(self) -> None:
+        await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        notices, self.notices = self.notices, None
+        if notices is not None:
+            with contextlib.suppress(Exception):
+                await notices.aclose()
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task], *, again_every: float = 0.5) -> None:
@@ -173,11 +227,13 @@ class FeedRunner:
         self.refresh = refresh
         self.sink = sink or _default_sink
         self.symbols: dict[str, Target] = {}
+        self.backpressure = backpressure = IngestBackpressure() if sink is None else None
         self.coalescer = Coalescer(
             window=window if window is not None else settings.LIVEFOLIO_COALESCE_MS / 1000,
             flush=self.flush,
             # Backpressure on Livefolio's own queue only (a test's sink has none).
-            hold=IngestBackpressure() if sink is None else None,
+            hold=backpressure,
+            wake=backpressure.free if backpressure is not None else None,
         )
         self.book_interval = settings.LIVEFOLIO_BOOK_INTERVAL_MS / 1000
         self.trades: list[Trade] = []
@@ -327,6 +383,8 @@ class FeedRunner:
                     )
         finally:
             await cancel_and_wait(tasks)
+            if self.backpressure is not None:
+                await self.backpressure.close()
             await self.settle()
             with contextlib.suppress(Exception):
                 await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())

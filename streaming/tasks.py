@@ -101,6 +101,13 @@ def ingest_quotes(batch: list[dict[str, Any]]) -> int:
     committed before it, and ``valued_at`` lets clients keep the later one. Returns how many
     instruments changed.
     """
+    try:
+        return _ingest(batch)
+    finally:
+        _say_free()
+
+
+def _ingest(batch: list[dict[str, Any]]) -> int:
     if not batch:  # a feed runner settling after its last tick (streaming/pacing.py)
         value_pending()
         return 0
@@ -116,6 +123,19 @@ def ingest_quotes(batch: list[dict[str, Any]]) -> int:
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         health.record_ingest(seconds=time.monotonic() - started, lag=_lag(received.values()))
     return len(changed)
+
+
+def _say_free() -> None:
+    """Tell the feed runners this worker is done with its task: one holding its window sends
+    it now, not at its next check (the worker would idle until then). Best effort: a runner
+    that misses it checks again within ``HOLD_POLL``."""
+    client = flow.redis_sync()
+    if client is None or settings.CELERY_TASK_ALWAYS_EAGER:
+        return
+    try:
+        client.publish(flow.ingest_free_channel(), b"")
+    except redis.RedisError as exc:
+        log.warning("ingest: could not say the worker is free (%s)", exc)
 
 
 def _lag(received: Iterable[Any]) -> float | None:

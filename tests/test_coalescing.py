@@ -190,3 +190,78 @@ def test_the_feed_sends_its_batch_as_the_task_argument_with_a_one_line_repr(redi
     assert message["headers"]["argsrepr"] == "[<150 ticks>]"
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
     assert args == [batch] and kwargs == {}
+
+
+def test_a_held_window_goes_out_when_a_worker_says_it_is_free(queued, redis_client):
+    """A worker that ends a task says so (``_say_free``): the window it held goes out then, not
+    at the next poll (30 s away here), while the worker's acknowledgement is still to come; a
+    notice while another task waits on the queue keeps it held (that task comes first)."""
+    import asyncio
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from streaming.feeds.base import Coalescer, Tick
+    from streaming.runner import UNACKED_INDEX_KEY, IngestBackpressure
+    from streaming.tasks import _say_free
+
+    sent: list[list[Tick]] = []
+
+    async def flush(batch):
+        sent.append(batch)
+
+    backpressure = IngestBackpressure()
+    coalescer = Coalescer(
+        window=0.02, flush=flush, hold=backpressure, wake=backpressure.free, max_hold=60
+    )
+    coalescer.hold_poll = 30  # only a notice can end the hold within this test
+
+    async def run():
+        feeding = asyncio.create_task(coalescer.run())
+        redis_client.zadd(UNACKED_INDEX_KEY, {"the running task": time.time()})
+        queued(1)
+        coalescer.add(Tick(feed_symbol="BTC-USD", price=Decimal("1"), ts=datetime.now(UTC)))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(_say_free)  # a worker ends a task; the queued one is next
+        await asyncio.sleep(0.5)
+        while_queued = list(sent)
+        queued(0)  # the worker took it and runs it
+        await asyncio.to_thread(_say_free)  # ...and ends it: no ack yet, nothing queued
+        for _ in range(500):
+            if sent:
+                break
+            await asyncio.sleep(0.01)
+        feeding.cancel()
+        await backpressure.close()
+        return while_queued
+
+    while_queued = asyncio.run(run())
+    assert while_queued == []
+    assert [[t.price for t in batch] for batch in sent] == [[Decimal("1")]]
+
+
+def test_every_ingest_task_says_the_worker_is_free_when_it_ends(world, redis_client, monkeypatch):
+    """Also a task that fails (it is retried later; the worker is free meanwhile)."""
+    from streaming import flow
+
+    notices = redis_client.pubsub(ignore_subscribe_messages=True)
+    notices.subscribe(flow.ingest_free_channel())
+
+    def next_notice():
+        for _ in range(50):
+            message = notices.get_message(timeout=0.1)
+            if message is not None:
+                return message
+        return None
+
+    assert ingest_quotes([tick(world["btc"], "50000.10", T0)]) == 1
+    assert next_notice()["channel"].decode() == flow.ingest_free_channel()
+    assert next_notice() is None  # one task, one notice
+
+    def broken(batch):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(tasks, "_ingest", broken)
+    with pytest.raises(RuntimeError):
+        ingest_quotes([tick(world["btc"], "50000.20", T0)])
+    assert next_notice() is not None
+    notices.close()

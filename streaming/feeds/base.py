@@ -61,9 +61,10 @@ class Feed(abc.ABC):
         """Stream until cancelled, reconnecting with backoff on any failure."""
 
 
-# How often a held window asks whether the consumer is free again (seconds). The worker idles
-# between its task's end and the next batch's arrival; at 20 ms that gap was 18-21 ms a batch
-# at the portfolio target, at 5 ms 14-17 ms (docs/performance.md). One Redis round trip a poll.
+# How often a held window asks whether the consumer is free again (seconds), unless the consumer
+# says so first (``wake``). The worker idles between its task's end and the next batch's
+# arrival; polling alone, at 20 ms that gap was 18-21 ms a batch at the portfolio target, at
+# 5 ms 14-17 ms (docs/performance.md). One Redis round trip a poll.
 HOLD_POLL = 0.005
 
 
@@ -82,6 +83,7 @@ class Coalescer:
         hold: Callable[[], Awaitable[bool]] | None = None,
         max_hold: float = 1.0,
         hold_poll: float = HOLD_POLL,
+        wake: Callable[[float], Awaitable[bool]] | None = None,
     ):
         if window <= 0:
             raise ValueError("coalescing window must be positive")
@@ -96,6 +98,9 @@ class Coalescer:
         self._hold = hold
         self.max_hold = max_hold
         self.hold_poll = min(hold_poll, window)
+        # ``wake(seconds)``: waits at most that long for the consumer to say it is free (True),
+        # so a held window goes out at once instead of at the next poll.
+        self._wake = wake
         self._pending: dict[str, Tick] = {}
 
     def add(self, tick: Tick) -> None:
@@ -119,12 +124,23 @@ class Coalescer:
             while loop.time() - held_since < self.max_hold:
                 if not await self._holding():
                     break
-                await asyncio.sleep(self.hold_poll)
+                poll = min(self.hold_poll, self.max_hold - (loop.time() - held_since))
+                if await self._woken(max(poll, 0.0)):
+                    break
             batch = self.take()
             try:
                 await self._flush(batch)
             except Exception:
                 log.exception("feed: flush of %d ticks failed", len(batch))
+
+    async def _woken(self, seconds: float) -> bool:
+        if self._wake is not None:
+            try:
+                return await self._wake(seconds)
+            except Exception:  # the poll still ends the hold
+                log.warning("feed: waiting for the consumer failed; polling", exc_info=True)
+        await asyncio.sleep(seconds)
+        return False
 
     async def _holding(self) -> bool:
         if self._hold is None:
