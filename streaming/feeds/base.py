@@ -62,10 +62,10 @@ class Feed(abc.ABC):
 
 
 # How often a held window asks whether the consumer is free again (seconds), unless the consumer
-# says so first (``wake``). The worker idles between its task's end and the next batch's
-# arrival; polling alone, at 20 ms that gap was 18-21 ms a batch at the portfolio target, at
-# 5 ms 14-17 ms (docs/performance.md). One Redis round trip a poll.
-HOLD_POLL = 0.005
+# says so first (``wake``: a Celery worker's notice as its task ends, which ends nearly every
+# hold). The poll is the fallback for a missed notice, one Redis round trip each: the feed's
+# polling at 5 ms cost more CPU than the notices save (docs/performance.md, the ninth round).
+HOLD_POLL = 0.02
 
 
 class Coalescer:
