@@ -518,6 +518,7 @@ class Sampler:
         self.redis = redis_client
         self.postgres = PostgresBackends(urlsplit(os.environ["DATABASE_URL"]).path.lstrip("/"))
         self.hooks = hooks or []  # objects with window_start() / window_end(): edges of the window
+        self.speed: list[float] = []  # speed_probe() once a second through the window
 
     def start(self) -> None:
         for hook in self.hooks:
@@ -530,6 +531,7 @@ class Sampler:
             p.rss()
 
     def sample(self) -> None:
+        self.speed.append(speed_probe())
         self.postgres.sample()
         for p in self.procs:
             p.rss()
@@ -556,7 +558,12 @@ class Sampler:
             "rss_mib": None,
             "rss_max_mib": None,
         }
-        return {"wall_s": round(wall, 2), "redis_cmds_per_s": round(cmds / wall), "procs": procs}
+        return {
+            "wall_s": round(wall, 2),
+            "redis_cmds_per_s": round(cmds / wall),
+            "procs": procs,
+            "machine_speed": speed_summary(self.speed) if self.speed else None,
+        }
 
 
 def measure_window(clients: list[ClientProc], sampler: Sampler, seconds: float) -> None:
@@ -1320,9 +1327,16 @@ def table(result: dict[str, Any]) -> str:
         f"load average at start: {result['loadavg_start']}, at end: {result['loadavg_end']}"
     )
     if result.get("machine_speed"):  # results written before it was measured have none
+        during = [
+            f"{name} {run['machine_speed']['median_us']} "
+            f"({run['machine_speed']['min_us']}-{run['machine_speed']['max_us']})"
+            for name, run in (("livefolio", lf), ("floor", result.get("floor")))
+            if run and run.get("machine_speed")
+        ]
         lines.append(
-            f"machine speed: {result['machine_speed']['us_per_step']} µs per reference step "
-            "(Decimal and dict work like a valuation's; lower is faster)"
+            f"machine speed, CPU µs per reference step (Decimal and dict work like a "
+            f"valuation's; lower is faster): {result['machine_speed']['median_us']} before the "
+            f"run; median (min-max) in the window: {', '.join(during) or '-'}"
         )
     return "\n".join(lines)
 
@@ -1369,24 +1383,32 @@ def settings_value(name: str) -> Any:
     return getattr(settings, name)
 
 
-def machine_speed(rounds: int = 5, n: int = 20_000) -> dict[str, float]:
-    """How fast this machine runs the kind of Python a valuation is made of, before the stack
-    starts: Decimal products, rounding and formatting, and dict copies, in µs per step (best of
-    ``rounds``, so a busy moment does not count). Machines of one kind differ by 2x from day to
-    day; this puts runs on different days on one scale (lower is faster)."""
-    cent = Decimal("0.01")
-    row = dict.fromkeys(range(27))
-    quantities = [Decimal(i % 997 + 1) / 100 for i in range(n)]
+_CENT = Decimal("0.01")
+_ROW = dict.fromkeys(range(27))
+_QUANTITIES = [Decimal(i % 997 + 1) / 100 for i in range(2_000)]
+
+
+def speed_probe() -> float:
+    """CPU µs per step of the kind of Python a valuation is made of (Decimal products, rounding
+    and formatting, dict copies): ~2,000 steps, a few ms. Measured in this thread's CPU time, so
+    waiting for a core does not count, only how fast the core runs (lower is faster)."""
     price = Decimal("1234.5678")
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for quantity in quantities:
-            copy = row.copy()
-            copy[0] = str((quantity * price).quantize(cent))
-            copy[1] = str(((quantity * price - quantity) / price * 100).quantize(cent))
-        best = min(best, time.perf_counter() - started)
-    return {"us_per_step": round(best / n * 1e6, 3), "steps": n, "rounds": rounds}
+    started = time.thread_time()
+    for quantity in _QUANTITIES:
+        copy = _ROW.copy()
+        copy[0] = str((quantity * price).quantize(_CENT))
+        copy[1] = str(((quantity * price - quantity) / price * 100).quantize(_CENT))
+    return (time.thread_time() - started) / len(_QUANTITIES) * 1e6
+
+
+def speed_summary(probes: list[float]) -> dict[str, Any]:
+    ordered = sorted(probes)
+    return {
+        "median_us": round(ordered[len(ordered) // 2], 3),
+        "min_us": round(ordered[0], 3),
+        "max_us": round(ordered[-1], 3),
+        "probes": len(ordered),
+    }
 
 
 def git_revision() -> str:
@@ -1406,7 +1428,7 @@ def main() -> None:
     r = redis.Redis.from_url(os.environ["REDIS_URL"])
     r.flushdb()  # this Redis db is the bench's own (checked above)
     loadavg_start = [round(x, 2) for x in os.getloadavg()]
-    speed = machine_speed()
+    speed = speed_summary([speed_probe() for _ in range(25)])  # the machine alone
     world = seed(args)
     logs = Path(tempfile.mkdtemp(prefix="livefolio-bench-"))
     result: dict[str, Any] = {
