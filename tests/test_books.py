@@ -92,6 +92,22 @@ def test_a_holding_in_its_instruments_currency_follows_an_edit_of_that_currency(
     assert (btc["currency"], btc["status"]) == ("EUR", "no_fx")  # no EUR rate in this world
 
 
+def test_a_cached_books_rows_follow_an_instrument_renamed_in_the_admin(world):
+    # A cached book keeps its rows' order (by symbol) between passes; a renamed instrument must
+    # reorder it, as the database's order would be, without a ledger replay.
+    alice = world["portfolios"]["alice"]
+    buy(alice, world["eth"], "1.5", "3000", T0)
+    ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
+    cache = selectors.BookCache()
+    assert [h["symbol"] for h in states(alice, cache)["holdings"]] == ["BTC-USD", "ETH-USD"]
+    assert [h["symbol"] for h in states(alice, cache)["holdings"]] == ["BTC-USD", "ETH-USD"]
+    Instrument.objects.filter(pk=world["btc"].pk).update(symbol="XBT-USD")
+    after = states(alice, cache)
+    assert [h["symbol"] for h in after["holdings"]] == ["ETH-USD", "XBT-USD"]
+    assert after == states(alice)
+    assert cache.loads == 1
+
+
 def test_an_encoded_part_goes_into_the_frame_verbatim_and_routes_by_its_id():
     part = protocol.Encoded('{"id":7,"total":"1.00"}', id=7)
     assert part["id"] == 7  # what consumers route on
