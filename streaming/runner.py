@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -123,14 +124,15 @@ class IngestBackpressure:
         self.workers = 1
         self.counted = -WORKERS_RECOUNT
         self.notices: Any = None  # the subscription to workers' "free" notices, on its loop
-        self.notices_loop: asyncio.AbstractEventLoop | None = None
+        self.notices_loop: Callable[[], asyncio.AbstractEventLoop | None] = lambda: None
+        self.notices_failing = False  # warned once, until notices work again
 
     async def __call__(self) -> bool:
         if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
             return False
         client = flow.redis_client()
-        # Notices from before this check are what it already sees (or an ack still to come,
-        # which the next poll sees): only a later one may end the hold.
+        # Notices from before this check are what it already sees (or an ack still to come:
+        # then the next poll sees the worker free): only a later one may end the hold.
         await self._drain()
         now = time.monotonic()
         if now - self.counted >= WORKERS_RECOUNT:
@@ -144,43 +146,58 @@ class IngestBackpressure:
         return waiting > 0 or running >= self.workers
 
     async def free(self, seconds: float) -> bool:
-        """Wait at most ``seconds`` for a worker to say it finished a task (streaming/tasks.py
-        ``_say_free``); True when one did and no task waits on the queue: that worker takes the
-        batch next. Its acknowledgement, which the poll waits for, comes a moment later."""
-        notices = await self._subscribed()
-        if notices is None:
+        """Wait at most ``seconds`` for a worker to say it finished a task with nothing queued
+        behind it (streaming/tasks.py ``_say_free``); True when one did and this runner claimed
+        the notice (every runner hears it: one free worker, one batch) and still nothing waits
+        on the queue. The worker's acknowledgement, which the poll waits for, comes a moment
+        later. Subscribes on the first call: notices before it are of no hold."""
+        if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
             await asyncio.sleep(seconds)
             return False
         try:
-            notice = await notices.get_message(ignore_subscribe_messages=True, timeout=seconds)
-        except Exception:
+            notices = await self._subscribed()
+            loop = asyncio.get_running_loop()
+            until = loop.time() + seconds
+            while True:  # a subscription's confirmation comes out as None before the time
+                left = until - loop.time()
+                notice = await notices.get_message(
+                    ignore_subscribe_messages=True, timeout=max(left, 0.0)
+                )
+                if notice is not None or left <= 0:
+                    break
+            if notice is None:
+                return False
+            client = flow.redis_client()
+            pipe = client.pipeline(transaction=False)
+            token = notice["data"].decode(errors="replace")
+            pipe.set(f"{flow.ingest_free_channel()}:claimed:{token}", 1, nx=True, px=10_000)
+            pipe.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
+            claimed, waiting = await pipe.execute()
+        except Exception as exc:  # the poll does without them
+            if not self.notices_failing:
+                log.warning("feed: worker notices unavailable, polling (%s)", exc)
+            self.notices_failing = True
             await self._unsubscribe()
-            raise
-        if notice is None:
             return False
-        return await flow.redis_client().llen(settings.CELERY_TASK_DEFAULT_QUEUE) == 0
+        self.notices_failing = False
+        return bool(claimed) and waiting == 0
 
     async def _subscribed(self) -> Any:
-        if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
-            return None
         loop = asyncio.get_running_loop()
-        if self.notices is None or self.notices_loop is not loop:
-            self.notices = flow.redis_client().pubsub()
-            self.notices_loop = loop
-            try:
-                await self.notices.subscribe(flow.ingest_free_channel())
-            except Exception:
-                await self._unsubscribe()
-                raise
+        if self.notices is None or self.notices_loop() is not loop:
+            self.notices = flow.redis_client().pubsub()  # a loop's own client (tests: several)
+            self.notices_loop = weakref.ref(loop)
+            await self.notices.subscribe(flow.ingest_free_channel())
         return self.notices
 
     async def _drain(self) -> None:
+        """Drop the notices that came while no hold waited for them."""
+        if self.notices is None or self.notices_loop() is not asyncio.get_running_loop():
+            return
         try:
-            notices = await self._subscribed()
-            while notices is not None and await notices.get_message(timeout=0) is not None:
+            while await self.notices.get_message(timeout=0) is not None:
                 pass
-        except Exception as exc:  # the poll does without them
-            log.debug("feed: worker notices unavailable (%s)", exc)
+        except Exception:  # free() subscribes again
             await self._unsubscribe()
 
     async def close(self) -> None:

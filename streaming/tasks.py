@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -125,15 +126,33 @@ def _ingest(batch: list[dict[str, Any]]) -> int:
     return len(changed)
 
 
+# The notice, only when no task waits on the queue: with one waiting, this worker takes it next
+# (after its ack), and a batch sent on the notice would wait behind a whole task. Checked in
+# the same script: a runner could not tell the queue this worker just emptied from an idle one.
+# The notice carries a token for a runner to claim (IngestBackpressure.free).
+_FREE_LUA = """
+if redis.call('LLEN', KEYS[1]) == 0 then
+    return redis.call('PUBLISH', ARGV[1], ARGV[2])
+end
+return -1
+"""
+
+
 def _say_free() -> None:
-    """Tell the feed runners this worker is done with its task: one holding its window sends
-    it now, not at its next check (the worker would idle until then). Best effort: a runner
-    that misses it checks again within ``HOLD_POLL``."""
+    """Tell the feed runners this worker is done with its task and nothing waits on the queue:
+    one holding its window sends it now, not at its next check (the worker would idle until
+    then). Best effort: a runner that misses it checks again within ``HOLD_POLL``."""
     client = flow.redis_sync()
     if client is None or settings.CELERY_TASK_ALWAYS_EAGER:
         return
     try:
-        client.publish(flow.ingest_free_channel(), b"")
+        client.eval(
+            _FREE_LUA,
+            1,
+            settings.CELERY_TASK_DEFAULT_QUEUE,
+            flow.ingest_free_channel(),
+            uuid.uuid4().hex,
+        )
     except redis.RedisError as exc:
         log.warning("ingest: could not say the worker is free (%s)", exc)
 

@@ -131,6 +131,7 @@ def test_the_feed_runner_holds_its_window_while_an_ingest_task_waits(queued, red
                 break
             await asyncio.sleep(0.01)
         feeding.cancel()
+        await runner.backpressure.close()
         return held
 
     held = asyncio.run(run())
@@ -192,76 +193,163 @@ def test_the_feed_sends_its_batch_as_the_task_argument_with_a_one_line_repr(redi
     assert args == [batch] and kwargs == {}
 
 
-def test_a_held_window_goes_out_when_a_worker_says_it_is_free(queued, redis_client):
-    """A worker that ends a task says so (``_say_free``): the window it held goes out then, not
-    at the next poll (30 s away here), while the worker's acknowledgement is still to come; a
-    notice while another task waits on the queue keeps it held (that task comes first)."""
-    import asyncio
-    from datetime import UTC, datetime
-    from decimal import Decimal
+def subscribed(redis_client, count: int = 1) -> None:
+    """Wait until ``count`` clients listen for the workers' notices (no notice is then lost)."""
+    from streaming import flow
 
-    from streaming.feeds.base import Coalescer, Tick
-    from streaming.runner import UNACKED_INDEX_KEY, IngestBackpressure
-    from streaming.tasks import _say_free
+    for _ in range(500):
+        [(_, listening)] = redis_client.pubsub_numsub(flow.ingest_free_channel())
+        if listening >= count:
+            return
+        time.sleep(0.01)
+    raise AssertionError("no runner subscribed to the workers' notices")
 
-    sent: list[list[Tick]] = []
+
+def held_coalescer(sent: list, *, window: float = 0.02):
+    """A Coalescer with the real backpressure and wake-up, whose poll is 30 s away: within a
+    test only a worker's notice can end its hold."""
+    from streaming.feeds.base import Coalescer
+    from streaming.runner import IngestBackpressure
 
     async def flush(batch):
         sent.append(batch)
 
     backpressure = IngestBackpressure()
     coalescer = Coalescer(
-        window=0.02, flush=flush, hold=backpressure, wake=backpressure.free, max_hold=60
+        window=window, flush=flush, hold=backpressure, wake=backpressure.free, max_hold=60
     )
-    coalescer.hold_poll = 30  # only a notice can end the hold within this test
+    coalescer.hold_poll = 30
+    return coalescer, backpressure
+
+
+def test_a_held_window_goes_out_when_a_worker_says_it_is_free(redis_client):
+    """A worker that ends a task says so (``_say_free``): the window held for it goes out
+    then, while the worker's acknowledgement (which the poll waits for) is still to come."""
+    import asyncio
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from streaming.feeds.base import Tick
+    from streaming.runner import UNACKED_INDEX_KEY
+    from streaming.tasks import _say_free
+
+    sent: list = []
+    coalescer, backpressure = held_coalescer(sent)
 
     async def run():
-        feeding = asyncio.create_task(coalescer.run())
         redis_client.zadd(UNACKED_INDEX_KEY, {"the running task": time.time()})
-        queued(1)
+        feeding = asyncio.create_task(coalescer.run())
         coalescer.add(Tick(feed_symbol="BTC-USD", price=Decimal("1"), ts=datetime.now(UTC)))
-        await asyncio.sleep(0.3)
-        await asyncio.to_thread(_say_free)  # a worker ends a task; the queued one is next
-        await asyncio.sleep(0.5)
-        while_queued = list(sent)
-        queued(0)  # the worker took it and runs it
-        await asyncio.to_thread(_say_free)  # ...and ends it: no ack yet, nothing queued
+        await asyncio.to_thread(subscribed, redis_client)
+        await asyncio.sleep(0.2)
+        held = list(sent)
+        await asyncio.to_thread(_say_free)  # the task ends; no ack yet, nothing queued
         for _ in range(500):
             if sent:
                 break
             await asyncio.sleep(0.01)
         feeding.cancel()
         await backpressure.close()
-        return while_queued
+        return held
 
-    while_queued = asyncio.run(run())
-    assert while_queued == []
+    assert asyncio.run(run()) == []
     assert [[t.price for t in batch] for batch in sent] == [[Decimal("1")]]
 
 
-def test_every_ingest_task_says_the_worker_is_free_when_it_ends(world, redis_client, monkeypatch):
-    """Also a task that fails (it is retried later; the worker is free meanwhile)."""
+def test_a_notice_that_came_while_nothing_was_held_does_not_end_a_later_hold(redis_client):
+    import asyncio
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from streaming.feeds.base import Tick
+    from streaming.runner import UNACKED_INDEX_KEY
+    from streaming.tasks import _say_free
+
+    sent: list = []
+    coalescer, backpressure = held_coalescer(sent, window=0.5)
+
+    async def run():
+        redis_client.zadd(UNACKED_INDEX_KEY, {"the running task": time.time()})
+        feeding = asyncio.create_task(coalescer.run())
+        await asyncio.to_thread(subscribed, redis_client)  # held: the first window
+        redis_client.zrem(UNACKED_INDEX_KEY, "the running task")
+        await asyncio.to_thread(_say_free)
+        for _ in range(500):  # the first window goes out
+            if sent:
+                break
+            await asyncio.sleep(0.01)
+        # During the next window's wait (nothing held): a task starts and ends, and its notice
+        # comes with no hold waiting for it; another task starts.
+        redis_client.zadd(UNACKED_INDEX_KEY, {"the next task": time.time()})
+        await asyncio.to_thread(_say_free)
+        coalescer.add(Tick(feed_symbol="BTC-USD", price=Decimal("2"), ts=datetime.now(UTC)))
+        await asyncio.sleep(1.5)  # the window ends, and its hold must not take that notice
+        held = len(sent)
+        await asyncio.to_thread(_say_free)  # the running task ends
+        for _ in range(500):
+            if len(sent) == 2:
+                break
+            await asyncio.sleep(0.01)
+        feeding.cancel()
+        await backpressure.close()
+        return held
+
+    assert asyncio.run(run()) == 1
+    assert [[t.price for t in batch] for batch in sent] == [[], [Decimal("2")]]
+
+
+def test_of_two_runners_one_sends_on_a_notice(redis_client):
+    """Every runner hears a notice; one free worker takes one batch: one of them claims it."""
+    import asyncio
+
+    from streaming.runner import IngestBackpressure
+    from streaming.tasks import _say_free
+
+    async def run():
+        runners = [IngestBackpressure(), IngestBackpressure()]
+        waits = [asyncio.create_task(r.free(5.0)) for r in runners]
+        await asyncio.to_thread(subscribed, redis_client, 2)
+        await asyncio.to_thread(_say_free)
+        results = await asyncio.gather(*waits)
+        for r in runners:
+            await r.close()
+        return results
+
+    assert sorted(asyncio.run(run())) == [False, True]
+
+
+def test_every_ingest_task_says_the_worker_is_free_when_it_ends(
+    world, redis_client, monkeypatch, queued
+):
+    """Also a task that fails (it is retried later; the worker is free meanwhile); not while a
+    task waits on the queue (the worker takes that one next)."""
     from streaming import flow
 
     notices = redis_client.pubsub(ignore_subscribe_messages=True)
     notices.subscribe(flow.ingest_free_channel())
 
-    def next_notice():
-        for _ in range(50):
-            message = notices.get_message(timeout=0.1)
+    def next_notice(seconds: float = 5.0):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            message = notices.get_message(timeout=0.05)
             if message is not None:
                 return message
         return None
 
     assert ingest_quotes([tick(world["btc"], "50000.10", T0)]) == 1
     assert next_notice()["channel"].decode() == flow.ingest_free_channel()
-    assert next_notice() is None  # one task, one notice
+    assert next_notice(0.3) is None  # one task, one notice
+
+    queued(1)
+    ingest_quotes([tick(world["btc"], "50000.20", T0)])
+    assert next_notice(0.3) is None
+    queued(0)
 
     def broken(batch):
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(tasks, "_ingest", broken)
     with pytest.raises(RuntimeError):
-        ingest_quotes([tick(world["btc"], "50000.20", T0)])
+        ingest_quotes([tick(world["btc"], "50000.30", T0)])
     assert next_notice() is not None
     notices.close()
