@@ -142,6 +142,20 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
             break
         page.wait_for_timeout(100)
     assert count == 5 and start <= 0 and end >= count - 1, (start, end, count)
+    # Zoomed in by the person (on the last two points), the chart stays where they put it.
+    page.evaluate(
+        "() => window.livefolioValueChart.chart.timeScale()"
+        ".setVisibleLogicalRange({from: 3, to: 4})"
+    )
+    page.wait_for_timeout(1100)
+    tick(world["btc"], "50210", datetime.now(UTC))
+    expect(page.locator('[data-field="total"]')).to_have_text("$100,420.00")
+    for _ in range(50):
+        start, end, count = page.evaluate(in_view)
+        if count == 6:
+            break
+        page.wait_for_timeout(100)
+    assert count == 6 and start >= 2, (start, end, count)
     # The bars: alice holds only BTC, all crypto, all USD.
     for field, key in (
         ("by_instrument", "BTC-USD"),

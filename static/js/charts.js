@@ -23,13 +23,7 @@ export class ValueChart {
     });
     this.series = this.chart.addSeries(AreaSeries, { lineWidth: 2, priceLineVisible: false });
     this.last = null;
-    // Every point stays in view as the line grows, until the person scrolls or zooms the chart
-    // themselves (a new range from the buttons fits it again). Without this the time scale shifts
-    // by one bar per new point and the first points slide off the left edge.
-    this.follow = true;
-    for (const type of ["wheel", "mousedown", "touchstart"]) {
-      el.addEventListener(type, () => { this.follow = false; }, { passive: true });
-    }
+    this.count = 0; // points plotted
     this.applyTheme();
     document.addEventListener("livefolio:theme", () => this.applyTheme());
     matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => this.applyTheme());
@@ -53,7 +47,7 @@ export class ValueChart {
     }
     this.series.setData(data);
     this.last = data.length ? data[data.length - 1] : null;
-    this.follow = true;
+    this.count = data.length;
     this.chart.timeScale().fitContent();
   }
 
@@ -65,9 +59,19 @@ export class ValueChart {
     let time = Math.floor(Date.parse(at) / 1000);
     if (this.last && time < this.last.time) time = this.last.time;
     const added = !this.last || time > this.last.time;
+    // A chart showing every point (not zoomed in or scrolled back by the person) keeps showing
+    // every point as the line grows: the time scale would shift by a bar per new point and the
+    // first points slide off the left edge.
+    const whole = added && this.showsAll();
     this.last = { time, value: Number(value) };
     this.series.update(this.last);
-    if (added && this.follow) this.chart.timeScale().fitContent();
+    if (added) this.count += 1;
+    if (whole) this.chart.timeScale().fitContent();
+  }
+
+  showsAll() {
+    const range = this.chart.timeScale().getVisibleLogicalRange();
+    return !range || (range.from <= 0.5 && range.to >= this.count - 1.5);
   }
 }
 
