@@ -176,7 +176,8 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Prefix of every Redis key: the channel layer's and Livefolio's own (market-data cache, API slots).
+# Prefix of every Redis key: the channel layer's and Livefolio's own (market-data cache, API slots,
+# connection caps, worker heartbeats, ingest metrics and notices).
 LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio")
 
 # "pubsub" (the default): Livefolio's layer on Redis pub/sub, one PUBLISH per group message,
@@ -274,8 +275,6 @@ KRAKEN_WS_URL = env_url("KRAKEN_WS_URL", ("ws", "wss")) or "wss://ws.kraken.com/
 
 # Largest WebSocket frame a client may send (bytes).
 LIVEFOLIO_MAX_FRAME_BYTES = 64 * 1024
-# Prefix of Livefolio's own Redis keys (connection caps, worker heartbeats, ingest metrics).
-LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio")
 # What one WebSocket connection may send: frames per second on average, and the burst.
 LIVEFOLIO_WS_RATE = env_int("LIVEFOLIO_WS_RATE", 10, minimum=1)
 LIVEFOLIO_WS_BURST = env_int("LIVEFOLIO_WS_BURST", 30, minimum=1)
