@@ -150,10 +150,8 @@ class IngestBackpressure:
         behind it (streaming/tasks.py ``_say_free``); True when one did and this runner claimed
         the notice (every runner hears it: one free worker, one batch) and still nothing waits
         on the queue. The worker's acknowledgement, which the poll waits for, comes a moment
-        later. Subscribes on the first call: notices before it are of no hold."""
-        if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
-            await asyncio.sleep(seconds)
-            return False
+        later. Subscribes on the first call: notices before it are of no hold. Called only
+        while ``self()`` holds, so with Redis."""
         try:
             notices = await self._subscribed()
             loop = asyncio.get_running_loop()
@@ -177,7 +175,7 @@ class IngestBackpressure:
             if not self.notices_failing:
                 log.warning("feed: worker notices unavailable, polling (%s)", exc)
             self.notices_failing = True
-            await self._unsubscribe()
+            await self.close()
             return False
         self.notices_failing = False
         return bool(claimed) and waiting == 0
@@ -198,12 +196,10 @@ class IngestBackpressure:
             while await self.notices.get_message(timeout=0) is not None:
                 pass
         except Exception:  # free() subscribes again
-            await self._unsubscribe()
+            await self.close()
 
     async def close(self) -> None:
-        await self._unsubscribe()
-
-    async def _unsubscribe(self) -> None:
+        """Drop the subscription to the notices (the next hold subscribes again)."""
         notices, self.notices = self.notices, None
         if notices is not None:
             with contextlib.suppress(Exception):
