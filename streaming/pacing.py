@@ -13,6 +13,13 @@ windows after its last tick (:func:`settle_seconds`), so every deferred turn sti
 last price of a burst is never dropped, only held until the portfolio's turn); the minute's
 snapshot task passes too.
 
+A pass values at most twice the paced portfolios' fair share of the time since the previous
+pass (by any worker): 2·t/I of them, the longest unvalued first; the others wait for the next
+pass. Without a cap a worker that fell behind would find every portfolio's turn come at every
+pass. The share follows the time between passes, not the window: a feed runner holds its window
+while the workers are busy (streaming/runner.py), so passes come further apart than the window,
+and a window's share would value fewer portfolios a second than their turns ask for.
+
 State lives in Redis so that several workers pace together: a hash of each portfolio's last
 valued slot and a sorted set of deferred portfolios scored by when their turn comes. One Lua
 script per pass takes both steps atomically. Without Redis there is no pacing.
@@ -34,14 +41,21 @@ log = logging.getLogger(__name__)
 # A portfolio's phase is its id times this, modulo the interval: consecutive ids spread over it.
 PHASE_STEP = 7919
 
-# KEYS: last-slot hash, deferred sorted set. ARGV: now (ms), interval (ms), the largest share of
-# the portfolios considered one pass may value, PHASE_STEP, portfolio ids.
+# KEYS: last-slot hash, deferred sorted set, the last pass's time. ARGV: now (ms), interval (ms),
+# the feed's window (ms), PHASE_STEP, portfolio ids.
 # Returns the ids to value now.
 _PACE = """
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
-local share = tonumber(ARGV[3])
+local window = tonumber(ARGV[3])
 local step = tonumber(ARGV[4])
+-- The share of the paced portfolios this pass may value: twice the time since the last pass
+-- (by any worker), over the interval; a window's worth when no pass is on record.
+local previous = tonumber(redis.call('GET', KEYS[3]) or '')
+local elapsed = window
+if previous then elapsed = math.max(0, now - previous) end
+local share = math.min(1, 2 * elapsed / interval)
+redis.call('SET', KEYS[3], now)
 local ready = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 if #ready > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
 -- The deferred whose turn came, then the moving, each once.
@@ -96,6 +110,7 @@ each_chunk(slots, 2, 'HSET', KEYS[1])
 each_chunk(due, 1, 'ZREM', KEYS[2])
 local keep = interval * 10 + 60000
 redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[3], keep)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], keep) end
 return due
 """
@@ -110,15 +125,6 @@ def interval_ms() -> int:
     return settings.LIVEFOLIO_VALUATION_INTERVAL_MS
 
 
-def pass_share() -> float:
-    """The largest share of the paced portfolios (all valued lately, or all moving now if more)
-    one pass values: twice a batch window's share of the interval. Turns beyond that (a worker
-    that fell behind finds every portfolio's turn come) wait for the next pass, longest
-    unvalued first: without the cap each pass would value everyone, take longer than the
-    interval and find everyone due again."""
-    return min(1.0, 2 * settings.LIVEFOLIO_COALESCE_MS / interval_ms())
-
-
 def phase_ms(portfolio_id: int, interval: int) -> int:
     """Where in each interval a portfolio's slot begins (the script's formula)."""
     return portfolio_id * PHASE_STEP % interval
@@ -126,7 +132,7 @@ def phase_ms(portfolio_id: int, interval: int) -> int:
 
 def _keys() -> list[str]:
     prefix = settings.LIVEFOLIO_REDIS_PREFIX
-    return [f"{prefix}:valuation:slot", f"{prefix}:valuation:deferred"]
+    return [f"{prefix}:valuation:slot", f"{prefix}:valuation:deferred", f"{prefix}:valuation:pass"]
 
 
 def take_turns(moving: Iterable[int]) -> list[int] | None:
@@ -142,7 +148,9 @@ def take_turns(moving: Iterable[int]) -> list[int] | None:
         return None
     now = clock_ms()
     try:
-        due = client.eval(_PACE, 2, *_keys(), now, interval, pass_share(), PHASE_STEP, *moving)
+        due = client.eval(
+            _PACE, 3, *_keys(), now, interval, settings.LIVEFOLIO_COALESCE_MS, PHASE_STEP, *moving
+        )
     except redis.RedisError as exc:
         log.warning("valuation pacing unavailable, valuing every moving portfolio (%s)", exc)
         return None

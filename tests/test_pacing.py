@@ -95,8 +95,9 @@ def test_every_deferred_portfolio_gets_its_turn_without_moving_again(clock, coun
 
 def test_a_pass_values_at_most_its_share_longest_unvalued_first(clock, settings):
     """A worker that fell behind finds every portfolio's turn come: a pass values at most twice
-    a batch window's share of them (here 100 ms of 500: 40%), the ones valued longest ago
-    first, and leaves the rest to the next pass, so no pass grows past the interval."""
+    the share of them the time since the last pass gives (here passes 100 ms apart, and a
+    100 ms window before the first: 40% of 500), the ones valued longest ago first, and leaves
+    the rest to the next pass."""
     settings.LIVEFOLIO_COALESCE_MS = 100
     ids = list(range(1, 501))
     first = pacing.take_turns(ids)
@@ -109,6 +110,21 @@ def test_a_pass_values_at_most_its_share_longest_unvalued_first(clock, settings)
     third = pacing.take_turns(ids)
     assert len(third) == 200
     assert set(first) | set(second) | set(third) == set(ids)  # nobody starved
+
+
+def test_a_pass_after_a_held_window_values_the_share_of_the_time_since_the_last(clock, settings):
+    """A runner holds its window while the worker is busy, so passes come further apart than the
+    window: the cap follows the time since the last pass, or the portfolios would get fewer
+    turns a second than the interval gives them. Passes close together (two workers) share it."""
+    settings.LIVEFOLIO_COALESCE_MS = 25  # a window's share: 10% of 500 portfolios a pass
+    ids = list(range(1, 501))
+    assert len(pacing.take_turns(ids)) == 50  # no pass on record: a window's share
+    clock[0] += 125  # the next batch came five windows later: 2 * 125 / 500 of them
+    assert len(pacing.take_turns(ids)) == 250
+    clock[0] += 10  # another worker's pass right after it: 2 * 10 / 500
+    assert len(pacing.take_turns(ids)) == 20
+    clock[0] += 1000  # a long pause: every turn that came
+    assert len(pacing.take_turns(ids)) == 500
 
 
 def test_the_share_is_of_every_paced_portfolio_not_of_the_few_a_pass_considers(clock, settings):
