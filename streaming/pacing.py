@@ -13,12 +13,14 @@ windows after its last tick (:func:`settle_seconds`), so every deferred turn sti
 last price of a burst is never dropped, only held until the portfolio's turn); the minute's
 snapshot task passes too.
 
-A pass values at most twice the paced portfolios' fair share of the time since the previous
-pass (by any worker): 2·t/I of them, the longest unvalued first; the others wait for the next
-pass. Without a cap a worker that fell behind would find every portfolio's turn come at every
-pass. The share follows the time between passes, not the window: a feed runner holds its window
-while the workers are busy (streaming/runner.py), so passes come further apart than the window,
-and a window's share would value fewer portfolios a second than their turns ask for.
+A pass values at most twice the paced portfolios' share of the time between two passes (by any
+worker, smoothed over about ten): 2·gap/I of them, the longest unvalued first; the others wait
+for the next pass. Without a cap a worker that fell behind would find every portfolio's turn come
+at every pass; smoothed, one slow pass does not make the next one value everyone due, which would
+make it slower still. The share follows the time between passes, not the window: a feed runner
+holds its window while the workers are busy (streaming/runner.py), so passes come further apart
+than the window, and a window's share would value fewer portfolios a second than their turns ask
+for.
 
 State lives in Redis so that several workers pace together: a hash of each portfolio's last
 valued slot and a sorted set of deferred portfolios scored by when their turn comes. One Lua
@@ -41,21 +43,29 @@ log = logging.getLogger(__name__)
 # A portfolio's phase is its id times this, modulo the interval: consecutive ids spread over it.
 PHASE_STEP = 7919
 
-# KEYS: last-slot hash, deferred sorted set, the last pass's time. ARGV: now (ms), interval (ms),
-# the feed's window (ms), PHASE_STEP, portfolio ids.
-# Returns the ids to value now.
+# The time between passes that sets a pass's cap is smoothed over about this many passes: one
+# slow pass does not let the next value everyone due (the tail grows with the pass), while
+# passes further apart than the window (held windows) get their share within a few.
+GAP_PASSES = 10
+
+# KEYS: last-slot hash, deferred sorted set, the passes' hash (the last one's time, the smoothed
+# time between two). ARGV: now (ms), interval (ms), the feed's window (ms), PHASE_STEP,
+# portfolio ids. Returns the ids to value now.
 _PACE = """
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local step = tonumber(ARGV[4])
--- The share of the paced portfolios this pass may value: twice the time since the last pass
--- (by any worker), over the interval; a window's worth when no pass is on record.
-local previous = tonumber(redis.call('GET', KEYS[3]) or '')
-local elapsed = window
-if previous then elapsed = math.max(0, now - previous) end
-local share = math.min(1, 2 * elapsed / interval)
-redis.call('SET', KEYS[3], now)
+-- The share of the paced portfolios this pass may value: twice their share of the time between
+-- two passes (by any worker), smoothed over the last ~GAP_PASSES (a window before any).
+local pass = redis.call('HMGET', KEYS[3], 'at', 'gap')
+local gap = tonumber(pass[2]) or window
+if pass[1] then
+  local elapsed = math.min(interval, math.max(0, now - tonumber(pass[1])))
+  gap = gap + (elapsed - gap) / GAP_PASSES
+end
+redis.call('HSET', KEYS[3], 'at', now, 'gap', gap)
+local share = math.min(1, 2 * gap / interval)
 local ready = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 if #ready > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
 -- The deferred whose turn came, then the moving, each once.
@@ -113,7 +123,7 @@ redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PEXPIRE', KEYS[3], keep)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], keep) end
 return due
-"""
+""".replace("GAP_PASSES", str(GAP_PASSES))
 
 
 def clock_ms() -> int:
@@ -132,7 +142,11 @@ def phase_ms(portfolio_id: int, interval: int) -> int:
 
 def _keys() -> list[str]:
     prefix = settings.LIVEFOLIO_REDIS_PREFIX
-    return [f"{prefix}:valuation:slot", f"{prefix}:valuation:deferred", f"{prefix}:valuation:pass"]
+    return [
+        f"{prefix}:valuation:slot",
+        f"{prefix}:valuation:deferred",
+        f"{prefix}:valuation:passes",
+    ]
 
 
 def take_turns(moving: Iterable[int]) -> list[int] | None:

@@ -112,19 +112,32 @@ def test_a_pass_values_at_most_its_share_longest_unvalued_first(clock, settings)
     assert set(first) | set(second) | set(third) == set(ids)  # nobody starved
 
 
-def test_a_pass_after_a_held_window_values_the_share_of_the_time_since_the_last(clock, settings):
+def test_passes_further_apart_than_the_window_value_every_turn(clock, settings):
     """A runner holds its window while the worker is busy, so passes come further apart than the
-    window: the cap follows the time since the last pass, or the portfolios would get fewer
-    turns a second than the interval gives them. Passes close together (two workers) share it."""
-    settings.LIVEFOLIO_COALESCE_MS = 25  # a window's share: 10% of 500 portfolios a pass
+    window: the cap follows the time between passes, or the portfolios would get fewer turns a
+    second than the interval gives them (a 25 ms window's share, 10% a pass, at a pass every
+    125 ms: 400 of the 1,000 turns a second)."""
+    settings.LIVEFOLIO_COALESCE_MS = 25
     ids = list(range(1, 501))
-    assert len(pacing.take_turns(ids)) == 50  # no pass on record: a window's share
-    clock[0] += 125  # the next batch came five windows later: 2 * 125 / 500 of them
-    assert len(pacing.take_turns(ids)) == 250
-    clock[0] += 10  # another worker's pass right after it: 2 * 10 / 500
-    assert len(pacing.take_turns(ids)) == 20
-    clock[0] += 1000  # a long pause: every turn that came
-    assert len(pacing.take_turns(ids)) == 500
+    counts = dict.fromkeys(ids, 0)
+    for _ in range(40):  # 5 s: every portfolio's turn comes 10 times
+        for p in pacing.take_turns(ids):
+            counts[p] += 1
+        clock[0] += 125
+    assert sum(counts.values()) >= 0.95 * 10 * len(ids)
+    assert min(counts.values()) >= 8  # nobody starved
+
+
+def test_one_slow_pass_does_not_let_the_next_value_every_turn(clock, settings):
+    """The time between passes is smoothed: after one long pass the next values a little more
+    than its share, not everyone due (a pass that long again, and the next due all again)."""
+    settings.LIVEFOLIO_COALESCE_MS = 100
+    ids = list(range(1, 501))
+    for _ in range(20):
+        pacing.take_turns(ids)
+        clock[0] += 100
+    clock[0] += 300  # the last pass took 400 ms: every turn is due
+    assert len(pacing.take_turns(ids)) < 0.6 * len(ids)
 
 
 def test_the_share_is_of_every_paced_portfolio_not_of_the_few_a_pass_considers(clock, settings):
