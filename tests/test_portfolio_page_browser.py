@@ -136,9 +136,11 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
     in_view = """() => { const c = window.livefolioValueChart;
         const range = c.chart.timeScale().getVisibleLogicalRange();
         return [range.from, range.to, c.series.data().length]; }"""
+    # The chart applies a fit at its next frame, after the point is added (which first shifts
+    # the range by a bar): polled until then, as a person sees it.
     for _ in range(50):
         start, end, count = page.evaluate(in_view)
-        if count == 5:
+        if count == 5 and start <= 0 and end >= count - 1:
             break
         page.wait_for_timeout(100)
     assert count == 5 and start <= 0 and end >= count - 1, (start, end, count)
@@ -147,6 +149,11 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
         "() => window.livefolioValueChart.chart.timeScale()"
         ".setVisibleLogicalRange({from: 3, to: 4})"
     )
+    for _ in range(50):  # applied at the chart's next frame
+        if page.evaluate(in_view)[:2] == [3, 4]:
+            break
+        page.wait_for_timeout(100)
+    assert page.evaluate(in_view)[:2] == [3, 4]
     page.wait_for_timeout(1100)
     tick(world["btc"], "50210", datetime.now(UTC))
     expect(page.locator('[data-field="total"]')).to_have_text("$100,420.00")
