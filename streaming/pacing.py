@@ -50,19 +50,20 @@ GAP_PASSES = 10
 
 # KEYS: last-slot hash, deferred sorted set, the passes' hash (the last one's time, the smoothed
 # time between two). ARGV: now (ms), interval (ms), the feed's window (ms), PHASE_STEP,
-# portfolio ids. Returns the ids to value now.
+# GAP_PASSES, portfolio ids. Returns the ids to value now.
 _PACE = """
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local step = tonumber(ARGV[4])
+local gap_passes = tonumber(ARGV[5])
 -- The share of the paced portfolios this pass may value: twice their share of the time between
--- two passes (by any worker), smoothed over the last ~GAP_PASSES (a window before any).
+-- two passes (by any worker), smoothed over the last ~gap_passes (a window before any).
 local pass = redis.call('HMGET', KEYS[3], 'at', 'gap')
 local gap = tonumber(pass[2]) or window
 if pass[1] then
   local elapsed = math.min(interval, math.max(0, now - tonumber(pass[1])))
-  gap = gap + (elapsed - gap) / GAP_PASSES
+  gap = gap + (elapsed - gap) / gap_passes
 end
 redis.call('HSET', KEYS[3], 'at', now, 'gap', gap)
 local share = math.min(1, 2 * gap / interval)
@@ -74,7 +75,7 @@ local function add(p)
   if not seen[p] then seen[p] = true; ids[#ids + 1] = p end
 end
 for _, p in ipairs(ready) do add(p) end
-for i = 5, #ARGV do add(ARGV[i]) end
+for i = 6, #ARGV do add(ARGV[i]) end
 -- Redis commands take many ids at once, in chunks (Lua's unpack has a stack limit): a command
 -- per portfolio was most of the script's time, and Redis serves no one else while it runs.
 local CHUNK = 1000
@@ -123,7 +124,7 @@ redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PEXPIRE', KEYS[3], keep)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], keep) end
 return due
-""".replace("GAP_PASSES", str(GAP_PASSES))
+"""
 
 
 def clock_ms() -> int:
@@ -162,8 +163,9 @@ def take_turns(moving: Iterable[int]) -> list[int] | None:
         return None
     now = clock_ms()
     try:
+        window = settings.LIVEFOLIO_COALESCE_MS
         due = client.eval(
-            _PACE, 3, *_keys(), now, interval, settings.LIVEFOLIO_COALESCE_MS, PHASE_STEP, *moving
+            _PACE, 3, *_keys(), now, interval, window, PHASE_STEP, GAP_PASSES, *moving
         )
     except redis.RedisError as exc:
         log.warning("valuation pacing unavailable, valuing every moving portfolio (%s)", exc)

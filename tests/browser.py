@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import Page
 
@@ -34,3 +36,15 @@ def screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=path, full_page=True)
     return path
+
+
+def poll(page: Page, script: str, until: Callable[[Any], bool], tries: int = 50) -> Any:
+    """``page.evaluate(script)`` every 100 ms until ``until`` holds of it (at most ``tries``
+    times), and its last value: the pages' CSP forbids ``wait_for_function``'s eval, and a
+    chart applies what it is told at its next frame."""
+    for _ in range(tries):
+        value = page.evaluate(script)
+        if until(value):
+            break
+        page.wait_for_timeout(100)
+    return value

@@ -95,7 +95,7 @@ def test_every_deferred_portfolio_gets_its_turn_without_moving_again(clock, coun
 
 def test_a_pass_values_at_most_its_share_longest_unvalued_first(clock, settings):
     """A worker that fell behind finds every portfolio's turn come: a pass values at most twice
-    the share of them the time since the last pass gives (here passes 100 ms apart, and a
+    the share of them the time between passes gives (here passes 100 ms apart, and a
     100 ms window before the first: 40% of 500), the ones valued longest ago first, and leaves
     the rest to the next pass."""
     settings.LIVEFOLIO_COALESCE_MS = 100

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from portfolio import services
 from portfolio.models import TxKind, ValuationSnapshot
 from streaming.tasks import ingest_quotes
-from tests.browser import log_in, screenshot
+from tests.browser import log_in, poll, screenshot
 from tests.conftest import PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -121,12 +121,9 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
     tick(world["btc"], "50123.45", priced_at + timedelta(milliseconds=1))
     expect(page.locator('[data-field="total"]')).to_have_text("$100,246.90")
     plotted = "window.livefolioValueChart.series.data().map((p) => p.value)"
-    for _ in range(50):  # polled from here: the page's CSP forbids wait_for_function's eval
-        if page.evaluate(plotted)[-1] == 100246.9:
-            break
-        page.wait_for_timeout(100)
-    assert page.evaluate(plotted)[-1] == 100246.9  # the line ends at the total
-    assert page.evaluate(plotted)[0] == 95000  # the snapshot is still the start of 1D
+    values = poll(page, plotted, lambda v: v[-1] == 100246.9)
+    assert values[-1] == 100246.9  # the line ends at the total
+    assert values[0] == 95000  # the snapshot is still the start of 1D
     # Later prices add points, and every point stays in view: the time scale would otherwise
     # shift by a bar per new point and push the first snapshots off the left edge.
     for i in range(1, 4):
@@ -138,30 +135,18 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
         return [range.from, range.to, c.series.data().length]; }"""
     # The chart applies a fit at its next frame, after the point is added (which first shifts
     # the range by a bar): polled until then, as a person sees it.
-    for _ in range(50):
-        start, end, count = page.evaluate(in_view)
-        if count == 5 and start <= 0 and end >= count - 1:
-            break
-        page.wait_for_timeout(100)
+    start, end, count = poll(page, in_view, lambda r: r[2] == 5 and r[0] <= 0 and r[1] >= 4)
     assert count == 5 and start <= 0 and end >= count - 1, (start, end, count)
     # Zoomed in by the person (on the last two points), the chart stays where they put it.
     page.evaluate(
         "() => window.livefolioValueChart.chart.timeScale()"
         ".setVisibleLogicalRange({from: 3, to: 4})"
     )
-    for _ in range(50):  # applied at the chart's next frame
-        if page.evaluate(in_view)[:2] == [3, 4]:
-            break
-        page.wait_for_timeout(100)
-    assert page.evaluate(in_view)[:2] == [3, 4]
+    assert poll(page, in_view, lambda r: r[:2] == [3, 4])[:2] == [3, 4]
     page.wait_for_timeout(1100)
     tick(world["btc"], "50210", datetime.now(UTC))
     expect(page.locator('[data-field="total"]')).to_have_text("$100,420.00")
-    for _ in range(50):
-        start, end, count = page.evaluate(in_view)
-        if count == 6:
-            break
-        page.wait_for_timeout(100)
+    start, end, count = poll(page, in_view, lambda r: r[2] == 6)
     assert count == 6 and start >= 2, (start, end, count)
     # The bars: alice holds only BTC, all crypto, all USD.
     for field, key in (
