@@ -43,7 +43,7 @@ import websockets
 from websockets.asyncio.server import serve
 
 # Pub/sub channels are server-wide (not per Redis db): namespaced like the channel layer's.
-CHANNEL = os.environ.get("LIVEFOLIO_CHANNEL_PREFIX", "livefolio") + ".floor"
+CHANNEL = os.environ.get("LIVEFOLIO_REDIS_PREFIX", "livefolio") + ".floor"
 
 
 async def run_server(port: int, redis_url: str) -> None:

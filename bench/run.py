@@ -20,7 +20,7 @@ Scenarios:
 - ``idle``: C clients connected, no feed; every socket must still answer a ping after T s.
 
 Needs DATABASE_URL (a PostgreSQL database of its own: it is created, migrated and WIPED),
-REDIS_URL (a Redis db of its own: it is FLUSHDB'd) and LIVEFOLIO_CHANNEL_PREFIX. Both names must
+REDIS_URL (a Redis db of its own: it is FLUSHDB'd) and LIVEFOLIO_REDIS_PREFIX. Both names must
 contain "bench" unless --i-mean-it is given, so a test or dev database is never wiped by mistake.
 
 What one run does (README "Benchmarks" and docs/performance.md explain how to read it):
@@ -58,6 +58,8 @@ from urllib.parse import urlsplit
 
 import psutil
 import redis
+
+from streaming import namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -151,9 +153,7 @@ def parse_args() -> argparse.Namespace:
 
 def bench_env(args: argparse.Namespace) -> dict[str, str]:
     missing = [
-        n
-        for n in ("DATABASE_URL", "REDIS_URL", "LIVEFOLIO_CHANNEL_PREFIX")
-        if not os.environ.get(n)
+        n for n in ("DATABASE_URL", "REDIS_URL", "LIVEFOLIO_REDIS_PREFIX") if not os.environ.get(n)
     ]
     if missing:
         sys.exit(f"bench: set {', '.join(missing)} (a database and Redis db of the bench's own)")
@@ -162,8 +162,8 @@ def bench_env(args: argparse.Namespace) -> dict[str, str]:
         sys.exit(
             f"bench: DATABASE_URL names {db_name!r}; it will be wiped. Use a *bench* database."
         )
-    if not args.i_mean_it and "bench" not in os.environ["LIVEFOLIO_CHANNEL_PREFIX"]:
-        sys.exit("bench: LIVEFOLIO_CHANNEL_PREFIX must contain 'bench' (its Redis db is flushed)")
+    if not args.i_mean_it and "bench" not in os.environ["LIVEFOLIO_REDIS_PREFIX"]:
+        sys.exit("bench: LIVEFOLIO_REDIS_PREFIX must contain 'bench' (its Redis db is flushed)")
     env = dict(os.environ)
     env.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key-0123456789abcdefghijklmnopqrstuv")
     env.update(
@@ -759,10 +759,9 @@ class IngestMonitor:
     PERIOD = 0.2
 
     def __init__(self, redis_url: str) -> None:
-        from django.conf import settings
 
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=5)
-        self.stack_key = f"{settings.LIVEFOLIO_REDIS_PREFIX}:ingest"
+        self.stack_key = f"{namespace.redis_prefix()}:ingest"
         self.samples: list[tuple[float, int, int]] = []  # (wall time, queued, unacked)
         self.edges: dict[str, float] = {}
         self.stack: dict[str, dict[str, float]] = {}

@@ -13,6 +13,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
+from streaming import namespace  # noqa: E402
 from streaming.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})
+
+# The server's start-up: refuse a Redis namespace another deployment makes ambiguous, announce
+# ours (tests build the application from streaming.routing without this module).
+namespace.claim()

@@ -4,13 +4,28 @@ import gc
 import os
 
 from celery import Celery, states
-from celery.signals import task_postrun, task_prerun, worker_ready
+from celery.signals import task_postrun, task_prerun, worker_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
 
 app = Celery("livefolio")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_init.connect
+def _claim_redis_namespace(**kwargs) -> None:
+    """The worker's start-up (before its pool forks): refuse an ambiguous Redis namespace,
+    announce ours (streaming/namespace.py). SystemExit, because Celery logs and ignores a
+    signal handler's ordinary exceptions."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from streaming import namespace
+
+    try:
+        namespace.claim()
+    except ImproperlyConfigured as exc:
+        raise SystemExit(f"livefolio: {exc}") from exc
 
 
 @worker_ready.connect

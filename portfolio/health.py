@@ -25,6 +25,8 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 
+from streaming import namespace
+
 log = logging.getLogger(__name__)
 
 # Per server process.
@@ -50,7 +52,7 @@ def _redis():
 
 def key(*parts: str) -> str:
     """A Redis key of the health records (the feed runner counts workers' heartbeats)."""
-    return ":".join([settings.LIVEFOLIO_REDIS_PREFIX, *parts])
+    return ":".join([namespace.redis_prefix(), *parts])
 
 
 # --- the worker side -----------------------------------------------------------------------

@@ -176,9 +176,15 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Prefix of every Redis key: the channel layer's and Livefolio's own (market-data cache, API slots,
-# connection caps, worker heartbeats, ingest metrics and notices).
-LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_CHANNEL_PREFIX", "livefolio")
+# Prefix of every Redis key and pub/sub channel, the channel layer's and Livefolio's own. Empty
+# (the default): derived from this deployment's database and Redis database, so deployments
+# sharing a Redis server never share channels (streaming/namespace.py resolves it).
+LIVEFOLIO_REDIS_PREFIX = env_str("LIVEFOLIO_REDIS_PREFIX", "")
+if os.environ.get("LIVEFOLIO_CHANNEL_PREFIX") is not None:
+    raise ImproperlyConfigured(
+        "LIVEFOLIO_CHANNEL_PREFIX is now LIVEFOLIO_REDIS_PREFIX (and may be left unset: the "
+        "prefix is then derived from the database); rename or remove it"
+    )
 
 # "pubsub" (the default): Livefolio's layer on Redis pub/sub, one PUBLISH per group message,
 # batched; 2-3x the core layer's deliveries at the target load (docs/performance.md). When its
@@ -203,7 +209,6 @@ if REDIS_URL:
                 # receive: idle consumers then die silently (redis-py #4091). No read timeout
                 # fixes it; the pub/sub layer's subscriber connection must not time out either.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-                "prefix": LIVEFOLIO_REDIS_PREFIX,
                 # Messages held per connection that is not reading; beyond, the oldest drop.
                 "capacity": env_int("LIVEFOLIO_CHANNEL_CAPACITY", 1000, minimum=1),
             },

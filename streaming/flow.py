@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
-from streaming import presence
+from streaming import namespace, presence
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def redis_sync() -> Any:
 def ingest_free_channel() -> str:
     """The Redis pub/sub channel on which a Celery worker says it has finished an ingest task:
     a feed runner holding its window for a free worker sends it at once (streaming/runner.py)."""
-    return f"{settings.LIVEFOLIO_REDIS_PREFIX}:ingest:free"
+    return f"{namespace.redis_prefix()}:ingest:free"
 
 
 def redis_client() -> Any:
@@ -223,7 +223,7 @@ class UserConnections:
         return self._lease() if self._lease is not None else self.ttl
 
     def key(self, user_id: int) -> str:
-        return f"{settings.LIVEFOLIO_REDIS_PREFIX}:conn:{self.scope}:user.{user_id}"
+        return f"{namespace.redis_prefix()}:conn:{self.scope}:user.{user_id}"
 
     async def acquire(self, user_id: int, connection_id: str) -> bool:
         """Take (or renew) one of the user's slots; False when they are all taken."""

@@ -44,6 +44,8 @@ from channels_redis.utils import _wrap_close, create_pool
 from redis import asyncio as aioredis
 from redis.asyncio import BlockingConnectionPool
 
+from streaming import namespace
+
 log = logging.getLogger(__name__)
 
 
@@ -142,6 +144,7 @@ class CoreChannelLayer(RedisChannelLayer):
     pool that makes a burst wait rather than fail."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("prefix", namespace.redis_prefix())
         super().__init__(*args, **kwargs)
         self.receive_buffer = defaultdict(functools.partial(Inbox, self.capacity))
 
@@ -270,6 +273,10 @@ class _PubSubLoopLayer(RedisPubSubLoopLayer):
 
 class PubSubChannelLayer(RedisPubSubChannelLayer):
     """The pub/sub layer with a pipelined multi-group send and an :class:`Inbox` per channel."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("prefix", namespace.redis_prefix())
+        super().__init__(*args, **kwargs)
 
     def _get_layer(self) -> RedisPubSubLoopLayer:
         loop = asyncio.get_running_loop()

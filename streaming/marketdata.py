@@ -9,7 +9,7 @@ it sees, then publishes the returned message to ``events.instrument_group(instru
 
 The API reads it back (:func:`recent_trades`, :func:`latest_book`) to send a snapshot when a client
 subscribes to ``trades:<symbol>`` or ``book:<symbol>``. With ``REDIS_URL`` the cache lives in
-Redis, shared by every process (keys ``<LIVEFOLIO_CHANNEL_PREFIX>:md:...``, expiring after a day
+Redis, shared by every process (keys ``<LIVEFOLIO_REDIS_PREFIX>:md:...``, expiring after a day
 without writes); in the embedded default (one process) it lives in memory.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from streaming import protocol
+from streaming import namespace, protocol
 
 RECENT_TRADES = 50  # trades kept per instrument
 EXPIRY_SECONDS = 24 * 3600  # an instrument whose feed stopped leaves no cache behind
@@ -44,7 +44,7 @@ def _client() -> redis.Redis | None:
 
 
 def _key(kind: str, instrument_id: int) -> str:
-    return f"{settings.LIVEFOLIO_REDIS_PREFIX}:md:{kind}:{instrument_id}"
+    return f"{namespace.redis_prefix()}:md:{kind}:{instrument_id}"
 
 
 def trade_record(

@@ -41,3 +41,19 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class Deployment(models.Model):
+    """The one row that names this deployment: created by the first ``migrate``, so every
+    process on this database shares it and a deployment on another database has its own. The
+    Redis namespace is derived from it (streaming/namespace.py)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    uid = models.UUIDField(unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="deployment_is_one_row")]
+
+    def __str__(self) -> str:
+        return str(self.uid)

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 import redis
 from django.conf import settings
 
-from streaming import flow
+from streaming import flow, namespace
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def phase_ms(portfolio_id: int, interval: int) -> int:
 
 
 def _keys() -> list[str]:
-    prefix = settings.LIVEFOLIO_REDIS_PREFIX
+    prefix = namespace.redis_prefix()
     return [
         f"{prefix}:valuation:slot",
         f"{prefix}:valuation:deferred",

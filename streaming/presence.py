@@ -25,6 +25,8 @@ from collections.abc import Iterable
 import redis
 from django.conf import settings
 
+from streaming import namespace
+
 log = logging.getLogger(__name__)
 
 # Appended to a cap script just before it reports success. Its caller passes the presence set
@@ -40,7 +42,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seen - 86400)
 
 def keys() -> list[str]:
     """KEYS[2] and KEYS[3] of a script that runs :data:`MARK_LUA`."""
-    prefix = settings.LIVEFOLIO_REDIS_PREFIX
+    prefix = namespace.redis_prefix()
     return [f"{prefix}:presence", f"{prefix}:presence:since"]
 
 

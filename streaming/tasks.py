@@ -17,7 +17,7 @@ from django.db import OperationalError, transaction
 
 from portfolio import health, selectors, services
 from portfolio.models import FeedKind, Quote
-from streaming import events, flow, pacing, presence, protocol
+from streaming import events, flow, namespace, pacing, presence, protocol
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def _take_pending(client) -> list[int]:
 
 
 def _pending_key() -> str:
-    return f"{settings.LIVEFOLIO_REDIS_PREFIX}:valuation:pending"
+    return f"{namespace.redis_prefix()}:valuation:pending"
 
 
 # When this process last took the pending set (a valuation pass).

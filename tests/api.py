@@ -9,12 +9,17 @@ from typing import Any
 
 import yaml
 from channels.db import database_sync_to_async
+from channels.routing import ProtocolTypeRouter
 from channels.testing import WebsocketCommunicator
 from jsonschema import Draft7Validator
 
-from portfolio.asgi import application
 from streaming import tokens
+from streaming.routing import websocket_application
 from tests.conftest import ROOT
+
+# The WebSocket side of portfolio.asgi (that module is the server's start-up: it claims the
+# Redis namespace).
+application = ProtocolTypeRouter({"websocket": websocket_application()})
 
 API_PATH = "/ws/v1/"
 ASYNCAPI = ROOT / "docs" / "asyncapi.yaml"

@@ -127,7 +127,7 @@ def stack_env(**extra: str) -> dict[str, str]:
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         REDIS_URL=settings.REDIS_URL,
         DJANGO_SECRET_KEY=settings.SECRET_KEY,
-        LIVEFOLIO_CHANNEL_PREFIX=os.environ["LIVEFOLIO_CHANNEL_PREFIX"],
+        LIVEFOLIO_REDIS_PREFIX=os.environ["LIVEFOLIO_REDIS_PREFIX"],
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -7,7 +7,7 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/1")
 os.environ.setdefault(
     "DJANGO_SECRET_KEY", "tests-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
 )
-os.environ.setdefault("LIVEFOLIO_CHANNEL_PREFIX", "livefolio-test")
+os.environ.setdefault("LIVEFOLIO_REDIS_PREFIX", "livefolio-test")
 
 from portfolio.settings import *  # noqa: F403
 

@@ -17,7 +17,7 @@ from django.conf import settings
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from streaming import events, protocol
+from streaming import events, namespace, protocol
 from streaming.layers import PubSubChannelLayer, SubscriptionLost
 from tests.conftest import configured_layer, free_port
 from tests.websocket import as_sent, communicator, open_portfolio_page, session_cookie
@@ -155,7 +155,7 @@ async def test_pubsub_a_lost_subscription_fails_every_local_channel_and_none_is_
     host = {"address": settings.REDIS_URL, "socket_timeout": None, "client_name": name}
     layer = PubSubChannelLayer(
         hosts=[host | {"retry": Retry(NoBackoff(), retries)}],
-        prefix=settings.LIVEFOLIO_REDIS_PREFIX,
+        prefix=namespace.redis_prefix(),
     )
     alone, grouped = await layer.new_channel(), await layer.new_channel()
     await layer.group_add("everyone", grouped)
@@ -173,7 +173,7 @@ async def test_pubsub_a_lost_subscription_fails_every_local_channel_and_none_is_
             await asyncio.wait_for(receive, 5)
     # The lost channels' subscriptions are not renewed on the new connection (they would stay
     # forever: their consumers are gone).
-    group_channel = f"{settings.LIVEFOLIO_REDIS_PREFIX}__group__everyone"
+    group_channel = f"{namespace.redis_prefix()}__group__everyone"
     for channel in (alone, group_channel):
         await wait_until(lambda c=channel: subscribers(redis_client, c) == 0, f"{channel} left")
     # A consumer that connects now is served.
@@ -203,7 +203,7 @@ async def test_pubsub_a_channel_nobody_reads_keeps_only_the_newest_capacity_mess
 ):
     layer = PubSubChannelLayer(
         hosts=settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"],
-        prefix=settings.LIVEFOLIO_REDIS_PREFIX,
+        prefix=namespace.redis_prefix(),
         capacity=5,
     )
     idle, marker = await layer.new_channel(), await layer.new_channel()
@@ -235,7 +235,7 @@ async def test_pubsub_messages_are_not_formatted_for_redis_pys_debug_log(caplog)
     # its subscriptions a handler of its own; with debug on here, the default would log.
     layer = PubSubChannelLayer(
         hosts=settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"],
-        prefix=settings.LIVEFOLIO_REDIS_PREFIX,
+        prefix=namespace.redis_prefix(),
     )
     channel = await layer.new_channel()
     await layer.group_add("everyone", channel)
@@ -256,7 +256,7 @@ async def test_pubsub_a_publish_cut_off_before_its_replies_closes_its_connection
     name = connection_name()
     layer = PubSubChannelLayer(
         hosts=[settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0] | {"client_name": name}],
-        prefix=settings.LIVEFOLIO_REDIS_PREFIX,
+        prefix=namespace.redis_prefix(),
     )
     channel = await layer.new_channel()
     await layer.group_add("cut", channel)
@@ -291,7 +291,7 @@ async def test_pubsub_a_batch_redis_refuses_part_of_closes_its_connection(redis_
     name = connection_name()
     password = uuid.uuid4().hex
     host = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
-    prefix = settings.LIVEFOLIO_REDIS_PREFIX
+    prefix = namespace.redis_prefix()
     redis_client.acl_setuser(
         name, enabled=True, passwords=[f"+{password}"], commands=["+@all"], keys=["*"],
         reset_channels=True, channels=[f"{prefix}__group__allowed*"],

@@ -8,11 +8,10 @@ from datetime import timedelta
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.utils import timezone
 
-from streaming import events, protocol
+from streaming import events, namespace, protocol
 from streaming.flow import UserConnections
 from streaming.watch import SocketWatch, session_owners
 from tests.websocket import communicator, open_portfolio_page, session_cookie
@@ -56,7 +55,7 @@ async def test_a_lost_group_membership_and_cap_entry_come_back(world, redis_clie
     monkeypatch.setattr(UserConnections, "REFRESH_SECONDS", 1)
     alice = world["users"]["alice"]
     comm, _ = await open_as(alice)
-    prefix = settings.LIVEFOLIO_REDIS_PREFIX
+    prefix = namespace.redis_prefix()
     cap_key = f"{prefix}:conn:portfolio:user.{alice.id}"
     assert redis_client.zcard(cap_key) == 1
     redis_client.flushdb()  # as if Redis restarted empty
@@ -119,7 +118,7 @@ async def test_sockets_closing_while_renewals_run_leave_no_cap_entry_or_group_me
         await asyncio.sleep(0.02)  # a renewal or two of this socket
         await comm.disconnect()
     await asyncio.sleep(0.1)
-    prefix = settings.LIVEFOLIO_REDIS_PREFIX
+    prefix = namespace.redis_prefix()
     assert redis_client.zcard(f"{prefix}:conn:portfolio:user.{alice.id}") == 0
     assert redis_client.zcard(f"{prefix}:group:{events.user_group(alice.id)}") == 0  # core layer
     group_channel = f"{prefix}__group__{events.user_group(alice.id)}"  # the pub/sub layer's

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from channels.routing import ProtocolTypeRouter
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
-from portfolio.asgi import application
+from streaming.routing import websocket_application
+
+# The WebSocket side of portfolio.asgi (that module is the server's start-up: it claims the
+# Redis namespace).
+application = ProtocolTypeRouter({"websocket": websocket_application()})
 
 ORIGIN = "http://127.0.0.1:8000"
 

@@ -173,12 +173,25 @@ class Stack:
     and the app processes a test starts."""
 
     def __init__(
-        self, redis_server: PrivateRedis, postgres: PrivatePostgres, world: dict, layer: str
+        self,
+        redis_server: PrivateRedis,
+        postgres: PrivatePostgres,
+        world: dict,
+        layer: str,
+        *,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        prefix: str | None = "lf-faults",
     ):
+        """``database_url``/``redis_url`` pick another database on the private servers;
+        ``prefix=None`` leaves LIVEFOLIO_REDIS_PREFIX unset (the derived namespace)."""
         self.redis = redis_server
         self.postgres = postgres
         self.world = world
         self.layer = layer
+        self.database_url = database_url or postgres.url
+        self.redis_url = redis_url or redis_server.url
+        self.prefix = prefix
         self.tmp: Path | None = None
         self.processes: list[Process] = []
 
@@ -186,16 +199,18 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
         env.update(
             DJANGO_SETTINGS_MODULE="portfolio.settings",
-            DATABASE_URL=self.postgres.url,
-            REDIS_URL=self.redis.url,
+            DATABASE_URL=self.database_url,
+            REDIS_URL=self.redis_url,
             DJANGO_SECRET_KEY=SECRET,
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-            LIVEFOLIO_CHANNEL_PREFIX="lf-faults",
             LIVEFOLIO_CHANNEL_LAYER=self.layer,
             LIVEFOLIO_METRICS_TOKEN=METRICS_TOKEN,
             LIVEFOLIO_HEARTBEAT_SECONDS="1",
             PYTHONUNBUFFERED="1",
         )
+        env.pop("LIVEFOLIO_REDIS_PREFIX", None)
+        if self.prefix is not None:
+            env["LIVEFOLIO_REDIS_PREFIX"] = self.prefix
         env.update(extra)
         return env
 
@@ -257,13 +272,13 @@ class Stack:
         from django.utils.module_loading import import_string
 
         backend = import_string(settings.CHANNEL_LAYER_BACKENDS[self.layer])
-        return backend(hosts=[self.redis.url], prefix="lf-faults", **config)
+        return backend(hosts=[self.redis_url], prefix=self.prefix, **config)
 
     def send_batch(self, batch: list[dict]) -> None:
         """Queue an ingest batch on the private broker, as the feed process does."""
         from celery import Celery
 
-        app = Celery("livefolio-faults", broker=self.redis.url)
+        app = Celery("livefolio-faults", broker=self.redis_url)
         app.conf.broker_connection_retry_on_startup = True
         with app.connection_for_write() as connection:
             app.send_task("streaming.tasks.ingest_quotes", args=[batch], connection=connection)

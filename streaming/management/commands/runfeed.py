@@ -9,7 +9,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from streaming import supervisor
+from streaming import namespace, supervisor
 from streaming.runner import FEEDS, FeedRunner
 
 
@@ -54,6 +54,7 @@ class Command(BaseCommand):
                 "speed": options["speed"],
                 "loop": options["loop"],
             }
+        namespace.claim()
         window = options["window_ms"] / 1000 if options["window_ms"] else None
         runner = FeedRunner(kind=kind, window=window, **feed_options)
         asyncio.run(self._run(runner))
