@@ -24,7 +24,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from portfolio import health, services
-from portfolio.models import Instrument, Quote
+from portfolio.models import AssetClass, Instrument, Quote
 from streaming import events, flow, marketdata, pacing, protocol
 from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 
@@ -70,13 +70,17 @@ class Target:
 
     instrument_id: int
     symbol: str
+    crypto: bool = False  # the simulated feed can run an order book for it
 
 
 def _instrument_map(kind: str) -> dict[str, Target]:
     rows = Instrument.objects.filter(feed=kind, active=True).values_list(
-        "feed_symbol", "id", "symbol"
+        "feed_symbol", "id", "symbol", "asset_class"
     )
-    return {feed_symbol: Target(pk, symbol) for feed_symbol, pk, symbol in rows}
+    return {
+        feed_symbol: Target(pk, symbol, asset_class == AssetClass.CRYPTO)
+        for feed_symbol, pk, symbol, asset_class in rows
+    }
 
 
 def _latest_prices(kind: str) -> dict[str, Decimal]:
@@ -232,10 +236,15 @@ class FeedRunner:
         window: float | None = None,
         refresh: float = 5.0,
         sink: Callable[[list[dict[str, Any]]], Any] | None = None,
+        order_books: bool = False,
         **feed_options: Any,
     ) -> None:
         if kind not in FEEDS:
             raise ValueError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
+        if order_books and kind != "simulated":
+            raise ValueError("order_books: only the simulated feed simulates order books")
+        # Simulated: crypto instruments trade in a simulated market with an order book.
+        self.order_books = order_books
         self.kind = kind
         self.refresh = refresh
         self.sink = sink or _default_sink
@@ -366,6 +375,9 @@ class FeedRunner:
                 len(removed),
             )
             self.symbols = symbols
+            if self.order_books:
+                books = frozenset(s for s, target in symbols.items() if target.crypto)
+                await self.feed.set_order_books(books)
             await self.feed.set_symbols(frozenset(symbols))
 
     async def run(self) -> None:
