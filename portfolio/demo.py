@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from decimal import Decimal
+import random
+from datetime import datetime, timedelta
+from decimal import Decimal, localcontext
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from portfolio import services
-from portfolio.models import AssetClass, FeedKind, Instrument, Portfolio, TxKind
+from portfolio.models import AssetClass, FeedKind, Instrument, Portfolio, PriceBar, TxKind
 
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo"
@@ -28,6 +29,15 @@ INSTRUMENTS = [
 ]
 # The rate SAP's euros are converted at: an FX instrument (no holding), streamed like the rest.
 FX = ("EURUSD", "Euro in US dollars", AssetClass.FX, "USD", "1.08", None, None)
+# A market to watch (no holding): the demo's simulated feed runs an order book for each crypto
+# instrument, and this is the pair the exchanges' own demos show.
+MARKET_SYMBOL = "BTC-USDT"
+MARKET = (MARKET_SYMBOL, "Bitcoin / Tether", AssetClass.CRYPTO, "USDT", "97050", None, None)
+# Minutes of 1-minute bars each instrument starts with, so its candles are never empty.
+HISTORY_MINUTES = 120
+# The history's volatility per minute: the demo feed's, whose simulated clock runs 600 times
+# faster than the real one (0.8 a year over 600 minutes), so old and live candles look alike.
+HISTORY_SIGMA = Decimal("0.8") * (Decimal(600 * 60) / Decimal(365 * 24 * 3600)).sqrt()
 
 
 @transaction.atomic
@@ -43,7 +53,11 @@ def demo_seed() -> Portfolio:
         portfolio = services.portfolio_create(owner=user, name="Demo", base_currency="USD")
     now = timezone.now()
     instruments = {}
-    for symbol, name, asset_class, currency, price, _quantity, _unit_cost in [*INSTRUMENTS, FX]:
+    for symbol, name, asset_class, currency, price, _quantity, _unit_cost in [
+        *INSTRUMENTS,
+        FX,
+        MARKET,
+    ]:
         instrument, _ = Instrument.objects.get_or_create(
             symbol=symbol,
             defaults={
@@ -67,6 +81,7 @@ def demo_seed() -> Portfolio:
                     )
                 ]
             )
+        _demo_history(instrument, Decimal(price), now)
     if not portfolio.transactions.exists():
         _demo_ledger(portfolio, instruments, now)
     return portfolio
@@ -115,3 +130,32 @@ def _demo_ledger(portfolio: Portfolio, instruments: dict, now) -> None:
         executed_at=start + timedelta(days=260),
         note="Quarterly dividend",
     )
+
+
+def _demo_history(instrument: Instrument, price: Decimal, now: datetime) -> None:
+    """The last ``HISTORY_MINUTES`` of 1-minute bars, a random walk ending at ``price`` (the
+    same walk for a symbol every time); nothing if the instrument already has bars then."""
+    since = (now - timedelta(minutes=HISTORY_MINUTES)).replace(second=0, microsecond=0)
+    if PriceBar.objects.filter(instrument=instrument, start__gte=since).exists():
+        return
+    rng = random.Random(instrument.symbol)
+    quantum = Decimal("0.0001") if price >= 1 else Decimal("0.00000001")  # as the feed rounds
+    # Four ticks a minute, walked backwards from now: the last one is the current price.
+    per_tick = HISTORY_SIGMA / 2
+    updates = []
+    level = price
+    at = now.replace(second=0, microsecond=0) - timedelta(seconds=15)
+    while at >= since:
+        updates.append(
+            services.QuoteUpdate(
+                instrument_id=instrument.id,
+                price=level.quantize(quantum),
+                exchange_ts=at,
+                source=FeedKind.SIMULATED,
+            )
+        )
+        with localcontext() as ctx:
+            ctx.prec = 28
+            level *= (per_tick * Decimal(repr(rng.gauss(0.0, 1.0)))).exp()
+        at -= timedelta(seconds=15)
+    services.bars_record(updates=updates)

@@ -54,6 +54,7 @@ function extendCandle(price, asOf) {
     lastBar = { ...lastBar, high: Math.max(lastBar.high, p), low: Math.min(lastBar.low, p), close: p };
   } else if (!lastBar || minute > lastBar.time) {
     lastBar = { time: minute, open: p, high: p, low: p, close: p };
+    $("chart").dataset.bars = Number($("chart").dataset.bars || 0) + 1;
   } else {
     return; // an older tick than the newest candle: the bars from the server already hold it
   }
@@ -127,12 +128,13 @@ function onMessage(message) {
   if (message.type === "snapshot") {
     const bars = message.bars.map(bar);
     candles.setData(bars);
+    $("chart").dataset.bars = bars.length; // how many candles are drawn (tests read it)
     lastBar = bars.length ? bars[bars.length - 1] : null;
     showQuote(message.quote);
     showStats(message.stats_24h);
     showPosition(message.position);
     $("trades").replaceChildren();
-    for (const t of [...message.trades].reverse()) addTrade(t);
+    for (const t of message.trades) addTrade(t); // oldest first: each goes on top, newest last
     showBook(message.book);
   } else if (message.type === "quote") {
     showQuote({ ...message, stale: false });
