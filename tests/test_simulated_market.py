@@ -162,3 +162,12 @@ async def test_an_instrument_that_is_not_crypto_gets_no_simulated_market(world, 
         assert await database_sync_to_async(marketdata.latest_book)(eth.id) is None
     finally:
         await stopped(runner, task)
+
+
+def test_runfeed_refuses_order_books_for_a_feed_that_is_not_simulated():
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="--order-books: only the simulated feed"):
+        call_command("runfeed", "binance", "--order-books")
+    with pytest.raises(ValueError, match="order_books: only the simulated feed"):
+        FeedRunner(kind="kraken", order_books=True)
