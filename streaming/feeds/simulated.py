@@ -21,8 +21,8 @@ import time
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 
-from streaming.feeds.base import Book, Emit, Feed, MarketEvent, Tick, Trade, utcnow
-from streaming.feeds.matching import LimitOrderBook, Side
+from streaming.feeds.base import Book, Emit, Feed, Level, MarketEvent, Tick, Trade, utcnow
+from streaming.feeds.matching import Fill, LimitOrderBook, Side
 
 SECONDS_PER_YEAR = Decimal(365 * 24 * 3600)
 DEFAULT_START = Decimal("100")
@@ -86,7 +86,7 @@ class SimulatedMarket:
         # Orders rest a few of the fair price's steps away, so the book keeps up with it.
         self.distance_ratio = 3 * sigma * dt.sqrt()
         self.last_price: Decimal | None = None
-        self._shown: tuple[tuple, tuple] | None = None
+        self._shown: tuple[tuple[Level, ...], tuple[Level, ...]] | None = None
 
     # The order flow ---------------------------------------------------------------------------
 
@@ -133,7 +133,7 @@ class SimulatedMarket:
         value = Decimal(5000) * Decimal(repr(self.rng.lognormvariate(0.0, 1.0)))
         return max(self.lot, (value / self.fair).quantize(self.lot, rounding=ROUND_FLOOR))
 
-    def _rest(self, side: Side, *, passive: bool = False) -> list:
+    def _rest(self, side: Side, *, passive: bool = False) -> list[Fill]:
         """A limit order around the fair price; ``passive``: never crossing (a market maker
         filling a thin side), else it trades if the fair price has moved past the other side."""
         distance = self._distance()
@@ -158,7 +158,7 @@ class SimulatedMarket:
         farther = max(first, second, key=lambda i: (abs(orders[i].price - self.fair), i))
         self.book.cancel(farther)
 
-    def _take(self) -> list:
+    def _take(self) -> list[Fill]:
         bid, ask = self.book.best_bid, self.book.best_ask
         if bid is None or ask is None:
             return []
@@ -173,11 +173,11 @@ class SimulatedMarket:
 
     # What the exchange publishes --------------------------------------------------------------
 
-    def top(self) -> tuple[tuple, tuple]:
+    def top(self) -> tuple[tuple[Level, ...], tuple[Level, ...]]:
         """The best ``depth`` bids (highest first) and asks (lowest first)."""
         return self.book.levels("buy", self.depth), self.book.levels("sell", self.depth)
 
-    def _published(self, fills: list, ts: datetime) -> list[MarketEvent]:
+    def _published(self, fills: list[Fill], ts: datetime) -> list[MarketEvent]:
         events: list[MarketEvent] = [
             Trade(
                 feed_symbol=self.symbol,
@@ -192,27 +192,17 @@ class SimulatedMarket:
         if fills:
             self.last_price = fills[-1].price
         top = self.top()
-        if top != self._shown:
+        moved = top != self._shown
+        if moved:
             self._shown = top
-            bids, asks = top
-            events.append(Book(feed_symbol=self.symbol, bids=bids, asks=asks, ts=ts))
-            bid = bids[0][0] if bids else None
-            ask = asks[0][0] if asks else None
+            events.append(Book(feed_symbol=self.symbol, bids=top[0], asks=top[1], ts=ts))
+        if moved or fills:
+            bid = top[0][0][0] if top[0] else None
+            ask = top[1][0][0] if top[1] else None
             price = self.last_price
-            if price is None:
-                price = (bid + ask) / 2 if bid and ask else self.fair
+            if price is None:  # no trade yet: the mid, as a ticker before the first trade
+                price = (bid + ask) / 2 if bid is not None and ask is not None else self.fair
             events.append(Tick(feed_symbol=self.symbol, price=price, bid=bid, ask=ask, ts=ts))
-        elif fills:
-            bids, asks = top
-            events.append(
-                Tick(
-                    feed_symbol=self.symbol,
-                    price=self.last_price,
-                    bid=bids[0][0] if bids else None,
-                    ask=asks[0][0] if asks else None,
-                    ts=ts,
-                )
-            )
         return events
 
 
