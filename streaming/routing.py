@@ -33,7 +33,7 @@ class SessionAuth:
     """channels' ``AuthMiddlewareStack`` (cookies, session, user) in one step.
 
     A socket keeps its middleware's frames and scope copies for as long as it is open: the
-    three-layer stack held five frames and four copies of the scope (~3 KB per idle socket),
+    three-layer stack would hold five frames and four copies of the scope per idle socket,
     this holds one of each. The same session store, and the same user check as the stack:
     ``channels.auth.get_user`` (the session's auth hash included).
 

@@ -95,7 +95,7 @@ async def _default_sink(batch: list[dict[str, Any]]) -> None:
     # Eager (embedded) runs the task in Django's sync thread; otherwise this is broker I/O.
     # ``argsrepr``: what the worker's log and monitoring tools show of the arguments. Without
     # it Celery builds a truncated repr of the whole batch for every message (its saferepr,
-    # ~1.8 ms of the ~3.7 ms a 150-tick send takes, while the worker waits for the batch).
+    # about half the cost of a send, while the worker waits for the batch).
     await sync_to_async(ingest_quotes.apply_async)((batch,), argsrepr=f"[<{len(batch)} ticks>]")
 
 
@@ -111,11 +111,9 @@ class IngestBackpressure:
     While so, a batch sent now would wait behind a whole task and reach the worker with prices
     that old; the runner keeps its window open instead and sends when a worker is free, so
     what the worker takes is the newest ticks (a worker over capacity delivers fresh prices
-    less often instead of old prices late). Measured at the portfolio target on a 2-core
-    machine where the worker is over capacity: tick -> client p50 533 -> 261 ms, p99 840 ->
-    458 ms (docs/performance.md). Live workers are counted from their heartbeats
+    less often instead of old prices late). Live workers are counted from their heartbeats
     (portfolio/health.py) every few seconds. A task taken longer ago than the soft time limit
-    (30 s) no longer counts as running: a worker that died mid-task leaves it behind until the
+    (30 s) does not count as running: a worker that died mid-task leaves it behind until the
     broker restores it (the visibility timeout, 300 s), and the feed would be held for
     ``max_hold`` at every window all that time.
     """

@@ -16,8 +16,8 @@ from streaming.feeds.base import Emit, Feed, Tick, utcnow
 
 SECONDS_PER_YEAR = Decimal(365 * 24 * 3600)
 DEFAULT_START = Decimal("100")
-# The shortest sleep between wake-ups (seconds). At 1,000 ticks/s the loop woke every
-# millisecond for one tick each: ~140 us of CPU per tick, mostly the event loop's own turn.
+# The shortest sleep between wake-ups (seconds): at high rates one wake-up emits every tick owed
+# by the clock, as a wake-up per tick would cost the event loop a whole turn per tick.
 MIN_WAKE = 0.005
 
 
