@@ -187,7 +187,7 @@ if os.environ.get("LIVEFOLIO_CHANNEL_PREFIX") is not None:
     )
 
 # "pubsub" (the default): Livefolio's layer on Redis pub/sub, one PUBLISH per group message,
-# batched; 2-3x the core layer's deliveries at the target load (docs/performance.md). When its
+# batched; it delivers several times what the core layer does (docs/performance.md). When its
 # subscription to Redis is lost, every socket it carried closes with 4503, as with the core layer.
 # "core": channels-redis' RedisChannelLayer (one lighter inbox per connection, see
 # streaming/layers.py). tests/faults runs the faults a layer handles on both.
@@ -228,8 +228,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Celery's Django fixup closes the database connection before and after every task unless this
-# is set (then every this many tasks): an ingest batch opened a new PostgreSQL session each time
-# (docs/performance.md). portfolio/celery.py applies Django's own rules around each task instead
+# is set (then every this many tasks): each ingest batch would open a new PostgreSQL session.
+# portfolio/celery.py applies Django's own rules around each task instead
 # (CONN_MAX_AGE, health checks, errors) and closes after any task that did not succeed.
 CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_TASK_SOFT_TIME_LIMIT = 30
