@@ -323,11 +323,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-# Front-end packages come from npm (package.json), installed into node_modules, never committed.
-if (BASE_DIR / "node_modules" / "lightweight-charts" / "dist").is_dir():
-    STATICFILES_DIRS.append(
-        ("vendor/lightweight-charts", BASE_DIR / "node_modules" / "lightweight-charts" / "dist")
-    )
+# static/vendor/ holds the built files of npm packages the pages load (package-lock.json's
+# versions, with their licences; tests/test_vendor.py proves they equal the packages' files), so
+# running the app needs no Node.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 

@@ -8,9 +8,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from streaming.feeds.binance import BinanceFeed, DepthBook
 
 from .fakes import Collector, FakeBinance, FakeBinanceRest, eventually, running
+
+pytestmark = pytest.mark.unit
 
 FAST = {"backoff_base": 0.01, "backoff_cap": 0.05, "close_timeout": 0.5}
 UNUSED_REST = "http://127.0.0.1:9"  # for feeds without the depth channel

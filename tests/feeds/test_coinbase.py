@@ -6,9 +6,13 @@ import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
+
 from streaming.feeds.coinbase import CoinbaseFeed
 
 from .fakes import Collector, FakeCoinbase, eventually, running
+
+pytestmark = pytest.mark.unit
 
 FAST = {"backoff_base": 0.01, "backoff_cap": 0.05, "close_timeout": 0.5, "stall_timeout": 0.5}
 

@@ -6,9 +6,13 @@ import asyncio
 import logging
 from decimal import Decimal
 
+import pytest
+
 from streaming.feeds.kraken import KrakenFeed, book_checksum, checksum_token
 
 from .fakes import Collector, FakeKraken, eventually, running
+
+pytestmark = pytest.mark.unit
 
 FAST = {"backoff_base": 0.01, "backoff_cap": 0.05, "close_timeout": 0.5, "stall_timeout": 0.5}
 
