@@ -24,6 +24,14 @@ QUANTITY = {"max_digits": 30, "decimal_places": 12}
 MONEY = {"max_digits": 28, "decimal_places": 10}
 
 currency_code = RegexValidator(r"^[A-Z0-9]{3,5}$", "Use an ISO-style currency code, e.g. USD.")
+# Pages and sockets carry a symbol as URL path segments (/i/BTC/USD/): any visible characters
+# but spaces, and a "/" only between two parts that are not "." or ".." (a browser resolves
+# those segments away before the request is sent).
+instrument_symbol = RegexValidator(
+    r"^(?!\.\.?(?:/|$))(?!.*/\.\.?(?:/|$))[^\s/\x00-\x1f\x7f]+(?:/[^\s/\x00-\x1f\x7f]+)*\Z",
+    'Use visible characters without spaces; a "/" goes only between two parts (BTC/USD), '
+    'and no part may be "." or "..".',
+)
 
 
 class AssetClass(models.TextChoices):
@@ -45,7 +53,10 @@ class FeedKind(models.TextChoices):
 
 class Instrument(models.Model):
     symbol = models.CharField(
-        max_length=32, unique=True, help_text="Livefolio's symbol, e.g. BTC-USD."
+        max_length=32,
+        unique=True,
+        validators=[instrument_symbol],
+        help_text="Livefolio's symbol, e.g. BTC-USD or BTC/USD.",
     )
     name = models.CharField(max_length=120)
     asset_class = models.CharField(max_length=16, choices=AssetClass.choices)
