@@ -404,9 +404,6 @@ class FeedStatus(models.Model):
     errors = models.PositiveBigIntegerField(default=0)
     symbols = models.JSONField(default=dict, help_text="Feed symbol -> time of its last message.")
 
-    # A feed process that has not written for this long is presumed dead.
-    ALIVE_WITHIN = timedelta(seconds=15)
-
     class Meta:
         ordering = ["feed"]
         verbose_name_plural = "feed statuses"
@@ -414,8 +411,19 @@ class FeedStatus(models.Model):
     def __str__(self) -> str:
         return f"{self.feed}: {self.state}"
 
+    @staticmethod
+    def alive_within() -> timedelta:
+        """The process writes this row every LIVEFOLIO_FEED_HEARTBEAT_SECONDS; three missed
+        writes mean it is dead or stalled."""
+        return timedelta(seconds=3 * settings.LIVEFOLIO_FEED_HEARTBEAT_SECONDS)
+
     def is_alive(self, now: datetime | None = None) -> bool:
-        return (now or timezone.now()) - self.heartbeat_at <= self.ALIVE_WITHIN
+        return (now or timezone.now()) - self.heartbeat_at <= self.alive_within()
+
+    def shown_state(self, now: datetime | None = None) -> str:
+        """The state the process last reported, or "down" once its heartbeat has stopped (a
+        killed process never writes "stopped")."""
+        return self.state if self.is_alive(now) else "down"
 
     def last_message_age(self, now: datetime | None = None) -> timedelta | None:
         return (now or timezone.now()) - self.last_message_at if self.last_message_at else None

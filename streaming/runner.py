@@ -31,7 +31,6 @@ from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade
 log = logging.getLogger(__name__)
 
 FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken")
-HEALTH_INTERVAL = 2.0
 
 
 def build_feed(kind: str, *, emit: Callable[[MarketEvent], None], **options: Any) -> Feed:
@@ -351,7 +350,7 @@ class FeedRunner:
                 await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
             except Exception:
                 log.exception("feed %s: writing feed health failed", self.kind)
-            await asyncio.sleep(HEALTH_INTERVAL)
+            await asyncio.sleep(settings.LIVEFOLIO_FEED_HEARTBEAT_SECONDS)
 
     async def refresh_symbols(self) -> None:
         symbols = await sync_to_async(_instrument_map)(self.kind)
