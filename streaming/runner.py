@@ -24,7 +24,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from portfolio import health, services
-from portfolio.models import Instrument, Quote
+from portfolio.models import AssetClass, Instrument, Quote
 from streaming import events, flow, marketdata, pacing, protocol
 from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 
@@ -69,6 +69,12 @@ class Target:
 
     instrument_id: int
     symbol: str
+
+
+def _book_symbols(kind: str) -> frozenset[str]:
+    """The simulated feed keeps an order book, and a tape, for its crypto instruments."""
+    rows = Instrument.objects.filter(feed=kind, active=True, asset_class=AssetClass.CRYPTO)
+    return frozenset(rows.values_list("feed_symbol", flat=True))
 
 
 def _instrument_map(kind: str) -> dict[str, Target]:
@@ -367,6 +373,8 @@ class FeedRunner:
             await asyncio.sleep(settings.LIVEFOLIO_FEED_HEARTBEAT_SECONDS)
 
     async def refresh_symbols(self) -> None:
+        if self.kind == "simulated":
+            self.feed.book_symbols = await sync_to_async(_book_symbols)(self.kind)
         symbols = await sync_to_async(_instrument_map)(self.kind)
         if symbols != self.symbols:
             added = set(symbols) - set(self.symbols)
