@@ -240,6 +240,11 @@ class InstanceCollector:
         stale = GaugeMetricFamily(
             "livefolio_feed_stale", "1 when a feed's newest price is stale", labels=["feed"]
         )
+        processes = GaugeMetricFamily(
+            "livefolio_feed_process_alive",
+            "1 while a feed process writes its heartbeat, 0 after three missed ones",
+            labels=["feed"],
+        )
         batches = CounterMetricFamily("livefolio_ingest_batches", "Ingest batches stored")
         seconds = CounterMetricFamily(
             "livefolio_ingest_task_seconds", "Total time spent in ingest tasks"
@@ -260,9 +265,14 @@ class InstanceCollector:
             for feed, age in feed_ages().items():
                 feeds.add_metric([feed], -1 if age is None else age)
                 stale.add_metric([feed], int(age is None or age > settings.LIVEFOLIO_STALE_SECONDS))
+            from portfolio.models import FeedStatus
+
+            now = timezone.now()
+            for status in FeedStatus.objects.all():
+                processes.add_metric([status.feed], int(status.is_alive(now)))
         except Exception as exc:
             log.warning("metrics: database unavailable (%s)", exc)
-        yield from (workers, feeds, stale, batches, seconds, lag)
+        yield from (workers, feeds, stale, processes, batches, seconds, lag)
 
 
 if settings.REDIS_URL:

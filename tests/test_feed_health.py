@@ -122,3 +122,13 @@ def test_a_live_process_whose_connection_stays_down_fails_healthz(world, setting
     assert response.json()["checks"]["feeds"]["feeds"]["simulated"]["state"] == "backoff"
     report(state="backoff")  # a reconnect a moment after the last message: not yet a failure
     assert Client().get("/healthz?check=feeds").status_code == 200
+
+
+def test_metrics_say_whether_each_feed_process_is_alive(world, admin_client, settings):
+    settings.LIVEFOLIO_FEED_HEARTBEAT_SECONDS = 2
+    report()
+    text = admin_client.get("/metrics").content.decode()
+    assert 'livefolio_feed_process_alive{feed="simulated"} 1.0' in text
+    age_heartbeat("simulated", 7)
+    text = admin_client.get("/metrics").content.decode()
+    assert 'livefolio_feed_process_alive{feed="simulated"} 0.0' in text
