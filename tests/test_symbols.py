@@ -146,3 +146,14 @@ async def test_the_instrument_socket_and_the_api_serve_a_symbol_with_a_slash(wor
     assert reply["result"]["stream"] == f"quotes:{SYMBOL}", reply
     assert instrument.symbol == SYMBOL
     await bot.disconnect()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("symbol", ["EUR/USD?x#1", "100%/ÄÖ", "a.b/..c"])
+def test_any_symbol_the_admin_accepts_links_to_its_own_page(world, admin_client, symbol):
+    assert add_in_admin(admin_client, symbol).status_code == 302
+    instrument = Instrument.objects.get(symbol=symbol)
+    status = admin_client.get("/status/feeds/")
+    assert status.status_code == 200
+    [link] = links_to(status.content.decode(), symbol)
+    assert admin_client.get(link).context["instrument"] == instrument
