@@ -28,6 +28,9 @@ INSTRUMENTS = [
 ]
 # The rate SAP's euros are converted at: an FX instrument (no holding), streamed like the rest.
 FX = ("EURUSD", "Euro in US dollars", AssetClass.FX, "USD", "1.08", None, None)
+# A market to watch (no holding): the simulated feed keeps an order book and a tape for crypto
+# instruments, shown on /i/BTC/USDT/.
+MARKET = ("BTC/USDT", "Bitcoin in Tether", AssetClass.CRYPTO, "USDT", "97000", None, None)
 
 
 @transaction.atomic
@@ -43,7 +46,11 @@ def demo_seed() -> Portfolio:
         portfolio = services.portfolio_create(owner=user, name="Demo", base_currency="USD")
     now = timezone.now()
     instruments = {}
-    for symbol, name, asset_class, currency, price, _quantity, _unit_cost in [*INSTRUMENTS, FX]:
+    for symbol, name, asset_class, currency, price, _quantity, _unit_cost in [
+        *INSTRUMENTS,
+        FX,
+        MARKET,
+    ]:
         instrument, _ = Instrument.objects.get_or_create(
             symbol=symbol,
             defaults={

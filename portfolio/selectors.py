@@ -801,7 +801,12 @@ def feed_health(*, now: datetime | None = None) -> dict[str, Any]:
     """Every feed's reported health, and every active instrument's price age and staleness."""
     now = now or timezone.now()
     feeds = [
-        {"status": status, "alive": status.is_alive(now), "age": status.last_message_age(now)}
+        {
+            "status": status,
+            "state": status.shown_state(now),
+            "alive": status.is_alive(now),
+            "age": status.last_message_age(now),
+        }
         for status in FeedStatus.objects.all()
     ]
     instruments = [

@@ -267,6 +267,8 @@ LIVEFOLIO_VALUATION_MAX_DELAY_MS = env_int("LIVEFOLIO_VALUATION_MAX_DELAY_MS", 5
 LIVEFOLIO_VALUATION_INTERVAL_MS = env_int("LIVEFOLIO_VALUATION_INTERVAL_MS", 0, minimum=0)
 # A price older than this is shown as stale (seconds).
 LIVEFOLIO_STALE_SECONDS = env_int("LIVEFOLIO_STALE_SECONDS", 120, minimum=1)
+# How often a feed process writes its health row; three missed writes read as "down".
+LIVEFOLIO_FEED_HEARTBEAT_SECONDS = env_int("LIVEFOLIO_FEED_HEARTBEAT_SECONDS", 2, minimum=1)
 # Order books are published at most this often per instrument (milliseconds).
 LIVEFOLIO_BOOK_INTERVAL_MS = env_int("LIVEFOLIO_BOOK_INTERVAL_MS", 250, minimum=50)
 

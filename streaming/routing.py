@@ -65,7 +65,8 @@ class SessionAuth:
 
 websocket_urlpatterns = [
     path("ws/portfolio/", SessionAuth(consumers.PortfolioConsumer.as_asgi())),
-    path("ws/instrument/<str:symbol>/", SessionAuth(consumers.InstrumentConsumer.as_asgi())),
+    # <path:...>: a symbol may contain "/" (Kraken's BTC/USD), as on the page's URL.
+    path("ws/instrument/<path:symbol>/", SessionAuth(consumers.InstrumentConsumer.as_asgi())),
 ]
 
 api_urlpatterns = [

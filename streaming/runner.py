@@ -24,14 +24,13 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from portfolio import health, services
-from portfolio.models import Instrument, Quote
+from portfolio.models import AssetClass, Instrument, Quote
 from streaming import events, flow, marketdata, pacing, protocol
 from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 
 log = logging.getLogger(__name__)
 
 FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken")
-HEALTH_INTERVAL = 2.0
 
 
 def build_feed(kind: str, *, emit: Callable[[MarketEvent], None], **options: Any) -> Feed:
@@ -70,6 +69,12 @@ class Target:
 
     instrument_id: int
     symbol: str
+
+
+def _book_symbols(kind: str) -> frozenset[str]:
+    """The simulated feed keeps an order book, and a tape, for its crypto instruments."""
+    rows = Instrument.objects.filter(feed=kind, active=True, asset_class=AssetClass.CRYPTO)
+    return frozenset(rows.values_list("feed_symbol", flat=True))
 
 
 def _instrument_map(kind: str) -> dict[str, Target]:
@@ -248,6 +253,7 @@ class FeedRunner:
         )
         self.book_interval = settings.LIVEFOLIO_BOOK_INTERVAL_MS / 1000
         self.trades: list[Trade] = []
+        self.trades_waiting = asyncio.Event()  # set when a trade arrives: published at once
         self.books: dict[str, Book] = {}
         self.feed_options = feed_options
         self.feed: Feed | None = None
@@ -263,6 +269,7 @@ class FeedRunner:
             self.coalescer.add(event)
         elif isinstance(event, Trade):
             self.trades.append(event)
+            self.trades_waiting.set()
         elif isinstance(event, Book):
             self.books[event.feed_symbol] = event  # only the newest book per window matters
 
@@ -293,7 +300,7 @@ class FeedRunner:
     def market_messages(
         self, trades: list[Trade], books: dict[str, Book]
     ) -> list[tuple[str, dict[str, Any]]]:
-        """A window's trades (all, in order) and books (the newest per instrument), kept in the
+        """Trades (all, in order) and books (the newest per instrument), kept in the
         market-data cache for snapshots; returns the messages to publish."""
         messages = []
         for t in trades:
@@ -322,26 +329,38 @@ class FeedRunner:
                 messages.append((events.instrument_group(target.instrument_id), payload))
         return messages
 
-    async def publish_market_data(self) -> None:
+    async def publish_trades(self) -> None:
+        """Every trade as soon as it arrives, never held for the books' interval; the trades that
+        arrive while one publish is under way go out together in the next."""
+        while True:
+            await self.trades_waiting.wait()
+            self.trades_waiting.clear()
+            # Taken here, on the loop, so no trade arriving meanwhile is lost.
+            trades, self.trades = self.trades, []
+            await self._publish_market_data(trades, {})
+
+    async def publish_books(self) -> None:
+        """The newest book per instrument, at most once per ``LIVEFOLIO_BOOK_INTERVAL_MS``."""
         while True:
             await asyncio.sleep(self.book_interval)
-            if not (self.trades or self.books):
+            if not self.books:
                 continue
-            # Taken here, on the loop, so no event arriving meanwhile is lost.
-            trades, self.trades = self.trades, []
             books, self.books = self.books, {}
+            await self._publish_market_data([], books)
+
+    async def _publish_market_data(self, trades: list[Trade], books: dict[str, Book]) -> None:
+        try:
+            messages = await sync_to_async(self.market_messages)(trades, books)
+        except Exception:
+            log.exception("feed %s: caching market data failed", self.kind)
+            return
+        if messages:
             try:
-                messages = await sync_to_async(self.market_messages)(trades, books)
+                await events.apublish(messages)
             except Exception:
-                log.exception("feed %s: caching market data failed", self.kind)
-                continue
-            if messages:
-                try:
-                    await events.apublish(messages)
-                except Exception:
-                    log.exception(
-                        "feed %s: publishing %d market messages failed", self.kind, len(messages)
-                    )
+                log.exception(
+                    "feed %s: publishing %d market messages failed", self.kind, len(messages)
+                )
 
     async def record_health(self) -> None:
         while True:
@@ -349,9 +368,11 @@ class FeedRunner:
                 await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
             except Exception:
                 log.exception("feed %s: writing feed health failed", self.kind)
-            await asyncio.sleep(HEALTH_INTERVAL)
+            await asyncio.sleep(settings.LIVEFOLIO_FEED_HEARTBEAT_SECONDS)
 
     async def refresh_symbols(self) -> None:
+        if self.kind == "simulated":
+            self.feed.book_symbols = await sync_to_async(_book_symbols)(self.kind)
         symbols = await sync_to_async(_instrument_map)(self.kind)
         if symbols != self.symbols:
             added = set(symbols) - set(self.symbols)
@@ -377,7 +398,8 @@ class FeedRunner:
         tasks = [
             asyncio.create_task(self.feed.run(), name=f"feed-{self.kind}"),
             asyncio.create_task(self.coalescer.run(), name=f"coalesce-{self.kind}"),
-            asyncio.create_task(self.publish_market_data(), name=f"market-{self.kind}"),
+            asyncio.create_task(self.publish_trades(), name=f"trades-{self.kind}"),
+            asyncio.create_task(self.publish_books(), name=f"books-{self.kind}"),
             asyncio.create_task(self.record_health(), name=f"health-{self.kind}"),
         ]
         try:

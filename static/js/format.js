@@ -3,11 +3,21 @@
 
 const moneyFormats = new Map();
 
+function moneyFormat(currency) {
+  try {
+    return new Intl.NumberFormat(undefined, { style: "currency", currency });
+  } catch (error) {
+    // Intl knows only three-letter codes; a longer one the admin accepts (USDT) is written
+    // after the amount.
+    if (!(error instanceof RangeError)) throw error;
+    const amounts = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    return { format: (amount) => `${amounts.format(amount)} ${currency}` };
+  }
+}
+
 export function money(amount, currency) {
   if (amount === null || amount === undefined) return "—";
-  if (!moneyFormats.has(currency)) {
-    moneyFormats.set(currency, new Intl.NumberFormat(undefined, { style: "currency", currency }));
-  }
+  if (!moneyFormats.has(currency)) moneyFormats.set(currency, moneyFormat(currency));
   return moneyFormats.get(currency).format(amount);
 }
 

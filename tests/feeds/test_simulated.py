@@ -4,11 +4,15 @@ and a loop that does not wake for every single tick."""
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streaming.feeds import simulated
-from streaming.feeds.simulated import SimulatedFeed
+from streaming.feeds.base import Book, Tick, Trade
+from streaming.feeds.simulated import SimulatedBook, SimulatedFeed
 
 pytestmark = pytest.mark.unit
 
@@ -78,3 +82,104 @@ async def test_at_a_low_rate_the_loop_sleeps_until_the_next_tick_is_due(monkeypa
 
     delays = await _run_until(feed, monkeypatch, nothing, sleeps=1)
     assert 0.05 < delays[0] <= 0.1  # a tick every 100 ms, not one every MIN_WAKE
+
+
+# The simulated order book ------------------------------------------------------------------
+
+
+def D(text: str) -> Decimal:
+    return Decimal(text)
+
+
+def test_an_order_that_crosses_trades_best_level_first_and_rests_the_rest():
+    book = SimulatedBook(tick_size=D("0.1"))
+    book.limit("sell", D("100.2"), D("1"))
+    book.limit("sell", D("100.1"), D("2"))
+    book.limit("buy", D("99.9"), D("5"))
+    fills = book.limit("buy", D("100.2"), D("4"))
+    assert fills == [(D("100.1"), D("2")), (D("100.2"), D("1"))]
+    assert book.bids == {D("99.9"): D("5"), D("100.2"): D("1")}  # 4 - 3 traded rests
+    assert book.asks == {}
+    assert book.market("sell", D("2")) == [(D("100.2"), D("1")), (D("99.9"), D("1"))]
+    book.cancel("buy", D("99.9"), D("4"))
+    assert book.bids == {}
+
+
+def test_a_limit_order_that_does_not_cross_only_rests():
+    book = SimulatedBook(tick_size=D("1"))
+    book.limit("sell", D("101"), D("1"))
+    assert book.limit("buy", D("100"), D("3")) == []
+    assert book.limit("buy", D("100"), D("1")) == []
+    assert book.top(10) == (((D("100"), D("4")),), ((D("101"), D("1")),))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**32), start=st.sampled_from(["97000", "3.5"]))
+def test_the_simulated_book_stays_consistent_and_its_tape_agrees_with_it(seed, start):
+    feed = SimulatedFeed(
+        emit=lambda event: None,
+        seed=seed,
+        rate=100,
+        start_prices={"BTC/USDT": D(start)},
+        book_symbols=frozenset({"BTC/USDT"}),
+    )
+    first = feed.initial_book("BTC/USDT")
+    assert len(first.bids) == len(first.asks) == 10
+    trade_ids: list[int] = []
+    last_trade = None
+    for _ in range(300):
+        events = feed.book_step("BTC/USDT")
+        trades = [e for e in events if isinstance(e, Trade)]
+        [book] = [e for e in events if isinstance(e, Book)]
+        [tick] = [e for e in events if isinstance(e, Tick)]
+        bid_prices = [p for p, _ in book.bids]
+        ask_prices = [p for p, _ in book.asks]
+        assert bid_prices == sorted(bid_prices, reverse=True) and len(set(bid_prices)) == 10
+        assert ask_prices == sorted(ask_prices) and len(set(ask_prices)) == 10
+        assert bid_prices[0] < ask_prices[0]  # a crossing order trades, it never rests
+        assert all(q > 0 for _, q in (*book.bids, *book.asks))
+        for trade in trades:
+            assert trade.size > 0 and trade.side in ("buy", "sell")
+            trade_ids.append(int(trade.trade_id))
+            last_trade = trade.price
+        assert (tick.bid, tick.ask) == (bid_prices[0], ask_prices[0])
+        if last_trade is not None:
+            assert tick.price == last_trade
+    assert trade_ids == list(range(1, len(trade_ids) + 1))
+    assert trade_ids, "300 steps of a simulated market without a single trade"
+
+
+def test_a_seed_gives_the_same_book_and_tape_every_time():
+    def run(seed: int) -> list:
+        feed = SimulatedFeed(emit=lambda e: None, seed=seed, book_symbols=frozenset({"X"}))
+        return [
+            (type(e).__name__, getattr(e, "price", None), getattr(e, "bids", None))
+            for _ in range(50)
+            for e in feed.book_step("X")
+        ]
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+async def test_a_book_symbol_gets_its_book_at_once_then_trades_and_books_as_it_runs():
+    events = []
+    traded = asyncio.Event()
+
+    def emit(event) -> None:
+        events.append(event)
+        if isinstance(event, Trade):
+            traded.set()
+
+    feed = SimulatedFeed(emit=emit, seed=5, rate=200, book_symbols=frozenset({"BTC/USDT"}))
+    await feed.set_symbols(frozenset({"BTC/USDT", "AAPL"}))
+    runner = asyncio.create_task(feed.run())
+    try:
+        await asyncio.wait_for(traded.wait(), 10)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert isinstance(events[0], Book) and events[0].feed_symbol == "BTC/USDT"
+    # Only the book symbol has a book and a tape; the other ticks as before.
+    assert {e.feed_symbol for e in events if isinstance(e, Book | Trade)} == {"BTC/USDT"}
+    assert {e.feed_symbol for e in events if isinstance(e, Tick)} <= {"BTC/USDT", "AAPL"}
