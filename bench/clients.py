@@ -77,7 +77,7 @@ class Client:
             async for raw in self.ws:
                 now = time.time()
                 stats.last_rx = time.monotonic()
-                message = orjson.loads(raw)  # ~4x json.loads on 13.7 KB valuations
+                message = orjson.loads(raw)  # cheaper than json: this shares the cores it measures
                 seq = message.get("seq")
                 if seq is not None:
                     if seq <= self.last_seq:

@@ -270,7 +270,7 @@ def seed(args: argparse.Namespace) -> dict[str, Any]:
     with connection.cursor() as cursor:
         # Planner statistics, as autovacuum keeps them in production: without them (autovacuum
         # is off on some machines, and a fresh seed has none) PostgreSQL plans on guesses, and
-        # the bench would time plans production does not run (docs/performance.md).
+        # the bench would time plans production does not run.
         cursor.execute("ANALYZE")
     print(
         f"seeded {len(users)} users, {len(instruments)} instruments, {len(portfolios)} "

@@ -243,7 +243,7 @@ class FeedStatusAdmin(admin.ModelAdmin):
 
     list_display = (
         "feed",
-        "state",
+        "current_state",
         "alive",
         "last_message",
         "messages_per_s",
@@ -261,6 +261,10 @@ class FeedStatusAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    @admin.display(description="State", ordering="state")
+    def current_state(self, obj: FeedStatus) -> str:
+        return obj.shown_state()
 
     @admin.display(boolean=True, description="Process alive")
     def alive(self, obj: FeedStatus) -> bool:

@@ -39,8 +39,8 @@ def _start_heartbeat(sender, **kwargs) -> None:
 @worker_ready.connect
 def _freeze_start_up(**kwargs) -> None:
     """What start-up loaded (Django, Celery, the tasks) lives as long as the worker: the cyclic
-    collector need not walk it in every full collection (~70 ms each with books cached for
-    1,000 portfolios; docs/performance.md). Forked pool children inherit it frozen."""
+    collector need not walk it in every full collection, a pause inside a pass that grows with
+    the books cached. Forked pool children inherit it frozen."""
     gc.freeze()
 
 

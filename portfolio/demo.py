@@ -31,8 +31,8 @@ INSTRUMENTS = [
 FX = ("EURUSD", "Euro in US dollars", AssetClass.FX, "USD", "1.08", None, None)
 # A market to watch (no holding): the demo's simulated feed runs an order book for each crypto
 # instrument, and this is the pair the exchanges' own demos show.
-MARKET_SYMBOL = "BTC-USDT"
-MARKET = (MARKET_SYMBOL, "Bitcoin / Tether", AssetClass.CRYPTO, "USDT", "97050", None, None)
+MARKET_SYMBOL = "BTC/USDT"
+MARKET = (MARKET_SYMBOL, "Bitcoin / Tether", AssetClass.CRYPTO, "USDT", "97000", None, None)
 # Minutes of 1-minute bars each instrument starts with, so its candles are never empty.
 HISTORY_MINUTES = 120
 # The history's volatility per minute: the demo feed's, whose simulated clock runs 600 times

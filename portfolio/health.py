@@ -20,6 +20,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.db import connection
 from django.db.models import Max
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
@@ -147,13 +148,40 @@ def feed_ages() -> dict[str, float | None]:
 
 
 def check_feeds() -> dict[str, Any]:
+    """Per feed with active instruments: its process (alive while its heartbeat is at most three
+    LIVEFOLIO_FEED_HEARTBEAT_SECONDS old), its connection state and its newest price's age.
+
+    A feed fails when its process is down or never reported, or when its connection has been
+    down for longer than LIVEFOLIO_STALE_SECONDS. A stale price from a live, connected feed is a
+    quiet market, not a failure (it is still reported, and flagged on the pages)."""
+    from portfolio.models import FeedStatus
+
+    now = timezone.now()
     limit = settings.LIVEFOLIO_STALE_SECONDS
-    feeds = {
-        feed: {"price_age": None if age is None else round(age, 1)}
-        | {"stale": age is None or age > limit}
-        for feed, age in feed_ages().items()
-    }
-    return {"ok": not any(f["stale"] for f in feeds.values()), "feeds": feeds}
+    statuses = {status.feed: status for status in FeedStatus.objects.all()}
+    feeds = {}
+    for feed, age in feed_ages().items():
+        entry: dict[str, Any] = {
+            "price_age": None if age is None else round(age, 1),
+            "stale": age is None or age > limit,
+        }
+        status = statuses.get(feed)
+        if status is None:
+            entry |= {"process": "never reported", "state": None, "ok": False}
+        else:
+            alive = status.is_alive(now)
+            quiet = status.last_message_age(now)
+            connected = status.state == "connected" or (
+                quiet is not None and quiet.total_seconds() <= limit
+            )
+            entry |= {
+                "process": "alive" if alive else "down",
+                "state": status.shown_state(now),
+                "heartbeat_age": round((now - status.heartbeat_at).total_seconds(), 1),
+                "ok": alive and connected,
+            }
+        feeds[feed] = entry
+    return {"ok": all(f["ok"] for f in feeds.values()), "feeds": feeds}
 
 
 CHECKS = {
@@ -214,6 +242,11 @@ class InstanceCollector:
         stale = GaugeMetricFamily(
             "livefolio_feed_stale", "1 when a feed's newest price is stale", labels=["feed"]
         )
+        processes = GaugeMetricFamily(
+            "livefolio_feed_process_alive",
+            "1 while a feed process writes its heartbeat, 0 after three missed ones",
+            labels=["feed"],
+        )
         batches = CounterMetricFamily("livefolio_ingest_batches", "Ingest batches stored")
         seconds = CounterMetricFamily(
             "livefolio_ingest_task_seconds", "Total time spent in ingest tasks"
@@ -234,9 +267,14 @@ class InstanceCollector:
             for feed, age in feed_ages().items():
                 feeds.add_metric([feed], -1 if age is None else age)
                 stale.add_metric([feed], int(age is None or age > settings.LIVEFOLIO_STALE_SECONDS))
+            from portfolio.models import FeedStatus
+
+            now = timezone.now()
+            for status in FeedStatus.objects.all():
+                processes.add_metric([status.feed], int(status.is_alive(now)))
         except Exception as exc:
             log.warning("metrics: database unavailable (%s)", exc)
-        yield from (workers, feeds, stale, batches, seconds, lag)
+        yield from (workers, feeds, stale, processes, batches, seconds, lag)
 
 
 if settings.REDIS_URL:

@@ -24,6 +24,14 @@ QUANTITY = {"max_digits": 30, "decimal_places": 12}
 MONEY = {"max_digits": 28, "decimal_places": 10}
 
 currency_code = RegexValidator(r"^[A-Z0-9]{3,5}$", "Use an ISO-style currency code, e.g. USD.")
+# Pages and sockets carry a symbol as URL path segments (/i/BTC/USD/): any visible characters
+# but spaces, and a "/" only between two parts that are not "." or ".." (a browser resolves
+# those segments away before the request is sent).
+instrument_symbol = RegexValidator(
+    r"^(?!\.\.?(?:/|$))(?!.*/\.\.?(?:/|$))[^\s/\x00-\x1f\x7f]+(?:/[^\s/\x00-\x1f\x7f]+)*\Z",
+    'Use visible characters without spaces; a "/" goes only between two parts (BTC/USD), '
+    'and no part may be "." or "..".',
+)
 
 
 class AssetClass(models.TextChoices):
@@ -45,7 +53,10 @@ class FeedKind(models.TextChoices):
 
 class Instrument(models.Model):
     symbol = models.CharField(
-        max_length=32, unique=True, help_text="Livefolio's symbol, e.g. BTC-USD."
+        max_length=32,
+        unique=True,
+        validators=[instrument_symbol],
+        help_text="Livefolio's symbol, e.g. BTC-USD or BTC/USD.",
     )
     name = models.CharField(max_length=120)
     asset_class = models.CharField(max_length=16, choices=AssetClass.choices)
@@ -393,9 +404,6 @@ class FeedStatus(models.Model):
     errors = models.PositiveBigIntegerField(default=0)
     symbols = models.JSONField(default=dict, help_text="Feed symbol -> time of its last message.")
 
-    # A feed process that has not written for this long is presumed dead.
-    ALIVE_WITHIN = timedelta(seconds=15)
-
     class Meta:
         ordering = ["feed"]
         verbose_name_plural = "feed statuses"
@@ -403,8 +411,19 @@ class FeedStatus(models.Model):
     def __str__(self) -> str:
         return f"{self.feed}: {self.state}"
 
+    @staticmethod
+    def alive_within() -> timedelta:
+        """The process writes this row every LIVEFOLIO_FEED_HEARTBEAT_SECONDS; three missed
+        writes mean it is dead or stalled."""
+        return timedelta(seconds=3 * settings.LIVEFOLIO_FEED_HEARTBEAT_SECONDS)
+
     def is_alive(self, now: datetime | None = None) -> bool:
-        return (now or timezone.now()) - self.heartbeat_at <= self.ALIVE_WITHIN
+        return (now or timezone.now()) - self.heartbeat_at <= self.alive_within()
+
+    def shown_state(self, now: datetime | None = None) -> str:
+        """The state the process last reported, or "down" once its heartbeat has stopped (a
+        killed process never writes "stopped")."""
+        return self.state if self.is_alive(now) else "down"
 
     def last_message_age(self, now: datetime | None = None) -> timedelta | None:
         return (now or timezone.now()) - self.last_message_at if self.last_message_at else None

@@ -62,8 +62,8 @@ _WIDE = Context(prec=60)
 def _trim(value: Decimal | None) -> Decimal | None:
     """The same number without the trailing zeros of its column's scale (a quantity comes back
     as 17.110000000000, a price as 526.7902000000): a product of two trimmed numbers has 8
-    digits instead of 27. A holding's arithmetic and rounding cost ~25% less on them, a whole
-    valuation ~4% (docs/performance.md); every amount and text comes out the same."""
+    digits instead of 27, so a holding's arithmetic and rounding work on short numbers; every
+    amount and text comes out the same."""
     return None if value is None else value.normalize(_WIDE)
 
 
@@ -398,7 +398,7 @@ def _state(
     as_of = None  # the newest price time of the open positions, as its (sortable) ISO text
     for p, hv in zip(positions, value.holdings, strict=True):
         # Built key by key on a copy: a dict literal with ``**`` merges builds its literal keys
-        # as a second dict first, and this runs per holding per valuation (~1.8 -> ~1.0 us).
+        # as a second dict first, and this runs per holding per valuation.
         row = texts[p.instrument].copy()  # instrument, symbol, name, price, as of, age...
         row.update(p.texts)  # quantity, cost basis, average cost, realized P&L, income
         stamp = row["price_as_of"]
@@ -579,8 +579,8 @@ def _period_irr(
 # The value chart draws at most this many points; a long range is thinned to one per time bucket.
 HISTORY_MAX_POINTS = 500
 
-# A range of up to this many snapshots is read whole and thinned here (a day of minutes: ~15 ms
-# on PostgreSQL); a longer one is looked up bucket by bucket (~110 ms, whatever its length).
+# A range of up to this many snapshots is read whole and thinned here (quicker for a day of
+# minutes); a longer one is looked up bucket by bucket, at a cost that does not grow with it.
 HISTORY_READ_WHOLE = 20_000
 
 # Instants looked up per query by _snapshots_near (SQLite allows 32,766 parameters a query).
@@ -597,10 +597,10 @@ def _snapshots_near(
     """
     own = ValuationSnapshot.objects.filter(portfolio=portfolio, taken_at__lte=until).order_by()
     # Each lookup is a scalar subquery, one column of a one-row query; written out once rather
-    # than built by the ORM 500 times (0.4 s). Inside an IN, PostgreSQL filtered every snapshot
-    # against them instead of looking each up (3 s for a year of minutes). A backward lookup
-    # has one upper bound, the earlier of ``at`` and ``until``: given both, SQLite seeks to one
-    # and may scan from ``until`` back to ``at`` (15 s for a year of minutes).
+    # than built by the ORM for each of hundreds of lookups. Inside an IN, PostgreSQL would
+    # filter every snapshot against them instead of looking each up. A backward lookup has one
+    # upper bound, the earlier of ``at`` and ``until``: given both, SQLite seeks to one and may
+    # scan from ``until`` back to ``at``, across a year of minutes.
     table = connection.ops.quote_name(ValuationSnapshot._meta.db_table)
     adapt = connection.ops.adapt_datetimefield_value
     picks = {}
@@ -801,7 +801,12 @@ def feed_health(*, now: datetime | None = None) -> dict[str, Any]:
     """Every feed's reported health, and every active instrument's price age and staleness."""
     now = now or timezone.now()
     feeds = [
-        {"status": status, "alive": status.is_alive(now), "age": status.last_message_age(now)}
+        {
+            "status": status,
+            "state": status.shown_state(now),
+            "alive": status.is_alive(now),
+            "age": status.last_message_age(now),
+        }
         for status in FeedStatus.objects.all()
     ]
     instruments = [

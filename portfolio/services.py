@@ -67,7 +67,7 @@ def quotes_ingest(*, updates: list[QuoteUpdate]) -> list[tuple]:
 
     On PostgreSQL the writes and the read are one statement (data-modifying CTEs: quotes, then
     bars for what they stored, then the stored rows with their symbols): a Celery worker does
-    this for every feed batch, and the round trips of the separate steps were most of its cost.
+    this for every feed batch, and the round trips of separate steps would be most of its cost.
     Still in a transaction: a statement that commits on its own would commit after its worker
     died (killed while the statement waited on a lock), and the batch run again would then find
     nothing changed and publish nothing.

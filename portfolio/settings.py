@@ -187,7 +187,7 @@ if os.environ.get("LIVEFOLIO_CHANNEL_PREFIX") is not None:
     )
 
 # "pubsub" (the default): Livefolio's layer on Redis pub/sub, one PUBLISH per group message,
-# batched; 2-3x the core layer's deliveries at the target load (docs/performance.md). When its
+# batched; it delivers several times what the core layer does (docs/performance.md). When its
 # subscription to Redis is lost, every socket it carried closes with 4503, as with the core layer.
 # "core": channels-redis' RedisChannelLayer (one lighter inbox per connection, see
 # streaming/layers.py). tests/faults runs the faults a layer handles on both.
@@ -228,8 +228,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Celery's Django fixup closes the database connection before and after every task unless this
-# is set (then every this many tasks): an ingest batch opened a new PostgreSQL session each time
-# (docs/performance.md). portfolio/celery.py applies Django's own rules around each task instead
+# is set (then every this many tasks): each ingest batch would open a new PostgreSQL session.
+# portfolio/celery.py applies Django's own rules around each task instead
 # (CONN_MAX_AGE, health checks, errors) and closes after any task that did not succeed.
 CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_TASK_SOFT_TIME_LIMIT = 30
@@ -267,6 +267,8 @@ LIVEFOLIO_VALUATION_MAX_DELAY_MS = env_int("LIVEFOLIO_VALUATION_MAX_DELAY_MS", 5
 LIVEFOLIO_VALUATION_INTERVAL_MS = env_int("LIVEFOLIO_VALUATION_INTERVAL_MS", 0, minimum=0)
 # A price older than this is shown as stale (seconds).
 LIVEFOLIO_STALE_SECONDS = env_int("LIVEFOLIO_STALE_SECONDS", 120, minimum=1)
+# How often a feed process writes its health row; three missed writes read as "down".
+LIVEFOLIO_FEED_HEARTBEAT_SECONDS = env_int("LIVEFOLIO_FEED_HEARTBEAT_SECONDS", 2, minimum=1)
 # Order books are published at most this often per instrument (milliseconds).
 LIVEFOLIO_BOOK_INTERVAL_MS = env_int("LIVEFOLIO_BOOK_INTERVAL_MS", 250, minimum=50)
 
@@ -323,11 +325,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-# Front-end packages come from npm (package.json), installed into node_modules, never committed.
-if (BASE_DIR / "node_modules" / "lightweight-charts" / "dist").is_dir():
-    STATICFILES_DIRS.append(
-        ("vendor/lightweight-charts", BASE_DIR / "node_modules" / "lightweight-charts" / "dist")
-    )
+# static/vendor/ holds the built files of npm packages the pages load (package-lock.json's
+# versions, with their licences; tests/test_vendor.py proves they equal the packages' files), so
+# running the app needs no Node.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 

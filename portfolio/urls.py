@@ -8,7 +8,8 @@ from streaming import views as streaming_views
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("i/<str:symbol>/", views.instrument, name="instrument"),
+    # <path:...>: a symbol may contain "/" (Kraken's BTC/USD), see models.instrument_symbol.
+    path("i/<path:symbol>/", views.instrument, name="instrument"),
     path("status/feeds/", views.feed_status, name="feed-status"),
     path("portfolios/new/", views.portfolio_create, name="portfolio-create"),
     path("p/<int:portfolio_id>/", views.portfolio_detail, name="portfolio"),

@@ -65,8 +65,9 @@ _ONE = Decimal(1)  # the rate from a currency to itself (shared: _value_holding 
 
 
 # Records of one valuation: built per holding per valuation (a worker builds tens of thousands a
-# second), so not frozen — a frozen dataclass sets each field through object.__setattr__, ~3x the
-# cost. Only _totals sets a holding's weight, once the total is known; treat them as read-only.
+# second), so not frozen — a frozen dataclass sets each field through object.__setattr__, at a
+# multiple of the cost. Only _totals sets a holding's weight, once the total is known; treat them
+# as read-only.
 @dataclass(slots=True)
 class Holding:
     """A position to value: quantity and total cost basis in the instrument's currency."""

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 async def dispatch_from(sources: list, dispatch) -> None:
     """channels' ``await_many_dispatch`` without ``asyncio.wait``: one reading task per source
     (the socket, the channel layer), each message dispatched in turn as it arrives. An idle
-    socket waits on one future instead of ``asyncio.wait``'s frames, sets and callbacks
-    (~1.2 KB less per idle socket)."""
+    socket waits on one future, not on ``asyncio.wait``'s frames, sets and callbacks, which an
+    idle daphne would keep for every socket."""
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(source()) for source in sources]
     try:
@@ -100,7 +100,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             raise
         finally:
             # channels-redis keeps an empty receive queue per channel a cancelled receive()
-            # leaves behind (~3 KB per connection, measured over 1,000 reconnects): drop ours.
+            # leaves behind, so daphne would grow with every reconnect: drop ours.
             buffers = getattr(getattr(self, "channel_layer", None), "receive_buffer", None)
             if buffers is not None and hasattr(self, "channel_name"):
                 buffers.pop(self.channel_name, None)
@@ -139,7 +139,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
 
     def drop_scope_auth(self) -> None:
         """Once the socket is open it keeps its user's id and session key, not the scope's
-        ``User``, decoded session and cookies (~2 KB per idle socket): nothing reads them after
+        ``User``, decoded session and cookies (kept per idle socket): nothing reads them after
         the handshake (streaming.routing.SessionAuth makes this scope the consumer's own)."""
         for key in ("user", "session", "cookies"):
             self.scope.pop(key, None)
@@ -165,8 +165,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs aclose_old_connections() through sync_to_async (a thread hop) before
-        # every handler. Channel-layer events touch no database, so they skip it: the hop was
-        # the largest single cost per delivered message (docs/performance.md).
+        # every handler. Channel-layer events touch no database, so they skip it: the hop would
+        # be the largest single cost of each delivered message.
         if message["type"] == events.EVENT:
             handler = getattr(self, "livefolio_event", None)
             if handler is not None:

@@ -58,8 +58,8 @@ def _run(function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None
 
     With a Redis channel layer, on an event loop this thread keeps between calls: the layer
     keeps one Redis connection per loop, and ``async_to_sync`` starts a new loop for every call
-    from a thread without one (a Celery worker's), so a new connection: ~4 ms a publish against
-    ~0.2 ms (docs/performance.md). The in-memory layer (the embedded default) must be used
+    from a thread without one (a Celery worker's), so a new Redis connection for every publish.
+    The in-memory layer (the embedded default) must be used
     from the loop its consumers run on, which ``async_to_sync`` finds.
     """
     if _loop_running() or isinstance(get_channel_layer(), InMemoryChannelLayer):
@@ -93,7 +93,7 @@ def _loop_running() -> bool:
 def layer_message(payload: dict[str, Any]) -> dict[str, Any]:
     """The channel-layer message for ``payload``. Its object fields (a valuation's portfolio)
     travel as JSON text encoded here, once, with their ``id`` beside it: daphne then neither
-    decodes nor re-encodes them per socket (docs/performance.md). :func:`payload_of` undoes it."""
+    decodes nor re-encodes them per socket. :func:`payload_of` undoes it."""
     plain, encoded = {}, {}
     for key, value in payload.items():
         if isinstance(value, dict):

@@ -166,8 +166,8 @@ def redis_client() -> Any:
     client = _clients.get(loop)
     if client is None:
         # A blocking pool: with a thousand sockets renewing at once, a call waits its turn
-        # for a connection instead of failing with "Too many connections" (which left sockets
-        # unmarked and their cap slots unrenewed).
+        # for a connection rather than fail with "Too many connections" and leave its socket
+        # unmarked and its cap slot unrenewed.
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
             max_connections=50,

@@ -1,10 +1,10 @@
 """Livefolio's channel layer: channels-redis' pub/sub layer plus one pipelined batch send.
 
-Why pub/sub and not the core ``RedisChannelLayer`` (measured in docs/performance.md): the core
+Why pub/sub and not the core ``RedisChannelLayer`` (docs/performance.md, "Decisions"): the core
 layer makes several Redis round-trips per message behind a process-wide lock and keeps a list
 per consumer; the pub/sub layer is one ``PUBLISH`` per group message and one subscription per
-group per server process. Delivery stays at most once, as it always was: snapshots and ``seq``
-keep clients correct.
+group per server process. Delivery is at most once with either: snapshots and ``seq`` keep
+clients correct.
 
 ``group_send_many`` is the one addition: a Celery task publishes hundreds of valuations at once,
 and writing all their PUBLISH commands at once per Redis shard (packed here) costs one
@@ -19,8 +19,8 @@ its socket closes with 4503 and the client resyncs, as with the core layer.
 
 Both layers (this one, the default, and ``CoreChannelLayer``) keep each connection's undelivered
 messages in an :class:`Inbox` instead of an ``asyncio.Queue``: an idle daphne holds one per
-open socket, and an empty ``asyncio.Queue`` is four deques, ~3.3 KB; an empty Inbox is 64 bytes
-(docs/performance.md, the idle rows). Both bound it at ``capacity`` messages.
+open socket, and an empty ``asyncio.Queue`` is four deques where an empty Inbox is one small
+object. Both bound it at ``capacity`` messages.
 """
 
 from __future__ import annotations
@@ -185,8 +185,8 @@ class _PubSubShard(RedisSingleShardConnection):
     def _new_pubsub(self) -> Any:
         # redis-py (8.1) reads a RESP3 subscription's messages through a default push handler
         # that formats each whole message into a debug line before asking whether debug is on
-        # (redis/redis-py#4230): ~19% of daphne's CPU delivering 13.7 KB valuations. This
-        # handler passes each message on as it is.
+        # (redis/redis-py#4230), a cost that grows with every message's size. This handler
+        # passes each message on as it is.
         return self._redis.pubsub(push_handler_func=_pass_on)
 
     async def subscribe(self, channel: str) -> None:
@@ -289,11 +289,11 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
         """Send each ``(group, message)``, in order, one pipelined write per shard.
 
         The PUBLISH commands are packed here, not by redis-py's pipeline: its ``pack_command``
-        copies and encodes every argument (~15 us for a 10 KB valuation) and a pipeline parses
-        each reply through its command machinery; packing costs ~1 us. Every reply is read
-        before the connection goes back to its pool; on any error (an error reply, a timeout, a
-        cancellation) it is closed instead, so no reply is left for the next batch to read as its
-        own (tests/test_layers.py).
+        copies and encodes every argument (a valuation is kilobytes) and a pipeline parses each
+        reply through its command machinery; packing them at once costs far less. Every reply is
+        read before the connection goes back to its pool; on any error (an error reply, a
+        timeout, a cancellation) it is closed instead, so no reply is left for the next batch to
+        read as its own (tests/test_layers.py).
         """
         layer = self._get_layer()
         by_shard: dict[Any, list[tuple[str, bytes]]] = defaultdict(list)

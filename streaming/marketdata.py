@@ -9,8 +9,8 @@ it sees, then publishes the returned message to ``events.instrument_group(instru
 
 The API reads it back (:func:`recent_trades`, :func:`latest_book`) to send a snapshot when a client
 subscribes to ``trades:<symbol>`` or ``book:<symbol>``. With ``REDIS_URL`` the cache lives in
-Redis, shared by every process (keys ``<LIVEFOLIO_REDIS_PREFIX>:md:...``, expiring after a day
-without writes); in the embedded default (one process) it lives in memory.
+Redis, shared by every process (keys ``<prefix>:md:...``, the deployment's namespace, expiring
+after a day without writes: docs/architecture.md); in the embedded default it lives in memory.
 """
 
 from __future__ import annotations

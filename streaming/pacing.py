@@ -5,9 +5,9 @@ once in each of its slots ``[phase + k·I, phase + (k+1)·I)``, its phase a fixe
 over ``[0, I)``. A feed window shorter than I then values ~window/I of the moving portfolios per
 batch instead of all of them in one burst every I: the same number of valuations per second,
 but the work, the Channels traffic and the clients' parsing come evenly, and a valuation follows
-its newest tick within about one window instead of behind a pass over every portfolio
-(docs/performance.md). A portfolio that moves inside a slot it was already valued in is
-*deferred*: valued by the first pass after its next slot begins — the next ingest batch. When
+its newest tick within about one window instead of behind a pass over every portfolio. A
+portfolio that moves inside a slot it was already valued in is *deferred*: valued by the first
+pass after its next slot begins — the next ingest batch. When
 the market goes quiet, each feed runner goes on sending empty batches for one interval and two
 windows after its last tick (:func:`settle_seconds`), so every deferred turn still comes (the
 last price of a burst is never dropped, only held until the portfolio's turn); the minute's
@@ -77,7 +77,7 @@ end
 for _, p in ipairs(ready) do add(p) end
 for i = 6, #ARGV do add(ARGV[i]) end
 -- Redis commands take many ids at once, in chunks (Lua's unpack has a stack limit): a command
--- per portfolio was most of the script's time, and Redis serves no one else while it runs.
+-- per portfolio would be most of the script's time, and Redis serves no one else while it runs.
 local CHUNK = 1000
 local function each_chunk(list, width, command, key)
   for i = 1, #list, CHUNK * width do

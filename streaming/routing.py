@@ -33,7 +33,7 @@ class SessionAuth:
     """channels' ``AuthMiddlewareStack`` (cookies, session, user) in one step.
 
     A socket keeps its middleware's frames and scope copies for as long as it is open: the
-    three-layer stack held five frames and four copies of the scope (~3 KB per idle socket),
+    three-layer stack would hold five frames and four copies of the scope per idle socket,
     this holds one of each. The same session store, and the same user check as the stack:
     ``channels.auth.get_user`` (the session's auth hash included).
 
@@ -65,7 +65,8 @@ class SessionAuth:
 
 websocket_urlpatterns = [
     path("ws/portfolio/", SessionAuth(consumers.PortfolioConsumer.as_asgi())),
-    path("ws/instrument/<str:symbol>/", SessionAuth(consumers.InstrumentConsumer.as_asgi())),
+    # <path:...>: a symbol may contain "/" (Kraken's BTC/USD), as on the page's URL.
+    path("ws/instrument/<path:symbol>/", SessionAuth(consumers.InstrumentConsumer.as_asgi())),
 ]
 
 api_urlpatterns = [

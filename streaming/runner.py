@@ -31,7 +31,6 @@ from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade
 log = logging.getLogger(__name__)
 
 FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken")
-HEALTH_INTERVAL = 2.0
 
 
 def build_feed(kind: str, *, emit: Callable[[MarketEvent], None], **options: Any) -> Feed:
@@ -99,7 +98,7 @@ async def _default_sink(batch: list[dict[str, Any]]) -> None:
     # Eager (embedded) runs the task in Django's sync thread; otherwise this is broker I/O.
     # ``argsrepr``: what the worker's log and monitoring tools show of the arguments. Without
     # it Celery builds a truncated repr of the whole batch for every message (its saferepr,
-    # ~1.8 ms of the ~3.7 ms a 150-tick send takes, while the worker waits for the batch).
+    # about half the cost of a send, while the worker waits for the batch).
     await sync_to_async(ingest_quotes.apply_async)((batch,), argsrepr=f"[<{len(batch)} ticks>]")
 
 
@@ -115,11 +114,9 @@ class IngestBackpressure:
     While so, a batch sent now would wait behind a whole task and reach the worker with prices
     that old; the runner keeps its window open instead and sends when a worker is free, so
     what the worker takes is the newest ticks (a worker over capacity delivers fresh prices
-    less often instead of old prices late). Measured at the portfolio target on a 2-core
-    machine where the worker is over capacity: tick -> client p50 533 -> 261 ms, p99 840 ->
-    458 ms (docs/performance.md). Live workers are counted from their heartbeats
+    less often instead of old prices late). Live workers are counted from their heartbeats
     (portfolio/health.py) every few seconds. A task taken longer ago than the soft time limit
-    (30 s) no longer counts as running: a worker that died mid-task leaves it behind until the
+    (30 s) does not count as running: a worker that died mid-task leaves it behind until the
     broker restores it (the visibility timeout, 300 s), and the feed would be held for
     ``max_hold`` at every window all that time.
     """
@@ -259,6 +256,7 @@ class FeedRunner:
         )
         self.book_interval = settings.LIVEFOLIO_BOOK_INTERVAL_MS / 1000
         self.trades: list[Trade] = []
+        self.trades_waiting = asyncio.Event()  # set when a trade arrives: published at once
         self.books: dict[str, Book] = {}
         self.feed_options = feed_options
         self.feed: Feed | None = None
@@ -274,6 +272,7 @@ class FeedRunner:
             self.coalescer.add(event)
         elif isinstance(event, Trade):
             self.trades.append(event)
+            self.trades_waiting.set()
         elif isinstance(event, Book):
             self.books[event.feed_symbol] = event  # only the newest book per window matters
 
@@ -304,7 +303,7 @@ class FeedRunner:
     def market_messages(
         self, trades: list[Trade], books: dict[str, Book]
     ) -> list[tuple[str, dict[str, Any]]]:
-        """A window's trades (all, in order) and books (the newest per instrument), kept in the
+        """Trades (all, in order) and books (the newest per instrument), kept in the
         market-data cache for snapshots; returns the messages to publish."""
         messages = []
         for t in trades:
@@ -333,26 +332,38 @@ class FeedRunner:
                 messages.append((events.instrument_group(target.instrument_id), payload))
         return messages
 
-    async def publish_market_data(self) -> None:
+    async def publish_trades(self) -> None:
+        """Every trade as soon as it arrives, never held for the books' interval; the trades that
+        arrive while one publish is under way go out together in the next."""
+        while True:
+            await self.trades_waiting.wait()
+            self.trades_waiting.clear()
+            # Taken here, on the loop, so no trade arriving meanwhile is lost.
+            trades, self.trades = self.trades, []
+            await self._publish_market_data(trades, {})
+
+    async def publish_books(self) -> None:
+        """The newest book per instrument, at most once per ``LIVEFOLIO_BOOK_INTERVAL_MS``."""
         while True:
             await asyncio.sleep(self.book_interval)
-            if not (self.trades or self.books):
+            if not self.books:
                 continue
-            # Taken here, on the loop, so no event arriving meanwhile is lost.
-            trades, self.trades = self.trades, []
             books, self.books = self.books, {}
+            await self._publish_market_data([], books)
+
+    async def _publish_market_data(self, trades: list[Trade], books: dict[str, Book]) -> None:
+        try:
+            messages = await sync_to_async(self.market_messages)(trades, books)
+        except Exception:
+            log.exception("feed %s: caching market data failed", self.kind)
+            return
+        if messages:
             try:
-                messages = await sync_to_async(self.market_messages)(trades, books)
+                await events.apublish(messages)
             except Exception:
-                log.exception("feed %s: caching market data failed", self.kind)
-                continue
-            if messages:
-                try:
-                    await events.apublish(messages)
-                except Exception:
-                    log.exception(
-                        "feed %s: publishing %d market messages failed", self.kind, len(messages)
-                    )
+                log.exception(
+                    "feed %s: publishing %d market messages failed", self.kind, len(messages)
+                )
 
     async def record_health(self) -> None:
         while True:
@@ -360,7 +371,7 @@ class FeedRunner:
                 await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
             except Exception:
                 log.exception("feed %s: writing feed health failed", self.kind)
-            await asyncio.sleep(HEALTH_INTERVAL)
+            await asyncio.sleep(settings.LIVEFOLIO_FEED_HEARTBEAT_SECONDS)
 
     async def refresh_symbols(self) -> None:
         symbols = await sync_to_async(_instrument_map)(self.kind)
@@ -391,7 +402,8 @@ class FeedRunner:
         tasks = [
             asyncio.create_task(self.feed.run(), name=f"feed-{self.kind}"),
             asyncio.create_task(self.coalescer.run(), name=f"coalesce-{self.kind}"),
-            asyncio.create_task(self.publish_market_data(), name=f"market-{self.kind}"),
+            asyncio.create_task(self.publish_trades(), name=f"trades-{self.kind}"),
+            asyncio.create_task(self.publish_books(), name=f"books-{self.kind}"),
             asyncio.create_task(self.record_health(), name=f"health-{self.kind}"),
         ]
         try:

@@ -6,15 +6,15 @@ behaviour, keeping less for each open connection (docs/performance.md, "Idle soc
 refusing an incoming message over 128 KiB (daphne: 1 MiB) unless its flags say otherwise:
 
 - the application's input queue is an :class:`~streaming.layers.Inbox` (nothing while empty)
-  instead of an ``asyncio.Queue`` (four deques, ~3.2 KB per connection);
+  instead of an ``asyncio.Queue`` (four deques per connection);
 - autobahn copies its ~30 protocol options (ping timeout, frame limits, ...) from the factory
   onto every connection; this protocol reads them from the factory instead;
-- an open WebSocket lets go of the HTTP request it was upgraded from (~5 KB: Twisted's
-  ``HTTPChannel``, daphne's request, their headers and buffers), which stayed registered as its
-  TCP transport's producer for as long as the socket was open.
+- an open WebSocket lets go of the HTTP request it was upgraded from (Twisted's
+  ``HTTPChannel``, daphne's request, their headers and buffers), which daphne leaves registered
+  as its TCP transport's producer for as long as the socket is open.
 
-Plain ``daphne portfolio.asgi:application`` still runs the same application, with ~44 MiB more
-at 5,000 idle sockets.
+Plain ``daphne portfolio.asgi:application`` still runs the same application, with more memory
+per open socket.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class WebSocketProtocol(ws_protocol.WebSocketProtocol):
         """autobahn's ``sendData``, sending a frame at once when nothing waits before it.
 
         Twisted queues every write for the reactor's next turn: the transport registers as a
-        writer (an ``epoll_ctl``), sends, and unregisters (another), ~a quarter of daphne's CPU
-        when it fans a quote out to 1,000 sockets (docs/performance.md). Here a frame goes
+        writer (an ``epoll_ctl``), sends, and unregisters (another): two system calls per frame,
+        which dominate when daphne fans a quote out to many sockets. Here a frame goes
         straight to the socket when the transport holds nothing unsent; what the socket does
         not take, and anything with TLS, chopping or autobahn's own send queue, goes the usual
         way, behind it, so the order is kept.
@@ -92,7 +92,7 @@ class WebSocketProtocol(ws_protocol.WebSocketProtocol):
     def onOpen(self) -> None:
         # daphne hands the TCP transport over from the HTTP channel, which stays registered as
         # its producer. The channel is mid-request (it never finished: the socket took over),
-        # so its pause/resume/stopProducing do nothing; all it did was keep itself, its request
+        # so its pause/resume/stopProducing do nothing; all it does is keep itself, its request
         # and their headers alive. (Behind TLS the transport's producer is TLS's own: left.)
         if isinstance(getattr(self.transport, "producer", None), HTTPChannel):
             self.transport.unregisterProducer()

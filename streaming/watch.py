@@ -3,11 +3,10 @@
 Each /ws/portfolio/ and /ws/instrument/ socket must close when its session ends (checked every
 ``LIVEFOLIO_SESSION_CHECK_SECONDS``) and renew its group memberships and its connection-cap entry
 every ``UserConnections.REFRESH_SECONDS`` (both are lost if Redis restarts empty, and a cap entry
-expires unless renewed). A sleeping task per socket did this: at 5,000 idle sockets that was
-5,000 tasks (~1.4 KB each), 5,000 session queries every 30 s, and renewals that fired together
-and ran the Redis connection pools dry ("Too many connections": the cap then failed open).
-One task per event loop now does it for all of them: sessions are read in batches (one thread
-hop and, with database sessions, one query per batch), renewals run a few at a time.
+expires unless renewed). One task per event loop does it for all of them, not a sleeping task
+per socket (thousands of idle tasks, a session query per socket, and renewals firing together
+that would run the Redis connection pools dry): sessions are read in batches (one thread hop
+and, with database sessions, one query per batch), renewals run a few at a time.
 
 A socket is watched from ``add`` (after its snapshot) until ``remove`` (its disconnect);
 ``remove`` also stops a renewal of that socket still in flight, so a socket that has left its

@@ -136,6 +136,12 @@ def test_demo_command_serves_moving_prices_for_the_demo_login(tmp_path, page):
         first = total.inner_text()
         expect(total).not_to_have_text(first, timeout=15_000)
         screenshot(page, "demo")
+        # BTC/USDT: a simulated market with a live order book and a tape from the start.
+        page.goto(f"http://127.0.0.1:{port}/i/BTC/USDT/")
+        expect(page.locator("#book tr")).to_have_count(10, timeout=5_000)
+        expect(page.locator("#book-empty")).to_be_hidden()
+        expect(page.locator("#trades tr").first).to_be_visible(timeout=20_000)
+        screenshot(page, "demo-market")
     finally:
         demo.stop()
     assert page.console_errors == []

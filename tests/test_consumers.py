@@ -221,7 +221,7 @@ async def test_instrument_socket_refuses_unknown_symbols_and_anonymous_visitors(
 
 async def test_open_sockets_keep_no_user_or_session_object(world, redis_client):
     """Each open page socket keeps its user's id and session key, not the ``User`` and the
-    decoded session its handshake loaded (~2 KB per idle socket; logging out still closes it:
+    decoded session its handshake loaded (memory kept per idle socket; logging out still closes it:
     tests/test_websocket_hostile.py)."""
     from django.contrib.auth import get_user_model
     from django.contrib.sessions.backends.base import SessionBase

@@ -1,5 +1,5 @@
 """The demo's market to watch: ``manage.py demo`` (embedded default, its own daphne and simulated
-feed) shows BTC-USDT's order book, trade tape and candles on the first load, and they move."""
+feed) shows BTC/USDT's order book, trade tape and candles on the first load, and they move."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 from tests.browser import log_in, poll, screenshot
 from tests.conftest import Process, free_port
 
-PAGE = "/i/BTC-USDT/"
+PAGE = "/i/BTC/USDT/"
 
 
 def clock(text: str) -> datetime:

@@ -9,6 +9,8 @@ import pytest
 from streaming.consumers import dispatch_from
 from streaming.layers import Inbox
 
+pytestmark = pytest.mark.unit
+
 
 async def test_messages_of_both_sources_are_dispatched_one_at_a_time_in_arrival_order():
     socket, layer = Inbox(), Inbox()

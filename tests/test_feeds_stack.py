@@ -189,6 +189,33 @@ async def test_binance_trades_reach_the_database_and_the_pages_and_survive_a_dro
     assert code == 0, feed.output()
 
 
+async def test_trades_never_wait_for_the_books_conflation_interval(world, celery_worker, tmp_path):
+    # Books are conflated to one per LIVEFOLIO_BOOK_INTERVAL_MS; trades are not: with an
+    # hour-long book interval a trade still reaches the instrument page as it happens.
+    await sync_to_async(listed)(
+        world, symbol="BTC-USDT", feed="binance", feed_symbol="BTCUSDT", holder=None
+    )
+    async with FakeBinance() as exchange:
+        feed = start_feed(
+            "binance",
+            tmp_path,
+            BINANCE_WS_URL=exchange.url,
+            BINANCE_CHANNELS="trade",
+            LIVEFOLIO_BOOK_INTERVAL_MS="3600000",
+        )
+        try:
+            page = await subscribe(world["users"]["bob"], "/ws/instrument/BTC-USDT/")
+            await exchange.wait_clients(1, within=30)
+            for trade_id, price in ((1, "64000.12"), (2, "64000.13")):
+                await exchange.event("btcusdt@trade", binance_trade(price, trade_id))
+                trade = await next_of(page, "trade")
+                assert (trade["trade_id"], trade["price"]) == (str(trade_id), price)
+            await page.disconnect()
+        finally:
+            code = await asyncio.to_thread(feed.stop)
+    assert code == 0, feed.output()
+
+
 async def test_kraken_books_reach_the_instrument_page_and_a_checksum_mismatch_resyncs(
     world, celery_worker, tmp_path
 ):

@@ -230,8 +230,8 @@ async def test_pubsub_sockets_refused_while_redis_is_down_leave_no_channel_behin
 
 async def test_pubsub_messages_are_not_formatted_for_redis_pys_debug_log(caplog):
     # redis-py 8.1 reads a RESP3 subscription's messages through a push handler that formats
-    # each whole message for a debug line, whatever the log level (redis/redis-py#4230): a
-    # fifth of daphne's CPU at the portfolio benchmark's 13.7 KB valuations. The layer hands
+    # each whole message for a debug line, whatever the log level (redis/redis-py#4230): a cost
+    # per message that grows with its size. The layer hands
     # its subscriptions a handler of its own; with debug on here, the default would log.
     layer = PubSubChannelLayer(
         hosts=settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"],

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from portfolio.ledger import CostBasis, LedgerEntry, LedgerError, TxKind, replay
 
+pytestmark = pytest.mark.unit
+
 D = Decimal
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 

@@ -14,6 +14,7 @@ from streaming.namespace import Announcement
 from tests.conftest import ROOT
 
 
+@pytest.mark.unit
 def test_the_prefix_differs_by_redis_database_and_by_database_identity():
     a = namespace.derived_prefix("postgresql:1:livefolio:uid-1", 7)
     assert a == namespace.derived_prefix("postgresql:1:livefolio:uid-1", 7)
@@ -24,6 +25,7 @@ def test_the_prefix_differs_by_redis_database_and_by_database_identity():
     assert a.startswith("livefolio-")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("url", "db"),
     [
@@ -60,6 +62,7 @@ def test_migrate_gives_each_database_one_deployment_row():
         Deployment.objects.create(id=2, uid="7d8f6c1e-4b8e-4c1f-9a52-0d5e2b1c3a4f")
 
 
+@pytest.mark.unit
 def test_announcements_round_trip_and_foreign_channels_are_ignored():
     mine = Announcement(7, "0123456789abcdef", "livefolio-abc:with:colons")
     assert Announcement.parse(mine.channel) == mine
@@ -68,6 +71,7 @@ def test_announcements_round_trip_and_foreign_channels_are_ignored():
     assert Announcement.parse("livefolio:deployment:7:fp") is None
 
 
+@pytest.mark.unit
 def test_another_deployment_with_the_same_prefix_or_redis_database_conflicts():
     mine = Announcement(7, "aaaa", "shared")
     same_site = Announcement(7, "aaaa", "shared")

@@ -21,6 +21,8 @@ from portfolio.performance import (
     xirr,
 )
 
+pytestmark = pytest.mark.unit
+
 D = Decimal
 
 

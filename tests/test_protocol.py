@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from streaming import protocol
+
+pytestmark = pytest.mark.unit
 
 
 def test_now_iso_is_the_current_millisecond_as_iso_makes_it():

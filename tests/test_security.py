@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import pytest
 from django.test import Client
 
-from portfolio import health
+from portfolio import health, services
+from streaming.feeds.base import FeedStats
 from streaming.tasks import ingest_quotes
 from tests.conftest import PASSWORD, ROOT
 
@@ -146,7 +147,13 @@ def test_healthz_is_503_naming_what_fails_without_a_worker_or_prices(world, redi
     assert body["checks"]["database"] == {"ok": True}
     assert body["checks"]["redis"] == {"ok": True}
     assert body["checks"]["workers"] == {"ok": False, "alive": {}}
-    assert body["checks"]["feeds"]["feeds"]["simulated"] == {"price_age": None, "stale": True}
+    assert body["checks"]["feeds"]["feeds"]["simulated"] == {
+        "price_age": None,
+        "stale": True,
+        "process": "never reported",
+        "state": None,
+        "ok": False,
+    }
     only = Client().get("/healthz?check=database&check=redis")
     assert only.status_code == 200
     assert Client().get("/healthz?check=disk").json() == {
@@ -155,7 +162,10 @@ def test_healthz_is_503_naming_what_fails_without_a_worker_or_prices(world, redi
 
 
 @pytest.mark.django_db(transaction=True)
-def test_healthz_is_200_with_a_live_worker_and_fresh_prices(world, celery_worker):
+def test_healthz_is_200_with_a_live_worker_a_live_feed_and_fresh_prices(world, celery_worker):
+    stats = FeedStats(feed="simulated")
+    stats.set_state("connected")
+    services.feed_status_record(stats=stats.as_dict())  # the feed process's heartbeat
     ingest_quotes.delay(
         [
             {"instrument": i.id, "price": "10", "ts": datetime.now(UTC).isoformat()}

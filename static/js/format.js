@@ -3,22 +3,22 @@
 
 const moneyFormats = new Map();
 
+function moneyFormat(currency) {
+  try {
+    return new Intl.NumberFormat(undefined, { style: "currency", currency });
+  } catch (error) {
+    // Intl knows only three-letter codes; a longer one the admin accepts (USDT) is written
+    // after the amount.
+    if (!(error instanceof RangeError)) throw error;
+    const amounts = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    return { format: (amount) => `${amounts.format(amount)} ${currency}` };
+  }
+}
+
 export function money(amount, currency) {
   if (amount === null || amount === undefined) return "—";
   if (!moneyFormats.has(currency)) moneyFormats.set(currency, moneyFormat(currency));
-  return moneyFormats.get(currency)(amount);
-}
-
-function moneyFormat(currency) {
-  try {
-    const format = new Intl.NumberFormat(undefined, { style: "currency", currency });
-    return (amount) => format.format(amount);
-  } catch (error) {
-    if (!(error instanceof RangeError)) throw error;
-    // Not an ISO 4217 code (a crypto quote currency such as USDT): the amount, then the code.
-    const format = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
-    return (amount) => `${format.format(amount)} ${currency}`;
-  }
+  return moneyFormats.get(currency).format(amount);
 }
 
 const plain = new Intl.NumberFormat(undefined, { maximumFractionDigits: 12 });

@@ -63,8 +63,8 @@ class Feed(abc.ABC):
 
 # How often a held window asks whether the consumer is free again (seconds), unless the consumer
 # says so first (``wake``: a Celery worker's notice as its task ends, which ends nearly every
-# hold). The poll is the fallback for a missed notice, one Redis round trip each: the feed's
-# polling at 5 ms cost more CPU than the notices save (docs/performance.md, the ninth round).
+# hold). The poll is the fallback for a missed notice, one Redis round trip each: polling
+# faster would cost the feed more CPU than it saves the worker.
 HOLD_POLL = 0.02
 
 
@@ -196,7 +196,7 @@ class Book:
 
 
 MarketEvent = Tick | Trade | Book
-# What a feed hands to the runner. Was Callable[[Tick], None]; widened to every event kind.
+# What a feed hands to the runner: every kind of market event, one call each.
 Emit = Callable[[MarketEvent], None]
 
 FeedState = Literal["connecting", "connected", "backoff", "stopped"]

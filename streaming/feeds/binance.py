@@ -11,7 +11,8 @@ web-socket-streams.md):
   messages all count) and 1024 streams. We shard symbols across connections and throttle.
 - The server pings every 20 s and expects a pong (websockets answers pings by itself); a
   connection lives at most 24 h and a ``serverShutdown`` event announces a restart. Both end in a
-  prompt reconnect here.
+  prompt reconnect here. A ping proves the socket, not the streams: only data frames count as
+  life, so a connection that answers pings but carries no stream data is a stall.
 - Local order book: buffer ``depthUpdate`` events, fetch ``GET /api/v3/depth`` and follow the
   documented ``U``/``u``/``lastUpdateId`` rules; a hole in the update ids means a resync.
 """
@@ -205,7 +206,6 @@ class _Shard:
             on_open=self.on_open,
             on_message=self.on_message,
             stall_timeout=feed.stall_timeout,
-            frames_count_as_alive=True,  # the 20 s server ping is Binance's heartbeat
             backoff=Backoff(base=feed.backoff_base, cap=feed.backoff_cap),
             open_timeout=feed.open_timeout,
             send_timeout=feed.send_timeout,
@@ -328,7 +328,8 @@ class BinanceFeed(Feed):
                 requests of ``subscribe_chunk`` streams each, which keeps the URL short.
             control_messages_per_s: our JSON control messages per second per connection
                 (Binance allows 5 messages of any kind, pongs included).
-            stall_timeout: reconnect after this long without any frame (2x the 20 s ping).
+            stall_timeout: reconnect after this long without a data frame (pings do not
+                count); ``bookTicker`` and ``miniTicker`` keep a traded symbol well inside it.
             max_connection_age: reconnect before Binance's 24 h cut-off; ``None`` to wait for it.
         """
         super().__init__(emit=emit)

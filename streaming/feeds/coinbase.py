@@ -5,11 +5,14 @@ Protocol (docs.cdp.coinbase.com, Exchange WebSocket "Overview" and "Channels"):
 - Send ``{"type": "subscribe", "product_ids": [...], "channels": [...]}`` within 5 s of
   connecting; the server answers with a ``subscriptions`` message, or an ``error`` message
   (``message`` and ``reason``). ``unsubscribe`` has the same shape.
-- Most messages carry a per-product ``sequence``. A sequence lower than (or equal to) the last
-  one seen is a late or duplicate message and is dropped. The ticker channel batches matches,
-  so its sequences skip by design: a skip alone is not a loss.
-- ``matches`` may drop messages; the once-a-second ``heartbeat`` carries ``last_trade_id``, and a
-  value beyond the last match we saw means matches were missed (a gap: we resubscribe).
+- Most messages carry a per-product ``sequence``, shared by all of a product's channels: the
+  ``ticker`` of a trade and its ``match`` carry the same number. Order is therefore checked per
+  product *and* channel: a sequence lower than (or equal to) the last one seen on the same
+  channel is a late or duplicate message and is dropped. Each channel sees only some of the
+  product's sequence numbers (and the ticker channel batches), so a skip alone is not a loss.
+- Missed trades are judged by ``trade_id``, consecutive per product: a match whose id skips
+  counts a gap, and so does a once-a-second ``heartbeat`` whose ``last_trade_id`` is beyond the
+  last match we saw (matches lost while none followed: we resubscribe).
 - ``match`` reports the maker's side; we emit the taker's side, like the other adapters.
 - Unknown message types are ignored, as the docs ask of clients.
 """
@@ -80,7 +83,7 @@ class CoinbaseFeed(SingleConnectionFeed):
             raise ValueError(f"channels must be a non-empty subset of {CHANNELS}, got {channels}")
         self.channels = tuple(dict.fromkeys(channels))
         self.rejected: set[str] = set()  # products Coinbase refused; not resubscribed
-        self._sequence: dict[str, int] = {}
+        self._sequence: dict[tuple[str, str], int] = {}  # (product, message type) -> last
         self._last_trade_id: dict[str, int] = {}
 
     def subscribable(self) -> list[str]:
@@ -95,7 +98,8 @@ class CoinbaseFeed(SingleConnectionFeed):
     async def on_symbols_changed(self, added: frozenset[str], removed: frozenset[str]) -> None:
         self.rejected -= removed
         for product in removed:
-            self._sequence.pop(product, None)
+            for kind in ("ticker", "match"):
+                self._sequence.pop((product, kind), None)
             self._last_trade_id.pop(product, None)
         if removed:
             await self._send("unsubscribe", sorted(removed))
@@ -124,20 +128,20 @@ class CoinbaseFeed(SingleConnectionFeed):
             # The latest match before we subscribed: a baseline for the heartbeat check, not news.
             self._last_trade_id[product] = _integer(message["trade_id"])
         elif kind in ("ticker", "match"):
-            if product not in self.symbols or not self._in_sequence(product, message):
+            if product not in self.symbols or not self._in_sequence(product, kind, message):
                 return
             if kind == "ticker":
                 self._on_ticker(product, message)
             else:
                 self._on_match(product, message)
 
-    def _in_sequence(self, product: str, message: dict[str, Any]) -> bool:
+    def _in_sequence(self, product: str, kind: str, message: dict[str, Any]) -> bool:
         sequence = _integer(message["sequence"])
-        last = self._sequence.get(product)
+        last = self._sequence.get((product, kind))
         if last is not None and sequence <= last:
             self.stats.out_of_order += 1
             return False
-        self._sequence[product] = sequence
+        self._sequence[(product, kind)] = sequence
         return True
 
     def _on_ticker(self, product: str, message: dict[str, Any]) -> None:
@@ -152,7 +156,11 @@ class CoinbaseFeed(SingleConnectionFeed):
 
     def _on_match(self, product: str, message: dict[str, Any]) -> None:
         trade_id = _integer(message["trade_id"])
-        self._last_trade_id[product] = max(trade_id, self._last_trade_id.get(product, 0))
+        seen = self._last_trade_id.get(product)
+        if seen is not None and trade_id > seen + 1:
+            self.stats.gaps += 1
+            log.warning("coinbase: %s missed matches %d..%d", product, seen + 1, trade_id - 1)
+        self._last_trade_id[product] = max(trade_id, seen or 0)
         trade = Trade(
             feed_symbol=product,
             price=to_decimal(message["price"]),

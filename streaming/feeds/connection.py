@@ -43,20 +43,6 @@ def truncate(raw: str | bytes, limit: int = RAW_LOG_LIMIT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
-class TimedClientConnection(ClientConnection):
-    """A client connection that remembers when it last received any bytes at all.
-
-    Binance's only heartbeat is a WebSocket ping frame every 20 s; websockets answers it with a
-    pong by itself but never surfaces it, so we stamp the time at the transport level.
-    """
-
-    last_rx: float = 0.0
-
-    def data_received(self, data: bytes) -> None:
-        self.last_rx = time.monotonic()
-        super().data_received(data)
-
-
 OnOpen = Callable[[ClientConnection], Awaitable[None]]
 OnMessage = Callable[[str | bytes], Awaitable[None]]
 
@@ -78,7 +64,6 @@ class FeedConnection:
         on_open: OnOpen,
         on_message: OnMessage,
         stall_timeout: float,
-        frames_count_as_alive: bool = False,
         backoff: Backoff | None = None,
         open_timeout: float = 10.0,
         send_timeout: float = 5.0,
@@ -92,8 +77,6 @@ class FeedConnection:
         Args:
             label: names this connection in logs and in ``stats.connections``.
             stall_timeout: reconnect when nothing arrived for this long (seconds).
-            frames_count_as_alive: count control frames (pings) as signs of life, for
-                exchanges whose only heartbeat is a protocol ping.
             ping_interval: our own keepalive pings; ``None`` when the exchange pings us.
             max_connection_age: reconnect on our terms before the exchange's hard limit.
             subscribe_timeout: bound on ``on_open``; defaults to ``open_timeout``.
@@ -106,7 +89,6 @@ class FeedConnection:
         self._on_open = on_open
         self._on_message = on_message
         self.stall_timeout = stall_timeout
-        self.frames_count_as_alive = frames_count_as_alive
         self.backoff = backoff or Backoff()
         self.open_timeout = open_timeout
         self.send_timeout = send_timeout
@@ -115,7 +97,7 @@ class FeedConnection:
         self.max_connection_age = max_connection_age
         self.max_size = max_size
         self.subscribe_timeout = subscribe_timeout or open_timeout
-        self.ws: TimedClientConnection | None = None
+        self.ws: ClientConnection | None = None
         self._last_message = 0.0
         self._reconnect_reason: str | None = None
         self._active = asyncio.Event()
@@ -183,9 +165,7 @@ class FeedConnection:
                 ping_interval=self.ping_interval,
                 ping_timeout=self.ping_interval,
                 max_size=self.max_size,
-                create_connection=TimedClientConnection,
             ) as ws:
-                assert isinstance(ws, TimedClientConnection)
                 self.ws = ws
                 self._reconnect_reason = None
                 self._last_message = time.monotonic()
@@ -215,7 +195,7 @@ class FeedConnection:
             log.exception("feed %s[%s]: unexpected error", self.stats.feed, self.label)
             return f"unexpected {type(exc).__name__}"
 
-    async def _pump(self, ws: TimedClientConnection) -> str:
+    async def _pump(self, ws: ClientConnection) -> str:
         """Read until the connection ends, with a watchdog for stalls and planned reconnects."""
         reader = asyncio.create_task(self._read(ws))
         opened = time.monotonic()
@@ -227,9 +207,9 @@ class FeedConnection:
                     reader.result()  # re-raises ReconnectNow / ConnectionClosed
                     return "closed by exchange"
                 now = time.monotonic()
+                # Only data frames prove a stream alive: a ping (Binance pings every 20 s)
+                # proves the socket, and websockets answers it without telling us.
                 alive = self._last_message
-                if self.frames_count_as_alive:
-                    alive = max(alive, ws.last_rx)
                 if now - alive > self.stall_timeout:
                     raise Stalled(f"stalled: nothing for {now - alive:.1f}s")
                 if self._reconnect_reason:
@@ -241,7 +221,7 @@ class FeedConnection:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
 
-    async def _read(self, ws: TimedClientConnection) -> None:
+    async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
             self._last_message = time.monotonic()
             try:

@@ -147,7 +147,7 @@ async def test_thousands_of_connect_disconnect_cycles_leak_no_groups_connections
     # any moment); a leak would be one per cycle: hundreds.
     assert client.info("clients")["connected_clients"] <= clients_before + 3
     grown = rss(server) - memory_before
-    # Measured flat (0.1-0.3 MB) on a quiet machine; the allocator's high-water mark alone has
-    # reached 2.8 MB on a busy one. A leak of a few KB per connection (channels-redis' leftover
-    # receive queues once cost ~3 KB each, see ProtocolConsumer.__call__) would pass 4.5 MB.
+    # Flat on a quiet machine; the allocator's high-water mark alone reaches a few MB on a busy
+    # one. A leak of a few KB per connection (as channels-redis' leftover receive queues would
+    # be, see ProtocolConsumer.__call__) would pass 4.5 MB.
     assert grown < 4.5 * MB, f"daphne grew by {grown / MB:.2f} MB over 2,000 cycles"

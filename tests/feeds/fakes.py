@@ -361,7 +361,8 @@ class FakeCoinbase(FakeExchange):
 
 
 class FakeKraken(FakeExchange):
-    """Kraken WebSocket v2: status on connect, subscribe acks, book snapshots with checksums."""
+    """Kraken WebSocket v2: status on connect, subscribe acks, the ``instrument`` channel's
+    pair precisions, book snapshots with checksums computed at those precisions."""
 
     heartbeat_interval = 0.05
 
@@ -370,6 +371,44 @@ class FakeKraken(FakeExchange):
         # symbol -> (bids, asks) as lists of (price, qty) decimal strings, best first
         self.books: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
         self.reject: dict[str, str] = {}  # symbol -> error text for subscribe
+        # symbol -> (price_precision, qty_precision), published on the instrument channel
+        self.precisions: dict[str, tuple[int, int]] = {}
+        self.bad_checksums = False  # every book frame carries a wrong checksum
+
+    def precision(self, symbol: str) -> tuple[int, int]:
+        return self.precisions.get(symbol, (1, 8))
+
+    def instrument_snapshot(self) -> dict[str, Any]:
+        """The shape of the docs' ``instrument`` snapshot (Spot WebSocket v2, Instruments)."""
+        symbols = sorted({*self.books, *self.precisions})
+        pairs = []
+        for symbol in symbols:
+            price_precision, qty_precision = self.precision(symbol)
+            base, quote = symbol.split("/")
+            pairs.append(
+                {
+                    "symbol": symbol,
+                    "base": base,
+                    "quote": quote,
+                    "status": "online",
+                    "qty_precision": qty_precision,
+                    "qty_increment": Decimal(1).scaleb(-qty_precision),
+                    "price_precision": price_precision,
+                    "cost_precision": 5,
+                    "marginable": False,
+                    "has_index": True,
+                    "cost_min": Decimal("0.5"),
+                    "tick_size": Decimal(1).scaleb(-price_precision),
+                    "price_increment": Decimal(1).scaleb(-price_precision),
+                    "qty_min": Decimal("0.0001"),
+                }
+            )
+        assets = [{"id": "USD", "status": "enabled", "precision": 4, "precision_display": 2}]
+        return {
+            "channel": "instrument",
+            "type": "snapshot",
+            "data": {"assets": assets, "pairs": pairs},
+        }
 
     async def on_connect(self, client: FakeClient) -> None:
         await self.push(
@@ -396,6 +435,12 @@ class FakeKraken(FakeExchange):
         if method not in ("subscribe", "unsubscribe"):
             return
         params = message["params"]
+        if params["channel"] == "instrument":
+            ack = {"channel": "instrument", "snapshot": True}
+            await self.push({"method": method, "result": ack, "success": True}, client)
+            if method == "subscribe":
+                await self.push(self.instrument_snapshot(), client)
+            return
         for symbol in params["symbol"]:
             if method == "subscribe" and symbol in self.reject:
                 await self.push(
@@ -452,7 +497,10 @@ class FakeKraken(FakeExchange):
             checksum = book_checksum(
                 [(Decimal(p), Decimal(q)) for p, q in own_asks[:10]],
                 [(Decimal(p), Decimal(q)) for p, q in own_bids[:10]],
+                precision=self.precision(symbol),
             )
+            if self.bad_checksums:
+                checksum = (checksum + 1) % 2**32
 
         def levels(side: list[tuple[str, str]] | None) -> str:
             return "[" + ",".join(f'{{"price":{p},"qty":{q}}}' for p, q in side or []) + "]"

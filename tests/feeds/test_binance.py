@@ -8,9 +8,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from streaming.feeds.binance import BinanceFeed, DepthBook
 
 from .fakes import Collector, FakeBinance, FakeBinanceRest, eventually, running
+
+pytestmark = pytest.mark.unit
 
 FAST = {"backoff_base": 0.01, "backoff_cap": 0.05, "close_timeout": 0.5}
 UNUSED_REST = "http://127.0.0.1:9"  # for feeds without the depth channel
@@ -282,21 +286,43 @@ async def test_a_silent_exchange_is_detected_as_a_stall_and_reconnected():
             assert feed.stats.reconnects >= 1
 
 
-async def test_server_pings_are_answered_and_count_as_signs_of_life():
-    # Binance's only heartbeat is a ping frame; without data, pings alone must keep us connected.
+async def test_a_connection_that_answers_pings_but_carries_no_data_is_a_stall():
+    # Binance Spot "WebSocket Streams" (binance/binance-spot-api-docs, web-socket-streams.md,
+    # "General WSS information"): the server sends a ping frame every 20 seconds and drops a
+    # connection that does not pong within a minute. A ping proves the socket, not the
+    # streams: a connection that answers pings while no stream data arrives has stalled.
     async with FakeBinance(ping_interval=0.05) as exchange:
+        got = Collector()
         feed = BinanceFeed(
-            emit=Collector(), url=exchange.url, rest_url=UNUSED_REST, stall_timeout=0.3, **FAST
+            emit=got, url=exchange.url, rest_url=UNUSED_REST, stall_timeout=0.3, **FAST
         )
         await feed.set_symbols(frozenset({"BTCUSDT"}))
         async with running(feed):
             client = await exchange.wait_clients(1)
             pong = await client.ws.ping(b"binance")
-            latency = await asyncio.wait_for(pong, 1)
-            assert latency >= 0
-            await asyncio.sleep(1.0)
+            assert await asyncio.wait_for(pong, 1) >= 0  # pings are answered
+            second = await exchange.wait_clients(2, within=3)
+            assert "btcusdt@trade" in exchange.streams(second)
+            await exchange.event("btcusdt@trade", trade(), second)
+            await eventually(lambda: got.trades())
+        assert feed.stats.reconnects >= 1
+
+
+async def test_stream_data_keeps_a_connection_alive():
+    async with FakeBinance(ping_interval=0.05) as exchange:
+        got = Collector()
+        feed = BinanceFeed(
+            emit=got, url=exchange.url, rest_url=UNUSED_REST, stall_timeout=0.3, **FAST
+        )
+        await feed.set_symbols(frozenset({"BTCUSDT"}))
+        async with running(feed):
+            await exchange.wait_clients(1)
+            for n in range(10):
+                await exchange.event("btcusdt@trade", trade(trade_id=n + 1))
+                await asyncio.sleep(0.1)
+            await eventually(lambda: len(got.trades()) == 10)
             assert len(exchange.clients) == 1
-            assert feed.stats.reconnects == 0
+        assert feed.stats.reconnects == 0
 
 
 async def test_malformed_frames_are_counted_and_logged_and_the_feed_carries_on(caplog):

@@ -6,9 +6,13 @@ import asyncio
 import logging
 from decimal import Decimal
 
+import pytest
+
 from streaming.feeds.kraken import KrakenFeed, book_checksum, checksum_token
 
 from .fakes import Collector, FakeKraken, eventually, running
+
+pytestmark = pytest.mark.unit
 
 FAST = {"backoff_base": 0.01, "backoff_cap": 0.05, "close_timeout": 0.5, "stall_timeout": 0.5}
 
@@ -45,8 +49,21 @@ DOC_ASKS = [
 DOC_CHECKSUM = 3310070434
 
 
+# The pair's precisions, as Kraken publishes them on its ``instrument`` channel
+# (https://docs.kraken.com/exchange/api-reference/spot-websocket-v2/instrument, "Snapshot":
+# ``price_precision`` and ``qty_precision`` per pair); BTC/USD trades at 1 and 8 decimals,
+# the precisions of the worked example above.
+BTC_USD_PRECISION = (1, 8)
+
+
 def levels(side):
     return [(Decimal(price), Decimal(qty)) for price, qty in side]
+
+
+def shortest(side):
+    """The same levels as the shortest JSON numbers that carry them ("0.10000000" -> "0.1"):
+    a JSON number's text is not the pair's precision, so the checksum must not depend on it."""
+    return [(price, format(Decimal(qty).normalize(), "f")) for price, qty in side]
 
 
 def is_book_request(method: str):
@@ -60,6 +77,72 @@ def test_checksum_matches_the_worked_example_in_krakens_docs():
     # Only the top 10 levels per side count, whatever the depth.
     deeper = [*levels(DOC_ASKS), (Decimal("45400.0"), Decimal("9.00000000"))]
     assert book_checksum(deeper, levels(DOC_BIDS)) == DOC_CHECKSUM
+
+
+def test_checksum_formats_each_level_at_the_pairs_precision():
+    # "Book checksum (WebSocket v2)", Algorithm: price and qty are formatted at the pair's
+    # precision before the '.' and the leading zeros go; 0.566 at qty precision 4 is "5660".
+    assert checksum_token(Decimal("0.566"), 4) == "5660"
+    assert checksum_token(Decimal("45285.2"), 1) == "452852"
+    assert checksum_token(Decimal("0.001"), 8) == "100000"
+    assert checksum_token(Decimal("45283"), 1) == "452830"
+    asks, bids = levels(shortest(DOC_ASKS)), levels(shortest(DOC_BIDS))
+    assert book_checksum(asks, bids, precision=BTC_USD_PRECISION) == DOC_CHECKSUM
+
+
+async def test_the_documented_snapshot_verifies_at_the_instrument_channels_precision():
+    # The docs' worked snapshot (checksum 3310070434), its quantities sent as the shortest
+    # JSON numbers (0.1, not 0.10000000): only formatting at the precision that the
+    # instrument channel publishes gives Kraken's checksum.
+    async with FakeKraken() as exchange:
+        exchange.precisions["BTC/USD"] = BTC_USD_PRECISION
+        exchange.books["BTC/USD"] = (shortest(DOC_BIDS), shortest(DOC_ASKS))
+        got = Collector()
+        feed = KrakenFeed(emit=got, url=exchange.url, channels=("book",), **FAST)
+        await feed.set_symbols(frozenset({"BTC/USD"}))
+        async with running(feed):
+            client = await exchange.wait_clients(1)
+            instrument = await exchange.wait_message(
+                lambda m: m["params"]["channel"] == "instrument"
+            )
+            assert instrument["method"] == "subscribe"
+            await eventually(lambda: got.books())
+            update = exchange.book_message("BTC/USD", "update", bids=[("45283.5", "0.566")])
+            await exchange.push(update)
+            await eventually(lambda: len(got.books()) == 2)
+        assert feed.stats.checksum_failures == 0
+        assert got.books()[-1].bids[0] == (Decimal("45283.5"), Decimal("0.566"))
+        assert got.books()[0].asks[0] == (Decimal("45285.2"), Decimal("0.001"))
+        assert len(client.messages(is_book_request("subscribe"))) == 1
+
+
+async def test_a_book_that_never_verifies_is_resubscribed_at_a_bounded_rate():
+    # A real mismatch resyncs, but a book whose checksum never matches must not turn into a
+    # subscribe storm against the exchange: resyncs back off.
+    async with FakeKraken() as exchange:
+        exchange.books["BTC/USD"] = (list(DOC_BIDS), list(DOC_ASKS))
+        exchange.bad_checksums = True
+        got = Collector()
+        feed = KrakenFeed(
+            emit=got,
+            url=exchange.url,
+            resync_backoff_base=0.1,
+            resync_backoff_cap=0.4,
+            **FAST,
+        )
+        await feed.set_symbols(frozenset({"BTC/USD"}))
+        async with running(feed):
+            client = await exchange.wait_clients(1)
+            await eventually(lambda: len(client.messages(is_book_request("subscribe"))) >= 3)
+            await asyncio.sleep(1.5)
+            await exchange.push(exchange.ticker("BTC/USD", "45283.5"))
+            await eventually(lambda: got.ticks())  # the connection itself stays healthy
+        subscribes = len(client.messages(is_book_request("subscribe")))
+        # Resyncs after 0, then at least 0.05, 0.1, 0.2, 0.2, ... s: far fewer than one per frame.
+        assert 3 <= subscribes <= 12
+        assert subscribes - 1 <= feed.stats.checksum_failures <= subscribes
+        assert not got.books()
+        assert len(exchange.clients) == 1
 
 
 async def test_subscribes_to_ticker_and_book_and_verifies_the_documented_snapshot():

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from streaming.feeds.matching import LimitOrderBook
 
+pytestmark = pytest.mark.unit
+
 D = Decimal
 
 

@@ -14,6 +14,8 @@ from streaming.feeds.replay import ReplayFeed, ReplayFileError
 
 from .fakes import Collector, eventually, running
 
+pytestmark = pytest.mark.unit
+
 GOOD = """ts,symbol,price,bid,ask
 2024-03-01T14:30:00.000Z,BTCUSDT,61234.50,61234.40,61234.60
 2024-03-01T14:45:00.000Z,ETHUSDT,3400.1,,

@@ -15,6 +15,8 @@ from streaming.feeds import simulated
 from streaming.feeds.base import Book, Tick, Trade
 from streaming.feeds.simulated import SimulatedFeed
 
+pytestmark = pytest.mark.unit
+
 
 def _prices(seed: int, symbols: list[str], steps: int) -> list[tuple[str, str]]:
     feed = SimulatedFeed(emit=lambda tick: None, seed=seed, rate=1000)
