@@ -7,10 +7,13 @@ import os
 import sys
 from datetime import datetime
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.browser import log_in, poll, screenshot
 from tests.conftest import Process, free_port
+
+pytestmark = pytest.mark.browser
 
 PAGE = "/i/BTC/USDT/"
 
