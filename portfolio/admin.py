@@ -78,6 +78,11 @@ class QuoteAdmin(admin.ModelAdmin):
     list_select_related = ("instrument",)
     readonly_fields = ("received_at",)
 
+    def save_model(self, request, obj, form, change) -> None:
+        # A price typed by an operator is stored when they save it, as a feed's is.
+        obj.received_at = timezone.now()
+        super().save_model(request, obj, form, change)
+
 
 class DerivedInline(admin.TabularInline):
     """Derived from the ledger: shown, never edited here (recompute instead)."""
