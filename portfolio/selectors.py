@@ -29,6 +29,7 @@ from portfolio.models import (
     TxKind,
     ValuationSnapshot,
 )
+from portfolio.price_history import fx_pair
 from streaming import marketdata, protocol
 
 
@@ -44,15 +45,6 @@ def fx_rates() -> dict[tuple[str, str], Decimal]:
         if pair is not None:
             rates[pair] = _trim(quote.price)
     return rates
-
-
-def fx_pair(instrument: Instrument) -> tuple[str, str] | None:
-    """(from, to) currencies of an FX instrument, from its symbol and quote currency."""
-    letters = "".join(ch for ch in instrument.symbol.upper() if ch.isalnum())
-    target = instrument.quote_currency.upper()
-    if not letters.endswith(target) or len(letters) == len(target):
-        return None
-    return letters[: -len(target)], target
 
 
 # Wider than any column (30 digits): trimming never rounds.

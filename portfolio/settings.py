@@ -248,6 +248,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,  # every minute: the intraday series TWR and IRR are measured on
         "options": {"expires": 55},
     },
+    "daily-prices-from-bars": {
+        "task": "portfolio.tasks.roll_up_daily_prices",
+        # Hourly: today's row follows the bars through the day; yesterday's is final by 01:00.
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
 }
 
 # Ticks per instrument are coalesced in this window before one ingest batch (milliseconds).

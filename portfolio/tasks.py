@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from datetime import timedelta
 
-from portfolio import services
+from celery import shared_task
+from django.utils import timezone
+
+from portfolio import price_history, services
 
 
 @shared_task(soft_time_limit=50, time_limit=60)
@@ -14,3 +17,10 @@ def snapshot_valuations() -> int:
 
     value_pending()  # what ingest batches queued before this one left (streaming/tasks.py)
     return services.valuation_snapshots_take()
+
+
+@shared_task(soft_time_limit=240, time_limit=300)
+def roll_up_daily_prices() -> int:
+    """Celery beat, hourly: yesterday's and today's 1-minute bars into daily prices (UTC)."""
+    today = timezone.now().date()
+    return price_history.daily_prices_from_bars(since=today - timedelta(days=1), until=today)
