@@ -95,6 +95,7 @@ class InstrumentAdmin(admin.ModelAdmin):
                     instrument=instrument, text=io.StringIO(text, newline="")
                 )
                 if result.ok:
+                    services.holdings_recompute_after_fx_history(instrument=instrument)
                     self.message_user(
                         request,
                         f"Imported {result.created + result.replaced} days of {instrument} "

@@ -266,6 +266,18 @@ class Holding(models.Model):
     income = models.DecimalField(
         **MONEY, default=Decimal("0"), help_text="Dividends received, in the position's currency."
     )
+    # In the portfolio's base currency, each trade and payment at its own date's FX rate (null:
+    # a rate was missing). They do not move with today's rate.
+    cost_basis_base = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="Cost of the open lots in the base currency."
+    )
+    realized_pnl_base = models.DecimalField(**MONEY, null=True, blank=True)
+    income_base = models.DecimalField(**MONEY, null=True, blank=True)
+    fx_note = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="Which trades had no FX history on their date and used the latest rate.",
+    )
 
     class Meta:
         ordering = ["portfolio_id", "instrument__symbol"]
@@ -295,6 +307,9 @@ class Lot(models.Model):
     opened_at = models.DateTimeField()
     quantity = models.DecimalField(**QUANTITY)
     cost = models.DecimalField(**MONEY)
+    cost_base = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="In the base currency at acquisition."
+    )
 
     class Meta:
         ordering = ["holding_id", "opened_at", "id"]
@@ -312,6 +327,12 @@ class CashBalance(models.Model):
         **MONEY, help_text="May be negative: not everyone records deposits."
     )
     income = models.DecimalField(**MONEY, default=Decimal("0"))
+    income_base = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        help_text="Income in the base currency, each payment at its date's FX rate.",
+    )
     fees = models.DecimalField(**MONEY, default=Decimal("0"))
 
     class Meta:

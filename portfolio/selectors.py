@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Context, Decimal
 from typing import Any
@@ -73,6 +73,10 @@ class Position:
     texts: dict[str, str | None]
     # What value_portfolio takes, kept while the instrument's currency and class stay the same.
     holding: valuation.Holding | None = None
+    # In the base currency at each trade's own date's rate (None: unknown, today's rate used).
+    cost_basis_base: Decimal | None = None
+    realized_pnl_base: Decimal | None = None
+    fx_note: str = ""
 
 
 @dataclass(slots=True)
@@ -87,6 +91,8 @@ class Book:
     recomputed_at: datetime | None
     positions: list[Position]
     cash: list[tuple[str, Decimal, Decimal]]  # (currency, amount, income)
+    # Per currency, income in the base currency at each payment's date's rate.
+    income_base: dict[str, Decimal | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -110,20 +116,22 @@ def books_load(portfolios: Iterable[tuple]) -> dict[int, Book]:
     books = {row[0]: Book(*row, positions=[], cash=[]) for row in portfolios}
     rows = Holding.objects.filter(portfolio_id__in=list(books)).values_list(
         "portfolio_id", "instrument_id", "quantity", "cost_basis", "currency", "realized_pnl",
-        "income",
+        "income", "cost_basis_base", "realized_pnl_base", "fx_note",
     )  # fmt: skip
-    for pid, instrument, quantity, cost_basis, currency, realized, income in rows:
+    for pid, instrument, quantity, cost_basis, currency, realized, income, *base in rows:
         books[pid].positions.append(
             Position(
                 instrument, _trim(quantity), _trim(cost_basis), currency, _trim(realized),
-                _trim(income), position_texts(quantity, cost_basis, realized, income),
+                _trim(income), position_texts(quantity, cost_basis, realized, income), None,
+                _trim(base[0]), _trim(base[1]), base[2],
             )
         )  # fmt: skip
     cash = CashBalance.objects.filter(portfolio_id__in=list(books)).values_list(
-        "portfolio_id", "currency", "amount", "income"
+        "portfolio_id", "currency", "amount", "income", "income_base"
     )
-    for pid, currency, amount, income in cash:
+    for pid, currency, amount, income, income_base in cash:
         books[pid].cash.append((currency, _trim(amount), _trim(income)))
+        books[pid].income_base[currency] = _trim(income_base)
     return books
 
 
@@ -346,6 +354,7 @@ def _book_value(
                 cost_basis=p.cost_basis,
                 currency=currency,
                 asset_class=m.asset_class,
+                cost_base=p.cost_basis_base,
             )
         holdings.append(holding)
     value = valuation.value_portfolio(
@@ -432,14 +441,20 @@ def _state(
             row["weight_pct"] = None
         rows.append(row)
     realized = Decimal(0)
+    fx_notes = []
     for p in book.positions:  # closed positions too: their realized P&L stays
-        if p.realized_pnl:  # most positions never sold: nothing to convert
+        if p.fx_note:
+            fx_notes.append(f"{market[p.instrument].symbol}: {p.fx_note}")
+        if p.realized_pnl_base is not None:  # each sale at its own date's rate
+            realized += p.realized_pnl_base
+        elif p.realized_pnl:  # most positions never sold: nothing to convert
             converted = to_base(p.realized_pnl, p.currency or market[p.instrument].quote_currency)
             realized += converted or 0
-    income = sum(
-        (to_base(inc, currency) or Decimal(0) for currency, _, inc in book.cash if inc),
-        Decimal(0),
-    )
+    income = Decimal(0)
+    for currency, _, inc in book.cash:
+        if inc:
+            at_dates = book.income_base.get(currency)
+            income += at_dates if at_dates is not None else (to_base(inc, currency) or 0)
     cash_rows = [
         {
             "currency": cv.currency,
@@ -475,6 +490,7 @@ def _state(
         "day_change_pct": _pct(value.day_return),
         "complete": value.complete,
         "issues": list(value.issues),
+        "fx_notes": fx_notes,
         "holdings": rows,
         "cash": cash_rows,
         "allocation": {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from portfolio import services
 from portfolio.importers import prices_csv
 from portfolio.models import Instrument
 
@@ -37,6 +38,9 @@ class Command(BaseCommand):
             raise CommandError(
                 f"nothing imported: {len(result.errors)} bad rows out of {result.rows}"
             )
+        recomputed = services.holdings_recompute_after_fx_history(instrument=instrument)
+        if recomputed:
+            self.stdout.write(f"Recomputed {recomputed} portfolio(s) converting through it.")
         self.stdout.write(
             self.style.SUCCESS(
                 f"Imported {result.created + result.replaced:,} days of {instrument.symbol} "
