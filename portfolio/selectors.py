@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from typing import Any
 
@@ -29,7 +29,7 @@ from portfolio.models import (
     TxKind,
     ValuationSnapshot,
 )
-from portfolio.price_history import fx_pair
+from portfolio.price_history import FxHistory, fx_pair
 from streaming import marketdata, protocol
 
 
@@ -514,7 +514,7 @@ def portfolio_values(
 
 
 def external_flows(*, portfolio: Portfolio) -> list[performance.CashFlow]:
-    """Deposits (+) and withdrawals (-) in the base currency, converted at today's FX rate."""
+    """Deposits (+) and withdrawals (-) in the base currency, each at its date's FX rate."""
     flows = external_flows_of(portfolios={portfolio.id: portfolio.base_currency}, rates=fx_rates())
     return flows[portfolio.id]
 
@@ -523,17 +523,33 @@ def external_flows_of(
     *, portfolios: dict[int, str], rates: dict[tuple[str, str], Decimal]
 ) -> dict[int, list[performance.CashFlow]]:
     """:func:`external_flows` of each portfolio (id -> base currency), oldest first, in one
-    query. A flow in a currency with no rate to the base currency is left out."""
+    query. A foreign flow is converted at its UTC date's rate from the FX price history (the
+    last close carried over gaps), at today's (``rates``) where there is no history; a flow in
+    a currency with no rate to the base currency at all is left out."""
     flows: dict[int, list[performance.CashFlow]] = {pid: [] for pid in portfolios}
-    rows = (
+    rows = list(
         Transaction.objects.filter(
             portfolio_id__in=list(portfolios), kind__in=[TxKind.DEPOSIT, TxKind.WITHDRAWAL]
         )
         .order_by("portfolio_id", "executed_at", "id")
         .values_list("portfolio_id", "kind", "currency", "amount", "executed_at")
     )
+    foreign: dict[str, set[str]] = {}  # base currency -> currencies flowing in or out
+    for pid, _, currency, _, _ in rows:
+        if currency != portfolios[pid]:
+            foreign.setdefault(portfolios[pid], set()).add(currency)
+    histories = {
+        base: FxHistory(base_currency=base, currencies=currencies)
+        for base, currencies in foreign.items()
+    }
     for pid, kind, currency, amount, at in rows:
-        rate = valuation.fx_rate(currency, portfolios[pid], rates)
+        base = portfolios[pid]
+        rate = None
+        if currency != base:
+            dated = histories[base].rate_on(currency, at.astimezone(UTC).date())
+            rate = dated.rate if dated is not None else None
+        if rate is None:
+            rate = valuation.fx_rate(currency, base, rates)
         if rate is None:
             continue
         sign = 1 if kind == TxKind.DEPOSIT else -1

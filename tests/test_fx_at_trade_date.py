@@ -331,3 +331,19 @@ def test_the_pages_realized_pnl_and_cost_do_not_move_with_todays_quote(db):
         assert state["holdings_value"] == str((6 * 120 / D(today)).quantize(D("0.01")))
     # 400 / 2.00 - 400 / 2.30 and 600 / 2.30, whatever today's rate.
     assert seen == {("26.09", "260.87")}
+
+
+def test_a_foreign_deposit_enters_performance_at_its_dates_rate(db):
+    portfolio, _, gbpusd = make_gbp_portfolio("flows")
+    history = "date,close\n2007-01-05,2.50\n2007-06-01,2.00\n"
+    assert prices_csv.import_prices(instrument=gbpusd, text=io.StringIO(history)).ok
+    quote(gbpusd, "1.25", DAY360)  # today's rate: would make each dollar 0.80 pounds
+    for at, amount, kind in (
+        (DAY8, "1000", TxKind.DEPOSIT),  # Monday: Friday's 2.50 carried
+        (datetime(2007, 6, 1, 12, tzinfo=UTC), "500", TxKind.WITHDRAWAL),
+    ):
+        services.transaction_add(
+            portfolio=portfolio, kind=kind, amount=D(amount), currency="USD", executed_at=at
+        )
+    flows = selectors.external_flows(portfolio=portfolio)
+    assert [f.amount for f in flows] == [D(400), D(-250)]
