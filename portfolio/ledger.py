@@ -25,15 +25,16 @@ and calls :func:`replay`. Conventions a caller must know:
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
 from typing import NoReturn
 
 __all__ = [
     "ClosedLot",
     "CostBasis",
+    "DayState",
     "Instrument",
     "LedgerEntry",
     "LedgerError",
@@ -42,6 +43,7 @@ __all__ = [
     "Position",
     "Realization",
     "TxKind",
+    "daily_states",
     "replay",
 ]
 
@@ -669,3 +671,43 @@ def replay(
         for entry in sorted(entries, key=lambda e: e.executed_at):
             replayer.apply(entry)
     return replayer.result()
+
+
+@dataclass(frozen=True, slots=True)
+class DayState:
+    """What was held and the cash at the end of one UTC day: every entry of that day applied."""
+
+    day: date
+    quantities: dict[Instrument, Decimal]  # non-zero positions only
+    currencies: dict[Instrument, str | None]
+    cash: dict[str, Decimal]
+
+
+def daily_states(
+    entries: Iterable[LedgerEntry],
+    *,
+    first: date,
+    last: date,
+    method: CostBasis = CostBasis.FIFO,
+    allow_short: bool = False,
+) -> Iterator[DayState]:
+    """The state at the end of each UTC day from ``first`` to ``last``, the same replay as
+    :func:`replay` (so the same refusals) applied day by day."""
+    method = CostBasis(method)
+    ordered = sorted(entries, key=lambda e: e.executed_at)
+    replayer = _Replayer(method=method, allow_short=allow_short)
+    index = 0
+    day = first
+    with localcontext(_CONTEXT):
+        while day <= last:
+            while index < len(ordered) and ordered[index].executed_at.astimezone(UTC).date() <= day:
+                replayer.apply(ordered[index])
+                index += 1
+            quantities, currencies = {}, {}
+            for key, book in replayer.books.items():
+                quantity = book.quantity
+                if quantity != 0:
+                    quantities[key] = quantity
+                    currencies[key] = book.currency
+            yield DayState(day, quantities, currencies, dict(replayer.cash))
+            day += timedelta(days=1)

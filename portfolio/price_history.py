@@ -8,8 +8,7 @@ imported. A day without a row carries the last close before it forward, and says
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -17,6 +16,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.db.models import Max, Min
 
+from portfolio.day_values import ClosePrice, close_on
 from portfolio.models import (
     PRICE_SOURCE_RANK,
     AssetClass,
@@ -26,50 +26,6 @@ from portfolio.models import (
     PriceSource,
     Quote,
 )
-
-# --- Pure: the close on a day from a sorted series (no database) ---------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ClosePrice:
-    """The close that holds on ``day``: the close of ``priced_on``, the last day with a price
-    on or before it. ``carried`` when that is an earlier day (a weekend, a holiday, a gap)."""
-
-    day: date
-    close: Decimal
-    priced_on: date
-
-    @property
-    def carried(self) -> bool:
-        return self.priced_on != self.day
-
-
-def close_on(series: Sequence[tuple[date, Decimal]], day: date) -> ClosePrice | None:
-    """The close on ``day`` from ``series`` ((day, close) sorted by day, one per day), carried
-    forward from the last earlier day when ``day`` has none; None before the first day."""
-    index = bisect.bisect_right(series, day, key=lambda row: row[0]) - 1
-    if index < 0:
-        return None
-    priced_on, close = series[index]
-    return ClosePrice(day=day, close=close, priced_on=priced_on)
-
-
-def closes_between(
-    series: Sequence[tuple[date, Decimal]], start: date, end: date
-) -> list[ClosePrice]:
-    """The close of every day from ``start`` to ``end`` inclusive, gaps carried forward; days
-    before the series' first day are left out."""
-    out = []
-    index = bisect.bisect_right(series, start, key=lambda row: row[0]) - 1
-    day = start
-    while day <= end:
-        while index + 1 < len(series) and series[index + 1][0] <= day:
-            index += 1
-        if index >= 0:
-            out.append(ClosePrice(day=day, close=series[index][1], priced_on=series[index][0]))
-        day += timedelta(days=1)
-    return out
-
 
 # --- Writes ----------------------------------------------------------------------------------
 

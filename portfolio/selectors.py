@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal
 from typing import Any
 
@@ -15,10 +15,11 @@ from django.db.models import DateTimeField, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from portfolio import ledger, performance, valuation
+from portfolio import day_values, ledger, performance, valuation
 from portfolio.models import (
     AssetClass,
     CashBalance,
+    DailyPrice,
     FeedStatus,
     Holding,
     Instrument,
@@ -851,3 +852,44 @@ def realizations(*, portfolio: Portfolio) -> dict[int, ledger.Realization]:
         allow_short=portfolio.allow_short,
     )
     return {r.ref: r for r in result.realizations}
+
+
+def portfolio_returns(
+    *, portfolio: Portfolio, start: date, end: date
+) -> tuple[day_values.RangeReturns, list[day_values.DayValue]]:
+    """TWR and IRR from the end of day ``start`` to the end of day ``end`` (UTC), and the daily
+    values they come from: derived from the ledger, the daily price history (closes carried
+    over gaps) and the FX history, not from snapshots. Raises ``PerformanceError`` naming what
+    is missing."""
+    from portfolio.services import ledger_entries  # services imports selectors
+
+    entries = ledger_entries(portfolio)
+    if not entries:
+        raise performance.PerformanceError("the portfolio has no transactions")
+    symbols = {e.instrument for e in entries if e.instrument is not None}
+    closes: dict[str, list[tuple[date, Decimal]]] = {symbol: [] for symbol in symbols}
+    rows = (
+        DailyPrice.objects.filter(instrument__symbol__in=symbols, day__lte=end)
+        .order_by("instrument__symbol", "day")
+        .values_list("instrument__symbol", "day", "close")
+    )
+    for symbol, day, close in rows:
+        closes[symbol].append((day, _trim(close)))
+    history = FxHistory(
+        base_currency=portfolio.base_currency, currencies={e.currency for e in entries}
+    )
+
+    def fx(currency: str, day: date) -> Decimal | None:
+        rate = history.rate_on(currency, day)
+        return None if rate is None else rate.rate
+
+    states = ledger.daily_states(
+        entries,
+        first=start,
+        last=end,
+        method=ledger.CostBasis(portfolio.cost_basis_method),
+        allow_short=portfolio.allow_short,
+    )
+    values = day_values.daily_values(states, closes=closes, fx=fx)
+    flows = [(f.at.astimezone(UTC).date(), f.amount) for f in external_flows(portfolio=portfolio)]
+    return day_values.range_returns(values, flows, start=start, end=end), values

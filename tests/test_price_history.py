@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
-from portfolio import price_history, services
+from portfolio import day_values, price_history, services
 from portfolio.importers import prices_csv
 from portfolio.models import AssetClass, DailyPrice, FeedKind, Instrument, PriceSource
 
@@ -43,12 +43,12 @@ def fx_instrument(symbol="EURUSD", quote_currency="USD"):
 
 def test_a_weekend_carries_fridays_close_and_says_so():
     series = [(date(2026, 3, 5), Decimal("10")), (FRI, Decimal("11")), (MON, Decimal("12"))]
-    friday = price_history.close_on(series, FRI)
+    friday = day_values.close_on(series, FRI)
     assert (friday.close, friday.priced_on, friday.carried) == (Decimal("11"), FRI, False)
-    sunday = price_history.close_on(series, SUN)
+    sunday = day_values.close_on(series, SUN)
     assert (sunday.close, sunday.priced_on, sunday.carried) == (Decimal("11"), FRI, True)
-    assert price_history.close_on(series, date(2026, 3, 4)) is None  # before the first day
-    days = price_history.closes_between(series, date(2026, 3, 4), MON)
+    assert day_values.close_on(series, date(2026, 3, 4)) is None  # before the first day
+    days = day_values.closes_between(series, date(2026, 3, 4), MON)
     assert [(c.day, c.close, c.carried) for c in days] == [
         (date(2026, 3, 5), Decimal("10"), False),
         (FRI, Decimal("11"), False),
