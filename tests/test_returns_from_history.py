@@ -162,3 +162,49 @@ def test_twr_over_a_to_c_chains_a_to_b_and_b_to_c(history, cut):
     first = day_values.range_returns(values, flows, start=START, end=middle).twr.cumulative
     second = day_values.range_returns(values, flows, start=middle, end=end).twr.cumulative
     assert abs((1 + first) * (1 + second) - 1 - whole) < D("1e-25")
+
+
+# --- On the performance page -------------------------------------------------------------
+
+
+def twr_ledger(name="page"):
+    portfolio, acme = make_portfolio(name)
+    d1 = date(2026, 3, 2)
+    history = f"date,close\n{d1},100\n{d1 + timedelta(2)},110\n{d1 + timedelta(5)},121\n"
+    assert prices_csv.import_prices(instrument=acme, text=io.StringIO(history)).ok
+    record(portfolio, d1, TxKind.DEPOSIT, amount=D(1000))
+    record(portfolio, d1, TxKind.BUY, instrument=acme, quantity=D(10), price=D(100))
+    d4 = d1 + timedelta(3)
+    record(portfolio, d4, TxKind.DEPOSIT, amount=D(1100))
+    record(portfolio, d4, TxKind.BUY, instrument=acme, quantity=D(10), price=D(110))
+    return portfolio
+
+
+def test_the_performance_page_shows_returns_over_a_chosen_range_with_the_working(db, client):
+    from django.urls import reverse
+
+    portfolio = twr_ledger()
+    client.force_login(portfolio.owner)
+    url = reverse("performance", args=[portfolio.id])
+    page = client.get(url, {"from": "2026-03-01", "to": "2026-03-07"}).content.decode()
+    section = page[page.index('id="from-history"') :]
+    assert '<td class="num twr">21.00%</td>' in section
+    assert '<td class="muted irr-basis">for the period</td>' in section
+    assert section.count('class="history-sub-period"') == 2
+    # 1 to 7 March: the 4th (no close) and the 6th and 7th carry an earlier close; the 1st
+    # holds nothing.
+    assert "7 days valued; 3 with a close carried from an earlier day." in section
+    # By default: from the day before the first transaction to today, whatever today is.
+    default = client.get(url).content.decode()
+    assert 'name="from" value="2026-03-01"' in default
+    bad = client.get(url, {"from": "1 March"}).content.decode()
+    assert "from: &#x27;1 March&#x27; is not a date like 2026-03-01" in bad
+
+
+def test_another_users_performance_page_is_a_404(db, client):
+    from django.urls import reverse
+
+    portfolio = twr_ledger("private")
+    outsider = get_user_model().objects.create(username="outsider")
+    client.force_login(outsider)
+    assert client.get(reverse("performance", args=[portfolio.id])).status_code == 404
