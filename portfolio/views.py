@@ -16,7 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from portfolio import performance, selectors, services
+from portfolio import ledger, performance, selectors, services
 from portfolio.forms import (
     ImportForm,
     PortfolioForm,
@@ -283,7 +283,7 @@ def _returns_from_history(request: HttpRequest, portfolio: Portfolio) -> dict:
         found["returns"], found["values"] = selectors.portfolio_returns(
             portfolio=portfolio, start=dates["from"], end=dates["to"]
         )
-    except performance.PerformanceError as exc:
+    except (performance.PerformanceError, ledger.LedgerError) as exc:
         found["problem"] = str(exc)
     found["carried_days"] = sum(1 for v in found["values"] if v.carried)
     found["missing_days"] = sum(1 for v in found["values"] if v.missing)
