@@ -282,7 +282,8 @@ _ROW_REST = dict.fromkeys(
     (
         "quantity", "cost_basis", "average_cost", "realized_pnl", "income", "currency", "value",
         "in_total", "status", "reason", "fx_rate", "value_base", "cost_base", "unrealized_pnl",
-        "unrealized_pnl_pct", "day_change", "day_change_pct", "weight_pct",
+        "unrealized_pnl_pct", "price_effect", "currency_effect", "day_change", "day_change_pct",
+        "weight_pct",
     )
 )  # fmt: skip
 
@@ -422,6 +423,12 @@ def _state(
             row["unrealized_pnl"] = str(hv.unrealized_pnl.quantize(cent))
             ret = hv.unrealized_return
             row["unrealized_pnl_pct"] = None if ret is None else str((ret * 100).quantize(cent))
+            if same:  # no currency to move: the whole unrealized P&L is the price's
+                row["price_effect"] = row["unrealized_pnl"]
+                row["currency_effect"] = "0.00"
+            else:
+                row["price_effect"] = str(hv.price_effect.quantize(cent))
+                row["currency_effect"] = str(hv.currency_effect.quantize(cent))
             change = hv.day_change
             row["day_change"] = None if change is None else str(change.quantize(cent))
             row["day_change_pct"] = texts.day_change_pct[p.instrument]
@@ -437,6 +444,8 @@ def _state(
             row["cost_base"] = None
             row["unrealized_pnl"] = None
             row["unrealized_pnl_pct"] = None
+            row["price_effect"] = None
+            row["currency_effect"] = None
             row["day_change"] = None
             row["day_change_pct"] = None
             row["weight_pct"] = None

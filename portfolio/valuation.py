@@ -9,6 +9,9 @@ Pure ``Decimal`` math with no Django imports. Conventions a caller must know:
   rate (the ledger computes it), so it does not move with today's rate and unrealized P&L in the
   base currency includes the currency move since purchase. Without it, cost is converted at
   today's rate.
+- Unrealized P&L splits into a price effect (the gain in the instrument's currency, at today's
+  rate) and a currency effect (cost at today's rate minus cost at acquisition's): zero in the
+  base currency, or when the cost has no acquisition rate.
 - Day change is ``quantity * (price - reference_price)`` at today's rate: it ignores the day's
   currency move and trades made today.
 - A holding without a price, or whose currency cannot be converted, is reported with
@@ -101,6 +104,10 @@ class HoldingValue:
     weight: Decimal | None
     status: ValueStatus
     reason: str | None = None
+    # unrealized_pnl = price_effect + currency_effect: the gain in the instrument's own currency
+    # at today's rate, and what the currency's move since acquisition did to the money invested.
+    price_effect: Decimal | None = None
+    currency_effect: Decimal | None = None
 
 
 @dataclass(slots=True)
@@ -231,9 +238,13 @@ def _value_holding(
     cost_base = holding.cost_base
     if same:
         cost = holding.cost_basis
+        pnl = value - cost
+        price_effect, currency_effect = pnl, ZERO
     else:
-        cost = holding.cost_basis * rate if cost_base is None else cost_base
-    pnl = value - cost
+        cost_today = holding.cost_basis * rate
+        cost = cost_today if cost_base is None else cost_base
+        pnl = value - cost
+        price_effect, currency_effect = value - cost_today, cost_today - cost
     day_change = day_return = None
     if reference is not None:
         move = price - reference
@@ -243,7 +254,8 @@ def _value_holding(
     pnl_return = None if cost == 0 else pnl / abs(cost)
     return HoldingValue(
         holding.instrument, holding.asset_class, holding.currency, quantity, price, reference,
-        rate, value, cost, pnl, pnl_return, day_change, day_return, None, _OK,
+        rate, value, cost, pnl, pnl_return, day_change, day_return, None, _OK, None,
+        price_effect, currency_effect,
     )  # fmt: skip
 
 

@@ -169,6 +169,9 @@ def test_cost_basis_and_realized_pnl_in_base_currency_do_not_move_with_todays_fx
     ]
     # Today's rate moves the value, never the cost.
     assert values[0].cost == values[1].cost == position.cost_basis_base
+    for value in values:  # and the unrealized P&L is its price and currency effects
+        (held,) = value.holdings
+        assert held.price_effect + held.currency_effect == held.unrealized_pnl
     assert values[0].holdings_value == position.quantity * price * today
     assert values[1].holdings_value == position.quantity * price * tomorrow
 
@@ -267,6 +270,19 @@ def test_open_cost_stays_at_the_purchase_rate_while_value_follows_todays(db):
     assert [s["cost"] for s in states] == ["43478.26", "43478.26"]
     assert [s["holdings_value"] for s in states] == ["50000.00", "62500.00"]
     assert [s["unrealized_pnl"] for s in states] == ["6521.74", "19021.74"]
+    # The share price has not moved: all of it is the currency's (HMRC's gain, still open).
+    rows = [s["holdings"][0] for s in states]
+    assert [(r["price_effect"], r["currency_effect"]) for r in rows] == [
+        ("0.00", "6521.74"),
+        ("0.00", "19021.74"),
+    ]
+    quote(acme, "110", DAY360 + timedelta(days=5))  # +10 % in dollars: 10,000 at 1.60
+    row = selectors.portfolio_states(portfolio_ids=[portfolio.id])[0]["holdings"][0]
+    assert (row["price_effect"], row["currency_effect"], row["unrealized_pnl"]) == (
+        "6250.00",
+        "19021.74",
+        "25271.74",
+    )
 
 
 def test_without_fx_history_the_latest_rate_stands_in_and_the_page_says_so(db):
