@@ -53,10 +53,10 @@ class InstrumentAdmin(admin.ModelAdmin):
     search_fields = ("symbol", "name", "feed_symbol")
     list_select_related = ("quote",)
     inlines = [QuoteInline]
-    readonly_fields = ("price_history",)
+    readonly_fields = ("daily_prices",)
 
     @admin.display(description="Price history")
-    def price_history(self, obj: Instrument) -> str:
+    def daily_prices(self, obj: Instrument) -> str:
         if obj.pk is None:
             return "Save the instrument first."
         first, last, count = price_history.history_span(instrument_id=obj.pk)

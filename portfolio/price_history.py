@@ -2,7 +2,7 @@
 
 Rows come from three sources, ranked (``models.PRICE_SOURCE_RANK``): the feeds' own 1-minute
 bars rolled up per UTC day, exchanges' REST candles, and CSV imports. A row is only replaced by
-a source of the same or a higher rank, so a nightly roll-up never overwrites what an operator
+a source of the same or a higher rank, so the bars' roll-up never overwrites what an operator
 imported. A day without a row carries the last close before it forward, and says so.
 """
 
