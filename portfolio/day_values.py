@@ -95,26 +95,42 @@ def daily_values(
     closes: Mapping[Hashable, Sequence[tuple[date, Decimal]]],
     fx: FxOnDay,
 ) -> list[DayValue]:
-    """Value each day's state at that day's closes (carried over gaps) and FX rates."""
+    """Value each day's state at that day's closes (carried over gaps) and FX rates.
+
+    ``states`` come in day order (as :func:`ledger.daily_states` yields them): each
+    instrument's close is found by moving a cursor forward, and each currency's rate is asked
+    for once a day, so ten years of fifty holdings stay a linear walk.
+    """
     out = []
+    cursors: dict[Hashable, int] = {}
     for state in states:
         day = state.day
         holdings = cash = ZERO
         carried, missing = [], []
+        rates: dict[str, Decimal | None] = {}
         for instrument, quantity in state.quantities.items():
-            close = close_on(closes.get(instrument, ()), day)
+            series = closes.get(instrument, ())
+            index = cursors.get(instrument, -1)
+            while index + 1 < len(series) and series[index + 1][0] <= day:
+                index += 1
+            cursors[instrument] = index
             currency = state.currencies.get(instrument) or ""
-            rate = fx(currency, day) if currency else None
-            if close is None or rate is None:
-                missing.append(f"{instrument}: no {'close' if close is None else 'FX rate'}")
+            if currency not in rates:
+                rates[currency] = fx(currency, day) if currency else None
+            rate = rates[currency]
+            if index < 0 or rate is None:
+                missing.append(f"{instrument}: no {'close' if index < 0 else 'FX rate'}")
                 continue
-            if close.carried:
+            priced_on, close = series[index]
+            if priced_on != day:
                 carried.append(instrument)
-            holdings += quantity * close.close * rate
+            holdings += quantity * close * rate
         for currency, amount in state.cash.items():
             if amount == 0:
                 continue
-            rate = fx(currency, day)
+            if currency not in rates:
+                rates[currency] = fx(currency, day)
+            rate = rates[currency]
             if rate is None:
                 missing.append(f"cash {currency}: no FX rate")
                 continue

@@ -698,16 +698,19 @@ def daily_states(
     replayer = _Replayer(method=method, allow_short=allow_short)
     index = 0
     day = first
+    held: dict[Instrument, Decimal] = {}  # non-zero quantities, kept up to date per entry
     with localcontext(_CONTEXT):
         while day <= last:
             while index < len(ordered) and ordered[index].executed_at.astimezone(UTC).date() <= day:
-                replayer.apply(ordered[index])
+                entry = ordered[index]
+                replayer.apply(entry)
+                if entry.instrument is not None:  # only its book's quantity can have changed
+                    quantity = replayer.books[entry.instrument].quantity
+                    if quantity:
+                        held[entry.instrument] = quantity
+                    else:
+                        held.pop(entry.instrument, None)
                 index += 1
-            quantities, currencies = {}, {}
-            for key, book in replayer.books.items():
-                quantity = book.quantity
-                if quantity != 0:
-                    quantities[key] = quantity
-                    currencies[key] = book.currency
-            yield DayState(day, quantities, currencies, dict(replayer.cash))
+            currencies = {key: replayer.books[key].currency for key in held}
+            yield DayState(day, dict(held), currencies, dict(replayer.cash))
             day += timedelta(days=1)

@@ -208,3 +208,29 @@ def test_another_users_performance_page_is_a_404(db, client):
     outsider = get_user_model().objects.create(username="outsider")
     client.force_login(outsider)
     assert client.get(reverse("performance", args=[portfolio.id])).status_code == 404
+
+
+def test_a_day_before_an_instruments_first_close_leaves_it_out_and_says_so():
+    from portfolio import ledger
+
+    at = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    entries = [
+        ledger.LedgerEntry(ref=1, kind="DEPOSIT", executed_at=at, currency="EUR", amount=D(50)),
+        ledger.LedgerEntry(
+            ref=2, kind="BUY", executed_at=at + timedelta(days=1), currency="USD",
+            instrument="X", quantity=D(2), price=D(10),
+        ),
+    ]  # fmt: skip
+    states = ledger.daily_states(entries, first=START, last=START + timedelta(days=3))
+    rates = {"EUR": D(1), "USD": D("0.5")}
+    values = day_values.daily_values(
+        states,
+        closes={"X": [(START + timedelta(days=2), D(12))]},
+        fx=lambda currency, day: rates.get(currency),
+    )
+    assert [(v.value, v.carried, v.missing) for v in values] == [
+        (D(50), (), ()),
+        (D(40), (), ("X: no close",)),  # 50 EUR - 20 USD at 0.5; X has no close yet
+        (D(52), (), ()),  # + 2 x 12 USD at 0.5
+        (D(52), ("X",), ()),  # the 3rd's close carried
+    ]
