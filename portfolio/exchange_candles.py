@@ -158,7 +158,8 @@ def coinbase_days(product: str, since: date, until: date, get: Getter) -> list:
 def kraken_days(pair: str, since: date, until: date, get: Getter) -> list:
     """Days from ``GET /0/public/OHLC?interval=1440``: ``{"error": [], "result": {<pair>:
     [[time (s), open, high, low, close, vwap, volume, count], ...], "last": ...}}``. Kraken
-    serves only its most recent 720 entries, whatever ``since`` says."""
+    serves only its most recent 720 entries, whatever ``since`` says. ``pair`` is the
+    instrument's feed symbol as stored (the WebSocket v2 form, e.g. ``BTC/USD``)."""
     base = settings.KRAKEN_REST_URL.rstrip("/")
     since_s = int(datetime.combine(since, time(0), tzinfo=UTC).timestamp())
     query = urllib.parse.urlencode({"pair": pair, "interval": 1440, "since": since_s - 1})
