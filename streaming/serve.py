@@ -140,8 +140,11 @@ class Server(daphne.server.Server):
 
 # The largest incoming WebSocket message or frame accepted unless the flags say otherwise.
 # daphne's default is 1 MiB, held whole before the application sees it; the application answers
-# a frame over 64 KiB (LIVEFOLIO_MAX_FRAME_BYTES) with frame_too_large and closes 1009, so
+# a frame over 64 KiB (LIVEFOLIO_MAX_FRAME_BYTES) with frame_too_large and closes 4009, so
 # anything much larger is refused here, before it is read: no socket makes the server hold more.
+# autobahn refuses it by dropping the TCP connection (its failByDrop, left on: with a closing
+# handshake instead it would keep reading the oversized frame until the handshake timed out),
+# as it does a text frame that is not UTF-8; daphne then tells the application it disconnected.
 INCOMING_LIMIT = 128 * 1024
 
 
