@@ -143,8 +143,9 @@ class Server(daphne.server.Server):
 # a frame over 64 KiB (LIVEFOLIO_MAX_FRAME_BYTES) with frame_too_large and closes 4009, so
 # anything much larger is refused here, before it is read: no socket makes the server hold more.
 # autobahn refuses it by dropping the TCP connection (its failByDrop, left on: with a closing
-# handshake instead it would keep reading the oversized frame until the handshake timed out),
-# as it does a text frame that is not UTF-8; daphne then tells the application it disconnected.
+# handshake instead it keeps buffering the rest of the oversized frame until the handshake
+# times out), as it does a text frame that is not UTF-8; daphne then tells the application the
+# socket disconnected, and its clean-up runs (tests/test_websocket_hostile.py).
 INCOMING_LIMIT = 128 * 1024
 
 
