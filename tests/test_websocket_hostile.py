@@ -405,6 +405,27 @@ async def test_a_database_error_in_a_request_closes_4500_after_internal_error_an
     live.assert_no_crash()
 
 
+async def test_an_update_the_page_cannot_handle_closes_it_4500_and_cleans_up(
+    live, alice_keys, world
+):
+    """The boundary also covers what arrives from the channel layer: a valuation without its
+    portfolio (a publisher's bug) ends the page socket documentedly, not with daphne's 1011."""
+    from streaming import events
+
+    cookie, tokens = alice_keys
+    page = await live.open_page(cookie)
+    api = await live.open_api(tokens[0])  # also in alice's group: it skips what it cannot route
+    alice = world["users"]["alice"]
+    await sync_to_async(events.publish)([(events.user_group(alice.id), {"type": "valuation"})])
+    frames, code = await frames_until_close(page)
+    assert ([(f["type"], f["code"]) for f in frames], code) == ([("error", "internal_error")], 4500)
+    await api.send('{"type": "ping", "id": "api still served"}')
+    assert (await next_json(api))["id"] == "api still served"
+    await api.close()
+    await live.assert_clean(cookie=cookie, tokens=tokens)
+    live.assert_no_crash()
+
+
 async def test_an_api_connection_that_keeps_flooding_is_closed_4429(live, alice_keys):
     """docs/api.md section 5: a refused request gets rate_limited (10 a second, bursts of 20);
     refused requests coming faster than that same rate close the connection with 4429."""
