@@ -267,7 +267,7 @@ def documented_close_codes(text: str, start: str) -> set[int]:
     import re
 
     paragraph = text[text.index(start) :].split("\n\n", 1)[0]
-    return {int(code) for code in re.findall(r"\b(\d{4})\b", paragraph)}
+    return {int(code) for code in re.findall(r"(?<!RFC )\b(\d{4})\b", paragraph)}
 
 
 def test_every_close_code_the_server_sends_is_documented_and_daphne_can_send_it():
