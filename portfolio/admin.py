@@ -1,12 +1,20 @@
+import io
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-from portfolio import ledger, services
+from portfolio import ledger, price_history, services
+from portfolio.importers import prices_csv
 from portfolio.models import (
     CashBalance,
+    DailyPrice,
     FeedStatus,
     Holding,
     Instrument,
@@ -45,6 +53,68 @@ class InstrumentAdmin(admin.ModelAdmin):
     search_fields = ("symbol", "name", "feed_symbol")
     list_select_related = ("quote",)
     inlines = [QuoteInline]
+    readonly_fields = ("daily_prices",)
+
+    @admin.display(description="Price history")
+    def daily_prices(self, obj: Instrument) -> str:
+        if obj.pk is None:
+            return "Save the instrument first."
+        first, last, count = price_history.history_span(instrument_id=obj.pk)
+        stored = f"{count} days, {first} to {last}" if count else "no days stored"
+        return format_html(
+            '{} · <a href="{}">Import prices from CSV</a> · <a href="{}">Show</a>',
+            stored,
+            reverse("admin:portfolio_instrument_import_prices", args=[obj.pk]),
+            reverse("admin:portfolio_dailyprice_changelist") + f"?instrument__id__exact={obj.pk}",
+        )
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:instrument_id>/import-prices/",
+                self.admin_site.admin_view(self.import_prices_view),
+                name="portfolio_instrument_import_prices",
+            ),
+            *super().get_urls(),
+        ]
+
+    def import_prices_view(self, request, instrument_id: int):
+        instrument = get_object_or_404(Instrument, pk=instrument_id)
+        if not self.has_change_permission(request, instrument):
+            return redirect("admin:index")
+        errors: list[str] = []
+        form = PriceImportForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            raw = form.cleaned_data["file"].read()
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                errors = [f"the file is not UTF-8 text: {exc}"]
+            else:
+                result = prices_csv.import_prices(
+                    instrument=instrument, text=io.StringIO(text, newline="")
+                )
+                if result.ok:
+                    services.holdings_recompute_after_fx_history(instrument=instrument)
+                    self.message_user(
+                        request,
+                        f"Imported {result.created + result.replaced} days of {instrument} "
+                        f"({result.created} new, {result.replaced} replaced).",
+                        messages.SUCCESS,
+                    )
+                    return redirect("admin:portfolio_instrument_change", instrument.pk)
+                errors = [f"Nothing imported: {len(result.errors)} bad rows."]
+                errors += [str(e) for e in result.errors]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "instrument": instrument,
+            "form": form,
+            "errors": errors,
+            "span": price_history.history_span(instrument_id=instrument.pk),
+            "title": f"Import daily prices of {instrument}",
+        }
+        return TemplateResponse(request, "admin/portfolio/instrument/import_prices.html", context)
 
     @admin.display(description="Latest price", ordering="quote__price")
     def latest_price(self, obj: Instrument) -> str:
@@ -58,6 +128,21 @@ class InstrumentAdmin(admin.ModelAdmin):
             return "no price yet"
         age = timesince(quote.exchange_ts, timezone.now())
         return f"{age} (stale)" if quote.is_stale() else age
+
+
+class PriceImportForm(forms.Form):
+    file = forms.FileField(help_text="CSV: date,close[,open,high,low,volume]")
+
+
+@admin.register(DailyPrice)
+class DailyPriceAdmin(admin.ModelAdmin):
+    """Daily price history; written by imports, exchange candles and the bars' roll-up."""
+
+    list_display = ("instrument", "day", "open", "high", "low", "close", "volume", "source")
+    list_filter = ("source", "instrument")
+    search_fields = ("instrument__symbol",)
+    list_select_related = ("instrument",)
+    date_hierarchy = "day"
 
 
 @admin.register(Quote)
@@ -77,6 +162,11 @@ class QuoteAdmin(admin.ModelAdmin):
     search_fields = ("instrument__symbol",)
     list_select_related = ("instrument",)
     readonly_fields = ("received_at",)
+
+    def save_model(self, request, obj, form, change) -> None:
+        # A price typed by an operator is stored when they save it, as a feed's is.
+        obj.received_at = timezone.now()
+        super().save_model(request, obj, form, change)
 
 
 class DerivedInline(admin.TabularInline):

@@ -11,6 +11,12 @@ and calls :func:`replay`. Conventions a caller must know:
   deposits...) they are an expense only and never touch a cost basis.
 - Every instrument has one currency, set by its first trade; its cost basis and realized P&L are
   in that currency. Dividends may be paid in another currency and are kept per currency.
+- Base currency: an entry may carry ``fx_rate``, how many units of the portfolio's base currency
+  one unit of its ``currency`` bought on the entry's own date (1 when they are the same). Each
+  lot then also carries its cost in the base currency at its acquisition's rate, a sale realizes
+  its proceeds at the sale's rate against those costs, and income counts at its payment's rate:
+  none of them moves when today's rate does (docs/fx.md). A figure that needs an entry without
+  a rate is ``None`` in the base currency (unknown), never a guess.
 - Quantities and totals are exact. Only sharing one lot's cost or one fee between several
   closings divides; each share is rounded to 20 decimal places and the remainder stays with
   the rest, so realized P&L plus open cost always equals what was paid, to the last digit.
@@ -19,15 +25,16 @@ and calls :func:`replay`. Conventions a caller must know:
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
 from typing import NoReturn
 
 __all__ = [
     "ClosedLot",
     "CostBasis",
+    "DayState",
     "Instrument",
     "LedgerEntry",
     "LedgerError",
@@ -36,6 +43,7 @@ __all__ = [
     "Position",
     "Realization",
     "TxKind",
+    "daily_states",
     "replay",
 ]
 
@@ -102,6 +110,7 @@ class LedgerEntry:
     fees: Decimal = ZERO
     amount: Decimal = ZERO
     ratio: Decimal | None = None
+    fx_rate: Decimal | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -114,6 +123,10 @@ class LedgerEntry:
             self._fail("executed_at", "must be timezone-aware, got a naive datetime")
         for name in ("quantity", "price", "fees", "amount"):
             self._check_decimal(name, getattr(self, name))
+        if self.fx_rate is not None:
+            self._check_decimal("fx_rate", self.fx_rate)
+            if self.fx_rate == 0:
+                self._fail("fx_rate", "must be positive, got 0")
         self._check_kind_fields()
         self._check_instrument()
         if self.kind is not TxKind.SPLIT and (
@@ -172,12 +185,14 @@ class LedgerEntry:
 
 @dataclass(frozen=True, slots=True)
 class Lot:
-    """An open lot. Short lots have negative quantity and negative cost (the proceeds received)."""
+    """An open lot. Short lots have negative quantity and negative cost (the proceeds received).
+    ``cost_base``: the cost in the base currency at the acquisition's rate (None: no rate)."""
 
     ref: Hashable
     opened_at: datetime
     quantity: Decimal
     cost: Decimal
+    cost_base: Decimal | None = None
 
     @property
     def unit_cost(self) -> Decimal:
@@ -194,6 +209,7 @@ class ClosedLot:
     opened_at: datetime
     quantity: Decimal
     cost: Decimal
+    cost_base: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +229,21 @@ class Realization:
     cost: Decimal
     lots: tuple[ClosedLot, ...]
     closed_short: bool = False
+    # In the base currency: proceeds at the closing entry's rate, cost at each lot's own.
+    proceeds_base: Decimal | None = None
+    cost_base: Decimal | None = None
 
     @property
     def realized_pnl(self) -> Decimal:
         """Proceeds minus cost."""
         return self.proceeds - self.cost
+
+    @property
+    def realized_pnl_base(self) -> Decimal | None:
+        """Proceeds minus cost in the base currency, each at its own date's rate."""
+        if self.proceeds_base is None or self.cost_base is None:
+            return None
+        return self.proceeds_base - self.cost_base
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +257,10 @@ class Position:
     lots: tuple[Lot, ...]
     realized_pnl: Decimal
     income: dict[str, Decimal]  # dividends (and coupons) per currency, gross of fees
+    # The same in the base currency at each entry's own rate; None where a rate was missing.
+    cost_basis_base: Decimal | None = None
+    realized_pnl_base: Decimal | None = None
+    income_base: Decimal | None = None
 
     @property
     def average_cost(self) -> Decimal | None:
@@ -251,6 +281,8 @@ class LedgerResult:
     fees: dict[str, Decimal]  # every fee paid, FEE transactions included
     income: dict[str, Decimal]  # dividends and interest, gross
     realizations: tuple[Realization, ...]
+    # Per currency, dividends and interest in the base currency at each payment's rate.
+    income_base: dict[str, Decimal | None] = field(default_factory=dict)
 
     @property
     def open_positions(self) -> dict[Instrument, Position]:
@@ -265,6 +297,7 @@ class _OpenLot:
     opened_at: datetime
     quantity: Decimal
     cost: Decimal
+    cost_base: Decimal | None
 
 
 @dataclass(slots=True)
@@ -274,6 +307,8 @@ class _Book:
     lots: list[_OpenLot] = field(default_factory=list)
     realized: Decimal = ZERO
     income: dict[str, Decimal] = field(default_factory=dict)
+    realized_base: Decimal | None = ZERO
+    income_base: Decimal | None = ZERO
 
     @property
     def quantity(self) -> Decimal:
@@ -289,6 +324,23 @@ def _share(total: Decimal, part: Decimal, whole: Decimal) -> Decimal:
     return total if part == whole else (total * part / whole).quantize(_SHARE_QUANTUM)
 
 
+def _in_base(amount: Decimal, rate: Decimal | None) -> Decimal | None:
+    """``amount`` in the base currency at ``rate``; None (unknown) without a rate."""
+    return None if rate is None else amount * rate
+
+
+def _plus(total: Decimal | None, amount: Decimal | None) -> Decimal | None:
+    """A sum that stays unknown once one of its terms is."""
+    return None if total is None or amount is None else total + amount
+
+
+def _sum_known(amounts: Iterable[Decimal | None]) -> Decimal | None:
+    total: Decimal | None = ZERO
+    for amount in amounts:
+        total = _plus(total, amount)
+    return total
+
+
 class _Replayer:
     def __init__(self, *, method: CostBasis, allow_short: bool) -> None:
         self.method = method
@@ -298,6 +350,7 @@ class _Replayer:
         self.fees: dict[str, Decimal] = {}
         self.income: dict[str, Decimal] = {}
         self.realizations: list[Realization] = []
+        self.income_base: dict[str, Decimal | None] = {}
         self.seq = 0
 
     def book(self, entry: LedgerEntry) -> _Book:
@@ -326,8 +379,14 @@ class _Replayer:
         elif kind in (TxKind.DIVIDEND, TxKind.INTEREST):
             _add(self.cash, entry.currency, entry.amount)
             _add(self.income, entry.currency, entry.amount)
+            in_base = _in_base(entry.amount, entry.fx_rate)
+            self.income_base[entry.currency] = _plus(
+                self.income_base.get(entry.currency, ZERO), in_base
+            )
             if entry.instrument is not None:
-                _add(self.book(entry).income, entry.currency, entry.amount)
+                book = self.book(entry)
+                _add(book.income, entry.currency, entry.amount)
+                book.income_base = _plus(book.income_base, in_base)
         elif kind is TxKind.FEE:
             _add(self.cash, entry.currency, -entry.amount)
             _add(self.fees, entry.currency, entry.amount)
@@ -349,7 +408,16 @@ class _Replayer:
 
     def open_lot(self, book: _Book, entry: LedgerEntry, quantity: Decimal, cost: Decimal) -> None:
         self.seq += 1
-        book.lots.append(_OpenLot(self.seq, entry.ref, entry.executed_at, quantity, cost))
+        book.lots.append(
+            _OpenLot(
+                self.seq,
+                entry.ref,
+                entry.executed_at,
+                quantity,
+                cost,
+                _in_base(cost, entry.fx_rate),
+            )
+        )
 
     def buy(self, entry: LedgerEntry) -> None:
         book = self.book(entry)
@@ -362,14 +430,18 @@ class _Replayer:
             closed = self.close(book, covered)
             fees_covering = _share(entry.fees, covered, entry.quantity)
             fees_left -= fees_covering
+            cost = covered * entry.price + fees_covering
+            proceeds_base = _sum_known(c.cost_base for c in closed)
             self.realize(
                 entry,
                 book,
                 quantity=covered,
                 proceeds=-sum((c.cost for c in closed), ZERO),
-                cost=covered * entry.price + fees_covering,
+                cost=cost,
                 lots=closed,
                 closed_short=True,
+                proceeds_base=None if proceeds_base is None else -proceeds_base,
+                cost_base=_in_base(cost, entry.fx_rate),
             )
         rest = entry.quantity - covered
         if rest:
@@ -388,13 +460,16 @@ class _Replayer:
             closed = self.close(book, closing)
             fees_closing = _share(entry.fees, closing, entry.quantity)
             fees_left -= fees_closing
+            proceeds = closing * entry.price - fees_closing
             self.realize(
                 entry,
                 book,
                 quantity=closing,
-                proceeds=closing * entry.price - fees_closing,
+                proceeds=proceeds,
                 cost=sum((c.cost for c in closed), ZERO),
                 lots=closed,
+                proceeds_base=_in_base(proceeds, entry.fx_rate),
+                cost_base=_sum_known(c.cost_base for c in closed),
             )
         rest = entry.quantity - closing
         if rest:
@@ -444,6 +519,7 @@ class _Replayer:
             **fields,
         )
         book.realized += realization.realized_pnl
+        book.realized_base = _plus(book.realized_base, realization.realized_pnl_base)
         self.realizations.append(realization)
 
     def close(self, book: _Book, quantity: Decimal) -> list[ClosedLot]:
@@ -458,7 +534,16 @@ class _Replayer:
         else:
             sign = 1 if lots[0].quantity > 0 else -1
             # Highest unit cost first closes with the least gain; for shorts that is lowest.
-            order = sorted(lots, key=lambda lot: (-sign * lot.cost / lot.quantity, lot.seq))
+            # Ranked in the base currency at acquisition when every lot has it: that is the
+            # gain the portfolio reports.
+            in_base = all(lot.cost_base is not None for lot in lots)
+            order = sorted(
+                lots,
+                key=lambda lot: (
+                    -sign * (lot.cost_base if in_base else lot.cost) / lot.quantity,
+                    lot.seq,
+                ),
+            )
         closed = []
         remaining = quantity
         for lot in order:
@@ -467,12 +552,15 @@ class _Replayer:
             size = abs(lot.quantity)
             take = min(remaining, size)
             cost = _share(lot.cost, take, size)
-            closed.append(ClosedLot(lot.ref, lot.opened_at, take, cost))
+            cost_base = None if lot.cost_base is None else _share(lot.cost_base, take, size)
+            closed.append(ClosedLot(lot.ref, lot.opened_at, take, cost, cost_base))
             if take == size:
                 lots.remove(lot)
             else:
                 lot.quantity -= take if lot.quantity > 0 else -take
                 lot.cost -= cost
+                if cost_base is not None:
+                    lot.cost_base -= cost_base
             remaining -= take
         return closed
 
@@ -480,7 +568,9 @@ class _Replayer:
         lots = sorted(book.lots, key=lambda lot: lot.seq)
         pool_quantity = abs(book.quantity)
         pool_cost = sum((lot.cost for lot in lots), ZERO)
+        pool_base = _sum_known(lot.cost_base for lot in lots)
         cost_taken = _share(pool_cost, quantity, pool_quantity)
+        base_taken = None if pool_base is None else _share(pool_base, quantity, pool_quantity)
         # Quantities leave oldest first (so lot dates stay true); cost leaves at the average.
         takes: list[tuple[_OpenLot, Decimal]] = []
         remaining = quantity
@@ -491,32 +581,44 @@ class _Replayer:
             takes.append((lot, take))
             remaining -= take
         closed = []
-        cost_left = cost_taken
+        cost_left, base_left = cost_taken, base_taken
         for i, (lot, take) in enumerate(takes):
-            cost = cost_left if i == len(takes) - 1 else _share(cost_taken, take, quantity)
+            last = i == len(takes) - 1
+            cost = cost_left if last else _share(cost_taken, take, quantity)
             cost_left -= cost
-            closed.append(ClosedLot(lot.ref, lot.opened_at, take, cost))
+            cost_base = None
+            if base_left is not None:
+                cost_base = base_left if last else _share(base_taken, take, quantity)
+                base_left -= cost_base
+            closed.append(ClosedLot(lot.ref, lot.opened_at, take, cost, cost_base))
             if take == abs(lot.quantity):
                 book.lots.remove(lot)
             else:
                 lot.quantity -= take if lot.quantity > 0 else -take
-        # What stays open is restated at the pool's average unit cost.
-        pool_left = pool_cost - cost_taken
+        # What stays open is restated at the pool's average unit cost (in both currencies).
         survivors = sorted(book.lots, key=lambda lot: lot.seq)
         quantity_left = abs(sum((lot.quantity for lot in survivors), ZERO))
+        pool_left = pool_cost - cost_taken
+        pool_base_left = None if pool_base is None else pool_base - base_taken
+        cost_rest, base_rest = pool_left, pool_base_left
         for i, lot in enumerate(survivors):
             if i == len(survivors) - 1:
-                lot.cost = pool_left
+                lot.cost, lot.cost_base = cost_rest, base_rest
             else:
-                lot.cost = _share(pool_cost - cost_taken, abs(lot.quantity), quantity_left)
-                pool_left -= lot.cost
+                lot.cost = _share(pool_left, abs(lot.quantity), quantity_left)
+                cost_rest -= lot.cost
+                if pool_base_left is None:
+                    lot.cost_base = None
+                else:
+                    lot.cost_base = _share(pool_base_left, abs(lot.quantity), quantity_left)
+                    base_rest -= lot.cost_base
         return closed
 
     def result(self) -> LedgerResult:
         positions = {}
         for key, book in self.books.items():
             lots = tuple(
-                Lot(lot.ref, lot.opened_at, lot.quantity, lot.cost)
+                Lot(lot.ref, lot.opened_at, lot.quantity, lot.cost, lot.cost_base)
                 for lot in sorted(book.lots, key=lambda lot: lot.seq)
             )
             positions[key] = Position(
@@ -527,6 +629,9 @@ class _Replayer:
                 lots=lots,
                 realized_pnl=book.realized,
                 income=dict(book.income),
+                cost_basis_base=_sum_known(lot.cost_base for lot in lots),
+                realized_pnl_base=book.realized_base,
+                income_base=book.income_base,
             )
         return LedgerResult(
             method=self.method,
@@ -535,6 +640,7 @@ class _Replayer:
             fees=dict(self.fees),
             income=dict(self.income),
             realizations=tuple(self.realizations),
+            income_base=dict(self.income_base),
         )
 
 
@@ -565,3 +671,46 @@ def replay(
         for entry in sorted(entries, key=lambda e: e.executed_at):
             replayer.apply(entry)
     return replayer.result()
+
+
+@dataclass(frozen=True, slots=True)
+class DayState:
+    """What was held and the cash at the end of one UTC day: every entry of that day applied."""
+
+    day: date
+    quantities: dict[Instrument, Decimal]  # non-zero positions only
+    currencies: dict[Instrument, str | None]
+    cash: dict[str, Decimal]
+
+
+def daily_states(
+    entries: Iterable[LedgerEntry],
+    *,
+    first: date,
+    last: date,
+    method: CostBasis = CostBasis.FIFO,
+    allow_short: bool = False,
+) -> Iterator[DayState]:
+    """The state at the end of each UTC day from ``first`` to ``last``, the same replay as
+    :func:`replay` (so the same refusals) applied day by day."""
+    method = CostBasis(method)
+    ordered = sorted(entries, key=lambda e: e.executed_at)
+    replayer = _Replayer(method=method, allow_short=allow_short)
+    index = 0
+    day = first
+    held: dict[Instrument, Decimal] = {}  # non-zero quantities, kept up to date per entry
+    with localcontext(_CONTEXT):
+        while day <= last:
+            while index < len(ordered) and ordered[index].executed_at.astimezone(UTC).date() <= day:
+                entry = ordered[index]
+                replayer.apply(entry)
+                if entry.instrument is not None:  # only its book's quantity can have changed
+                    quantity = replayer.books[entry.instrument].quantity
+                    if quantity:
+                        held[entry.instrument] = quantity
+                    else:
+                        held.pop(entry.instrument, None)
+                index += 1
+            currencies = {key: replayer.books[key].currency for key in held}
+            yield DayState(day, dict(held), currencies, dict(replayer.cash))
+            day += timedelta(days=1)

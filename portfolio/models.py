@@ -277,6 +277,18 @@ class Holding(models.Model):
     income = models.DecimalField(
         **MONEY, default=Decimal("0"), help_text="Dividends received, in the position's currency."
     )
+    # In the portfolio's base currency, each trade and payment at its own date's FX rate (null:
+    # a rate was missing). They do not move with today's rate.
+    cost_basis_base = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="Cost of the open lots in the base currency."
+    )
+    realized_pnl_base = models.DecimalField(**MONEY, null=True, blank=True)
+    income_base = models.DecimalField(**MONEY, null=True, blank=True)
+    fx_note = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="Which trades had no FX history on their date and used the latest rate.",
+    )
 
     class Meta:
         ordering = ["portfolio_id", "instrument__symbol"]
@@ -306,6 +318,9 @@ class Lot(models.Model):
     opened_at = models.DateTimeField()
     quantity = models.DecimalField(**QUANTITY)
     cost = models.DecimalField(**MONEY)
+    cost_base = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="In the base currency at acquisition."
+    )
 
     class Meta:
         ordering = ["holding_id", "opened_at", "id"]
@@ -323,6 +338,12 @@ class CashBalance(models.Model):
         **MONEY, help_text="May be negative: not everyone records deposits."
     )
     income = models.DecimalField(**MONEY, default=Decimal("0"))
+    income_base = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        help_text="Income in the base currency, each payment at its date's FX rate.",
+    )
     fees = models.DecimalField(**MONEY, default=Decimal("0"))
 
     class Meta:
@@ -384,6 +405,56 @@ class PriceBar(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instrument_id} {self.start:%Y-%m-%d %H:%M} {self.close}"
+
+
+class PriceSource(models.TextChoices):
+    """Where a day's prices came from; a source of higher rank is never overwritten by a lower."""
+
+    BARS = "bars", "Feed's 1-minute bars"
+    EXCHANGE = "exchange", "Exchange REST candles"
+    CSV = "csv", "CSV import"
+
+
+# An operator's CSV wins over an exchange's candles, which win over our own bars' roll-up.
+PRICE_SOURCE_RANK = {PriceSource.BARS: 0, PriceSource.EXCHANGE: 1, PriceSource.CSV: 2}
+
+
+class DailyPrice(models.Model):
+    """One UTC day of an instrument's prices (FX instruments alike): the price history past
+    valuations and FX conversions at a trade's date read. Days without a row (weekends,
+    holidays) carry the previous close forward (``selectors.close_on``)."""
+
+    instrument = models.ForeignKey(
+        Instrument, on_delete=models.CASCADE, related_name="daily_prices"
+    )
+    day = models.DateField(help_text="The UTC calendar day.")
+    open = models.DecimalField(**PRICE, null=True, blank=True)
+    high = models.DecimalField(**PRICE, null=True, blank=True)
+    low = models.DecimalField(**PRICE, null=True, blank=True)
+    close = models.DecimalField(**PRICE)
+    volume = models.DecimalField(**QUANTITY, null=True, blank=True)
+    source = models.CharField(max_length=16, choices=PriceSource.choices)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["instrument_id", "day"]
+        constraints = [
+            models.UniqueConstraint(fields=["instrument", "day"], name="daily_price_one_per_day"),
+            models.CheckConstraint(
+                condition=Q(close__gt=0)
+                & (Q(open__isnull=True) | Q(open__gt=0))
+                & (Q(low__isnull=True) | Q(low__gt=0))
+                & (Q(high__isnull=True) | Q(low__isnull=True) | Q(low__lte=F("high")))
+                & (Q(volume__isnull=True) | Q(volume__gte=0)),
+                name="daily_price_positive_low_not_above_high",
+            ),
+            models.CheckConstraint(
+                condition=Q(source__in=PriceSource.values), name="daily_price_source_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.instrument_id} {self.day} {self.close}"
 
 
 class FeedStatus(models.Model):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal
 from typing import Any
 
@@ -15,10 +15,11 @@ from django.db.models import DateTimeField, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from portfolio import ledger, performance, valuation
+from portfolio import day_values, ledger, performance, valuation
 from portfolio.models import (
     AssetClass,
     CashBalance,
+    DailyPrice,
     FeedStatus,
     Holding,
     Instrument,
@@ -29,6 +30,7 @@ from portfolio.models import (
     TxKind,
     ValuationSnapshot,
 )
+from portfolio.price_history import FxHistory, fx_pair
 from streaming import marketdata, protocol
 
 
@@ -44,15 +46,6 @@ def fx_rates() -> dict[tuple[str, str], Decimal]:
         if pair is not None:
             rates[pair] = _trim(quote.price)
     return rates
-
-
-def fx_pair(instrument: Instrument) -> tuple[str, str] | None:
-    """(from, to) currencies of an FX instrument, from its symbol and quote currency."""
-    letters = "".join(ch for ch in instrument.symbol.upper() if ch.isalnum())
-    target = instrument.quote_currency.upper()
-    if not letters.endswith(target) or len(letters) == len(target):
-        return None
-    return letters[: -len(target)], target
 
 
 # Wider than any column (30 digits): trimming never rounds.
@@ -81,6 +74,10 @@ class Position:
     texts: dict[str, str | None]
     # What value_portfolio takes, kept while the instrument's currency and class stay the same.
     holding: valuation.Holding | None = None
+    # In the base currency at each trade's own date's rate (None: unknown, today's rate used).
+    cost_basis_base: Decimal | None = None
+    realized_pnl_base: Decimal | None = None
+    fx_note: str = ""
 
 
 @dataclass(slots=True)
@@ -95,6 +92,8 @@ class Book:
     recomputed_at: datetime | None
     positions: list[Position]
     cash: list[tuple[str, Decimal, Decimal]]  # (currency, amount, income)
+    # Per currency, income in the base currency at each payment's date's rate.
+    income_base: dict[str, Decimal | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -118,20 +117,22 @@ def books_load(portfolios: Iterable[tuple]) -> dict[int, Book]:
     books = {row[0]: Book(*row, positions=[], cash=[]) for row in portfolios}
     rows = Holding.objects.filter(portfolio_id__in=list(books)).values_list(
         "portfolio_id", "instrument_id", "quantity", "cost_basis", "currency", "realized_pnl",
-        "income",
+        "income", "cost_basis_base", "realized_pnl_base", "fx_note",
     )  # fmt: skip
-    for pid, instrument, quantity, cost_basis, currency, realized, income in rows:
+    for pid, instrument, quantity, cost_basis, currency, realized, income, *base in rows:
         books[pid].positions.append(
             Position(
                 instrument, _trim(quantity), _trim(cost_basis), currency, _trim(realized),
-                _trim(income), position_texts(quantity, cost_basis, realized, income),
+                _trim(income), position_texts(quantity, cost_basis, realized, income), None,
+                _trim(base[0]), _trim(base[1]), base[2],
             )
         )  # fmt: skip
     cash = CashBalance.objects.filter(portfolio_id__in=list(books)).values_list(
-        "portfolio_id", "currency", "amount", "income"
+        "portfolio_id", "currency", "amount", "income", "income_base"
     )
-    for pid, currency, amount, income in cash:
+    for pid, currency, amount, income, income_base in cash:
         books[pid].cash.append((currency, _trim(amount), _trim(income)))
+        books[pid].income_base[currency] = _trim(income_base)
     return books
 
 
@@ -281,7 +282,8 @@ _ROW_REST = dict.fromkeys(
     (
         "quantity", "cost_basis", "average_cost", "realized_pnl", "income", "currency", "value",
         "in_total", "status", "reason", "fx_rate", "value_base", "cost_base", "unrealized_pnl",
-        "unrealized_pnl_pct", "day_change", "day_change_pct", "weight_pct",
+        "unrealized_pnl_pct", "price_effect", "currency_effect", "day_change", "day_change_pct",
+        "weight_pct",
     )
 )  # fmt: skip
 
@@ -354,6 +356,7 @@ def _book_value(
                 cost_basis=p.cost_basis,
                 currency=currency,
                 asset_class=m.asset_class,
+                cost_base=p.cost_basis_base,
             )
         holdings.append(holding)
     value = valuation.value_portfolio(
@@ -420,6 +423,12 @@ def _state(
             row["unrealized_pnl"] = str(hv.unrealized_pnl.quantize(cent))
             ret = hv.unrealized_return
             row["unrealized_pnl_pct"] = None if ret is None else str((ret * 100).quantize(cent))
+            if same:  # no currency to move: the whole unrealized P&L is the price's
+                row["price_effect"] = row["unrealized_pnl"]
+                row["currency_effect"] = "0.00"
+            else:
+                row["price_effect"] = str(hv.price_effect.quantize(cent))
+                row["currency_effect"] = str(hv.currency_effect.quantize(cent))
             change = hv.day_change
             row["day_change"] = None if change is None else str(change.quantize(cent))
             row["day_change_pct"] = texts.day_change_pct[p.instrument]
@@ -435,19 +444,27 @@ def _state(
             row["cost_base"] = None
             row["unrealized_pnl"] = None
             row["unrealized_pnl_pct"] = None
+            row["price_effect"] = None
+            row["currency_effect"] = None
             row["day_change"] = None
             row["day_change_pct"] = None
             row["weight_pct"] = None
         rows.append(row)
     realized = Decimal(0)
+    fx_notes = []
     for p in book.positions:  # closed positions too: their realized P&L stays
-        if p.realized_pnl:  # most positions never sold: nothing to convert
+        if p.fx_note:
+            fx_notes.append(f"{market[p.instrument].symbol}: {p.fx_note}")
+        if p.realized_pnl_base is not None:  # each sale at its own date's rate
+            realized += p.realized_pnl_base
+        elif p.realized_pnl:  # most positions never sold: nothing to convert
             converted = to_base(p.realized_pnl, p.currency or market[p.instrument].quote_currency)
             realized += converted or 0
-    income = sum(
-        (to_base(inc, currency) or Decimal(0) for currency, _, inc in book.cash if inc),
-        Decimal(0),
-    )
+    income = Decimal(0)
+    for currency, _, inc in book.cash:
+        if inc:
+            at_dates = book.income_base.get(currency)
+            income += at_dates if at_dates is not None else (to_base(inc, currency) or 0)
     cash_rows = [
         {
             "currency": cv.currency,
@@ -483,6 +500,7 @@ def _state(
         "day_change_pct": _pct(value.day_return),
         "complete": value.complete,
         "issues": list(value.issues),
+        "fx_notes": fx_notes,
         "holdings": rows,
         "cash": cash_rows,
         "allocation": {
@@ -506,7 +524,7 @@ def portfolio_values(
 
 
 def external_flows(*, portfolio: Portfolio) -> list[performance.CashFlow]:
-    """Deposits (+) and withdrawals (-) in the base currency, converted at today's FX rate."""
+    """Deposits (+) and withdrawals (-) in the base currency, each at its date's FX rate."""
     flows = external_flows_of(portfolios={portfolio.id: portfolio.base_currency}, rates=fx_rates())
     return flows[portfolio.id]
 
@@ -515,17 +533,33 @@ def external_flows_of(
     *, portfolios: dict[int, str], rates: dict[tuple[str, str], Decimal]
 ) -> dict[int, list[performance.CashFlow]]:
     """:func:`external_flows` of each portfolio (id -> base currency), oldest first, in one
-    query. A flow in a currency with no rate to the base currency is left out."""
+    query. A foreign flow is converted at its UTC date's rate from the FX price history (the
+    last close carried over gaps), at today's (``rates``) where there is no history; a flow in
+    a currency with no rate to the base currency at all is left out."""
     flows: dict[int, list[performance.CashFlow]] = {pid: [] for pid in portfolios}
-    rows = (
+    rows = list(
         Transaction.objects.filter(
             portfolio_id__in=list(portfolios), kind__in=[TxKind.DEPOSIT, TxKind.WITHDRAWAL]
         )
         .order_by("portfolio_id", "executed_at", "id")
         .values_list("portfolio_id", "kind", "currency", "amount", "executed_at")
     )
+    foreign: dict[str, set[str]] = {}  # base currency -> currencies flowing in or out
+    for pid, _, currency, _, _ in rows:
+        if currency != portfolios[pid]:
+            foreign.setdefault(portfolios[pid], set()).add(currency)
+    histories = {
+        base: FxHistory(base_currency=base, currencies=currencies)
+        for base, currencies in foreign.items()
+    }
     for pid, kind, currency, amount, at in rows:
-        rate = valuation.fx_rate(currency, portfolios[pid], rates)
+        base = portfolios[pid]
+        rate = None
+        if currency != base:
+            dated = histories[base].rate_on(currency, at.astimezone(UTC).date())
+            rate = dated.rate if dated is not None else None
+        if rate is None:
+            rate = valuation.fx_rate(currency, base, rates)
         if rate is None:
             continue
         sign = 1 if kind == TxKind.DEPOSIT else -1
@@ -832,3 +866,44 @@ def realizations(*, portfolio: Portfolio) -> dict[int, ledger.Realization]:
         allow_short=portfolio.allow_short,
     )
     return {r.ref: r for r in result.realizations}
+
+
+def portfolio_returns(
+    *, portfolio: Portfolio, start: date, end: date
+) -> tuple[day_values.RangeReturns, list[day_values.DayValue]]:
+    """TWR and IRR from the end of day ``start`` to the end of day ``end`` (UTC), and the daily
+    values they come from: derived from the ledger, the daily price history (closes carried
+    over gaps) and the FX history, not from snapshots. Raises ``PerformanceError`` naming what
+    is missing."""
+    from portfolio.services import ledger_entries  # services imports selectors
+
+    entries = ledger_entries(portfolio)
+    if not entries:
+        raise performance.PerformanceError("the portfolio has no transactions")
+    symbols = {e.instrument for e in entries if e.instrument is not None}
+    closes: dict[str, list[tuple[date, Decimal]]] = {symbol: [] for symbol in symbols}
+    rows = (
+        DailyPrice.objects.filter(instrument__symbol__in=symbols, day__lte=end)
+        .order_by("instrument__symbol", "day")
+        .values_list("instrument__symbol", "day", "close")
+    )
+    for symbol, day, close in rows:
+        closes[symbol].append((day, _trim(close)))
+    history = FxHistory(
+        base_currency=portfolio.base_currency, currencies={e.currency for e in entries}
+    )
+
+    def fx(currency: str, day: date) -> Decimal | None:
+        rate = history.rate_on(currency, day)
+        return None if rate is None else rate.rate
+
+    states = ledger.daily_states(
+        entries,
+        first=start,
+        last=end,
+        method=ledger.CostBasis(portfolio.cost_basis_method),
+        allow_short=portfolio.allow_short,
+    )
+    values = day_values.daily_values(states, closes=closes, fx=fx)
+    flows = [(f.at.astimezone(UTC).date(), f.amount) for f in external_flows(portfolio=portfolio)]
+    return day_values.range_returns(values, flows, start=start, end=end), values

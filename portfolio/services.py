@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import orjson
@@ -12,8 +12,9 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from portfolio import ledger, selectors
+from portfolio import ledger, price_history, selectors
 from portfolio.models import (
+    AssetClass,
     CashBalance,
     FeedStatus,
     Holding,
@@ -337,8 +338,9 @@ def _trim(value: Decimal) -> Decimal:
     return value.normalize()
 
 
-def ledger_entry(tx: Transaction) -> ledger.LedgerEntry:
-    """The ledger's view of a stored (or about to be stored) transaction."""
+def ledger_entry(tx: Transaction, fx_rate: Decimal | None = None) -> ledger.LedgerEntry:
+    """The ledger's view of a stored (or about to be stored) transaction; ``fx_rate``: base
+    currency per unit of its currency on its date (see ``ledger``)."""
     return ledger.LedgerEntry(
         ref=tx.pk,
         kind=ledger.TxKind(tx.kind),
@@ -351,6 +353,7 @@ def ledger_entry(tx: Transaction) -> ledger.LedgerEntry:
         fees=_trim(tx.fees),
         amount=_trim(tx.amount),
         ratio=None if tx.ratio is None else _trim(tx.ratio),
+        fx_rate=fx_rate,
     )
 
 
@@ -393,8 +396,9 @@ def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
             .order_by("executed_at", "id")
         )
         ids = {tx.instrument.symbol: tx.instrument_id for tx in rows if tx.instrument_id}
+        rates, fallbacks = _rates_at_trade_dates(locked, rows)
         result = ledger.replay(
-            (ledger_entry(tx) for tx in rows),
+            (ledger_entry(tx, rates[tx.pk]) for tx in rows),
             method=ledger.CostBasis(locked.cost_basis_method),
             allow_short=locked.allow_short,
         )
@@ -409,6 +413,10 @@ def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
                     currency=position.currency or "",
                     realized_pnl=position.realized_pnl,
                     income=sum(position.income.values(), Decimal(0)),
+                    cost_basis_base=position.cost_basis_base,
+                    realized_pnl_base=position.realized_pnl_base,
+                    income_base=position.income_base,
+                    fx_note=_fx_note(fallbacks.get(position.instrument, [])),
                 )
                 for position in result.positions.values()
             ]
@@ -422,6 +430,7 @@ def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
                     opened_at=lot.opened_at,
                     quantity=lot.quantity,
                     cost=lot.cost,
+                    cost_base=lot.cost_base,
                 )
                 for position in result.positions.values()
                 for lot in position.lots
@@ -436,6 +445,7 @@ def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
                     currency=currency,
                     amount=result.cash.get(currency, Decimal(0)),
                     income=result.income.get(currency, Decimal(0)),
+                    income_base=result.income_base.get(currency, Decimal(0)),
                     fees=result.fees.get(currency, Decimal(0)),
                 )
                 for currency in currencies
@@ -445,6 +455,60 @@ def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
         Portfolio.objects.filter(pk=locked.pk).update(recomputed_at=timezone.now())
         transaction.on_commit(lambda: _publish_valuation(locked.pk, locked.owner_id))
     return result
+
+
+def holdings_recompute_after_fx_history(*, instrument: Instrument) -> int:
+    """Recompute every portfolio whose base-currency figures an FX instrument's new history
+    changes (base currency on one side of the pair, transactions in the other); returns how
+    many. Other instruments' history changes nothing stored."""
+    pair = price_history.fx_pair(instrument) if instrument.asset_class == AssetClass.FX else None
+    if pair is None:
+        return 0
+    done = 0
+    for base, other in (pair, pair[::-1]):
+        portfolios = Portfolio.objects.filter(
+            base_currency=base, transactions__currency=other
+        ).distinct()
+        for portfolio in portfolios:
+            holdings_recompute(portfolio=portfolio)
+            done += 1
+    return done
+
+
+def _rates_at_trade_dates(
+    portfolio: Portfolio, rows: list[Transaction]
+) -> tuple[dict[int, Decimal | None], dict[str, list[price_history.FxRate]]]:
+    """Each transaction's FX rate into the base currency on its UTC date (price history, the
+    last close carried over gaps; the latest quote only where there is no history), and per
+    instrument symbol the rates that came from the latest quote."""
+    history = price_history.FxHistory(
+        base_currency=portfolio.base_currency,
+        currencies={tx.currency for tx in rows if tx.currency},
+    )
+    rates: dict[int, Decimal | None] = {}
+    fallbacks: dict[str, list[price_history.FxRate]] = {}
+    for tx in rows:
+        if not tx.currency:  # a split: no money moves
+            rates[tx.pk] = None
+            continue
+        fx = history.rate_on(tx.currency, tx.executed_at.astimezone(UTC).date())
+        rates[tx.pk] = None if fx is None else fx.rate
+        if fx is not None and not fx.from_history and tx.instrument_id:
+            fallbacks.setdefault(tx.instrument.symbol, []).append(fx)
+    return rates, fallbacks
+
+
+def _fx_note(fallbacks: list[price_history.FxRate]) -> str:
+    """Says which trades of a position used today's rate for want of FX history."""
+    if not fallbacks:
+        return ""
+    first = fallbacks[0]
+    days = sorted({fx.day for fx in fallbacks})
+    when = str(days[0]) if len(days) == 1 else f"{days[0]} to {days[-1]}"
+    return (
+        f"{len(fallbacks)} transaction(s) ({when}) converted at the latest "
+        f"{first.currency} rate: no FX history on or before their dates"
+    )[:300]
 
 
 def _publish_valuation(portfolio_id: int, owner_id: int) -> None:

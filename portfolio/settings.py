@@ -253,6 +253,17 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,  # every minute: the intraday series TWR and IRR are measured on
         "options": {"expires": 55},
     },
+    "daily-prices-from-exchanges": {
+        "task": "portfolio.tasks.backfill_daily_prices",
+        "schedule": 6 * 3600.0,  # the last week's finished days; a missed run is caught up
+        "options": {"expires": 3 * 3600},
+    },
+    "daily-prices-from-bars": {
+        "task": "portfolio.tasks.roll_up_daily_prices",
+        # Hourly: today's row follows the bars through the day; yesterday's is final by 01:00.
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
 }
 
 # Ticks per instrument are coalesced in this window before one ingest batch (milliseconds).
@@ -279,6 +290,11 @@ BINANCE_REST_URL = env_url("BINANCE_REST_URL", ("http", "https")) or "https://ap
 BINANCE_CHANNELS = env_list("BINANCE_CHANNELS", "miniTicker,bookTicker,trade")
 COINBASE_WS_URL = env_url("COINBASE_WS_URL", ("ws", "wss")) or "wss://ws-feed.exchange.coinbase.com"
 KRAKEN_WS_URL = env_url("KRAKEN_WS_URL", ("ws", "wss")) or "wss://ws.kraken.com/v2"
+# REST APIs for daily candles (price-history backfill, portfolio/exchange_candles.py).
+COINBASE_REST_URL = (
+    env_url("COINBASE_REST_URL", ("http", "https")) or "https://api.exchange.coinbase.com"
+)
+KRAKEN_REST_URL = env_url("KRAKEN_REST_URL", ("http", "https")) or "https://api.kraken.com"
 
 # Largest WebSocket frame a client may send (bytes).
 LIVEFOLIO_MAX_FRAME_BYTES = 64 * 1024

@@ -5,8 +5,13 @@ Pure ``Decimal`` math with no Django imports. Conventions a caller must know:
 - Every rate is a fraction: ``Decimal("0.05")`` means 5 %. Pages multiply by 100 to show it.
 - ``fx_rates[("EUR", "USD")] = Decimal("1.08")`` means 1 EUR buys 1.08 USD. The inverse pair is
   used when only it is given; there is no triangulation through a third currency.
-- Cost is converted at today's rate (lots do not carry their historic rates), so unrealized P&L
-  in the base currency includes the currency move since purchase.
+- Cost in the base currency is ``Holding.cost_base`` when given: each lot at its acquisition's
+  rate (the ledger computes it), so it does not move with today's rate and unrealized P&L in the
+  base currency includes the currency move since purchase. Without it, cost is converted at
+  today's rate.
+- Unrealized P&L splits into a price effect (the gain in the instrument's currency, at today's
+  rate) and a currency effect (cost at today's rate minus cost at acquisition's): zero in the
+  base currency, or when the cost has no acquisition rate.
 - Day change is ``quantity * (price - reference_price)`` at today's rate: it ignores the day's
   currency move and trades made today.
 - A holding without a price, or whose currency cannot be converted, is reported with
@@ -77,6 +82,7 @@ class Holding:
     cost_basis: Decimal
     currency: str
     asset_class: str = "other"
+    cost_base: Decimal | None = None  # in the base currency at acquisition's rates
 
 
 @dataclass(slots=True)
@@ -99,6 +105,10 @@ class HoldingValue:
     weight: Decimal | None
     status: ValueStatus
     reason: str | None = None
+    # unrealized_pnl = price_effect + currency_effect: the gain in the instrument's own currency
+    # at today's rate, and what the currency's move since acquisition did to the money invested.
+    price_effect: Decimal | None = None
+    currency_effect: Decimal | None = None
 
 
 @dataclass(slots=True)
@@ -226,8 +236,16 @@ def _value_holding(
     # neither digits nor exponent, so it is left out.
     same = rate is _ONE
     value = quantity * price if same else quantity * price * rate
-    cost = holding.cost_basis if same else holding.cost_basis * rate
-    pnl = value - cost
+    cost_base = holding.cost_base
+    if same:
+        cost = holding.cost_basis
+        pnl = value - cost
+        price_effect, currency_effect = pnl, ZERO
+    else:
+        cost_today = holding.cost_basis * rate
+        cost = cost_today if cost_base is None else cost_base
+        pnl = value - cost
+        price_effect, currency_effect = value - cost_today, cost_today - cost
     day_change = day_return = None
     if reference is not None:
         move = price - reference
@@ -237,7 +255,8 @@ def _value_holding(
     pnl_return = None if cost == 0 else pnl / abs(cost)
     return HoldingValue(
         holding.instrument, holding.asset_class, holding.currency, quantity, price, reference,
-        rate, value, cost, pnl, pnl_return, day_change, day_return, None, _OK,
+        rate, value, cost, pnl, pnl_return, day_change, day_return, None, _OK, None,
+        price_effect, currency_effect,
     )  # fmt: skip
 
 
@@ -277,6 +296,11 @@ def value_portfolio(
                 _check(quantity, f"quantity of {instrument!r}")
             if not (isinstance(cost_basis, Decimal) and cost_basis.is_finite()):
                 _check(cost_basis, f"cost_basis of {instrument!r}")
+            cost_base = holding.cost_base
+            if cost_base is not None and not (
+                isinstance(cost_base, Decimal) and cost_base.is_finite()
+            ):
+                _check(cost_base, f"cost_base of {instrument!r}")
             if price is not None and not (isinstance(price, Decimal) and price.is_finite()):
                 _check(price, f"price of {instrument!r}")
             if reference is not None and not (

@@ -16,7 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from portfolio import performance, selectors, services
+from portfolio import ledger, performance, selectors, services
 from portfolio.forms import (
     ImportForm,
     PortfolioForm,
@@ -248,7 +248,46 @@ def portfolio_performance(request: HttpRequest, portfolio_id: int) -> HttpRespon
         "portfolio/performance.html",
         portfolio,
         periods=selectors.portfolio_performance(portfolio=portfolio),
+        history=_returns_from_history(request, portfolio),
     )
+
+
+def _returns_from_history(request: HttpRequest, portfolio: Portfolio) -> dict:
+    """Returns over ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (UTC days) from the ledger and price
+    history; by default from the day before the first transaction to today."""
+    first = (
+        Transaction.objects.filter(portfolio=portfolio)
+        .order_by("executed_at")
+        .values_list("executed_at", flat=True)
+        .first()
+    )
+    today = datetime.now(UTC).date()
+    found: dict = {"problem": None, "returns": None, "values": []}
+    if first is None:
+        found["problem"] = "no transactions yet"
+        return found
+    dates = {}
+    before_first = first.astimezone(UTC).date() - timedelta(days=1)
+    for name, default in (("from", before_first), ("to", today)):
+        raw = request.GET.get(name, "").strip()
+        try:
+            dates[name] = datetime.strptime(raw, "%Y-%m-%d").date() if raw else default
+        except ValueError:
+            found["problem"] = f"{name}: {raw!r} is not a date like 2026-03-01"
+            return found
+    found.update(start=dates["from"], end=dates["to"])
+    if dates["to"] > today:
+        found["problem"] = f"to: {dates['to']} is in the future"
+        return found
+    try:
+        found["returns"], found["values"] = selectors.portfolio_returns(
+            portfolio=portfolio, start=dates["from"], end=dates["to"]
+        )
+    except (performance.PerformanceError, ledger.LedgerError) as exc:
+        found["problem"] = str(exc)
+    found["carried_days"] = sum(1 for v in found["values"] if v.carried)
+    found["missing_days"] = sum(1 for v in found["values"] if v.missing)
+    return found
 
 
 @require_http_methods(["GET"])

@@ -140,8 +140,12 @@ class Server(daphne.server.Server):
 
 # The largest incoming WebSocket message or frame accepted unless the flags say otherwise.
 # daphne's default is 1 MiB, held whole before the application sees it; the application answers
-# a frame over 64 KiB (LIVEFOLIO_MAX_FRAME_BYTES) with frame_too_large and closes 1009, so
+# a frame over 64 KiB (LIVEFOLIO_MAX_FRAME_BYTES) with frame_too_large and closes 4009, so
 # anything much larger is refused here, before it is read: no socket makes the server hold more.
+# autobahn refuses it by dropping the TCP connection (its failByDrop, left on: with a closing
+# handshake instead it keeps buffering the rest of the oversized frame until the handshake
+# times out), as it does a text frame that is not UTF-8; daphne then tells the application the
+# socket disconnected, and its clean-up runs (tests/test_websocket_hostile.py).
 INCOMING_LIMIT = 128 * 1024
 
 

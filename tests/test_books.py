@@ -218,6 +218,8 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
                 "cost_base": cost_base if priced else None,
                 "unrealized_pnl": money(hv.unrealized_pnl),
                 "unrealized_pnl_pct": pct(hv.unrealized_return),
+                "price_effect": money(hv.price_effect),
+                "currency_effect": money(hv.currency_effect),
                 "day_change": money(hv.day_change),
                 "day_change_pct": day,
                 "weight_pct": pct(hv.weight),

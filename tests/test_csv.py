@@ -73,8 +73,9 @@ def test_one_bad_row_in_the_middle_imports_nothing_and_names_its_line(world):
     assert Holding.objects.get(portfolio=bob, instrument=world["eth"]).quantity == 10
 
 
-def test_every_bad_row_is_reported_with_its_line_and_unknown_symbols_are_listed(world):
+def test_every_bad_row_of_every_kind_is_reported_in_one_pass_and_nothing_is_written(world):
     bob = world["portfolios"]["bob"]
+    before = ledger_of(bob)
     text = """date,type,symbol,quantity,price,fee,amount,currency
 2026-01-02,DEPOSIT,,,,,5000,USD
 yesterday,BUY,ETH-USD,1,1500,,,
@@ -87,6 +88,7 @@ yesterday,BUY,ETH-USD,1,1500,,,
 2026-01-07,DIVIDEND,ETH-USD,,,,,USD
 """
     result = run_import(bob, text)
+    without = " (checked without the 6 rows with field errors)"
     assert [str(e) for e in result.errors] == [
         "line 3: date: 'yesterday' is not an ISO-8601 date or date-time "
         "(e.g. 2026-03-01T14:30:00Z)",
@@ -95,19 +97,30 @@ yesterday,BUY,ETH-USD,1,1500,,,
         "line 5: symbol: unknown symbol 'DOGE-USD'",
         "line 6: fee: must not be negative, got -2",
         "line 7: symbol: unknown symbol 'PEPE'",
+        # The ledger's refusals in the same report: the world buys its 10 ETH on 5 Jan 15:01.
+        "line 8: quantity: cannot sell 50 of 'ETH-USD' on 2026-01-05T00:00:00+00:00: "
+        "held 0, requested 50" + without,
+        "line 9: quantity: cannot sell 40 of 'ETH-USD' on 2026-01-06T00:00:00+00:00: "
+        "held 10, requested 40" + without,
         "line 10: amount: must be positive for DIVIDEND, got 0",
     ]
     assert result.unknown_symbols == ["DOGE-USD", "PEPE"]
-    assert Transaction.objects.filter(portfolio=bob).count() == 2  # the world's only
+    assert result.imported == 0
+    assert ledger_of(bob) == before  # atomic: not even the good deposit on line 2
 
-    # With the field errors fixed, the ledger's refusals are all found too (one per replay).
-    fixed = "\n".join(
-        line for i, line in enumerate(text.splitlines(), start=1) if i not in (3, 4, 5, 6, 7, 10)
+
+def test_ledger_refusals_alone_are_all_reported_with_their_lines(world):
+    bob = world["portfolios"]["bob"]
+    text = """date,type,symbol,quantity,price,fee,amount,currency
+2026-01-02,DEPOSIT,,,,,5000,USD
+2026-01-05,SELL,ETH-USD,50,1600,,,
+2026-01-06,SELL,ETH-USD,40,1600,,,
+"""
+    result = run_import(bob, text)
+    assert [e.line for e in result.errors] == [3, 4]
+    assert result.errors[0].message == (
+        "quantity: cannot sell 50 of 'ETH-USD' on 2026-01-05T00:00:00+00:00: held 0, requested 50"
     )
-    result = run_import(bob, fixed + "\n")
-    assert [e.line for e in result.errors] == [3, 4]  # lines of the new, shorter file
-    assert result.errors[0].message.startswith("quantity: cannot sell 50 of 'ETH-USD'")
-    assert "held 0, requested 50" in result.errors[0].message  # the world buys on 5 Jan 15:01
     assert "cannot sell 40 of 'ETH-USD'" in result.errors[1].message
     assert Transaction.objects.filter(portfolio=bob).count() == 2
 

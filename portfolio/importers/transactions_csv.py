@@ -241,10 +241,11 @@ def import_csv(
 ) -> ImportResult:
     """Import transactions from CSV ``text`` into ``portfolio``, all or nothing.
 
-    Every row is checked (fields, kinds, symbols); then the whole ledger with the new rows is
-    replayed, and a row the ledger refuses (e.g. selling more than held) is reported and left
-    out to find the next one. ``progress(stage, done, total)`` reports each 10,000 rows:
-    stage ``"checked"`` while reading, ``"stored"`` while writing (first with done=0).
+    Every row is checked (fields, kinds, symbols); then the whole ledger with the rows that
+    read well is replayed, and a row the ledger refuses (e.g. selling more than held) is
+    reported and left out to find the next one: one report names every bad row of every kind.
+    ``progress(stage, done, total)`` reports each 10,000 rows: stage ``"checked"`` while
+    reading, ``"stored"`` while writing (first with done=0).
     """
     result = ImportResult()
     lines = list(_rows(text, result.errors))
@@ -271,9 +272,11 @@ def import_csv(
         if progress and (result.rows % CHUNK == 0 or result.rows == len(body)):
             progress("checked", result.rows, len(body))
     result.unknown_symbols = sorted(unknown)
-    if not result.errors:
-        _check_ledger(portfolio, parsed, result)
+    # The ledger checks the rows that read well even when others did not: one report names
+    # every bad row of every kind, in line order.
+    _check_ledger(portfolio, parsed, result, skipped=len(result.errors))
     if result.errors:
+        result.errors.sort(key=lambda e: (e.line == 0, e.line))  # file-wide ones last
         return result
     try:
         with transaction.atomic():
@@ -297,9 +300,18 @@ def import_csv(
 
 
 def _check_ledger(
-    portfolio: Portfolio, parsed: list[tuple[int, Transaction]], result: ImportResult
+    portfolio: Portfolio,
+    parsed: list[tuple[int, Transaction]],
+    result: ImportResult,
+    *,
+    skipped: int = 0,
 ) -> None:
-    """Replay existing and new transactions; report every row the ledger refuses."""
+    """Replay existing and new transactions; report every row the ledger refuses.
+
+    ``skipped`` rows had field errors and are not in ``parsed``: a refusal then says it was
+    found without them (a sale may only be refused because its bad BUY row was left out).
+    """
+    found = 0
     existing = [
         services.ledger_entry(tx)
         for tx in Transaction.objects.filter(portfolio=portfolio)
@@ -311,7 +323,8 @@ def _check_ledger(
         entry = services.ledger_entry(tx)
         # The line number is the entry's ref, so a refusal names the row.
         new[line] = dataclasses.replace(entry, ref=f"line {line}")
-    while len(result.errors) < MAX_LEDGER_ERRORS:
+    without = f" (checked without the {skipped} rows with field errors)" if skipped else ""
+    while found < MAX_LEDGER_ERRORS:
         try:
             ledger.replay(
                 [*existing, *new.values()],
@@ -322,11 +335,12 @@ def _check_ledger(
         except ledger.LedgerError as exc:
             ref = exc.ref
             line = int(ref.removeprefix("line ")) if isinstance(ref, str) else 0
-            message = _column_message(exc)
+            message = _column_message(exc) + without
             if line == 0 or line not in new:
                 result.errors.append(RowError(0, f"an existing transaction: {message}"))
                 return
             result.errors.append(RowError(line, message))
+            found += 1
             del new[line]
     result.errors.append(RowError(0, f"stopped after {MAX_LEDGER_ERRORS} ledger errors"))
 

@@ -240,6 +240,12 @@ function render(portfolio) {
   el.querySelector('[data-field="issues"]').textContent = (portfolio.issues || []).length
     ? `Left out of the totals: ${portfolio.issues.join("; ")}`
     : "";
+  const fxNotes = el.querySelector('[data-field="fx_notes"]');
+  if (fxNotes) {
+    fxNotes.textContent = (portfolio.fx_notes || []).length
+      ? `At today's FX rate, for want of history: ${portfolio.fx_notes.join("; ")}`
+      : "";
+  }
 }
 
 // A price is stale when the server says so, or once it is older than the server's limit while
