@@ -26,8 +26,8 @@ from streaming.feeds.matching import Fill, LimitOrderBook, Side
 
 SECONDS_PER_YEAR = Decimal(365 * 24 * 3600)
 DEFAULT_START = Decimal("100")
-# The shortest sleep between wake-ups (seconds). At 1,000 ticks/s the loop woke every
-# millisecond for one tick each: ~140 us of CPU per tick, mostly the event loop's own turn.
+# The shortest sleep between wake-ups (seconds): at high rates one wake-up emits every tick owed
+# by the clock, as a wake-up per tick would cost the event loop a whole turn per tick.
 MIN_WAKE = 0.005
 
 
@@ -210,8 +210,8 @@ class _Pace:
     """How many events a clock-paced loop owes at a moment, at ``rate`` a second.
 
     Paced by the clock, not by sleeping 1/rate per event: asyncio wakes in whole milliseconds,
-    which capped the feed near 800 ticks/s whatever the rate. More than a second behind, the
-    debt is dropped.
+    so a sleep per event would cap the rate below what was asked. More than a second behind,
+    the debt is dropped.
     """
 
     def __init__(self, rate: float) -> None:
