@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any
 
 import daphne.server  # first: it installs Twisted's asyncio reactor
+from autobahn.util import encode_truncate
 from daphne import cli, ws_protocol
 from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
@@ -89,6 +90,25 @@ class WebSocketProtocol(ws_protocol.WebSocketProtocol):
         elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
             self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
 
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        """autobahn fails a connection on a frame it refuses (invalid UTF-8, over the size
+        limit, a protocol violation) by dropping TCP at once (``failByDrop``): the client saw
+        only 1006. Here an open connection first says why in a close frame (RFC 6455 7.4.1:
+        1007 not UTF-8, 1009 too big, 1002 protocol error), then closes once that frame is
+        written, reading nothing more (so an oversized frame is never buffered), without
+        waiting for the client's close."""
+        if self.state != self.STATE_OPEN or not self.failByDrop:
+            super()._fail_connection(code, reason)
+            return
+        self.log.info(
+            'failing WebSocket connection (code={code}): "{reason}"', code=code, reason=reason
+        )
+        self.failedByMe = True
+        self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+        self.wasClean = False
+        self.wasNotCleanReason = f"closed after refusing a frame: {reason}"
+        self.dropConnection(abort=False)
+
     def onOpen(self) -> None:
         # daphne hands the TCP transport over from the HTTP channel, which stays registered as
         # its producer. The channel is mid-request (it never finished: the socket took over),
@@ -142,10 +162,11 @@ class Server(daphne.server.Server):
 # daphne's default is 1 MiB, held whole before the application sees it; the application answers
 # a frame over 64 KiB (LIVEFOLIO_MAX_FRAME_BYTES) with frame_too_large and closes 4009, so
 # anything much larger is refused here, before it is read: no socket makes the server hold more.
-# autobahn refuses it by dropping the TCP connection (its failByDrop, left on: with a closing
-# handshake instead it keeps buffering the rest of the oversized frame until the handshake
-# times out), as it does a text frame that is not UTF-8; daphne then tells the application the
-# socket disconnected, and its clean-up runs (tests/test_websocket_hostile.py).
+# autobahn refuses it with close code 1009 (as a text frame that is not UTF-8 with 1007) and
+# closes without waiting for the client's close (WebSocketProtocol._fail_connection: with a
+# closing handshake it would keep buffering the rest of the oversized frame until the
+# handshake timed out); daphne then tells the application the socket disconnected, and its
+# clean-up runs (tests/test_websocket_hostile.py).
 INCOMING_LIMIT = 128 * 1024
 
 
