@@ -249,7 +249,7 @@ CELERY_TIMEZONE = "UTC"
 # Exactly one beat process runs these (Procfile / docker-compose "beat").
 CELERY_BEAT_SCHEDULE = {
     "valuation-snapshots": {
-        "task": "portfolio.tasks.snapshot_valuations",
+        "task": "streaming.tasks.snapshot_valuations",
         "schedule": 60.0,  # every minute: the intraday series TWR and IRR are measured on
         "options": {"expires": 55},
     },

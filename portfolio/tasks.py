@@ -7,17 +7,8 @@ from datetime import timedelta
 from celery import shared_task
 from django.utils import timezone
 
-from portfolio import exchange_candles, price_history, services
+from portfolio import exchange_candles, price_history
 from portfolio.models import Instrument
-
-
-@shared_task(soft_time_limit=50, time_limit=60)
-def snapshot_valuations() -> int:
-    """Celery beat, every minute: store each portfolio's value for the performance page."""
-    from streaming.tasks import value_pending
-
-    value_pending()  # what ingest batches queued before this one left (streaming/tasks.py)
-    return services.valuation_snapshots_take()
 
 
 @shared_task(soft_time_limit=240, time_limit=300)

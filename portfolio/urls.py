@@ -3,7 +3,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from portfolio import health, views
+from portfolio import views
+from streaming import health
 from streaming import views as streaming_views
 
 urlpatterns = [

@@ -20,14 +20,24 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from portfolio import selectors
-from portfolio.health import WS_CONNECTIONS, WS_MESSAGES_SENT, WS_REJECTED
 from portfolio.models import Instrument
 from portfolio.security import context_id, new_id
-from streaming import events, protocol, streams, tokens
+from streaming import events, marketdata, protocol, streams, tokens
 from streaming.flow import Conflator, TokenBucket, UserConnections
+from streaming.health import WS_CONNECTIONS, WS_MESSAGES_SENT, WS_REJECTED
 from streaming.watch import socket_watch
 
 log = logging.getLogger(__name__)
+
+
+def instrument_page_state(*, instrument: Instrument, user_id: int) -> dict[str, Any]:
+    """The instrument page's snapshot: the domain's state of the instrument (quote, bars, stats,
+    the user's position) and the market-data cache's recent trades and book."""
+    return {
+        **selectors.instrument_state(instrument=instrument, user_id=user_id),
+        "trades": marketdata.recent_trades(instrument.id),
+        "book": marketdata.latest_book(instrument.id),
+    }
 
 
 async def dispatch_from(sources: list, dispatch) -> None:
@@ -431,7 +441,7 @@ class InstrumentConsumer(PortfolioConsumer):
         )
 
     async def send_snapshot(self) -> None:
-        state = await database_sync_to_async(selectors.instrument_state)(
+        state = await database_sync_to_async(instrument_page_state)(
             instrument=self.instrument, user_id=self.user_id
         )
         self.conflator.discard_pending()

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from portfolio.wire import dec, iso
+
 # Error codes a client can receive (also documented in docs/protocol.md).
 ERROR_INVALID_JSON = "invalid_json"
 ERROR_FRAME_TOO_LARGE = "frame_too_large"
@@ -146,11 +148,6 @@ def parse_client_frame(text: str) -> dict[str, Any]:
     return message
 
 
-def iso(moment: datetime) -> str:
-    """ISO-8601 in UTC with a Z, millisecond precision: what the browser's Date parses."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def now_iso() -> str:
     """:func:`iso` of now. A server stamps every frame it sends (a broadcast: a thousand in a few
     milliseconds), so the text is made once per millisecond and reused within it."""
@@ -165,27 +162,6 @@ def now_iso() -> str:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _now: tuple[int, str] = (-1, "")
-
-
-def dec(value: Decimal | None) -> str | None:
-    """A Decimal as a plain string without exponent; None stays None."""
-    if value is None:
-        return None
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
-
-
-CENT = Decimal("0.01")
-
-
-def money(amount: Decimal | None) -> str | None:
-    """A money amount in its currency, to the cent, as a string ("100000.20")."""
-    if amount is None:
-        return None
-    # str() of a Decimal with exponent -2 is never scientific, and cheaper than format().
-    return str(amount.quantize(CENT))
 
 
 class Encoded(dict):

@@ -23,9 +23,9 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from portfolio import health, services
+from portfolio import services, wire
 from portfolio.models import AssetClass, Instrument, Quote
-from streaming import events, flow, marketdata, pacing, protocol
+from streaming import events, flow, health, marketdata, pacing
 from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class IngestBackpressure:
     that old; the runner keeps its window open instead and sends when a worker is free, so
     what the worker takes is the newest ticks (a worker over capacity delivers fresh prices
     less often instead of old prices late). Live workers are counted from their heartbeats
-    (portfolio/health.py) every few seconds. A task taken longer ago than the soft time limit
+    (streaming/health.py) every few seconds. A task taken longer ago than the soft time limit
     (30 s) does not count as running: a worker that died mid-task leaves it behind until the
     broker restores it (the visibility timeout, 300 s), and the feed would be held for
     ``max_hold`` at every window all that time.
@@ -277,15 +277,15 @@ class FeedRunner:
             self.books[event.feed_symbol] = event  # only the newest book per window matters
 
     async def flush(self, ticks: list[Tick]) -> None:
-        received = protocol.iso(utcnow())
+        received = wire.iso(utcnow())
         batch = [
             {
                 "instrument": self.symbols[t.feed_symbol].instrument_id,
-                "price": protocol.dec(t.price),
-                "bid": protocol.dec(t.bid),
-                "ask": protocol.dec(t.ask),
+                "price": wire.dec(t.price),
+                "bid": wire.dec(t.bid),
+                "ask": wire.dec(t.ask),
                 "ts": t.ts.isoformat(),
-                "received": protocol.iso(t.received) if t.received else received,
+                "received": wire.iso(t.received) if t.received else received,
                 "source": self.kind,
             }
             for t in ticks

@@ -15,9 +15,9 @@ from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError, transaction
 
-from portfolio import health, selectors, services
+from portfolio import selectors, services
 from portfolio.models import FeedKind, Quote
-from streaming import events, flow, namespace, pacing, presence, protocol
+from streaming import events, flow, health, namespace, pacing, protocol
 
 log = logging.getLogger(__name__)
 
@@ -276,8 +276,8 @@ def _valuation_chunks(
     if not changed and not flush:
         return
     owners = dict(selectors.portfolios_holding(instrument_ids=changed)) if changed else {}
-    # Only portfolios someone watches (streaming/presence.py); None: unknown, value them all.
-    watching = presence.present(owners.values())
+    # Only portfolios someone watches (flow.present); None: unknown, value them all.
+    watching = flow.present(owners.values())
     if watching is not None:
         owners = {pid: owner for pid, owner in owners.items() if owner in watching}
     due = pacing.take_turns(owners)
@@ -296,3 +296,11 @@ def _valuation_chunks(
             chunk = []
     if chunk:
         yield chunk
+
+
+@shared_task(soft_time_limit=50, time_limit=60)
+def snapshot_valuations() -> int:
+    """Celery beat, every minute: value what skipped ingest batches left (a task's first step),
+    then store each portfolio's value for the performance page."""
+    value_pending()
+    return services.valuation_snapshots_take()

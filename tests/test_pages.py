@@ -257,7 +257,7 @@ def test_performance_page_shows_twr_and_irr_of_a_hand_computed_example(world, cl
 
 
 def test_beat_task_snapshots_each_portfolio_once_per_instant(world):
-    from portfolio.tasks import snapshot_valuations
+    from streaming.tasks import snapshot_valuations
 
     assert snapshot_valuations() == 3
     at = timezone.now()

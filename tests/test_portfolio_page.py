@@ -8,9 +8,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from portfolio import selectors
+from portfolio import selectors, wire
 from portfolio.models import ValuationSnapshot
-from streaming import protocol
 
 
 def history(client, user, portfolio, **params):
@@ -55,7 +54,7 @@ def test_history_returns_the_snapshots_of_the_range_oldest_first_as_decimal_stri
         "MAX": ["900.50", "1000.00", "1100.25", "1234.56"],
     }
     points = history(client, alice, portfolio, range="1d").json()["points"]  # any case
-    assert points == [{"at": protocol.iso(alice_snapshots[-1].taken_at), "value": "1234.56"}]
+    assert points == [{"at": wire.iso(alice_snapshots[-1].taken_at), "value": "1234.56"}]
 
 
 @pytest.mark.django_db

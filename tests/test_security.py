@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import pytest
 from django.test import Client
 
-from portfolio import health, services
+from portfolio import services
+from streaming import health
 from streaming.feeds.base import FeedStats
 from streaming.tasks import ingest_quotes
 from tests.conftest import PASSWORD, ROOT

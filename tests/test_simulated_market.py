@@ -15,8 +15,8 @@ from decimal import Decimal
 import pytest
 from channels.db import aclose_old_connections, database_sync_to_async
 
-from portfolio import selectors
 from streaming import marketdata
+from streaming.consumers import instrument_page_state
 from streaming.feeds.base import Trade, utcnow
 from streaming.runner import FeedRunner, cancel_and_wait
 from tests.api import assert_documented, connect, request
@@ -145,7 +145,7 @@ async def test_a_bot_gets_the_simulated_book_and_every_trade_snapshot_first(worl
         await comm.disconnect()
 
         # What the instrument page draws first: the same book and the same newest trades.
-        state = await database_sync_to_async(selectors.instrument_state)(
+        state = await database_sync_to_async(instrument_page_state)(
             instrument=btc, user_id=world["users"]["alice"].id
         )
         assert levels(state["book"]) == top(market)
