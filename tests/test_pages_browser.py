@@ -1,0 +1,189 @@
+"""Every page at a phone's width (360 px) and a desktop's (1366 px), in light and dark: nothing
+scrolls sideways, and each is photographed for docs/screenshots/."""
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from portfolio import services
+from portfolio.models import AssetClass, FeedKind, FeedStatus, Instrument, PriceBar, TxKind
+from tests.browser import log_in, screenshot
+from tests.conftest import PASSWORD
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+SIZES = {"phone": (360, 740), "desktop": (1366, 900)}
+
+
+def in_thread(fn, *args):
+    """Run a service in a worker thread: services publish after commit through async_to_sync,
+    which refuses to run in this thread while Playwright's event loop does."""
+
+    def run():
+        try:
+            return fn(*args)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()
+
+
+def furnish(world) -> dict:
+    """Alice is staff, holds BTC with a sale behind it, owns an empty second portfolio; a feed has
+    reported, and there are prices (one FX) with bids and asks."""
+    alice = world["users"]["alice"]
+    alice.is_staff = True
+    alice.save()
+    now = timezone.now()
+    eurusd = Instrument.objects.create(
+        symbol="EURUSD",
+        name="Euro in US dollars",
+        asset_class=AssetClass.FX,
+        quote_currency="USD",
+        feed=FeedKind.SIMULATED,
+        feed_symbol="EURUSD",
+    )
+    services.quotes_store(
+        updates=[
+            services.QuoteUpdate(
+                world["btc"].id,
+                Decimal("97117.5618"),
+                now,
+                "simulated",
+                Decimal("97117.5"),
+                Decimal("97118.25"),
+            ),
+            services.QuoteUpdate(world["eth"].id, Decimal("3512.4467"), now, "simulated"),
+            services.QuoteUpdate(
+                eurusd.id, Decimal("1.0412"), now, "simulated", Decimal("1.04118"), None
+            ),
+        ]
+    )
+    # Twelve 1-minute candles, as a feed that started a few minutes ago leaves them.
+    minute = now.replace(second=0, microsecond=0)
+    for i in range(12, 0, -1):
+        base = Decimal("97000") + Decimal(i * 7 % 23) * 5
+        start = minute - timedelta(minutes=i)
+        PriceBar.objects.create(
+            instrument=world["btc"],
+            start=start,
+            open=base,
+            high=base + 40,
+            low=base - 35,
+            close=base + 12,
+            open_ts=start,
+            close_ts=start + timedelta(seconds=59),
+        )
+    FeedStatus.objects.create(
+        feed=FeedKind.SIMULATED,
+        state="connected",
+        heartbeat_at=now,
+        connected_since=now - timedelta(minutes=5),
+        last_message_at=now,
+        messages=12345,
+        messages_per_s=Decimal("10.0"),
+    )
+
+    def ledger():
+        portfolio = world["portfolios"]["alice"]
+        services.transaction_add(
+            portfolio=portfolio,
+            kind=TxKind.SELL,
+            instrument=world["btc"],
+            quantity=Decimal("0.5"),
+            price=Decimal("61000"),
+            fees=Decimal("2.575"),
+            executed_at=datetime(2026, 2, 1, 12, 0, tzinfo=UTC),
+        )
+        return services.portfolio_create(owner=alice, name="Empty")
+
+    empty = in_thread(ledger)
+    return {"empty": empty}
+
+
+def pages(world, extra) -> dict[str, str]:
+    pid = world["portfolios"]["alice"].id
+    tx = world["portfolios"]["alice"].transactions.order_by("id").first()
+    return {
+        "portfolio": f"/p/{pid}/",
+        "portfolio-empty": f"/p/{extra['empty'].id}/",
+        "instrument": "/i/BTC-USD/",
+        "instrument-fx": "/i/EURUSD/",
+        "transactions": f"/p/{pid}/transactions/",
+        "transaction-add": f"/p/{pid}/transactions/add/",
+        "transaction-edit": f"/p/{pid}/transactions/{tx.id}/edit/",
+        "import": f"/p/{pid}/import/",
+        "performance": f"/p/{pid}/performance/",
+        "settings": f"/p/{pid}/settings/",
+        "new-portfolio": "/portfolios/new/",
+        "tokens": "/settings/tokens/",
+        "feed-status": "/status/feeds/",
+    }
+
+
+def overflow(page) -> dict:
+    """How much wider than the viewport the document is, and the widest elements sticking out."""
+    return page.evaluate(
+        """() => {
+            const width = document.documentElement.clientWidth;
+            const culprits = [...document.querySelectorAll("body *")]
+                .filter((el) => el.getBoundingClientRect().right > width + 0.5)
+                .filter((el) => !el.closest(".table-scroll"))
+                .slice(0, 5)
+                .map((el) => el.tagName + (el.id ? "#" + el.id : "") + "." + el.className);
+            return {scroll: document.documentElement.scrollWidth, width, culprits};
+        }"""
+    )
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_every_page_fits_a_phone_and_a_desktop_without_sideways_scroll(
+    world, daphne_server, chromium, theme
+):
+    extra = furnish(world)
+    urls = pages(world, extra)
+    problems = []
+    for size, (width, height) in SIZES.items():
+        context = chromium.new_context(
+            locale="en-US",
+            timezone_id="UTC",
+            viewport={"width": width, "height": height},
+            color_scheme=theme,
+        )
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+        page.goto(f"{daphne_server}/login/")
+        shot = f"login-{size}-{theme}"
+        measured = overflow(page)
+        if measured["scroll"] > measured["width"]:
+            problems.append((shot, measured))
+        screenshot(page, shot)
+        log_in(page, daphne_server, "alice", PASSWORD)
+        for name, path in urls.items():
+            page.goto(f"{daphne_server}{path}")
+            if name.startswith("portfolio") or name.startswith("instrument"):
+                expect(page.locator("#status")).to_have_attribute("data-state", "live")
+                page.wait_for_timeout(300)  # the snapshot drawn at the next frame
+            measured = overflow(page)
+            shot = f"{name}-{size}-{theme}"
+            if measured["scroll"] > measured["width"]:
+                problems.append((shot, measured))
+            screenshot(page, shot)
+        assert errors == []
+        context.close()
+    assert problems == [], "\n".join(f"{shot}: {m}" for shot, m in problems)
+
+
+def test_an_unknown_instrument_is_the_apps_own_404_page(world, daphne_server, page):
+    log_in(page, daphne_server, "alice", PASSWORD)
+    response = page.goto(f"{daphne_server}/i/NOPE-USD/")
+    assert response.status == 404
+    expect(page.locator("h1")).to_have_text("Not found")
+    expect(page.locator(".topbar .brand")).to_be_visible()
