@@ -1,6 +1,7 @@
 """Every page at a phone's width (360 px) and a desktop's (1366 px), in light and dark: nothing
 scrolls sideways, and each is photographed for docs/screenshots/."""
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -49,6 +50,17 @@ def furnish(world) -> dict:
         feed=FeedKind.SIMULATED,
         feed_symbol="EURUSD",
     )
+    # Yesterday's closes first: the day change has a reference price.
+    services.quotes_store(
+        updates=[
+            services.QuoteUpdate(
+                world["btc"].id, Decimal("95000"), now - timedelta(days=1), "simulated"
+            ),
+            services.QuoteUpdate(
+                world["eth"].id, Decimal("3600"), now - timedelta(days=1), "simulated"
+            ),
+        ]
+    )
     services.quotes_store(
         updates=[
             services.QuoteUpdate(
@@ -92,6 +104,18 @@ def furnish(world) -> dict:
 
     def ledger():
         portfolio = world["portfolios"]["alice"]
+        at = datetime(2026, 1, 6, 15, 0, tzinfo=UTC)
+        services.transaction_add(
+            portfolio=portfolio, kind=TxKind.DEPOSIT, amount=Decimal("1000"), executed_at=at
+        )
+        services.transaction_add(
+            portfolio=portfolio,
+            kind=TxKind.BUY,
+            instrument=world["eth"],
+            quantity=Decimal("10"),
+            price=Decimal("100"),
+            executed_at=at + timedelta(minutes=1),
+        )
         services.transaction_add(
             portfolio=portfolio,
             kind=TxKind.SELL,
@@ -132,14 +156,36 @@ def overflow(page) -> dict:
     return page.evaluate(
         """() => {
             const width = document.documentElement.clientWidth;
+            const clipped = (el) => {
+                for (let a = el.parentElement; a; a = a.parentElement) {
+                    if (getComputedStyle(a).overflowX !== "visible") return true;
+                }
+                return false;
+            };
             const culprits = [...document.querySelectorAll("body *")]
                 .filter((el) => el.getBoundingClientRect().right > width + 0.5)
-                .filter((el) => !el.closest(".table-scroll"))
+                .filter((el) => !clipped(el))
                 .slice(0, 5)
                 .map((el) => el.tagName + (el.id ? "#" + el.id : "") + "." + el.className);
             return {scroll: document.documentElement.scrollWidth, width, culprits};
         }"""
     )
+
+
+def positions_fit(page, size: str) -> None:
+    """The holdings need no sideways scroll; a phone shows symbol, price, value and day %."""
+    table = page.locator(".table-scroll").first
+    assert table.evaluate("(e) => e.scrollWidth <= e.clientWidth"), size
+    shown = page.locator(".positions thead th:visible button.sort")
+    if size == "phone":
+        expect(shown).to_have_text(["Instrument", "Price", "Value", "Day change"])
+        day = page.locator("tr[data-instrument] td.day").first
+        assert re.fullmatch(r"[+-]?\d+\.\d\d%", day.inner_text().strip()), day.inner_text()
+        # The total and the day change lead the page, above the returns and the chart.
+        total = page.locator('[data-field="total"]').bounding_box()
+        assert total["y"] + total["height"] <= 740
+    else:
+        expect(shown).to_have_count(10)
 
 
 @pytest.mark.parametrize("theme", ["light", "dark"])
@@ -167,10 +213,13 @@ def test_every_page_fits_a_phone_and_a_desktop_without_sideways_scroll(
         screenshot(page, shot)
         log_in(page, daphne_server, "alice", PASSWORD)
         for name, path in urls.items():
-            page.goto(f"{daphne_server}{path}")
+            response = page.goto(f"{daphne_server}{path}")
+            assert response.ok, f"{path}: HTTP {response.status}"
             if name.startswith("portfolio") or name.startswith("instrument"):
                 expect(page.locator("#status")).to_have_attribute("data-state", "live")
                 page.wait_for_timeout(300)  # the snapshot drawn at the next frame
+            if name == "portfolio":
+                positions_fit(page, size)
             measured = overflow(page)
             shot = f"{name}-{size}-{theme}"
             if measured["scroll"] > measured["width"]:
@@ -187,3 +236,33 @@ def test_an_unknown_instrument_is_the_apps_own_404_page(world, daphne_server, pa
     assert response.status == 404
     expect(page.locator("h1")).to_have_text("Not found")
     expect(page.locator(".topbar .brand")).to_be_visible()
+
+
+def test_the_ledger_and_the_feed_status_show_formatted_numbers(world, daphne_server, page):
+    furnish(world)
+    log_in(page, daphne_server, "alice", PASSWORD)
+    pid = world["portfolios"]["alice"].id
+    page.goto(f"{daphne_server}/p/{pid}/transactions/")
+    sale = page.locator("tr[data-transaction]").first
+    expect(sale).to_contain_text("61,000.00")  # the price, at BTC's precision
+    expect(sale).to_contain_text("2.58")  # fees 2.575, money to 2 decimals
+    expect(page.locator("tr.realization")).to_contain_text("30,247.43 USD")
+    assert "61000" not in page.locator("#transactions").inner_text()
+    # Headers keep their padding: AMOUNT and CURRENCY do not run together.
+    amount, currency = (
+        page.locator("#transactions thead th", has_text=name).bounding_box()
+        for name in ("Amount", "Currency")
+    )
+    assert amount["x"] + amount["width"] <= currency["x"]
+    gap = page.evaluate(
+        "getComputedStyle(document.querySelector('#transactions thead th')).paddingRight"
+    )
+    assert gap != "0px"
+
+    page.goto(f"{daphne_server}/status/feeds/")
+    btc = page.locator('tr[data-instrument="BTC-USD"]')
+    expect(btc).to_contain_text("97,117.56")
+    expect(page.locator('tr[data-instrument="EURUSD"]')).to_contain_text("1.04120")
+    text = page.locator("main").inner_text()
+    assert "0 minutes" not in text and "97117.5618" not in text
+    assert "just now" in text or " s ago" in text

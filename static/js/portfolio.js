@@ -21,7 +21,13 @@ function setChange(cell, amount, currency, pct) {
   if (!cell.querySelector(".amount")) cell.innerHTML = '<span class="amount"></span> <span class="pct"></span>';
   const missing = amount === null || amount === undefined;
   setText(cell.querySelector(".amount"), missing ? "—" : sign(amount) + money(amount, currency));
-  setText(cell.querySelector(".pct"), missing || pct === null || pct === undefined ? "" : `(${percent(pct, { signed: true })})`);
+  const text = missing || pct === null || pct === undefined ? "" : percent(pct, { signed: true });
+  const pctEl = cell.querySelector(".pct");
+  if (pctEl.dataset.pct === text) return;
+  pctEl.dataset.pct = text;
+  // The brackets are their own elements: a phone shows the bare percentage.
+  const [open, close] = ["(", ")"].map((b) => Object.assign(document.createElement("span"), { className: "paren", textContent: b }));
+  pctEl.replaceChildren(...(text ? [open, text, close] : []));
 }
 function tone(el, amount) {
   el.classList.toggle("up", !!amount && !amount.startsWith("-") && Number(amount) !== 0);
