@@ -1,5 +1,6 @@
 """Every page at a phone's width (360 px) and a desktop's (1366 px), in light and dark: nothing
-scrolls sideways, and each is photographed for docs/screenshots/."""
+scrolls sideways, axe-core finds no serious or critical WCAG 2.1 A/AA violation (contrast
+included), and each is photographed for docs/screenshots/."""
 
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -14,11 +15,14 @@ from playwright.sync_api import expect
 from portfolio import services
 from portfolio.models import AssetClass, FeedKind, FeedStatus, Instrument, PriceBar, TxKind
 from tests.browser import log_in, screenshot
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 SIZES = {"phone": (360, 740), "desktop": (1366, 900)}
+# axe-core from npm (package.json devDependencies), evaluated through the DevTools protocol: the
+# pages' Content-Security-Policy stays on (an injected <script> would be refused).
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 
 
 def in_thread(fn, *args):
@@ -151,6 +155,24 @@ def pages(world, extra) -> dict[str, str]:
     }
 
 
+def accessibility_problems(page) -> list[str]:
+    """axe-core's serious and critical violations of WCAG 2.x A and AA on the page as it is."""
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(AXE.read_text())
+    violations = page.evaluate(
+        """async () => {
+            const result = await axe.run(document, {
+                runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+            });
+            return result.violations
+                .filter((v) => v.impact === "serious" || v.impact === "critical")
+                .map((v) => `${v.id} (${v.impact}): ` +
+                    v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", "));
+        }"""
+    )
+    return violations
+
+
 def overflow(page) -> dict:
     """How much wider than the viewport the document is, and the widest elements sticking out."""
     return page.evaluate(
@@ -211,6 +233,8 @@ def test_every_page_fits_a_phone_and_a_desktop_without_sideways_scroll(
         if measured["scroll"] > measured["width"]:
             problems.append((shot, measured))
         screenshot(page, shot)
+        if size == "desktop":
+            problems.extend((shot, v) for v in accessibility_problems(page))
         log_in(page, daphne_server, "alice", PASSWORD)
         for name, path in urls.items():
             response = page.goto(f"{daphne_server}{path}")
@@ -225,6 +249,8 @@ def test_every_page_fits_a_phone_and_a_desktop_without_sideways_scroll(
             if measured["scroll"] > measured["width"]:
                 problems.append((shot, measured))
             screenshot(page, shot)
+            if size == "desktop":
+                problems.extend((shot, v) for v in accessibility_problems(page))
         assert errors == []
         context.close()
     assert problems == [], "\n".join(f"{shot}: {m}" for shot, m in problems)

@@ -58,16 +58,14 @@ function bar(b) {
   };
 }
 
-// Candles fill the width: a few bars are drawn at a readable width from the left, not squeezed
-// against the right edge; a full day is fitted to the chart.
+// Candles fill the width: every bar of the day is fitted to the chart; the first few of a feed
+// that just started are drawn at a readable width from the left, not squeezed against the right.
+const FEW_BARS = 12;
 function fitCandles(count) {
   const scale = chart.timeScale();
   if (count === 0) return;
-  if (count >= 60) {
-    scale.fitContent();
-    return;
-  }
-  scale.setVisibleLogicalRange({ from: -0.5, to: Math.max(count, 30) - 0.5 });
+  if (count >= FEW_BARS) scale.fitContent();
+  else scale.setVisibleLogicalRange({ from: -1, to: FEW_BARS });
 }
 
 function extendCandle(value, asOf) {
