@@ -75,7 +75,10 @@ def furnish(world) -> dict:
                 Decimal("97117.5"),
                 Decimal("97118.25"),
             ),
-            services.QuoteUpdate(world["eth"].id, Decimal("3512.4467"), now, "simulated"),
+            # Older than LIVEFOLIO_STALE_SECONDS (120): a stale row, in the stale amber.
+            services.QuoteUpdate(
+                world["eth"].id, Decimal("3512.4467"), now - timedelta(seconds=150), "simulated"
+            ),
             services.QuoteUpdate(
                 eurusd.id, Decimal("1.0412"), now, "simulated", Decimal("1.04118"), None
             ),
