@@ -13,7 +13,15 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from portfolio import services
-from portfolio.models import AssetClass, FeedKind, FeedStatus, Instrument, PriceBar, TxKind
+from portfolio.models import (
+    AssetClass,
+    FeedKind,
+    FeedStatus,
+    Instrument,
+    PriceBar,
+    TxKind,
+    ValuationSnapshot,
+)
 from tests.browser import log_in, screenshot
 from tests.conftest import PASSWORD, ROOT
 
@@ -84,6 +92,14 @@ def furnish(world) -> dict:
             ),
         ]
     )
+    # Value snapshots of the last hours: the value chart draws a line and the returns strip has
+    # figures.
+    for i, value in enumerate(("204100", "207950", "206300", "209800", "208700")):
+        ValuationSnapshot.objects.create(
+            portfolio=world["portfolios"]["alice"],
+            taken_at=now - timedelta(minutes=50 * (5 - i)),
+            value=Decimal(value),
+        )
     # Twelve 1-minute candles, as a feed that started a few minutes ago leaves them.
     minute = now.replace(second=0, microsecond=0)
     for i in range(12, 0, -1):
