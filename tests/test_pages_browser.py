@@ -229,6 +229,23 @@ def positions_fit(page, size: str) -> None:
         expect(shown).to_have_count(10)
 
 
+def says_what_to_do_next(page, urls) -> None:
+    """A new portfolio: the next steps, not empty figures, an empty chart and a bare table."""
+    empty = page.locator('[data-field="empty"]')
+    expect(empty).to_be_visible()
+    pid = urls["portfolio-empty"].strip("/").split("/")[-1]
+    expect(empty.get_by_role("link", name="Add a transaction")).to_have_attribute(
+        "href", f"/p/{pid}/transactions/add/"
+    )
+    expect(empty.get_by_role("link", name="Import a CSV")).to_have_attribute(
+        "href", f"/p/{pid}/import/"
+    )
+    for field in ("figures", "positions", "value-section", "allocation"):
+        expect(page.locator(f'[data-field="{field}"]')).to_be_hidden()
+    expect(page.locator("#returns-pending")).to_be_visible()
+    assert "— · —" not in page.locator("main").inner_text()
+
+
 @pytest.mark.parametrize("theme", ["light", "dark"])
 def test_every_page_fits_a_phone_and_a_desktop_without_sideways_scroll(
     world, daphne_server, chromium, theme
@@ -263,6 +280,8 @@ def test_every_page_fits_a_phone_and_a_desktop_without_sideways_scroll(
                 page.wait_for_timeout(300)  # the snapshot drawn at the next frame
             if name == "portfolio":
                 positions_fit(page, size)
+            if name == "portfolio-empty":
+                says_what_to_do_next(page, urls)
             measured = overflow(page)
             shot = f"{name}-{size}-{theme}"
             if measured["scroll"] > measured["width"]:
