@@ -1,4 +1,5 @@
-"""Display filters for Decimal money and rates (exact Decimal rounding, half-up)."""
+"""Display filters: Decimal money, prices, quantities and rates (exact Decimal rounding, half-up),
+and relative times. static/js/format.js follows the same rules in the browser."""
 
 from __future__ import annotations
 
