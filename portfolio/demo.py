@@ -47,7 +47,10 @@ def demo_seed() -> Portfolio:
     user, created = user_model.objects.get_or_create(username=DEMO_USERNAME)
     if created:
         user.set_password(DEMO_PASSWORD)
-        user.save()
+    # The demo login opens the admin too (instruments, feeds, tokens): the embedded demo listens
+    # on 127.0.0.1 only.
+    user.is_staff = user.is_superuser = True
+    user.save()
     portfolio = Portfolio.objects.filter(owner=user, name="Demo").first()
     if portfolio is None:
         portfolio = services.portfolio_create(owner=user, name="Demo", base_currency="USD")

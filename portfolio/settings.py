@@ -64,7 +64,9 @@ REDIS_URL = env_url("REDIS_URL", ("redis", "rediss"))
 # (the feed included) runs inside one server process.
 EMBEDDED = not REDIS_URL
 
-DEBUG = env_bool("DJANGO_DEBUG", default=EMBEDDED)
+# Off unless asked for, the demo included: an error shows the app's own page, never Django's
+# debug page with its URL list and settings.
+DEBUG = env_bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if not EMBEDDED:
@@ -307,6 +309,9 @@ LIVEFOLIO_WS_MAX_PER_USER = env_int("LIVEFOLIO_WS_MAX_PER_USER", 20, minimum=1)
 LIVEFOLIO_WS_MAX_UPDATES = env_int("LIVEFOLIO_WS_MAX_UPDATES", 5, minimum=1)
 # How often an open socket re-checks its session (expired sessions close with 4401).
 LIVEFOLIO_SESSION_CHECK_SECONDS = env_int("LIVEFOLIO_SESSION_CHECK_SECONDS", 30, minimum=1)
+# A page pings a socket that has been quiet this long, and says "Stalled" and reconnects after
+# twice this without any frame.
+LIVEFOLIO_PAGE_PING_SECONDS = env_int("LIVEFOLIO_PAGE_PING_SECONDS", 10, minimum=1)
 # How often a Celery worker writes its heartbeat to Redis.
 LIVEFOLIO_HEARTBEAT_SECONDS = env_int("LIVEFOLIO_HEARTBEAT_SECONDS", 10, minimum=1)
 

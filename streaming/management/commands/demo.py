@@ -76,7 +76,8 @@ class Command(BaseCommand):
             )
             self.stdout.write(
                 self.style.SUCCESS(f"Livefolio is running at {url}\n")
-                + f"Log in as {DEMO_USERNAME} / {DEMO_PASSWORD}. Stop with Ctrl-C.\n"
+                + f"Log in as {DEMO_USERNAME} / {DEMO_PASSWORD}. "
+                + f"The admin is at {url}{settings.ADMIN_PATH} (same login). Stop with Ctrl-C.\n"
                 + f"Watch a simulated market's order book and trades at {url}i/{MARKET_SYMBOL}/\n"
             )
 
