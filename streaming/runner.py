@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -21,17 +22,20 @@ from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from portfolio import health, services
 from portfolio.models import Instrument, Quote
 from streaming import events, flow, marketdata, pacing, protocol
-from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
+from streaming.feeds.base import Backoff, Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 
 log = logging.getLogger(__name__)
 
 FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken")
 HEALTH_INTERVAL = 2.0
+# The longest wait between two tries of a database call that keeps failing (seconds).
+DATABASE_RETRY_CAP = 30.0
 
 
 def build_feed(kind: str, *, emit: Callable[[MarketEvent], None], **options: Any) -> Feed:
@@ -224,6 +228,52 @@ async def cancel_and_wait(tasks: list[asyncio.Task], *, again_every: float = 0.5
             log.warning("feed: %s ended with %r", task.get_name(), task.exception())
 
 
+class DatabaseRetry:
+    """When to try a failing database call of the feed again, and what to log.
+
+    The calls themselves go through ``database_sync_to_async``, which applies Django's request
+    rules around each: a connection a failed statement left broken (a PostgreSQL restart) is
+    closed and the next call opens a new one, and a kept connection is checked before reuse
+    (CONN_HEALTH_CHECKS). Without it the feed's one connection stayed broken for good. Tries
+    are spaced by a backoff with full jitter (``base`` doubling to ``DATABASE_RETRY_CAP``), so
+    many feeds do not reconnect in step; the first failure logs its traceback, the next ones a
+    line each, and the first success after them says the database is back.
+    """
+
+    def __init__(self, feed: str, what: str, *, base: float) -> None:
+        self.feed = feed
+        self.what = what
+        self.backoff = Backoff(base=base, cap=max(base, DATABASE_RETRY_CAP))
+        self.failures = 0
+
+    def failed(self, consequence: str = "") -> float:
+        """Log the failure being handled; returns the seconds to wait before the next try."""
+        delay = self.backoff.next_delay()
+        self.failures += 1
+        then = f"{'; ' + consequence if consequence else ''}; trying again in {delay:.1f} s"
+        if self.failures == 1:
+            log.exception("feed %s: %s failed%s", self.feed, self.what, then)
+        else:
+            error = sys.exception()
+            log.warning(
+                "feed %s: %s failed (%d in a row: %s)%s",
+                self.feed,
+                self.what,
+                self.failures,
+                f"{type(error).__name__}: {error}".splitlines()[0],
+                then,
+            )
+        return delay
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info(
+                "feed %s: %s works again after %d failures", self.feed, self.what, self.failures
+            )
+        self.failures = 0
+        self.backoff.reset()
+
+
 class FeedRunner:
     def __init__(
         self,
@@ -346,15 +396,22 @@ class FeedRunner:
                     )
 
     async def record_health(self) -> None:
+        """Write the feed's health row every ``HEALTH_INTERVAL``; while the database fails,
+        try again after a backoff with full jitter."""
+        retry = DatabaseRetry(self.kind, "writing feed health", base=HEALTH_INTERVAL)
         while True:
             try:
-                await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
+                await database_sync_to_async(services.feed_status_record)(
+                    stats=self.feed.stats.as_dict()
+                )
             except Exception:
-                log.exception("feed %s: writing feed health failed", self.kind)
-            await asyncio.sleep(HEALTH_INTERVAL)
+                await asyncio.sleep(retry.failed())
+            else:
+                retry.succeeded()
+                await asyncio.sleep(HEALTH_INTERVAL)
 
     async def refresh_symbols(self) -> None:
-        symbols = await sync_to_async(_instrument_map)(self.kind)
+        symbols = await database_sync_to_async(_instrument_map)(self.kind)
         if symbols != self.symbols:
             added = set(symbols) - set(self.symbols)
             removed = set(self.symbols) - set(symbols)
@@ -372,7 +429,8 @@ class FeedRunner:
         """Run until cancelled. Symbol changes in the admin are picked up every ``refresh`` s."""
         options = dict(self.feed_options)
         if self.kind == "simulated":
-            options.setdefault("start_prices", await sync_to_async(_latest_prices)(self.kind))
+            prices = await database_sync_to_async(_latest_prices)(self.kind)
+            options.setdefault("start_prices", prices)
         self.feed = build_feed(self.kind, emit=self.on_event, **options)
         await self.refresh_symbols()
         log.info("feed %s: started", self.kind)
@@ -382,25 +440,30 @@ class FeedRunner:
             asyncio.create_task(self.publish_market_data(), name=f"market-{self.kind}"),
             asyncio.create_task(self.record_health(), name=f"health-{self.kind}"),
         ]
+        retry = DatabaseRetry(self.kind, "reading instruments", base=self.refresh)
+        wait = self.refresh
         try:
             while not self.stopping:
-                await asyncio.sleep(self.refresh)
+                await asyncio.sleep(wait)
                 for task in tasks:
                     if task.done() and not task.cancelled() and task.exception():
                         raise task.exception()
                 try:
                     await self.refresh_symbols()
                 except Exception:
-                    log.exception(
-                        "feed %s: reading instruments failed; keeping the old set", self.kind
-                    )
+                    wait = retry.failed("keeping the old set")
+                else:
+                    retry.succeeded()
+                    wait = self.refresh
         finally:
             await cancel_and_wait(tasks)
             if self.backpressure is not None:
                 await self.backpressure.close()
             await self.settle()
             with contextlib.suppress(Exception):
-                await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
+                await database_sync_to_async(services.feed_status_record)(
+                    stats=self.feed.stats.as_dict()
+                )
             log.info("feed %s: stopped", self.kind)
 
     def stop(self, task: asyncio.Task) -> None:
