@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sys
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -36,6 +38,10 @@ FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken")
 HEALTH_INTERVAL = 2.0
 # The longest wait between two tries of a database call that keeps failing (seconds).
 DATABASE_RETRY_CAP = 30.0
+# Tries to hand on ticks while the broker refuses them: the first after up to SEND_RETRY_BASE,
+# doubling to SEND_RETRY_CAP (seconds), full jitter.
+SEND_RETRY_BASE = 0.5
+SEND_RETRY_CAP = 5.0
 
 
 def build_feed(kind: str, *, emit: Callable[[MarketEvent], None], **options: Any) -> Feed:
@@ -307,6 +313,13 @@ class FeedRunner:
         self.settle_until = 0.0  # clock time until which empty windows are still sent
         # Set by stop(): the run ends even if a cancellation is lost (see cancel_and_wait).
         self.stopping = False
+        # Ticks a failed send left (the broker down), the newest per feed symbol, so at most
+        # one per instrument of this feed: they go with the first send that works, older
+        # ticks of the same instrument giving way to newer ones meanwhile.
+        self.unsent: dict[str, Tick] = {}
+        self.send_retry = Backoff(base=SEND_RETRY_BASE, cap=SEND_RETRY_CAP)
+        self.send_retry_at = 0.0  # clock time before which no send is tried
+        self.send_failures = 0
 
     def on_event(self, event: MarketEvent) -> None:
         if event.feed_symbol not in self.symbols:
@@ -319,7 +332,16 @@ class FeedRunner:
             self.books[event.feed_symbol] = event  # only the newest book per window matters
 
     async def flush(self, ticks: list[Tick]) -> None:
-        received = protocol.iso(utcnow())
+        """Hand a window's ticks on to ingest (with any a failed send left). When the send
+        fails they are kept, newest per instrument, and tried again after a backoff."""
+        stamped = utcnow()
+        if self.unsent:
+            ticks = self._with_unsent(ticks)
+        now = self.clock()
+        if now < self.send_retry_at:
+            self._keep_unsent(ticks, stamped)
+            return
+        received = protocol.iso(stamped)
         batch = [
             {
                 "instrument": self.symbols[t.feed_symbol].instrument_id,
@@ -333,14 +355,66 @@ class FeedRunner:
             for t in ticks
             if t.feed_symbol in self.symbols
         ]
-        now = self.clock()
+        if not batch and now >= self.settle_until:
+            return
         if batch:
             self.settle_until = now + pacing.settle_seconds()
+        # An empty batch: valuation pacing deferred some portfolios its last ticks moved; keep
+        # sending them until every such turn has come (streaming/pacing.py).
+        try:
             await self.sink(batch)
-        elif now < self.settle_until:
-            # Valuation pacing deferred some portfolios its last ticks moved: keep sending
-            # (empty) batches until every such turn has come (streaming/pacing.py).
-            await self.sink([])
+        except Exception:
+            self._keep_unsent(ticks, stamped)
+            delay = self.send_retry.next_delay()
+            self.send_retry_at = self.clock() + delay
+            self.send_failures += 1
+            kept = (
+                f"keeping the newest of {len(self.unsent)} instruments, next try in {delay:.1f} s"
+            )
+            if self.send_failures == 1:
+                log.exception("feed %s: sending %d ticks failed; %s", self.kind, len(batch), kept)
+            else:
+                error = sys.exception()
+                log.warning(
+                    "feed %s: sending failed (%d in a row: %s); %s",
+                    self.kind,
+                    self.send_failures,
+                    f"{type(error).__name__}: {error}".splitlines()[0],
+                    kept,
+                )
+            return
+        if self.send_failures:
+            log.info(
+                "feed %s: sending works again after %d failures (%d ticks sent)",
+                self.kind,
+                self.send_failures,
+                len(batch),
+            )
+            self.send_failures = 0
+            self.send_retry.reset()
+
+    def _with_unsent(self, ticks: list[Tick]) -> list[Tick]:
+        """``ticks`` with the unsent ones of other instruments, and an unsent one in place of
+        a tick it is newer than; the unsent set is empty after."""
+        merged, self.unsent = self.unsent, {}
+        for tick in ticks:
+            kept = merged.get(tick.feed_symbol)
+            if kept is None or tick.ts >= kept.ts:
+                merged[tick.feed_symbol] = tick
+        return list(merged.values())
+
+    def _keep_unsent(self, ticks: list[Tick], stamped: datetime) -> None:
+        """Keep ``ticks`` for the next send, newest per instrument, each stamped with when the
+        runner first had it (the lag it reports includes the wait). Instruments no longer
+        streamed are dropped."""
+        for tick in ticks:
+            if tick.feed_symbol not in self.symbols:
+                continue
+            kept = self.unsent.get(tick.feed_symbol)
+            if kept is None or tick.ts >= kept.ts:
+                if tick.received is None:
+                    tick = dataclasses.replace(tick, received=stamped)
+                self.unsent[tick.feed_symbol] = tick
 
     def market_messages(
         self, trades: list[Trade], books: dict[str, Book]

@@ -2,6 +2,7 @@
 (its health row and instrument list come back), Redis killed and restarted (ticks it could not
 hand on are handed on once Redis is back)."""
 
+import asyncio
 import signal
 import sys
 import time
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.faults.conftest import wait_until
+from tests.feeds.fakes import FakeCoinbase
 
 # The feed's two database calls, as pg_stat_activity shows its connection's last statement:
 # reading the instrument list (every 5 s) and writing its health row (ends in COMMIT, every 2 s).
@@ -120,3 +122,70 @@ def test_feed_survives_a_postgres_crash_health_is_current_and_new_instruments_st
         what="the instrument switched on after the restart to be streamed",
     )
     assert feed.proc.poll() is None, feed.output()
+
+
+@pytest.fixture
+def quiet_instrument(stack):
+    """SOL-USD on the Coinbase feed, held by nobody: it ticks only when the test says so."""
+    [(instrument_id,)] = stack.sql(
+        "INSERT INTO portfolio_instrument "
+        "(symbol, name, asset_class, quote_currency, feed, feed_symbol, active) "
+        "VALUES ('SOL-USD', 'Solana', 'crypto', 'USD', 'coinbase', 'SOL-USD', true) "
+        "RETURNING id"
+    )
+    yield instrument_id
+    stack.sql("DELETE FROM portfolio_quote WHERE instrument_id = %s", instrument_id)
+    stack.sql("DELETE FROM portfolio_pricebar WHERE instrument_id = %s", instrument_id)
+    stack.sql("DELETE FROM portfolio_instrument WHERE id = %s", instrument_id)
+
+
+def ticker_now(exchange: FakeCoinbase, product: str, price: str) -> dict:
+    ticker = exchange.ticker(product, price)
+    ticker["time"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return ticker
+
+
+async def test_a_tick_the_feed_could_not_send_while_redis_was_down_is_stored_once_it_is_back(
+    stack, quiet_instrument
+):
+    await asyncio.to_thread(stack.worker)
+    async with FakeCoinbase() as exchange:
+        feed = stack.spawn(
+            "runfeed",
+            [sys.executable, "manage.py", "runfeed", "coinbase", "--window-ms", "100"],
+            COINBASE_WS_URL=exchange.url,
+        )
+        client = await exchange.wait_clients(1, within=30)
+        await exchange.wait_message(lambda m: m.get("type") == "subscribe", client=client)
+        await exchange.push(ticker_now(exchange, "SOL-USD", "101.5"))
+        await asyncio.to_thread(
+            wait_until,
+            lambda: stored_price(stack, quiet_instrument) == "101.5",
+            timeout=30,
+            what="the first price stored",
+        )
+
+        stack.redis.kill()
+        # The instrument's last tick for a long time comes while Redis is down; the feed has
+        # had it for two of its health writes (2 s apart) before Redis is back.
+        await exchange.push(ticker_now(exchange, "SOL-USD", "102.25"))
+        pushed = datetime.now(UTC)
+        for _ in range(2):
+            since = max(await asyncio.to_thread(heartbeat, stack, "coinbase"), pushed)
+            await asyncio.to_thread(
+                wait_until,
+                lambda since=since: heartbeat(stack, "coinbase") > since,
+                timeout=30,
+                what="the feed to write its health",
+            )
+        assert stored_price(stack, quiet_instrument) == "101.5"
+        await asyncio.to_thread(stack.redis.start)
+
+        await asyncio.to_thread(
+            wait_until,
+            lambda: stored_price(stack, quiet_instrument) == "102.25",
+            timeout=30,
+            what="the tick from the outage to be stored once Redis is back",
+        )
+        assert "sending 1 ticks failed" in feed.output()  # it was sent after a failed send
+        assert feed.proc.poll() is None, feed.output()
