@@ -7,7 +7,10 @@ from celery import shared_task
 from portfolio import services
 
 
-@shared_task(soft_time_limit=50, time_limit=60)
+# Acknowledged as it starts, not after (settings.CELERY_TASK_ACKS_LATE): it may run longer than
+# the broker's visibility timeout, which would hand a late-acknowledged run to a second worker.
+# A run a worker dies in is lost; the next minute's takes its place.
+@shared_task(soft_time_limit=50, time_limit=60, acks_late=False)
 def snapshot_valuations() -> int:
     """Celery beat, every minute: store each portfolio's value for the performance page."""
     from streaming.tasks import value_pending

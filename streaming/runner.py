@@ -125,9 +125,9 @@ class IngestBackpressure:
     machine where the worker is over capacity: tick -> client p50 533 -> 261 ms, p99 840 ->
     458 ms (docs/performance.md). Live workers are counted from their heartbeats
     (portfolio/health.py) every few seconds. A task taken longer ago than the soft time limit
-    (30 s) no longer counts as running: a worker that died mid-task leaves it behind until the
-    broker restores it (the visibility timeout, 300 s), and the feed would be held for
-    ``max_hold`` at every window all that time.
+    no longer counts as running: a worker that died mid-task leaves it behind until the broker
+    restores it (the visibility timeout), and the feed would be held for ``max_hold`` at every
+    window all that time.
     """
 
     def __init__(self) -> None:

@@ -88,11 +88,10 @@ _PLACES = Decimal(1).scaleb(-_PRICE.decimal_places)
     acks_late=True,
     autoretry_for=(OperationalError,),
     retry_backoff=True,
-    retry_backoff_max=30,
+    retry_backoff_max=settings.LIVEFOLIO_INGEST_RETRY_MAX_SECONDS,
     retry_jitter=True,
     max_retries=None,
-    soft_time_limit=30,
-    time_limit=60,
+    # Time limits: the defaults (settings), which the broker's visibility timeout is set from.
 )
 def ingest_quotes(batch: list[dict[str, Any]]) -> int:
     """Store a coalesced batch of ticks; after commit, value the affected portfolios and publish.
