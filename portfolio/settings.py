@@ -128,11 +128,14 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
-# Login lockout (django-axes): this many failures for one username from one address lock it
-# for LIVEFOLIO_LOGIN_LOCKOUT_MINUTES; the lockout page answers 429.
+# Login lockout (django-axes): this many failed log-ins from one client address, whatever
+# usernames they tried, lock that address for LIVEFOLIO_LOGIN_LOCKOUT_MINUTES; the lockout page
+# answers 429. Counted per address, not per username and address: one password sprayed over many
+# usernames is stopped like many passwords tried on one; per address, not per username: nobody
+# can lock a person out from elsewhere by failing on their username.
 AXES_FAILURE_LIMIT = env_int("LIVEFOLIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = env_int("LIVEFOLIO_LOGIN_LOCKOUT_MINUTES", 15, minimum=1) / 60
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_RESET_ON_SUCCESS = True
