@@ -299,6 +299,9 @@ LIVEFOLIO_WS_BURST = env_int("LIVEFOLIO_WS_BURST", 30, minimum=1)
 LIVEFOLIO_WS_MAX_PER_USER = env_int("LIVEFOLIO_WS_MAX_PER_USER", 20, minimum=1)
 # Valuations per portfolio per second one connection receives at most (always the latest).
 LIVEFOLIO_WS_MAX_UPDATES = env_int("LIVEFOLIO_WS_MAX_UPDATES", 5, minimum=1)
+# Unsent frames a WebSocket client may leave unread in a server process (KiB, beyond what its
+# TCP transport buffers) before it is closed with 4413 (streaming/serve.py).
+LIVEFOLIO_WS_SEND_BUDGET_KB = env_int("LIVEFOLIO_WS_SEND_BUDGET_KB", 1024, minimum=64)
 # How often an open socket re-checks its session (expired sessions close with 4401).
 LIVEFOLIO_SESSION_CHECK_SECONDS = env_int("LIVEFOLIO_SESSION_CHECK_SECONDS", 30, minimum=1)
 # How often a Celery worker writes its heartbeat to Redis.
