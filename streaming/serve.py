@@ -31,6 +31,7 @@ from typing import Any
 import daphne.server  # first: it installs Twisted's asyncio reactor
 from daphne import cli, ws_protocol
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
 
@@ -40,6 +41,17 @@ log = logging.getLogger(__name__)
 
 # The close code for a client that has left more than its budget of frames unread.
 CLOSE_NOT_READING = 4413
+DEFAULT_SEND_BUDGET_KB = 1024
+
+
+def send_budget() -> int:
+    """The bytes a client may leave unread (``LIVEFOLIO_WS_SEND_BUDGET_KB``; its default for an
+    application served without Livefolio's settings)."""
+    try:
+        kib = settings.LIVEFOLIO_WS_SEND_BUDGET_KB
+    except (ImproperlyConfigured, AttributeError):
+        kib = DEFAULT_SEND_BUDGET_KB
+    return kib * 1024
 
 
 class FactoryOption:
@@ -96,8 +108,7 @@ class WebSocketProtocol(ws_protocol.WebSocketProtocol):
         if self.unread is None or self.over_budget:
             return True
         self.unread += len(data)
-        budget = settings.LIVEFOLIO_WS_SEND_BUDGET_KB * 1024
-        if self.unread <= budget or self.state != self.STATE_OPEN:
+        if self.unread <= send_budget() or self.state != self.STATE_OPEN:
             return True
         self.over_budget = True  # the close frame below comes through here too
         log.warning(
@@ -107,6 +118,15 @@ class WebSocketProtocol(ws_protocol.WebSocketProtocol):
         )
         self.sendClose(code=CLOSE_NOT_READING, reason="not reading: too much unsent")
         return False
+
+    def serverSend(self, content: str | bytes, binary: bool = False) -> None:
+        """daphne's send of an application frame; after the budget closed the connection the
+        frame is dropped, as daphne drops one for a connection already gone, instead of raising
+        into the application (autobahn refuses to send while closing) in the second before
+        the connection is dropped and the application told."""
+        if self.over_budget:
+            return
+        super().serverSend(content, binary)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """autobahn's ``sendData``, sending a frame at once when nothing waits before it.
