@@ -240,10 +240,11 @@ class DatabaseRetry:
     The calls themselves go through ``database_sync_to_async``, which applies Django's request
     rules around each: a connection a failed statement left broken (a PostgreSQL restart) is
     closed and the next call opens a new one, and a kept connection is checked before reuse
-    (CONN_HEALTH_CHECKS). Without it the feed's one connection stayed broken for good. Tries
-    are spaced by a backoff with full jitter (``base`` doubling to ``DATABASE_RETRY_CAP``), so
-    many feeds do not reconnect in step; the first failure logs its traceback, the next ones a
-    line each, and the first success after them says the database is back.
+    (CONN_HEALTH_CHECKS); plain ``sync_to_async`` would keep a connection broken outside a
+    transaction, and every later call on it would fail. Tries are spaced by a backoff with
+    full jitter (``base`` doubling to ``DATABASE_RETRY_CAP``), so many feeds do not reconnect
+    in step; the first failure logs its traceback, the next ones a line each, and the first
+    success after them says the database is back.
     """
 
     def __init__(self, feed: str, what: str, *, base: float) -> None:
@@ -355,12 +356,12 @@ class FeedRunner:
             for t in ticks
             if t.feed_symbol in self.symbols
         ]
-        if not batch and now >= self.settle_until:
-            return
         if batch:
             self.settle_until = now + pacing.settle_seconds()
-        # An empty batch: valuation pacing deferred some portfolios its last ticks moved; keep
-        # sending them until every such turn has come (streaming/pacing.py).
+        elif now >= self.settle_until:
+            return
+        # Empty batches go on until settle_until: valuation pacing deferred some portfolios the
+        # last ticks moved, and each such batch gives them their turn (streaming/pacing.py).
         try:
             await self.sink(batch)
         except Exception:

@@ -15,7 +15,7 @@ from tests.feeds.fakes import FakeCoinbase
 
 # The feed's two database calls, as pg_stat_activity shows its connection's last statement:
 # reading the instrument list (every 5 s) and writing its health row (ends in COMMIT, every 2 s).
-READS_INSTRUMENTS = 'SELECT "portfolio_instrument"."feed_symbol" AS "feed_symbol", %%'
+READS_INSTRUMENTS = 'SELECT "portfolio_instrument"."feed_symbol" AS "feed_symbol", '
 
 
 def heartbeat(stack, feed: str) -> datetime | None:
@@ -35,7 +35,7 @@ def freeze_when_the_next_call_reads_instruments(stack, feed) -> None:
     any transaction (a failed write inside ``atomic`` would drop the connection by itself)."""
     pid = wait_until(
         lambda: stack.sql(
-            "SELECT pid FROM pg_stat_activity WHERE query LIKE %s", READS_INSTRUMENTS
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE %s", READS_INSTRUMENTS + "%"
         ),
         timeout=30,
         what="the feed's database connection",
@@ -49,7 +49,7 @@ def freeze_when_the_next_call_reads_instruments(stack, feed) -> None:
             pid,
         )[0]
         now = time.monotonic()
-        if query.startswith(READS_INSTRUMENTS[:-3]):
+        if query.startswith(READS_INSTRUMENTS):
             last_read = now - float(ago)
         elif query == "COMMIT" and float(ago) < 0.3 and last_read and 3.3 < now - last_read < 4.5:
             feed.proc.send_signal(signal.SIGSTOP)
