@@ -88,11 +88,10 @@ _PLACES = Decimal(1).scaleb(-_PRICE.decimal_places)
     acks_late=True,
     autoretry_for=(OperationalError,),
     retry_backoff=True,
-    retry_backoff_max=30,
+    retry_backoff_max=settings.LIVEFOLIO_INGEST_RETRY_MAX_SECONDS,
     retry_jitter=True,
     max_retries=None,
-    soft_time_limit=30,
-    time_limit=60,
+    # Time limits: the defaults (settings), which the broker's visibility timeout is set from.
 )
 def ingest_quotes(batch: list[dict[str, Any]]) -> int:
     """Store a coalesced batch of ticks; after commit, value the affected portfolios and publish.
@@ -298,7 +297,10 @@ def _valuation_chunks(
         yield chunk
 
 
-@shared_task(soft_time_limit=50, time_limit=60)
+# Acknowledged as it starts, not after (settings.CELERY_TASK_ACKS_LATE): it may run longer than
+# the broker's visibility timeout, which would hand a late-acknowledged run to a second worker.
+# A run a worker dies in is lost; the next minute's takes its place.
+@shared_task(soft_time_limit=50, time_limit=60, acks_late=False)
 def snapshot_valuations() -> int:
     """Celery beat, every minute: value what skipped ingest batches left (a task's first step),
     then store each portfolio's value for the performance page."""

@@ -62,6 +62,10 @@ OVERRIDDEN = {
         "447c6bd42c62e98c",
         "streaming/serve.py Server.ws_factory catches the factory run() builds inline",
     ),
+    "daphne.ws_protocol.WebSocketProtocol.serverSend": (
+        "345f21330d2a18ce",
+        "streaming/serve.py WebSocketProtocol.serverSend drops a frame after a budget close",
+    ),
     "autobahn.websocket.protocol.WebSocketProtocol._fail_connection": (
         "00c349e066d658bf",
         "streaming/serve.py WebSocketProtocol._fail_connection replaces it",
