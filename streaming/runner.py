@@ -30,7 +30,7 @@ from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade
 
 log = logging.getLogger(__name__)
 
-FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken")
+FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken", "ccxt")
 
 
 def build_feed(kind: str, *, emit: Callable[[MarketEvent], None], **options: Any) -> Feed:
@@ -60,6 +60,13 @@ def build_feed(kind: str, *, emit: Callable[[MarketEvent], None], **options: Any
 
         options.setdefault("url", settings.KRAKEN_WS_URL)
         return KrakenFeed(emit=emit, **options)
+    if kind == "ccxt":
+        from streaming.feeds.ccxt_exchange import CcxtFeed
+
+        if not options.get("exchange"):
+            raise ValueError("the ccxt feed needs an exchange id (runfeed ccxt --exchange okx)")
+        options.setdefault("urls", settings.LIVEFOLIO_CCXT_URLS.get(options["exchange"], {}))
+        return CcxtFeed(emit=emit, **options)
     raise ValueError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
 
 
@@ -71,16 +78,20 @@ class Target:
     symbol: str
 
 
+def _instruments(kind: str, exchange: str):
+    """The active instruments a feed process streams (ccxt: those on its exchange)."""
+    rows = Instrument.objects.filter(feed=kind, active=True)
+    return rows.filter(exchange=exchange) if kind == "ccxt" else rows
+
+
 def _book_symbols(kind: str) -> frozenset[str]:
     """The simulated feed keeps an order book, and a tape, for its crypto instruments."""
     rows = Instrument.objects.filter(feed=kind, active=True, asset_class=AssetClass.CRYPTO)
     return frozenset(rows.values_list("feed_symbol", flat=True))
 
 
-def _instrument_map(kind: str) -> dict[str, Target]:
-    rows = Instrument.objects.filter(feed=kind, active=True).values_list(
-        "feed_symbol", "id", "symbol"
-    )
+def _instrument_map(kind: str, exchange: str = "") -> dict[str, Target]:
+    rows = _instruments(kind, exchange).values_list("feed_symbol", "id", "symbol")
     return {feed_symbol: Target(pk, symbol) for feed_symbol, pk, symbol in rows}
 
 
@@ -235,11 +246,16 @@ class FeedRunner:
         window: float | None = None,
         refresh: float = 5.0,
         sink: Callable[[list[dict[str, Any]]], Any] | None = None,
+        exchange: str = "",
         **feed_options: Any,
     ) -> None:
         if kind not in FEEDS:
             raise ValueError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
+        if (kind == "ccxt") != bool(exchange):
+            raise ValueError("an exchange id goes with the ccxt feed, and only with it")
         self.kind = kind
+        self.exchange = exchange
+        self.markets_recorded: list[str] | None = None
         self.refresh = refresh
         self.sink = sink or _default_sink
         self.symbols: dict[str, Target] = {}
@@ -362,10 +378,19 @@ class FeedRunner:
                     "feed %s: publishing %d market messages failed", self.kind, len(messages)
                 )
 
+    def record_status(self) -> None:
+        """Write this process's health row; a ccxt feed's market list when it changed."""
+        markets = getattr(self.feed, "markets", None) or None
+        if markets == self.markets_recorded:
+            markets = None
+        services.feed_status_record(stats=self.feed.stats.as_dict(), markets=markets)
+        if markets is not None:
+            self.markets_recorded = markets
+
     async def record_health(self) -> None:
         while True:
             try:
-                await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
+                await sync_to_async(self.record_status)()
             except Exception:
                 log.exception("feed %s: writing feed health failed", self.kind)
             await asyncio.sleep(settings.LIVEFOLIO_FEED_HEARTBEAT_SECONDS)
@@ -373,7 +398,7 @@ class FeedRunner:
     async def refresh_symbols(self) -> None:
         if self.kind == "simulated":
             self.feed.book_symbols = await sync_to_async(_book_symbols)(self.kind)
-        symbols = await sync_to_async(_instrument_map)(self.kind)
+        symbols = await sync_to_async(_instrument_map)(self.kind, self.exchange)
         if symbols != self.symbols:
             added = set(symbols) - set(self.symbols)
             removed = set(self.symbols) - set(symbols)
@@ -390,6 +415,8 @@ class FeedRunner:
     async def run(self) -> None:
         """Run until cancelled. Symbol changes in the admin are picked up every ``refresh`` s."""
         options = dict(self.feed_options)
+        if self.exchange:
+            options["exchange"] = self.exchange
         if self.kind == "simulated":
             options.setdefault("start_prices", await sync_to_async(_latest_prices)(self.kind))
         self.feed = build_feed(self.kind, emit=self.on_event, **options)
@@ -420,7 +447,7 @@ class FeedRunner:
                 await self.backpressure.close()
             await self.settle()
             with contextlib.suppress(Exception):
-                await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
+                await sync_to_async(self.record_status)()
             log.info("feed %s: stopped", self.kind)
 
     def stop(self, task: asyncio.Task) -> None:
