@@ -28,6 +28,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--exchange", default="", help="ccxt: the exchange id (one process per exchange)"
         )
+        parser.add_argument(
+            "--stall-seconds",
+            type=float,
+            default=30.0,
+            help="ccxt: reconnect after this long without market data",
+        )
         parser.add_argument("--window-ms", type=int, default=None, help="coalescing window")
         parser.add_argument(
             "--supervise",
@@ -71,6 +77,10 @@ class Command(BaseCommand):
                 "speed": options["speed"],
                 "loop": options["loop"],
             }
+        elif kind == "ccxt":
+            if options["stall_seconds"] <= 0:
+                raise CommandError("--stall-seconds must be positive")
+            feed_options = {"stall_timeout": options["stall_seconds"]}
         namespace.claim()
         window = options["window_ms"] / 1000 if options["window_ms"] else None
         runner = FeedRunner(kind=kind, window=window, exchange=exchange, **feed_options)
