@@ -7,10 +7,12 @@ cites each); the expected values below are read off those examples.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from streaming.feeds.ccxt_exchange import CcxtFeed, to_decimal
 from tests.feeds.fake_venues import (
@@ -48,6 +50,20 @@ def test_ccxt_floats_read_back_as_the_exchanges_decimal_strings():
         assert to_decimal(float(text)) == Decimal(text)
     with pytest.raises(TypeError):
         to_decimal(None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ccxt"], "ccxt needs --exchange ID"),
+        (["ccxt", "--exchange", "okex9"], "ccxt has no WebSocket exchange 'okex9'"),
+        (["binance", "--exchange", "okx"], "--exchange goes only with the ccxt feed"),
+        (["ccxt", "--exchange", "okx", "--stall-seconds", "0"], "--stall-seconds must be positive"),
+    ],
+)
+def test_runfeed_ccxt_names_what_is_wrong_with_its_arguments(args, message):
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("runfeed", *args)
 
 
 def test_an_exchange_ccxt_does_not_stream_from_is_refused_by_name():
