@@ -1,6 +1,5 @@
 import io
 
-import ccxt.pro
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
@@ -73,6 +72,10 @@ class InstrumentForm(forms.ModelForm):
             if "exchange" not in self.errors:
                 self.add_error("exchange", "The ccxt feed needs an exchange id, e.g. okx.")
             return cleaned
+        # Imported here: ccxt.pro loads every exchange's module (~100 MiB), which no process
+        # should carry for an admin form it may never show.
+        import ccxt.pro
+
         if exchange not in ccxt.pro.exchanges:
             self.add_error(
                 "exchange",

@@ -6,6 +6,9 @@ feed process loaded and stored with its health. Nothing here talks to an exchang
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from html import unescape
 
 import pytest
@@ -13,6 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portfolio.models import FeedStatus, Instrument
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -87,3 +91,19 @@ def test_the_feed_health_page_shows_how_many_markets_were_loaded(admin_client):
     status = FeedStatus.objects.get(feed="ccxt:okx")
     page = admin_client.get(reverse("admin:portfolio_feedstatus_change", args=[status.pk]))
     assert "2 markets" in page.content.decode()
+
+
+def test_loading_the_admin_does_not_load_ccxt():
+    # Every process (daphne, the Celery worker) loads the admin; ccxt.pro is ~100 MiB.
+    script = (
+        "import sys, django; django.setup(); import portfolio.admin; print('ccxt' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "portfolio.settings"},
+    )
+    assert result.stdout.strip() == "False", result.stderr
