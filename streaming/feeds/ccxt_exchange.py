@@ -34,6 +34,13 @@ from .values import from_millis
 log = logging.getLogger(__name__)
 
 CHANNELS = ("ticker", "trades", "book")
+# ccxt's call that ends a channel's subscription on the exchange, and the ``has`` key saying
+# whether this exchange implements it.
+UNWATCH = {
+    "ticker": ("un_watch_ticker", "unWatchTicker"),
+    "trades": ("un_watch_trades", "unWatchTrades"),
+    "book": ("un_watch_order_book", "unWatchOrderBook"),
+}
 
 
 def exchange_ids() -> list[str]:
@@ -176,6 +183,7 @@ class CcxtFeed(Feed):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+            await self._unsubscribe(*key)
         for key in wanted - set(self._watchers):
             symbol, channel = key
             self._watchers[key] = asyncio.create_task(
@@ -185,6 +193,18 @@ class CcxtFeed(Feed):
             self.stats.set_state("stopped", "no symbols")
         elif self.stats.state == "stopped":
             self.stats.set_state("connecting")
+
+    async def _unsubscribe(self, symbol: str, channel: str) -> None:
+        """Tell the exchange to stop sending a channel nobody watches any more, where ccxt can
+        (otherwise its frames keep coming and are dropped until the next reconnect)."""
+        method, capability = UNWATCH[channel]
+        if not self.exchange.has.get(capability):
+            return
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                await getattr(self.exchange, method)(symbol)
+        except (ccxt.BaseError, TimeoutError, OSError) as exc:
+            log.info("feed %s: unsubscribing %s %s failed (%s)", self.name, symbol, channel, exc)
 
     async def _stop_watchers(self) -> None:
         tasks = list(self._watchers.values())

@@ -246,3 +246,25 @@ async def test_a_symbol_the_exchange_does_not_list_is_not_watched_and_the_rest_s
             assert feed.stats.state == "connected"
         finally:
             await stopped(task)
+
+
+async def test_a_symbol_removed_in_the_admin_is_unsubscribed_on_the_exchange():
+    events = Collector()
+    async with FakeBybit() as bybit:
+        feed = CcxtFeed(emit=events, exchange="bybit", urls=bybit.ccxt_urls(), channels=("ticker",))
+        task = await started(feed, {"BTC/USDT"})
+        try:
+            await bybit.wait_subscribed("tickers.BTCUSDT", connection=1)
+            await feed.set_symbols(frozenset())
+            client = bybit.clients[0]
+            unsubscribed = await eventually(
+                lambda: [
+                    m
+                    for m in client.received
+                    if isinstance(m, dict) and m.get("op") == "unsubscribe"
+                ]
+            )
+            assert unsubscribed[0]["args"] == ["tickers.BTCUSDT"]
+            assert feed.stats.state == "stopped"
+        finally:
+            await stopped(task)
