@@ -49,12 +49,14 @@ def exchange_ids() -> list[str]:
 
 
 def to_decimal(value: Any) -> Decimal:
-    """A ccxt number as a Decimal (see the module docstring); refuses a missing value."""
+    """A ccxt number as a Decimal (see the module docstring); refuses a missing or non-finite
+    value."""
     if value is None or isinstance(value, bool):
         raise TypeError(f"expected a number, got {value!r}")
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    return Decimal(str(value))
+    number = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
+    if not number.is_finite():
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
 
 
 def _optional_decimal(value: Any) -> Decimal | None:

@@ -50,6 +50,8 @@ def test_ccxt_floats_read_back_as_the_exchanges_decimal_strings():
         assert to_decimal(float(text)) == Decimal(text)
     with pytest.raises(TypeError):
         to_decimal(None)
+    with pytest.raises(ValueError, match="finite"):
+        to_decimal(float("nan"))
 
 
 @pytest.mark.parametrize(
