@@ -15,6 +15,7 @@ from portfolio.importers import prices_csv
 from portfolio.models import (
     CashBalance,
     DailyPrice,
+    FeedKind,
     FeedStatus,
     Holding,
     Instrument,
@@ -23,6 +24,7 @@ from portfolio.models import (
     Quote,
     Transaction,
     ValuationSnapshot,
+    feed_process,
 )
 
 
@@ -36,20 +38,77 @@ class QuoteInline(admin.StackedInline):
         return False
 
 
+class InstrumentForm(forms.ModelForm):
+    """An instrument on the ccxt feed names a ccxt exchange and one of that exchange's markets.
+
+    The exchange ids are ccxt's own (``ccxt.pro.exchanges``: those it streams from). The market
+    is checked against the list that exchange's feed process loaded from the exchange and
+    stored with its health; before that process has run there is no list on this machine, and
+    the feed itself reports a symbol the exchange does not list (log and feed health).
+    """
+
+    class Meta:
+        model = Instrument
+        fields = (
+            "symbol",
+            "name",
+            "asset_class",
+            "quote_currency",
+            "feed",
+            "exchange",
+            "feed_symbol",
+            "active",
+        )
+
+    def clean(self):
+        cleaned = super().clean()
+        feed, exchange = cleaned.get("feed"), cleaned.get("exchange", "")
+        symbol = cleaned.get("feed_symbol")
+        if feed != FeedKind.CCXT:
+            if exchange:
+                self.add_error("exchange", "Only instruments on the ccxt feed name an exchange.")
+            return cleaned
+        if not exchange:
+            if "exchange" not in self.errors:
+                self.add_error("exchange", "The ccxt feed needs an exchange id, e.g. okx.")
+            return cleaned
+        # Imported here: ccxt.pro loads every exchange's module (~100 MiB), which no process
+        # should carry for an admin form it may never show.
+        import ccxt.pro
+
+        if exchange not in ccxt.pro.exchanges:
+            self.add_error(
+                "exchange",
+                f"ccxt has no WebSocket exchange {exchange!r}; use one of ccxt.pro.exchanges "
+                f"({len(ccxt.pro.exchanges)} ids, e.g. okx, bybit, bitstamp).",
+            )
+            return cleaned
+        status = FeedStatus.objects.filter(feed=feed_process(feed, exchange)).first()
+        if symbol and status is not None and status.markets and symbol not in status.markets:
+            self.add_error(
+                "feed_symbol",
+                f"{symbol!r} is not a market on {exchange} (of the {len(status.markets)} "
+                "markets its feed loaded); use ccxt's unified symbol, e.g. BTC/USDT.",
+            )
+        return cleaned
+
+
 @admin.register(Instrument)
 class InstrumentAdmin(admin.ModelAdmin):
+    form = InstrumentForm
     list_display = (
         "symbol",
         "name",
         "asset_class",
         "quote_currency",
         "feed",
+        "exchange",
         "feed_symbol",
         "active",
         "latest_price",
         "price_age",
     )
-    list_filter = ("asset_class", "feed", "active", "quote_currency")
+    list_filter = ("asset_class", "feed", "exchange", "active", "quote_currency")
     search_fields = ("symbol", "name", "feed_symbol")
     list_select_related = ("quote",)
     inlines = [QuoteInline]
@@ -344,7 +403,11 @@ class FeedStatusAdmin(admin.ModelAdmin):
         "errors",
         "heartbeat_at",
     )
-    readonly_fields = [f.name for f in FeedStatus._meta.fields]
+    # A ccxt exchange lists thousands of markets: the page shows how many, not each one.
+    exclude = ("markets",)
+    readonly_fields = [f.name for f in FeedStatus._meta.fields if f.name != "markets"] + [
+        "markets_loaded"
+    ]
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -355,6 +418,10 @@ class FeedStatusAdmin(admin.ModelAdmin):
     @admin.display(description="State", ordering="state")
     def current_state(self, obj: FeedStatus) -> str:
         return obj.shown_state()
+
+    @admin.display(description="Markets loaded")
+    def markets_loaded(self, obj: FeedStatus) -> str:
+        return f"{len(obj.markets)} markets" if obj.markets else "—"
 
     @admin.display(boolean=True, description="Process alive")
     def alive(self, obj: FeedStatus) -> bool:

@@ -49,6 +49,19 @@ class FeedKind(models.TextChoices):
     BINANCE = "binance", "Binance"
     COINBASE = "coinbase", "Coinbase Exchange"
     KRAKEN = "kraken", "Kraken"
+    CCXT = "ccxt", "Any exchange (ccxt)"
+
+
+# A ccxt exchange id (ccxt.exchanges: okx, bybit, binanceusdm, ...): lowercase letters and digits.
+exchange_id = RegexValidator(
+    r"^[a-z][a-z0-9]{1,31}\Z", "Use a ccxt exchange id, e.g. okx or bybit."
+)
+
+
+def feed_process(feed: str, exchange: str = "") -> str:
+    """The name of the feed process that streams an instrument, as its health row names it:
+    the feed kind, or ``ccxt:<exchange>`` (ccxt runs one process per exchange)."""
+    return f"{feed}:{exchange}" if feed == FeedKind.CCXT else feed
 
 
 class Instrument(models.Model):
@@ -62,8 +75,16 @@ class Instrument(models.Model):
     asset_class = models.CharField(max_length=16, choices=AssetClass.choices)
     quote_currency = models.CharField(max_length=5, validators=[currency_code])
     feed = models.CharField(max_length=16, choices=FeedKind.choices)
+    exchange = models.CharField(
+        max_length=32,
+        blank=True,
+        validators=[exchange_id],
+        help_text="Feed ccxt only: the ccxt exchange id, e.g. okx or bybit.",
+    )
     feed_symbol = models.CharField(
-        max_length=64, help_text="The symbol as the feed knows it, e.g. BTCUSDT on Binance."
+        max_length=64,
+        help_text="The symbol as the feed knows it, e.g. BTCUSDT on Binance; "
+        "for ccxt the exchange's market symbol, e.g. BTC/USDT.",
     )
     active = models.BooleanField(default=True, help_text="Inactive instruments are not streamed.")
 
@@ -71,12 +92,21 @@ class Instrument(models.Model):
         ordering = ["symbol"]
         constraints = [
             models.UniqueConstraint(
-                fields=["feed", "feed_symbol"], name="instrument_unique_feed_symbol"
+                fields=["feed", "exchange", "feed_symbol"], name="instrument_unique_feed_symbol"
+            ),
+            # ccxt streams from the exchange the instrument names; the other feeds have one.
+            models.CheckConstraint(
+                condition=(Q(feed="ccxt") & ~Q(exchange="")) | (~Q(feed="ccxt") & Q(exchange="")),
+                name="instrument_exchange_only_for_ccxt",
             ),
         ]
 
     def __str__(self) -> str:
         return self.symbol
+
+    @property
+    def feed_process(self) -> str:
+        return feed_process(self.feed, self.exchange)
 
 
 class Quote(models.Model):
@@ -460,7 +490,9 @@ class DailyPrice(models.Model):
 class FeedStatus(models.Model):
     """The health of one feed process, written by it every few seconds (one row per feed)."""
 
-    feed = models.CharField(max_length=16, choices=FeedKind.choices, unique=True)
+    feed = models.CharField(
+        max_length=48, unique=True, help_text="The feed process: a feed kind, or ccxt:<exchange>."
+    )
     state = models.CharField(max_length=16, help_text="connecting, connected, backoff or stopped")
     heartbeat_at = models.DateTimeField(help_text="When the feed process last wrote this row.")
     connected_since = models.DateTimeField(null=True, blank=True)
@@ -474,6 +506,11 @@ class FeedStatus(models.Model):
     out_of_order = models.PositiveBigIntegerField(default=0)
     errors = models.PositiveBigIntegerField(default=0)
     symbols = models.JSONField(default=dict, help_text="Feed symbol -> time of its last message.")
+    markets = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="ccxt: the exchange's market symbols, as the process last loaded them.",
+    )
 
     class Meta:
         ordering = ["feed"]

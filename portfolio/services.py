@@ -620,8 +620,9 @@ def valuation_snapshots_take(*, at: datetime | None = None) -> int:
     return written
 
 
-def feed_status_record(*, stats: dict) -> FeedStatus:
-    """Store a feed process's stats (``FeedStats.as_dict()``) as its health row."""
+def feed_status_record(*, stats: dict, markets: list[str] | None = None) -> FeedStatus:
+    """Store a feed process's stats (``FeedStats.as_dict()``) as its health row, and the
+    exchange's market symbols when given (a ccxt feed, after it loaded them)."""
     counters = (
         "messages",
         "reconnects",
@@ -640,6 +641,7 @@ def feed_status_record(*, stats: dict) -> FeedStatus:
             "last_message_at": stats["last_message_at"],
             "messages_per_s": Decimal(str(stats["messages_per_s"])).quantize(Decimal("0.1")),
             "symbols": stats["symbol_last_message"],
+            **({"markets": markets} if markets is not None else {}),
             **{name: stats[name] for name in counters},
         },
     )

@@ -5,6 +5,7 @@ process). ``DATABASE_URL`` and ``REDIS_URL`` switch to the real stack (PostgreSQ
 Celery on Redis). Any invalid value stops start-up with a message naming the variable.
 """
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -309,6 +310,27 @@ BINANCE_REST_URL = env_url("BINANCE_REST_URL", ("http", "https")) or "https://ap
 BINANCE_CHANNELS = env_list("BINANCE_CHANNELS", "miniTicker,bookTicker,trade")
 COINBASE_WS_URL = env_url("COINBASE_WS_URL", ("ws", "wss")) or "wss://ws-feed.exchange.coinbase.com"
 KRAKEN_WS_URL = env_url("KRAKEN_WS_URL", ("ws", "wss")) or "wss://ws.kraken.com/v2"
+
+
+def env_ccxt_urls(name: str) -> dict[str, dict]:
+    """A JSON object: ccxt exchange id -> entries merged into that exchange's ccxt ``urls``."""
+    raw = env_str(name)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: not JSON ({exc})") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ImproperlyConfigured(
+            f'{name}: expected {{"<exchange id>": {{<ccxt urls>}}, ...}}, got {raw!r}'
+        )
+    return value
+
+
+# ccxt feeds: per exchange, endpoints merged into ccxt's own ``urls`` (a testnet, a local fake),
+# e.g. {"okx": {"api": {"rest": "http://127.0.0.1:8001", "ws": "ws://127.0.0.1:8002/ws/v5"}}}.
+LIVEFOLIO_CCXT_URLS = env_ccxt_urls("LIVEFOLIO_CCXT_URLS")
 # REST APIs for daily candles (price-history backfill, portfolio/exchange_candles.py).
 COINBASE_REST_URL = (
     env_url("COINBASE_REST_URL", ("http", "https")) or "https://api.exchange.coinbase.com"

@@ -131,18 +131,21 @@ def check_workers() -> dict[str, Any]:
 
 
 def feed_ages() -> dict[str, float | None]:
-    """Per feed with active instruments: seconds since its newest price (None: no price yet)."""
-    from portfolio.models import Instrument
+    """Per feed process with active instruments: seconds since its newest price (None: no
+    price yet)."""
+    from portfolio.models import Instrument, feed_process
 
     now = datetime.now(UTC)
     rows = (
         Instrument.objects.filter(active=True)
-        .values("feed")
+        .values("feed", "exchange")
         .annotate(newest=Max("quote__exchange_ts"))
-        .order_by("feed")
+        .order_by("feed", "exchange")
     )
     return {
-        row["feed"]: (now - row["newest"]).total_seconds() if row["newest"] else None
+        feed_process(row["feed"], row["exchange"]): (
+            (now - row["newest"]).total_seconds() if row["newest"] else None
+        )
         for row in rows
     }
 

@@ -34,7 +34,7 @@ from streaming.feeds.base import Backoff, Book, Coalescer, Feed, MarketEvent, Ti
 
 log = logging.getLogger(__name__)
 
-FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken")
+FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken", "ccxt")
 # The longest wait between two tries of a database call that keeps failing (seconds).
 DATABASE_RETRY_CAP = 30.0
 # Tries to hand on ticks while the broker refuses them: the first after up to SEND_RETRY_BASE,
@@ -70,6 +70,13 @@ def build_feed(kind: str, *, emit: Callable[[MarketEvent], None], **options: Any
 
         options.setdefault("url", settings.KRAKEN_WS_URL)
         return KrakenFeed(emit=emit, **options)
+    if kind == "ccxt":
+        from streaming.feeds.ccxt_exchange import CcxtFeed
+
+        if not options.get("exchange"):
+            raise ValueError("the ccxt feed needs an exchange id (runfeed ccxt --exchange okx)")
+        options.setdefault("urls", settings.LIVEFOLIO_CCXT_URLS.get(options["exchange"], {}))
+        return CcxtFeed(emit=emit, **options)
     raise ValueError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
 
 
@@ -82,10 +89,14 @@ class Target:
     crypto: bool = False  # the simulated feed can run an order book for it
 
 
-def _instrument_map(kind: str) -> dict[str, Target]:
-    rows = Instrument.objects.filter(feed=kind, active=True).values_list(
-        "feed_symbol", "id", "symbol", "asset_class"
-    )
+def _instruments(kind: str, exchange: str):
+    """The active instruments a feed process streams (ccxt: those on its exchange)."""
+    rows = Instrument.objects.filter(feed=kind, active=True)
+    return rows.filter(exchange=exchange) if kind == "ccxt" else rows
+
+
+def _instrument_map(kind: str, exchange: str = "") -> dict[str, Target]:
+    rows = _instruments(kind, exchange).values_list("feed_symbol", "id", "symbol", "asset_class")
     return {
         feed_symbol: Target(pk, symbol, asset_class == AssetClass.CRYPTO)
         for feed_symbol, pk, symbol, asset_class in rows
@@ -291,6 +302,7 @@ class FeedRunner:
         refresh: float = 5.0,
         sink: Callable[[list[dict[str, Any]]], Any] | None = None,
         order_books: bool = False,
+        exchange: str = "",
         **feed_options: Any,
     ) -> None:
         if kind not in FEEDS:
@@ -299,7 +311,11 @@ class FeedRunner:
             raise ValueError("order_books: only the simulated feed simulates order books")
         # Simulated: crypto instruments trade in a simulated market with an order book.
         self.order_books = order_books
+        if (kind == "ccxt") != bool(exchange):
+            raise ValueError("an exchange id goes with the ccxt feed, and only with it")
         self.kind = kind
+        self.exchange = exchange
+        self.markets_recorded: list[str] | None = None
         self.refresh = refresh
         self.sink = sink or _default_sink
         self.symbols: dict[str, Target] = {}
@@ -490,6 +506,15 @@ class FeedRunner:
                     "feed %s: publishing %d market messages failed", self.kind, len(messages)
                 )
 
+    def record_status(self) -> None:
+        """Write this process's health row; a ccxt feed's market list when it changed."""
+        markets = getattr(self.feed, "markets", None) or None
+        if markets == self.markets_recorded:
+            markets = None
+        services.feed_status_record(stats=self.feed.stats.as_dict(), markets=markets)
+        if markets is not None:
+            self.markets_recorded = markets
+
     async def record_health(self) -> None:
         """Write the feed's health row every LIVEFOLIO_FEED_HEARTBEAT_SECONDS; while the database
         fails, try again after a backoff with full jitter."""
@@ -497,9 +522,7 @@ class FeedRunner:
         retry = DatabaseRetry(self.kind, "writing feed health", base=beat)
         while True:
             try:
-                await database_sync_to_async(services.feed_status_record)(
-                    stats=self.feed.stats.as_dict()
-                )
+                await database_sync_to_async(self.record_status)()
             except Exception:
                 await asyncio.sleep(retry.failed())
             else:
@@ -507,7 +530,7 @@ class FeedRunner:
                 await asyncio.sleep(beat)
 
     async def refresh_symbols(self) -> None:
-        symbols = await database_sync_to_async(_instrument_map)(self.kind)
+        symbols = await database_sync_to_async(_instrument_map)(self.kind, self.exchange)
         if symbols != self.symbols:
             added = set(symbols) - set(self.symbols)
             removed = set(self.symbols) - set(symbols)
@@ -527,6 +550,8 @@ class FeedRunner:
     async def run(self) -> None:
         """Run until cancelled. Symbol changes in the admin are picked up every ``refresh`` s."""
         options = dict(self.feed_options)
+        if self.exchange:
+            options["exchange"] = self.exchange
         if self.kind == "simulated":
             prices = await database_sync_to_async(_latest_prices)(self.kind)
             options.setdefault("start_prices", prices)
@@ -561,9 +586,7 @@ class FeedRunner:
                 await self.backpressure.close()
             await self.settle()
             with contextlib.suppress(Exception):
-                await database_sync_to_async(services.feed_status_record)(
-                    stats=self.feed.stats.as_dict()
-                )
+                await database_sync_to_async(self.record_status)()
             log.info("feed %s: stopped", self.kind)
 
     def stop(self, task: asyncio.Task) -> None:

@@ -106,8 +106,9 @@ def test_runfeed_with_an_unknown_feed_names_the_known_ones():
         timeout=60,
     )
     assert result.returncode != 0
-    assert "unknown feed 'nasdaq'; known feeds: simulated, replay, binance, coinbase, kraken" in (
-        result.stderr
+    assert (
+        "unknown feed 'nasdaq'; known feeds: simulated, replay, binance, coinbase, kraken, ccxt"
+        in (result.stderr)
     )
 
 

@@ -30,6 +30,15 @@ class Command(BaseCommand):
             "--speed", type=float, default=1.0, help="replay: 1 real time, N times faster, 0 max"
         )
         parser.add_argument("--loop", action="store_true", help="replay: start over at the end")
+        parser.add_argument(
+            "--exchange", default="", help="ccxt: the exchange id (one process per exchange)"
+        )
+        parser.add_argument(
+            "--stall-seconds",
+            type=float,
+            default=30.0,
+            help="ccxt: reconnect after this long without market data",
+        )
         parser.add_argument("--window-ms", type=int, default=None, help="coalescing window")
         parser.add_argument(
             "--supervise",
@@ -43,10 +52,24 @@ class Command(BaseCommand):
             raise CommandError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
         if options["order_books"] and kind != "simulated":
             raise CommandError("--order-books: only the simulated feed simulates order books")
+        exchange = options["exchange"]
+        if kind == "ccxt":
+            from streaming.feeds.ccxt_exchange import exchange_ids
+
+            if not exchange:
+                raise CommandError("ccxt needs --exchange ID, e.g. --exchange okx")
+            if exchange not in exchange_ids():
+                raise CommandError(
+                    f"--exchange: ccxt has no WebSocket exchange {exchange!r} "
+                    "(the ids are listed by ccxt.pro.exchanges)"
+                )
+        elif exchange:
+            raise CommandError("--exchange goes only with the ccxt feed")
+        name = f"{kind}:{exchange}" if exchange else kind
         if options["supervise"]:
             command = supervisor.child_command(sys.argv)
             write = lambda line: (self.stdout.write(line), self.stdout.flush())  # noqa: E731
-            supervisor.supervise(command, name=kind, write=write)
+            supervisor.supervise(command, name=name, write=write)
             return
         feed_options: dict = {}
         if kind == "simulated":
@@ -65,9 +88,13 @@ class Command(BaseCommand):
                 "speed": options["speed"],
                 "loop": options["loop"],
             }
+        elif kind == "ccxt":
+            if options["stall_seconds"] <= 0:
+                raise CommandError("--stall-seconds must be positive")
+            feed_options = {"stall_timeout": options["stall_seconds"]}
         namespace.claim()
         window = options["window_ms"] / 1000 if options["window_ms"] else None
-        runner = FeedRunner(kind=kind, window=window, **feed_options)
+        runner = FeedRunner(kind=kind, window=window, exchange=exchange, **feed_options)
         asyncio.run(self._run(runner))
 
     async def _run(self, runner: FeedRunner) -> None:
@@ -79,4 +106,5 @@ class Command(BaseCommand):
             await task
         except asyncio.CancelledError:
             pass
-        self.stdout.write(f"feed {runner.kind}: exited cleanly")
+        name = f"{runner.kind}:{runner.exchange}" if runner.exchange else runner.kind
+        self.stdout.write(f"feed {name}: exited cleanly")
