@@ -129,8 +129,8 @@ def quiet_instrument(stack):
     """SOL-USD on the Coinbase feed, held by nobody: it ticks only when the test says so."""
     [(instrument_id,)] = stack.sql(
         "INSERT INTO portfolio_instrument "
-        "(symbol, name, asset_class, quote_currency, feed, feed_symbol, active) "
-        "VALUES ('SOL-USD', 'Solana', 'crypto', 'USD', 'coinbase', 'SOL-USD', true) "
+        "(symbol, name, asset_class, quote_currency, feed, exchange, feed_symbol, active) "
+        "VALUES ('SOL-USD', 'Solana', 'crypto', 'USD', 'coinbase', '', 'SOL-USD', true) "
         "RETURNING id"
     )
     yield instrument_id
