@@ -868,13 +868,14 @@ def realizations(*, portfolio: Portfolio) -> dict[int, ledger.Realization]:
     return {r.ref: r for r in result.realizations}
 
 
-def portfolio_returns(
+def _ledger_day_values(
     *, portfolio: Portfolio, start: date, end: date
-) -> tuple[day_values.RangeReturns, list[day_values.DayValue]]:
-    """TWR and IRR from the end of day ``start`` to the end of day ``end`` (UTC), and the daily
-    values they come from: derived from the ledger, the daily price history (closes carried
-    over gaps) and the FX history, not from snapshots. Raises ``PerformanceError`` naming what
-    is missing."""
+) -> tuple[list[day_values.DayValue], list[tuple[date, Decimal]]]:
+    """The portfolio's value at the end of each UTC day from ``start`` to ``end`` and its
+    external flows ((day, base-currency amount)), from the ledger, the daily price history
+    (closes carried over gaps) and the FX history: one query for the entries, one for every
+    instrument's closes, one per FX pair. Raises ``PerformanceError`` without transactions,
+    ``LedgerError`` where the ledger refuses an entry."""
     from portfolio.services import ledger_entries  # services imports selectors
 
     entries = ledger_entries(portfolio)
@@ -906,4 +907,148 @@ def portfolio_returns(
     )
     values = day_values.daily_values(states, closes=closes, fx=fx)
     flows = [(f.at.astimezone(UTC).date(), f.amount) for f in external_flows(portfolio=portfolio)]
+    return values, flows
+
+
+def portfolio_returns(
+    *, portfolio: Portfolio, start: date, end: date
+) -> tuple[day_values.RangeReturns, list[day_values.DayValue]]:
+    """TWR and IRR from the end of day ``start`` to the end of day ``end`` (UTC), and the daily
+    values they come from: derived from the ledger, the daily price history (closes carried
+    over gaps) and the FX history, not from snapshots. Raises ``PerformanceError`` naming what
+    is missing."""
+    values, flows = _ledger_day_values(portfolio=portfolio, start=start, end=end)
     return day_values.range_returns(values, flows, start=start, end=end), values
+
+
+def first_transaction_day(*, portfolio: Portfolio) -> date | None:
+    """The UTC day of the portfolio's first transaction, or None without any."""
+    first = (
+        Transaction.objects.filter(portfolio=portfolio)
+        .order_by("executed_at")
+        .values_list("executed_at", flat=True)
+        .first()
+    )
+    return None if first is None else first.astimezone(UTC).date()
+
+
+def value_series(
+    *, portfolio: Portfolio, period: performance.Period | str, now: datetime | None = None
+) -> dict[str, Any]:
+    """The value chart's series for ``period``, oldest first, as ``{"points": [{"at",
+    "value"}], "source", ...}``.
+
+    1D is intraday: the minute value snapshots (:func:`value_history`, ``source``
+    ``"snapshots"``). 1W, 1M, YTD, 1Y and Max are daily (``source`` ``"ledger"``): the value at
+    the end of each UTC day, from the ledger, the price history and the FX history, stamped at
+    that day's 00:00 UTC (``day`` names it), from the period's first day or the first
+    transaction's day, whichever is later, to today (today's value at the latest closes). A
+    live valuation extends the right-hand end. ``carried_days`` counts the days valued with an
+    earlier day's close, ``missing_days`` the days with a holding left out for want of a close
+    or an FX rate; ``problem`` names a ledger refusal (then there are no points).
+    """
+    now = now or timezone.now()
+    period = performance.Period(period)
+    if period is performance.Period.DAY:
+        return {
+            "points": value_history(portfolio=portfolio, period=period, now=now),
+            "source": "snapshots",
+        }
+    found: dict[str, Any] = {"points": [], "source": "ledger", "carried_days": 0}
+    found.update(missing_days=0, problem=None)
+    first = first_transaction_day(portfolio=portfolio)
+    if first is None:
+        return found
+    today = now.astimezone(UTC).date()
+    start = first
+    if period is not performance.Period.MAX:
+        start = max(first, performance.period_start(period=period, now=now).astimezone(UTC).date())
+    try:
+        values, _flows = _ledger_day_values(portfolio=portfolio, start=start, end=today)
+    except (performance.PerformanceError, ledger.LedgerError) as exc:
+        found["problem"] = str(exc)
+        return found
+    found["points"] = [
+        {
+            "at": protocol.iso(datetime(v.day.year, v.day.month, v.day.day, tzinfo=UTC)),
+            "day": v.day.isoformat(),
+            "value": protocol.money(v.value),
+        }
+        for v in values
+    ]
+    found["carried_days"] = sum(1 for v in values if v.carried)
+    found["missing_days"] = sum(1 for v in values if v.missing)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """Returns over one range of days (a preset period or a custom one) from the ledger and
+    price history, or the ``problem`` that kept them from being computed."""
+
+    period: str  # 1D, 1W, 1M, YTD, 1Y, MAX or "custom"
+    start: date
+    end: date
+    returns: day_values.RangeReturns | None
+    problem: str | None
+
+
+def period_returns(
+    *,
+    portfolio: Portfolio,
+    now: datetime | None = None,
+    custom: tuple[date, date] | None = None,
+) -> list[RangeResult]:
+    """TWR and IRR over each preset period (1D … Max), and over ``custom`` (from, to) when
+    given, from the ledger and the daily price history (not the snapshots), with one valuation
+    of the days they need.
+
+    A period runs from the end of the day its start falls on (1D: yesterday) to the end of
+    today (UTC); a start before the first transaction is moved to the day before it (value 0),
+    so Max runs from there. ``custom`` must end after it starts and not after today.
+    """
+    now = now or timezone.now()
+    today = now.astimezone(UTC).date()
+    first = first_transaction_day(portfolio=portfolio)
+    ranges: list[tuple[str, date, date]] = []
+    if first is not None:
+        inception = first - timedelta(days=1)
+        for period in performance.Period:
+            start = inception
+            if period is not performance.Period.MAX:
+                begun = performance.period_start(period=period, now=now)
+                start = max(inception, begun.astimezone(UTC).date())
+            ranges.append((period.value, start, today))
+    if custom is not None:
+        ranges.append(("custom", *custom))
+    problems = {}
+    for name, start, end in ranges:
+        if end <= start:
+            problems[name] = f"the range must end after it starts: {start}..{end}"
+        elif end > today:
+            problems[name] = f"the range ends in the future: {end}"
+    if first is None:
+        problems = {name: "the portfolio has no transactions" for name, _, _ in ranges}
+    wanted = [(s, e) for name, s, e in ranges if name not in problems]
+    values: list[day_values.DayValue] = []
+    flows: list[tuple[date, Decimal]] = []
+    if wanted:
+        try:
+            values, flows = _ledger_day_values(
+                portfolio=portfolio,
+                start=min(s for s, _ in wanted),
+                end=max(e for _, e in wanted),
+            )
+        except (performance.PerformanceError, ledger.LedgerError) as exc:
+            problems.update({name: str(exc) for name, _, _ in ranges})
+    out = []
+    for name, start, end in ranges:
+        returns = None
+        problem = problems.get(name)
+        if problem is None:
+            try:
+                returns = day_values.range_returns(values, flows, start=start, end=end)
+            except performance.PerformanceError as exc:
+                problem = str(exc)
+        out.append(RangeResult(name, start, end, returns, problem))
+    return out

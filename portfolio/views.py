@@ -293,7 +293,9 @@ def _returns_from_history(request: HttpRequest, portfolio: Portfolio) -> dict:
 @require_http_methods(["GET"])
 def portfolio_history(request: HttpRequest, portfolio_id: int) -> JsonResponse:
     """The value chart's series: ``?range=1D|1W|1M|YTD|1Y|MAX`` (default 1D; case-insensitive)
-    as ``{"points": [{"at", "value"}]}``. Another user's portfolio is a 404, a bad range a 400."""
+    as ``{"points": [{"at", "value"}], "source": ...}``: 1D from the minute snapshots, the
+    longer ranges daily from the ledger and the price history (:func:`selectors.value_series`).
+    Another user's portfolio is a 404, a bad range a 400."""
     portfolio = _own_portfolio(request, portfolio_id)
     wanted = request.GET.get("range", performance.Period.DAY.value)
     try:
@@ -304,7 +306,7 @@ def portfolio_history(request: HttpRequest, portfolio_id: int) -> JsonResponse:
             {"error": f"range must be one of {choices}, got {wanted!r}", "field": "range"},
             status=400,
         )
-    return JsonResponse({"points": selectors.value_history(portfolio=portfolio, period=period)})
+    return JsonResponse(selectors.value_series(portfolio=portfolio, period=period))
 
 
 def instrument(request: HttpRequest, symbol: str) -> HttpResponse:
