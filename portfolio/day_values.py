@@ -154,6 +154,7 @@ class RangeReturns:
     irr_annualized: bool  # False: ``irr_rate`` is the rate for the range itself
     irr_rate: Decimal | None
     irr_problem: str | None
+    irr_days: tuple[date, ...] = ()  # the day of each of ``irr.flows``, in their order
 
 
 def range_returns(
@@ -186,6 +187,7 @@ def range_returns(
     dated = [(_midnight(start), -by_day[start].value)]
     dated += [(_midnight(d), -a) for d, a in sorted(per_day.items())]
     dated.append((_midnight(end), by_day[end].value))
+    irr_days = tuple(at.date() for at, _ in dated)
     annualized = (end - start).days >= YEAR_DAYS
     if not annualized:
         # Under a year, time is stretched so the range is one year long: the annual rate of the
@@ -198,7 +200,7 @@ def range_returns(
     except performance.PerformanceError as exc:
         problem = str(exc)
     rate = None if irr is None else irr.rate
-    return RangeReturns(start, end, twr, irr, annualized, rate, problem)
+    return RangeReturns(start, end, twr, irr, annualized, rate, problem, irr_days)
 
 
 def _days(start: date, end: date) -> list[date]:

@@ -82,15 +82,34 @@ def portfolio_detail(request: HttpRequest, portfolio_id: int) -> HttpResponse:
 
 
 def _live_page(request: HttpRequest, portfolio: Portfolio | None) -> HttpResponse:
-    # TWR and IRR come from the minute snapshots, so they are drawn with the page, not streamed.
-    periods = selectors.portfolio_performance(portfolio=portfolio) if portfolio else []
+    # The return strip: TWR and IRR over the presets and a chosen ?from=&to= range, from the
+    # ledger and the daily price history; drawn with the page, not streamed.
+    strip: dict = {"returns": [], "problem": None, "start": "", "end": ""}
+    if portfolio is not None:
+        custom = None
+        raw = {name: request.GET.get(name, "").strip() for name in ("from", "to")}
+        if raw["from"] or raw["to"]:
+            try:
+                custom = (_day_param(raw["from"], "from"), _day_param(raw["to"], "to"))
+            except ValueError as exc:
+                strip["problem"] = str(exc)
+            strip.update(start=raw["from"], end=raw["to"])
+        strip["returns"] = selectors.period_returns(portfolio=portfolio, custom=custom)
     return _page(
         request,
         "portfolio/home.html",
         portfolio,
         stale_after=settings.LIVEFOLIO_STALE_SECONDS,
-        periods=periods,
+        strip=strip,
     )
+
+
+def _day_param(raw: str, name: str):
+    """A ``YYYY-MM-DD`` query parameter as a date; ValueError naming ``name`` otherwise."""
+    try:
+        return datetime.strptime(raw, "%Y-%m-%d").date()
+    except ValueError:
+        raise ValueError(f"{name}: {raw!r} is not a date like 2026-03-01") from None
 
 
 @require_http_methods(["GET", "POST"])
