@@ -56,7 +56,9 @@ async def test_returns_over_the_presets_and_a_custom_range_with_the_working(worl
     alice = world["users"]["alice"]
     portfolio = world["portfolios"]["alice"]
     comm = await connect(alice)
-    frame = await returns_of(comm, portfolio=portfolio.id, **{"from": "2026-01-05"}, to="2026-07-05")
+    frame = await returns_of(
+        comm, portfolio=portfolio.id, **{"from": "2026-01-05"}, to="2026-07-05"
+    )
     assert frame["type"] == "reply" and frame["id"] == "r1" and frame["request"] == "returns"
     result = frame["result"]
     assert result["portfolio"] == portfolio.id and result["base_currency"] == "USD"
@@ -84,9 +86,10 @@ async def test_returns_over_the_presets_and_a_custom_range_with_the_working(worl
     assert [f["amount"] for f in whole["working"]["irr_flows"]] == ["0.00", "-1000.00", "1120.00"]
     assert whole["irr_annualized"] is ((today - date(2026, 1, 4)).days >= 365)
     # The last day: no flow, no change in BTC's close.
-    assert ranges["1D"]["twr"] == "0" and ranges["1D"]["from"] == (
-        today - timedelta(days=1)
-    ).isoformat()
+    assert (
+        ranges["1D"]["twr"] == "0"
+        and ranges["1D"]["from"] == (today - timedelta(days=1)).isoformat()
+    )
     await comm.disconnect()
 
 

@@ -271,9 +271,7 @@ def test_live_strip_shows_returns_from_the_price_history_over_presets_and_a_chos
     )
     alice = world["portfolios"]["alice"]
     url = reverse("portfolio", args=[alice.id])
-    live = client_for(world["users"]["alice"]).get(
-        url, {"from": "2026-01-05", "to": "2026-07-05"}
-    )
+    live = client_for(world["users"]["alice"]).get(url, {"from": "2026-01-05", "to": "2026-07-05"})
     html = live.content.decode()
 
     def strip(period):
