@@ -890,9 +890,8 @@ def _ledger_day_values(
     )
     for symbol, day, close in rows:
         closes[symbol].append((day, _trim(close)))
-    history = FxHistory(
-        base_currency=portfolio.base_currency, currencies={e.currency for e in entries}
-    )
+    currencies = {e.currency for e in entries} | {e.to_currency for e in entries if e.to_currency}
+    history = FxHistory(base_currency=portfolio.base_currency, currencies=currencies)
 
     def fx(currency: str, day: date) -> Decimal | None:
         rate = history.rate_on(currency, day)

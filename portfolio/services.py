@@ -354,6 +354,8 @@ def ledger_entry(tx: Transaction, fx_rate: Decimal | None = None) -> ledger.Ledg
         amount=_trim(tx.amount),
         ratio=None if tx.ratio is None else _trim(tx.ratio),
         fx_rate=fx_rate,
+        to_amount=_trim(tx.to_amount),
+        to_currency=tx.to_currency,
     )
 
 
@@ -528,6 +530,8 @@ _TX_FIELDS = (
     "amount",
     "ratio",
     "currency",
+    "to_amount",
+    "to_currency",
     "executed_at",
     "note",
 )
@@ -551,6 +555,7 @@ def _default_currency(tx: Transaction) -> None:
 def _save_and_recompute(tx: Transaction) -> Transaction:
     _default_currency(tx)
     tx.note = tx.note.strip()  # as forms and the CSV importer do, so exports read back equal
+    tx.to_currency = tx.to_currency.strip().upper()
     try:
         ledger_entry(tx)  # field rules first, with the ledger's own messages
     except ledger.LedgerError as exc:
