@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -11,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import DateTimeField, Q
+from django.db.models import Count, DateTimeField, Max, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -868,14 +870,74 @@ def realizations(*, portfolio: Portfolio) -> dict[int, ledger.Realization]:
     return {r.ref: r for r in result.realizations}
 
 
+# Daily values per portfolio, kept by each process for the portfolios asked about most
+# recently (see _ledger_day_values).
+DAY_VALUES_KEPT = 32
+_day_values_kept: OrderedDict[tuple, tuple[list[day_values.DayValue], list]] = OrderedDict()
+_day_values_lock = threading.Lock()
+
+
+def _day_values_key(portfolio: Portfolio, end: date) -> tuple:
+    """What a portfolio's daily values up to ``end`` depend on: its ledger (``recomputed_at``
+    changes in every transaction that rewrites it, and its settings) and the daily prices of
+    the instruments it has held and of every FX pair (how many and the newest write: an
+    import, a backfill, the hourly roll-up of bars or a deletion changes one of them)."""
+    row = (
+        Portfolio.objects.filter(pk=portfolio.pk)
+        .values_list("recomputed_at", "base_currency", "cost_basis_method", "allow_short")
+        .first()
+    )
+    held = Holding.objects.filter(portfolio_id=portfolio.pk).values("instrument_id")
+    prices = DailyPrice.objects.filter(
+        Q(instrument_id__in=held) | Q(instrument__asset_class=AssetClass.FX), day__lte=end
+    ).aggregate(count=Count("id"), newest=Max("updated_at"))
+    return (portfolio.pk, end, row, prices["count"], prices["newest"])
+
+
 def _ledger_day_values(
     *, portfolio: Portfolio, start: date, end: date
 ) -> tuple[list[day_values.DayValue], list[tuple[date, Decimal]]]:
     """The portfolio's value at the end of each UTC day from ``start`` to ``end`` and its
     external flows ((day, base-currency amount)), from the ledger, the daily price history
-    (closes carried over gaps) and the FX history: one query for the entries, one for every
-    instrument's closes, one per FX pair. Raises ``PerformanceError`` without transactions,
-    ``LedgerError`` where the ledger refuses an entry."""
+    (closes carried over gaps) and the FX history. Raises ``PerformanceError`` without
+    transactions, ``LedgerError`` where the ledger refuses an entry.
+
+    The values from the day before the first transaction to ``end`` are kept per process,
+    keyed by what they depend on (:func:`_day_values_key`), so a page, the chart and the API
+    asking again value nothing twice; values that used today's FX quote for want of history
+    are not kept (the quote moves)."""
+    key = _day_values_key(portfolio, end)
+    with _day_values_lock:
+        kept = _day_values_kept.get(key)
+        if kept is not None:
+            _day_values_kept.move_to_end(key)
+    if kept is None:
+        first = first_transaction_day(portfolio=portfolio)
+        if first is None:
+            raise performance.PerformanceError("the portfolio has no transactions")
+        whole_from = min(start, first - timedelta(days=1))
+        values, flows, from_quotes = _ledger_day_values_computed(
+            portfolio=portfolio, start=whole_from, end=end
+        )
+        kept = (values, flows)
+        if not from_quotes:
+            with _day_values_lock:
+                _day_values_kept[key] = kept
+                while len(_day_values_kept) > DAY_VALUES_KEPT:
+                    _day_values_kept.popitem(last=False)
+    values, flows = kept
+    if not values or values[0].day > start:
+        # Asked from before what is kept (from before the first transaction): compute it.
+        values, flows, _ = _ledger_day_values_computed(portfolio=portfolio, start=start, end=end)
+        return values, flows
+    return values[(start - values[0].day).days :], flows
+
+
+def _ledger_day_values_computed(
+    *, portfolio: Portfolio, start: date, end: date
+) -> tuple[list[day_values.DayValue], list[tuple[date, Decimal]], bool]:
+    """:func:`_ledger_day_values` computed: one query for the entries, one for every
+    instrument's closes, one per FX pair; and whether a rate came from today's quote."""
     from portfolio.services import ledger_entries  # services imports selectors
 
     entries = ledger_entries(portfolio)
@@ -892,10 +954,15 @@ def _ledger_day_values(
         closes[symbol].append((day, _trim(close)))
     currencies = {e.currency for e in entries} | {e.to_currency for e in entries if e.to_currency}
     history = FxHistory(base_currency=portfolio.base_currency, currencies=currencies)
+    from_quotes = False
 
     def fx(currency: str, day: date) -> Decimal | None:
+        nonlocal from_quotes
         rate = history.rate_on(currency, day)
-        return None if rate is None else rate.rate
+        if rate is None:
+            return None
+        from_quotes = from_quotes or not rate.from_history
+        return rate.rate
 
     states = ledger.daily_states(
         entries,
@@ -906,7 +973,7 @@ def _ledger_day_values(
     )
     values = day_values.daily_values(states, closes=closes, fx=fx)
     flows = [(f.at.astimezone(UTC).date(), f.amount) for f in external_flows(portfolio=portfolio)]
-    return values, flows
+    return values, flows, from_quotes
 
 
 def portfolio_returns(
@@ -968,12 +1035,10 @@ def value_series(
         found["problem"] = str(exc)
         return found
     found["points"] = [
-        {
-            "at": protocol.iso(datetime(v.day.year, v.day.month, v.day.day, tzinfo=UTC)),
-            "day": v.day.isoformat(),
-            "value": protocol.money(v.value),
-        }
+        # protocol.iso of the day's 00:00 UTC, written out: one per day of up to decades.
+        {"at": f"{day}T00:00:00.000Z", "day": day, "value": protocol.money(v.value)}
         for v in values
+        for day in (v.day.isoformat(),)
     ]
     found["carried_days"] = sum(1 for v in values if v.carried)
     found["missing_days"] = sum(1 for v in values if v.missing)

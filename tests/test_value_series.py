@@ -192,3 +192,37 @@ def test_a_range_without_transactions_has_no_points_and_says_where_they_come_fro
     empty = services.portfolio_create(owner=world["users"]["alice"], name="Empty")
     body = client.get(reverse("portfolio-history", args=[empty.id]), {"range": "MAX"}).json()
     assert body["points"] == [] and body["source"] == "ledger"
+
+
+def test_a_new_transaction_or_a_changed_close_shows_at_once(client, three_years):
+    """The daily values are kept between requests; what they depend on changing (the ledger,
+    a close replaced by a later import, a close added) is seen by the next request."""
+    from portfolio import price_history
+
+    today = timezone.now().astimezone(UTC).date()
+    before = {p["day"]: D(p["value"]) for p in series(client, three_years, "1W")["points"]}
+    services.transaction_add(
+        portfolio=three_years["portfolio"],
+        kind=TxKind.DEPOSIT,
+        amount=D(500),
+        executed_at=at(today, 0),
+    )
+    after = {p["day"]: D(p["value"]) for p in series(client, three_years, "1W")["points"]}
+    assert after[today.isoformat()] == before[today.isoformat()] + 500
+    # An operator's import replaces the close of a past day (same number of rows).
+    acme = Instrument.objects.get(symbol="ACME")
+    friday = last_weekday(today - timedelta(days=3))
+    old_close = DailyPrice.objects.get(instrument=acme, day=friday).close
+    price_history.daily_prices_store(
+        instrument_id=acme.id,
+        days=[price_history.DayPrices(day=friday, close=old_close + 10)],
+        source="csv",
+    )
+    changed = {p["day"]: D(p["value"]) for p in series(client, three_years, "1W")["points"]}
+    assert changed[friday.isoformat()] == after[friday.isoformat()] + 30 * 10
+    # The same through the returns: Max's end value is today's.
+    from portfolio import selectors
+
+    results = selectors.period_returns(portfolio=three_years["portfolio"])
+    last_value = results[-1].returns.irr.flows[-1].amount
+    assert last_value == changed[today.isoformat()]
