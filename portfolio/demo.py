@@ -87,8 +87,9 @@ def demo_seed() -> Portfolio:
             )
     if not portfolio.transactions.exists():
         start = (now - timedelta(days=400)).replace(hour=14, minute=30, second=0, microsecond=0)
-        _demo_ledger(portfolio, instruments, start)
+        # The history first: each trade's cost is converted at its own date's FX rate.
         _demo_history(instruments, start, now)
+        _demo_ledger(portfolio, instruments, start)
     return portfolio
 
 

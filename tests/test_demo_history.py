@@ -74,6 +74,14 @@ def test_the_demo_closes_pass_through_its_trades_and_end_at_todays_price(seeded)
     assert DailyPrice.objects.filter(instrument__symbol="BTC-USD", day=saturday).exists()
 
 
+def test_the_demos_foreign_trades_are_converted_at_their_own_dates_rate(seeded):
+    from portfolio.models import Holding
+
+    sap = Holding.objects.get(portfolio=seeded, instrument__symbol="SAP")
+    assert sap.fx_note == ""  # no "at today's FX rate, for want of history"
+    assert sap.cost_basis_base is not None
+
+
 def test_seeding_again_adds_no_second_history(seeded):
     count = DailyPrice.objects.count()
     demo.demo_seed()
