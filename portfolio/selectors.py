@@ -871,8 +871,9 @@ def realizations(*, portfolio: Portfolio) -> dict[int, ledger.Realization]:
 
 
 # Daily values per portfolio, kept by each process for the portfolios asked about most
-# recently (see _ledger_day_values).
-DAY_VALUES_KEPT = 32
+# recently (see _ledger_day_values): about 0.4 KB a day, so ten years of one portfolio are
+# ~1.5 MB; a small number bounds what a web process holds.
+DAY_VALUES_KEPT = 16
 _day_values_kept: OrderedDict[tuple, tuple[list[day_values.DayValue], list]] = OrderedDict()
 _day_values_lock = threading.Lock()
 
