@@ -37,6 +37,7 @@ def entry(ref, kind, **fields):
 # -- the pure ledger ------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_an_exchange_moves_cash_from_one_currency_to_the_other_and_its_fee_is_a_fee():
     """2,000 USD deposited; 1,100 USD sold for 1,000 EUR with a 2 USD fee; 10 shares of a euro
     stock bought at 100 EUR from the euro cash: 898 USD and 0 EUR are left, 2 USD of fees."""
@@ -60,6 +61,7 @@ def test_an_exchange_moves_cash_from_one_currency_to_the_other_and_its_fee_is_a_
     assert result.positions["SAP"].quantity == 10
 
 
+@pytest.mark.unit
 @given(
     sold=st.decimals(min_value=D("0.01"), max_value=D(10**9), places=2),
     bought=st.decimals(min_value=D("0.01"), max_value=D(10**9), places=2),
@@ -93,6 +95,7 @@ def test_exchanging_and_back_costs_exactly_the_two_fees(sold, bought, fee):
     assert result.cash == {"USD": -fee, "EUR": -fee}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("fields", "field", "problem"),
     [
@@ -114,6 +117,7 @@ def test_a_malformed_exchange_is_refused_naming_the_field(fields, field, problem
     assert problem in str(caught.value)
 
 
+@pytest.mark.unit
 def test_to_fields_on_another_kind_are_refused():
     with pytest.raises(ledger.LedgerError) as caught:
         entry(8, "DEPOSIT", currency="USD", amount=D(1), to_currency="EUR")
