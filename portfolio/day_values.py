@@ -168,7 +168,7 @@ def range_returns(
     ``flows`` ((day, amount in the base currency), deposits positive)."""
     if end <= start:
         raise performance.PerformanceError(f"the range must end after it starts: {start}..{end}")
-    value_on = _value_lookup(values, start, end)
+    day_value = _value_lookup(values, start, end)
     per_day: dict[date, Decimal] = {}
     for day, amount in flows:
         if start < day <= end:
@@ -178,6 +178,17 @@ def range_returns(
     # Between two flows the daily links multiply to the end value over the start value, so
     # only the values that start or end a sub-period are passed on.
     cuts = sorted({start, end, *(d - timedelta(days=1) for d in per_day)})
+    for day in cuts:
+        # A value without one of its holdings would read as a loss (or gain) that never was.
+        left_out = day_value(day).missing
+        if left_out:
+            raise performance.PerformanceError(
+                f"the value of {day} leaves out {'; '.join(left_out)} (import its history)"
+            )
+
+    def value_on(day: date) -> Decimal:
+        return day_value(day).value
+
     points = [
         performance.ValuePoint(at=_midnight(d) + timedelta(days=1), value=value_on(d)) for d in cuts
     ]
@@ -202,15 +213,17 @@ def range_returns(
     return RangeReturns(start, end, twr, irr, annualized, rate, problem, irr_days)
 
 
-def _value_lookup(values: Sequence[DayValue], start: date, end: date) -> Callable[[date], Decimal]:
+def _value_lookup(
+    values: Sequence[DayValue], start: date, end: date
+) -> Callable[[date], DayValue]:
     """The value of any day of ``[start, end]`` from ``values`` (one per day, in day order);
     raises ``PerformanceError`` naming the first day of the range without one."""
     if values and values[-1].day - values[0].day == timedelta(days=len(values) - 1):
         # One value a day without a gap: a day's index is its distance from the first.
         origin = values[0].day
         if origin <= start and end <= values[-1].day:
-            return lambda day: values[(day - origin).days].value
-    by_day = {v.day: v.value for v in values}
+            return lambda day: values[(day - origin).days]
+    by_day = {v.day: v for v in values}
     gaps = [d for d in _days(start, end) if d not in by_day]
     if gaps:
         raise performance.PerformanceError(f"no value for {gaps[0]} (and {len(gaps) - 1} more)")

@@ -140,3 +140,20 @@ async def test_a_range_that_ends_before_it_starts_or_in_the_future_says_so(world
         assert custom["period"] == "custom" and custom["twr"] is None
         assert custom["problem"].startswith(problem)
     await comm.disconnect()
+
+
+async def test_a_holding_without_price_history_is_named_not_counted_as_a_loss(world, redis_client):
+    """Bob holds ETH, which has no daily close at all: valued without it his portfolio would
+    seem to have lost everything, so each range says what is missing instead of a number."""
+    comm = await connect(world["users"]["bob"])
+    frame = await returns_of(comm, portfolio=world["portfolios"]["bob"].id)
+    today = datetime.now(UTC).date()
+    for r in frame["result"]["ranges"]:
+        assert r["twr"] is None and r["irr"] is None and r["working"] is None
+        # The first value the range uses that holds ETH: its start once ETH was bought (on
+        # 5 January 2026), else its end.
+        day = r["from"] if r["from"] >= "2026-01-05" else today.isoformat()
+        assert r["problem"] == (
+            f"the value of {day} leaves out ETH-USD: no close (import its history)"
+        ), r["period"]
+    await comm.disconnect()
