@@ -213,9 +213,7 @@ def range_returns(
     return RangeReturns(start, end, twr, irr, annualized, rate, problem, irr_days)
 
 
-def _value_lookup(
-    values: Sequence[DayValue], start: date, end: date
-) -> Callable[[date], DayValue]:
+def _value_lookup(values: Sequence[DayValue], start: date, end: date) -> Callable[[date], DayValue]:
     """The value of any day of ``[start, end]`` from ``values`` (one per day, in day order);
     raises ``PerformanceError`` naming the first day of the range without one."""
     if values and values[-1].day - values[0].day == timedelta(days=len(values) - 1):
