@@ -122,14 +122,17 @@ def demo_closes(
     (their closes are carried, as for a real market)."""
     out = []
     day = first
+    phase = (first.toordinal() * 7 + len(anchors) * 13 + int(anchors[-1][1])) % 360 / 57.3
     while day <= anchors[-1][0]:
         if not (trading_days_only and day.weekday() >= 5) or any(day == a for a, _ in anchors):
-            out.append((day, _close_on(anchors, day, wobble)))
+            out.append((day, _close_on(anchors, day, wobble, phase)))
         day += timedelta(days=1)
     return out
 
 
-def _close_on(anchors: list[tuple[date, Decimal]], day: date, wobble: float) -> Decimal:
+def _close_on(
+    anchors: list[tuple[date, Decimal]], day: date, wobble: float, phase: float
+) -> Decimal:
     if day <= anchors[0][0]:
         left, right = (anchors[0][0] - timedelta(days=60), anchors[0][1]), anchors[0]
     else:
@@ -139,7 +142,11 @@ def _close_on(anchors: list[tuple[date, Decimal]], day: date, wobble: float) -> 
     u = 1 - (right[0] - day).days / span
     level = math.log(float(left[1])) * (1 - u) + math.log(float(right[1])) * u
     waves = max(1, span // 25)
-    level += wobble * math.sin(math.pi * u) * math.sin(2 * math.pi * waves * u)
+    # Two waves of unrelated lengths, each instrument with its own phase: zero at both anchors.
+    wave = 0.6 * math.sin(2 * math.pi * waves * u + phase) + 0.4 * math.sin(
+        2 * math.pi * 2.7 * waves * u + 2 * phase
+    )
+    level += wobble * math.sin(math.pi * u) * wave
     price = Decimal(repr(math.exp(level)))
     places = Decimal("0.0001") if price < 10 else Decimal("0.01")
     return price.quantize(places)
