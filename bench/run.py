@@ -59,6 +59,7 @@ from urllib.parse import urlsplit
 import psutil
 import redis
 
+from portfolio import wire
 from streaming import namespace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -702,9 +703,8 @@ def wait_quiet(clients: list[ClientProc], quiet: float, timeout: float) -> float
 def final_quote_loss(last: dict[str, dict[str, Any]], instrument_id: int) -> dict[str, Any]:
     """Broadcast: clients whose last quote of the instrument is not the database's price."""
     from portfolio.models import Quote
-    from streaming import protocol
 
-    truth = protocol.dec(Quote.objects.get(instrument_id=instrument_id).price)
+    truth = wire.dec(Quote.objects.get(instrument_id=instrument_id).price)
     key = f"quote:{instrument_id}"
     stale = [user for user, seen in last.items() if (seen.get(key) or {}).get("price") != truth]
     return {"checked": len(last), "stale": len(stale), "stale_users": stale[:10], "price": truth}
@@ -754,7 +754,7 @@ class IngestMonitor:
     """The Celery backlog (``LLEN celery`` + ``HLEN unacked``: queued + taken, not yet acked)
     every 0.2 s from a thread, from the feed's start until the drain ends; the window's edges;
     and at the end the per-batch records bench/worker.py pushed (batches, quotes stored, lag)
-    plus the stack's own running totals (portfolio/health.py ``record_ingest``)."""
+    plus the stack's own running totals (streaming/health.py ``record_ingest``)."""
 
     PERIOD = 0.2
 
@@ -914,11 +914,11 @@ def presence_established(r: redis.Redis) -> None:
     """Every client has connected, so every one has marked its user present: let the workers
     trust presence now rather than one ttl after this fresh Redis saw its first mark (the wait
     that covers a Redis restart, when open sockets have not marked themselves again yet;
-    streaming/presence.py). A server up for a minute is in this state."""
-    from streaming import presence
+    streaming/flow.py present()). A server up for a minute is in this state."""
+    from streaming import flow
 
     now, _ = r.time()
-    r.set(presence.keys()[1], now - presence.ttl())
+    r.set(flow.presence_keys()[1], now - flow.presence_ttl())
 
 
 def run_livefolio(args, env, logs, world, r) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """``celery -A portfolio worker`` with a bench-only hook that records every ingest batch.
 
-The stack itself keeps only running totals and the last batch's lag (portfolio/health.py). To
+The stack itself keeps only running totals and the last batch's lag (streaming/health.py). To
 report batches/s, quotes stored/s and the lag's p50/p99, this script starts the very same worker
 (``app.worker_main``, same flags) and connects Celery's ``task_prerun``/``task_postrun`` signals:
 after each ``ingest_quotes`` it pushes one JSON record to the Redis list ``BATCHES_KEY`` (in the

@@ -31,7 +31,7 @@ def _claim_redis_namespace(**kwargs) -> None:
 @worker_ready.connect
 def _start_heartbeat(sender, **kwargs) -> None:
     """Every worker says it is alive in Redis; /healthz and /metrics read it."""
-    from portfolio import health
+    from streaming import health
 
     health.start_worker_heartbeat(f"{sender.hostname}/{os.getpid()}")
 

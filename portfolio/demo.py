@@ -5,8 +5,9 @@ and the returns show a year from the first second."""
 from __future__ import annotations
 
 import math
+import random
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -19,6 +20,7 @@ from portfolio.models import (
     FeedKind,
     Instrument,
     Portfolio,
+    PriceBar,
     PriceSource,
     TxKind,
 )
@@ -39,9 +41,15 @@ INSTRUMENTS = [
 ]
 # The rate SAP's euros are converted at: an FX instrument (no holding), streamed like the rest.
 FX = ("EURUSD", "Euro in US dollars", AssetClass.FX, "USD", "1.08", None, None)
-# A market to watch (no holding): the simulated feed keeps an order book and a tape for crypto
-# instruments, shown on /i/BTC/USDT/.
-MARKET = ("BTC/USDT", "Bitcoin in Tether", AssetClass.CRYPTO, "USDT", "97000", None, None)
+# A market to watch (no holding): the demo's simulated feed runs an order book for each crypto
+# instrument, and this is the pair the exchanges' own demos show.
+MARKET_SYMBOL = "BTC/USDT"
+MARKET = (MARKET_SYMBOL, "Bitcoin / Tether", AssetClass.CRYPTO, "USDT", "97000", None, None)
+# Minutes of 1-minute bars each instrument starts with, so its candles are never empty.
+HISTORY_MINUTES = 120
+# The history's volatility per minute: the demo feed's, whose simulated clock runs 600 times
+# faster than the real one (0.8 a year over 600 minutes), so old and live candles look alike.
+HISTORY_SIGMA = Decimal("0.8") * (Decimal(600 * 60) / Decimal(365 * 24 * 3600)).sqrt()
 
 
 @transaction.atomic
@@ -51,7 +59,10 @@ def demo_seed() -> Portfolio:
     user, created = user_model.objects.get_or_create(username=DEMO_USERNAME)
     if created:
         user.set_password(DEMO_PASSWORD)
-        user.save()
+    # The demo login opens the admin too (instruments, feeds, tokens): the embedded demo listens
+    # on 127.0.0.1 only.
+    user.is_staff = user.is_superuser = True
+    user.save()
     portfolio = Portfolio.objects.filter(owner=user, name="Demo").first()
     if portfolio is None:
         portfolio = services.portfolio_create(owner=user, name="Demo", base_currency="USD")
@@ -85,10 +96,11 @@ def demo_seed() -> Portfolio:
                     )
                 ]
             )
+        _demo_history(instrument, Decimal(price), now)
     if not portfolio.transactions.exists():
         start = (now - timedelta(days=400)).replace(hour=14, minute=30, second=0, microsecond=0)
         # The history first: each trade's cost is converted at its own date's FX rate.
-        _demo_history(instruments, start, now)
+        _demo_daily_history(instruments, start, now)
         _demo_ledger(portfolio, instruments, start)
     return portfolio
 
@@ -152,7 +164,7 @@ def _close_on(
     return price.quantize(places)
 
 
-def _demo_history(instruments: dict, start: datetime, now: datetime) -> None:
+def _demo_daily_history(instruments: dict, start: datetime, now: datetime) -> None:
     """Daily closes of every demo instrument from a week before the first transaction to today
     (source "bars", the lowest rank: the feed's own roll-up of today replaces today's)."""
     first, today = (start - timedelta(days=7)).date(), now.date()
@@ -216,3 +228,32 @@ def _demo_ledger(portfolio: Portfolio, instruments: dict, start: datetime) -> No
         executed_at=start + timedelta(days=260),
         note="Quarterly dividend",
     )
+
+
+def _demo_history(instrument: Instrument, price: Decimal, now: datetime) -> None:
+    """The last ``HISTORY_MINUTES`` of 1-minute bars, a random walk ending at ``price`` (the
+    same walk for a symbol every time); nothing if the instrument already has bars then."""
+    since = (now - timedelta(minutes=HISTORY_MINUTES)).replace(second=0, microsecond=0)
+    if PriceBar.objects.filter(instrument=instrument, start__gte=since).exists():
+        return
+    rng = random.Random(instrument.symbol)
+    quantum = Decimal("0.0001") if price >= 1 else Decimal("0.00000001")  # as the feed rounds
+    # Four ticks a minute, walked backwards from now: the last one is the current price.
+    per_tick = HISTORY_SIGMA / 2
+    updates = []
+    level = price
+    at = now.replace(second=0, microsecond=0) - timedelta(seconds=15)
+    while at >= since:
+        updates.append(
+            services.QuoteUpdate(
+                instrument_id=instrument.id,
+                price=level.quantize(quantum),
+                exchange_ts=at,
+                source=FeedKind.SIMULATED,
+            )
+        )
+        with localcontext() as ctx:
+            ctx.prec = 28
+            level *= (per_tick * Decimal(repr(rng.gauss(0.0, 1.0)))).exp()
+        at -= timedelta(seconds=15)
+    services.bars_record(updates=updates)

@@ -17,7 +17,7 @@ from django.db.models import Count, DateTimeField, Max, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from portfolio import day_values, ledger, performance, valuation
+from portfolio import day_values, ledger, performance, valuation, wire
 from portfolio.models import (
     AssetClass,
     CashBalance,
@@ -33,7 +33,6 @@ from portfolio.models import (
     ValuationSnapshot,
 )
 from portfolio.price_history import FxHistory, fx_pair
-from streaming import marketdata, protocol
 
 
 def fx_rates() -> dict[tuple[str, str], Decimal]:
@@ -143,11 +142,11 @@ def position_texts(
 ) -> dict[str, str | None]:
     """A position's wire strings, in a holding row's order (``_ROW_REST`` starts with them)."""
     return {
-        "quantity": protocol.dec(quantity),
-        "cost_basis": protocol.money(cost_basis),
-        "average_cost": protocol.dec(cost_basis / quantity) if quantity else None,
-        "realized_pnl": protocol.money(realized),
-        "income": protocol.money(income),
+        "quantity": wire.dec(quantity),
+        "cost_basis": wire.money(cost_basis),
+        "average_cost": wire.dec(cost_basis / quantity) if quantity else None,
+        "realized_pnl": wire.money(realized),
+        "income": wire.money(income),
     }
 
 
@@ -223,7 +222,7 @@ def iter_portfolio_states(
 ) -> Iterator[dict[str, Any]]:
     """:func:`portfolio_states` one by one: every read is done before the first, each state is
     computed when it is asked for (a worker publishes the first while it values the rest)."""
-    valued_at = protocol.iso(timezone.now())
+    valued_at = wire.iso(timezone.now())
     rows = list(
         Portfolio.objects.filter(id__in=list(portfolio_ids))
         .order_by("id")
@@ -265,9 +264,9 @@ class _MarketTexts(dict):
             "symbol": m.symbol,
             "name": m.name,
             "asset_class": m.asset_class,
-            "price": protocol.dec(price),
-            "reference_price": protocol.dec(reference),
-            "price_as_of": protocol.iso(ts) if ts is not None else None,
+            "price": wire.dec(price),
+            "reference_price": wire.dec(reference),
+            "price_as_of": wire.iso(ts) if ts is not None else None,
             "price_age_seconds": None if age is None else max(0, int(age)),
             "stale": age is None or age > self.stale_after,
         }
@@ -330,7 +329,7 @@ _STATUS_TEXT = {status: str(status) for status in valuation.ValueStatus}
 
 def _pct(rate: Decimal | None) -> str | None:
     """A fraction as a percentage string to 2 places ("0.0123" -> "1.23")."""
-    return None if rate is None else protocol.money(rate * 100)
+    return None if rate is None else wire.money(rate * 100)
 
 
 def _book_value(
@@ -393,11 +392,11 @@ def _state(
         rate = valuation.fx_rate(currency, base, rates)
         return None if rate is None else amount * rate
 
-    money = protocol.money
+    money = wire.money
     ok = valuation.ValueStatus.OK
-    # protocol.money and _pct inlined for the priced rows (five amounts a holding, per
+    # wire.money and _pct inlined for the priced rows (five amounts a holding, per
     # valuation): the same operations, without a Python call each.
-    cent = protocol.CENT
+    cent = wire.CENT
     ok_text = _STATUS_TEXT[ok]
     rows = []
     as_of = None  # the newest price time of the open positions, as its (sortable) ISO text
@@ -419,7 +418,7 @@ def _state(
             row["in_total"] = True
             row["status"] = ok_text
             row["reason"] = None
-            row["fx_rate"] = "1" if same else protocol.dec(hv.fx_rate)
+            row["fx_rate"] = "1" if same else wire.dec(hv.fx_rate)
             row["value_base"] = value_text
             row["cost_base"] = p.texts["cost_basis"] if same else money(hv.cost)
             row["unrealized_pnl"] = str(hv.unrealized_pnl.quantize(cent))
@@ -441,7 +440,7 @@ def _state(
             row["in_total"] = False
             row["status"] = _STATUS_TEXT[hv.status]
             row["reason"] = hv.reason
-            row["fx_rate"] = "1" if same else protocol.dec(hv.fx_rate)
+            row["fx_rate"] = "1" if same else wire.dec(hv.fx_rate)
             row["value_base"] = None
             row["cost_base"] = None
             row["unrealized_pnl"] = None
@@ -470,8 +469,8 @@ def _state(
     cash_rows = [
         {
             "currency": cv.currency,
-            "amount": protocol.money(cv.amount),
-            "value_base": protocol.money(cv.market_value),
+            "amount": wire.money(cv.amount),
+            "value_base": wire.money(cv.market_value),
             "weight_pct": _pct(cv.weight),
         }
         for cv in value.cash
@@ -479,7 +478,7 @@ def _state(
 
     def slices(allocation: dict) -> list[dict[str, Any]]:
         return [
-            {"key": str(s.key), "value": protocol.money(s.value), "weight_pct": _pct(s.weight)}
+            {"key": str(s.key), "value": wire.money(s.value), "weight_pct": _pct(s.weight)}
             for s in allocation.values()
         ]
 
@@ -488,17 +487,17 @@ def _state(
         "name": book.name,
         "base_currency": base,
         "cost_basis_method": book.cost_basis_method,
-        "total": protocol.money(value.market_value),
+        "total": wire.money(value.market_value),
         "as_of": as_of,
-        "recomputed_at": protocol.iso(book.recomputed_at) if book.recomputed_at else None,
-        "holdings_value": protocol.money(value.holdings_value),
-        "cash_total": protocol.money(value.cash_value),
-        "cost": protocol.money(value.cost),
-        "unrealized_pnl": protocol.money(value.unrealized_pnl),
+        "recomputed_at": wire.iso(book.recomputed_at) if book.recomputed_at else None,
+        "holdings_value": wire.money(value.holdings_value),
+        "cash_total": wire.money(value.cash_value),
+        "cost": wire.money(value.cost),
+        "unrealized_pnl": wire.money(value.unrealized_pnl),
         "unrealized_pnl_pct": _pct(value.unrealized_return),
-        "realized_pnl": protocol.money(realized),
-        "income": protocol.money(income),
-        "day_change": protocol.money(value.day_change),
+        "realized_pnl": wire.money(realized),
+        "income": wire.money(income),
+        "day_change": wire.money(value.day_change),
         "day_change_pct": _pct(value.day_return),
         "complete": value.complete,
         "issues": list(value.issues),
@@ -688,7 +687,7 @@ def value_history(
     whole = rows[: HISTORY_READ_WHOLE + 1].count() <= HISTORY_READ_WHOLE
     series = list(rows.values_list("taken_at", "value")) if whole else []
     if whole and len(series) <= HISTORY_MAX_POINTS:
-        return [{"at": protocol.iso(at), "value": protocol.money(value)} for at, value in series]
+        return [{"at": wire.iso(at), "value": wire.money(value)} for at, value in series]
     first = series[0][0] if whole else rows.values_list("taken_at", flat=True).first()
     width = (now - first) / HISTORY_MAX_POINTS
     # Bucket i is [first + i * width, first + (i + 1) * width); the last one ends at now.
@@ -699,7 +698,7 @@ def value_history(
         lookups = [*(("lt", end) for end in ends), ("lte", now)]
         found = _snapshots_near(portfolio=portfolio, until=now, lookups=lookups)
         series = [(point.at, point.value) for point in found if point.at >= first]
-    return [{"at": protocol.iso(at), "value": protocol.money(value)} for at, value in series]
+    return [{"at": wire.iso(at), "value": wire.money(value)} for at, value in series]
 
 
 def portfolio_performance(
@@ -778,11 +777,11 @@ def instrument_state(*, instrument: Instrument, user_id: int, now: datetime | No
         last_close = quote.price if quote else bars[-1][4]
         change = last_close - first_open
         stats = {
-            "open": protocol.dec(first_open),
-            "high": protocol.dec(max(b[2] for b in bars)),
-            "low": protocol.dec(min(b[3] for b in bars)),
-            "change": protocol.dec(change),
-            "change_pct": protocol.dec((change / first_open * 100).quantize(Decimal("0.01"))),
+            "open": wire.dec(first_open),
+            "high": wire.dec(max(b[2] for b in bars)),
+            "low": wire.dec(min(b[3] for b in bars)),
+            "change": wire.dec(change),
+            "change_pct": wire.dec((change / first_open * 100).quantize(Decimal("0.01"))),
         }
     positions = Holding.objects.filter(
         instrument=instrument, portfolio__owner_id=user_id
@@ -800,24 +799,22 @@ def instrument_state(*, instrument: Instrument, user_id: int, now: datetime | No
         "quote": _quote_state(quote, now),
         "bars": [
             {
-                "start": protocol.iso(start),
-                "open": protocol.dec(o),
-                "high": protocol.dec(h),
-                "low": protocol.dec(lo),
-                "close": protocol.dec(c),
+                "start": wire.iso(start),
+                "open": wire.dec(o),
+                "high": wire.dec(h),
+                "low": wire.dec(lo),
+                "close": wire.dec(c),
             }
             for start, o, h, lo, c in bars
         ],
         "stats_24h": stats,
         "position": {
-            "quantity": protocol.dec(quantity),
-            "value": protocol.money(quantity * quote.price) if quote else None,
+            "quantity": wire.dec(quantity),
+            "value": wire.money(quantity * quote.price) if quote else None,
             "portfolios": [h.portfolio.name for h in positions],
         }
         if positions
         else None,
-        "trades": marketdata.recent_trades(instrument.id),
-        "book": marketdata.latest_book(instrument.id),
     }
 
 
@@ -825,10 +822,10 @@ def _quote_state(quote: Quote | None, now: datetime) -> dict | None:
     if quote is None:
         return None
     return {
-        "price": protocol.dec(quote.price),
-        "bid": protocol.dec(quote.bid),
-        "ask": protocol.dec(quote.ask),
-        "as_of": protocol.iso(quote.exchange_ts),
+        "price": wire.dec(quote.price),
+        "bid": wire.dec(quote.bid),
+        "ask": wire.dec(quote.ask),
+        "as_of": wire.iso(quote.exchange_ts),
         "stale": quote.is_stale(now),
     }
 
@@ -860,7 +857,6 @@ def feed_health(*, now: datetime | None = None) -> dict[str, Any]:
 def realizations(*, portfolio: Portfolio) -> dict[int, ledger.Realization]:
     """What each sale (or covering buy) realized, with the lots it closed, by transaction id:
     the ledger replayed with the portfolio's cost-basis method."""
-    from portfolio.services import ledger_entries  # services imports selectors
 
     result = ledger.replay(
         ledger_entries(portfolio),
@@ -939,8 +935,6 @@ def _ledger_day_values_computed(
 ) -> tuple[list[day_values.DayValue], list[tuple[date, Decimal]], bool]:
     """:func:`_ledger_day_values` computed: one query for the entries, one for every
     instrument's closes, one per FX pair; and whether a rate came from today's quote."""
-    from portfolio.services import ledger_entries  # services imports selectors
-
     entries = ledger_entries(portfolio)
     if not entries:
         raise performance.PerformanceError("the portfolio has no transactions")
@@ -1036,8 +1030,8 @@ def value_series(
         found["problem"] = str(exc)
         return found
     found["points"] = [
-        # protocol.iso of the day's 00:00 UTC, written out: one per day of up to decades.
-        {"at": f"{day}T00:00:00.000Z", "day": day, "value": protocol.money(v.value)}
+        # wire.iso of the day's 00:00 UTC, written out: one per day of up to decades.
+        {"at": f"{day}T00:00:00.000Z", "day": day, "value": wire.money(v.value)}
         for v in values
         for day in (v.day.isoformat(),)
     ]
@@ -1117,3 +1111,41 @@ def period_returns(
                 problem = str(exc)
         out.append(RangeResult(name, start, end, returns, problem))
     return out
+
+
+def _as_entered(value: Decimal) -> Decimal:
+    """Drop the column's padding zeros (3.000000000000 -> 3) so messages read like the input."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
+
+
+def ledger_entry(tx: Transaction, fx_rate: Decimal | None = None) -> ledger.LedgerEntry:
+    """The ledger's view of a stored (or about to be stored) transaction; ``fx_rate``: base
+    currency per unit of its currency on its date (see ``ledger``)."""
+    return ledger.LedgerEntry(
+        ref=tx.pk,
+        kind=ledger.TxKind(tx.kind),
+        executed_at=tx.executed_at,
+        currency=tx.currency,
+        # Keyed by symbol so the ledger's messages name what the user knows.
+        instrument=tx.instrument.symbol if tx.instrument_id else None,
+        quantity=_as_entered(tx.quantity),
+        price=_as_entered(tx.price),
+        fees=_as_entered(tx.fees),
+        amount=_as_entered(tx.amount),
+        ratio=None if tx.ratio is None else _as_entered(tx.ratio),
+        fx_rate=fx_rate,
+        to_amount=_as_entered(tx.to_amount),
+        to_currency=tx.to_currency,
+    )
+
+
+def ledger_entries(portfolio: Portfolio) -> list[ledger.LedgerEntry]:
+    """The portfolio's transactions as the ledger sees them, in the order it replays them."""
+    rows = (
+        Transaction.objects.filter(portfolio=portfolio)
+        .select_related("instrument")
+        .order_by("executed_at", "id")
+    )
+    return [ledger_entry(tx) for tx in rows]

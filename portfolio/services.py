@@ -12,7 +12,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from portfolio import ledger, price_history, selectors
+from portfolio import ledger, price_history, selectors, signals
 from portfolio.models import (
     AssetClass,
     CashBalance,
@@ -27,7 +27,6 @@ from portfolio.models import (
     TxKind,
     ValuationSnapshot,
 )
-from streaming import events, protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,44 +330,6 @@ def portfolio_update(
     return portfolio
 
 
-def _trim(value: Decimal) -> Decimal:
-    """Drop the column's padding zeros (3.000000000000 -> 3) so messages read like the input."""
-    if value == value.to_integral_value():
-        return value.quantize(Decimal(1))
-    return value.normalize()
-
-
-def ledger_entry(tx: Transaction, fx_rate: Decimal | None = None) -> ledger.LedgerEntry:
-    """The ledger's view of a stored (or about to be stored) transaction; ``fx_rate``: base
-    currency per unit of its currency on its date (see ``ledger``)."""
-    return ledger.LedgerEntry(
-        ref=tx.pk,
-        kind=ledger.TxKind(tx.kind),
-        executed_at=tx.executed_at,
-        currency=tx.currency,
-        # Keyed by symbol so the ledger's messages name what the user knows.
-        instrument=tx.instrument.symbol if tx.instrument_id else None,
-        quantity=_trim(tx.quantity),
-        price=_trim(tx.price),
-        fees=_trim(tx.fees),
-        amount=_trim(tx.amount),
-        ratio=None if tx.ratio is None else _trim(tx.ratio),
-        fx_rate=fx_rate,
-        to_amount=_trim(tx.to_amount),
-        to_currency=tx.to_currency,
-    )
-
-
-def ledger_entries(portfolio: Portfolio) -> list[ledger.LedgerEntry]:
-    """The portfolio's transactions as the ledger sees them, in the order it replays them."""
-    rows = (
-        Transaction.objects.filter(portfolio=portfolio)
-        .select_related("instrument")
-        .order_by("executed_at", "id")
-    )
-    return [ledger_entry(tx) for tx in rows]
-
-
 def ledger_problem(*, portfolio: Portfolio, method: str, allow_short: bool) -> str | None:
     """Why the portfolio's ledger could not be replayed with these settings; None if it can.
 
@@ -376,7 +337,9 @@ def ledger_problem(*, portfolio: Portfolio, method: str, allow_short: bool) -> s
     """
     try:
         ledger.replay(
-            ledger_entries(portfolio), method=ledger.CostBasis(method), allow_short=allow_short
+            selectors.ledger_entries(portfolio),
+            method=ledger.CostBasis(method),
+            allow_short=allow_short,
         )
     except ledger.LedgerError as exc:
         return f"the ledger needs short selling: {exc}"
@@ -400,7 +363,7 @@ def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
         ids = {tx.instrument.symbol: tx.instrument_id for tx in rows if tx.instrument_id}
         rates, fallbacks = _rates_at_trade_dates(locked, rows)
         result = ledger.replay(
-            (ledger_entry(tx, rates[tx.pk]) for tx in rows),
+            (selectors.ledger_entry(tx, rates[tx.pk]) for tx in rows),
             method=ledger.CostBasis(locked.cost_basis_method),
             allow_short=locked.allow_short,
         )
@@ -455,7 +418,11 @@ def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
         )
         # Lets a client tell a ledger change from an older price picture (docs/protocol.md).
         Portfolio.objects.filter(pk=locked.pk).update(recomputed_at=timezone.now())
-        transaction.on_commit(lambda: _publish_valuation(locked.pk, locked.owner_id))
+        transaction.on_commit(
+            lambda: signals.portfolio_recomputed.send(
+                sender=Portfolio, portfolio_id=locked.pk, owner_id=locked.owner_id
+            )
+        )
     return result
 
 
@@ -513,13 +480,6 @@ def _fx_note(fallbacks: list[price_history.FxRate]) -> str:
     )[:300]
 
 
-def _publish_valuation(portfolio_id: int, owner_id: int) -> None:
-    states = selectors.portfolio_states(portfolio_ids=[portfolio_id])
-    events.publish(
-        [(events.user_group(owner_id), protocol.valuation(portfolio=state)) for state in states]
-    )
-
-
 # Ledger field names are the model's field names, so a refusal lands on the right form field.
 _TX_FIELDS = (
     "kind",
@@ -557,7 +517,7 @@ def _save_and_recompute(tx: Transaction) -> Transaction:
     tx.note = tx.note.strip()  # as forms and the CSV importer do, so exports read back equal
     tx.to_currency = tx.to_currency.strip().upper()
     try:
-        ledger_entry(tx)  # field rules first, with the ledger's own messages
+        selectors.ledger_entry(tx)  # field rules first, with the ledger's own messages
     except ledger.LedgerError as exc:
         raise _ledger_validation_error(exc) from None
     tx.full_clean(exclude=["portfolio"])

@@ -64,7 +64,9 @@ REDIS_URL = env_url("REDIS_URL", ("redis", "rediss"))
 # (the feed included) runs inside one server process.
 EMBEDDED = not REDIS_URL
 
-DEBUG = env_bool("DJANGO_DEBUG", default=EMBEDDED)
+# Off unless asked for, the demo included: an error shows the app's own page, never Django's
+# debug page with its URL list and settings.
+DEBUG = env_bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if not EMBEDDED:
@@ -128,11 +130,14 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
-# Login lockout (django-axes): this many failures for one username from one address lock it
-# for LIVEFOLIO_LOGIN_LOCKOUT_MINUTES; the lockout page answers 429.
+# Login lockout (django-axes): this many failed log-ins from one client address, whatever
+# usernames they tried, lock that address for LIVEFOLIO_LOGIN_LOCKOUT_MINUTES; the lockout page
+# answers 429. Counted per address, not per username and address: one password sprayed over many
+# usernames is stopped like many passwords tried on one; per address, not per username: nobody
+# can lock a person out from elsewhere by failing on their username.
 AXES_FAILURE_LIMIT = env_int("LIVEFOLIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = env_int("LIVEFOLIO_LOGIN_LOCKOUT_MINUTES", 15, minimum=1) / 60
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_RESET_ON_SUCCESS = True
@@ -232,16 +237,30 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # portfolio/celery.py applies Django's own rules around each task instead
 # (CONN_MAX_AGE, health checks, errors) and closes after any task that did not succeed.
 CELERY_DB_REUSE_MAX = 1_000_000
-CELERY_TASK_SOFT_TIME_LIMIT = 30
-CELERY_TASK_TIME_LIMIT = 60
+# Ingest batches take milliseconds; these bound one that hangs (a database that does not answer).
+# Tasks with longer work set their own limits and acknowledge early (portfolio/tasks.py).
+CELERY_TASK_SOFT_TIME_LIMIT = 10
+CELERY_TASK_TIME_LIMIT = 15
+# The longest wait before an ingest batch that failed on the database is tried again (seconds);
+# each retry is a task the worker holds, unacknowledged, until its countdown ends.
+LIVEFOLIO_INGEST_RETRY_MAX_SECONDS = 10
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# A task taken by a worker that dies (SIGKILL, OOM) goes back to the queue after this long;
-# it must exceed the longest task (the hard time limit) or a slow task would run twice.
-_VISIBILITY_TIMEOUT = env_int("LIVEFOLIO_BROKER_VISIBILITY_TIMEOUT", 300, minimum=1)
+# A task taken by a worker that died (SIGKILL, OOM, a lost machine) goes back to the queue once
+# it has been unacknowledged this long: Redis has no other way to tell a dead worker from a busy
+# one. (A pool process that dies under a live worker is requeued at once:
+# CELERY_TASK_REJECT_ON_WORKER_LOST.) Short, so a killed worker's batch runs again within
+# seconds; longer than an ingest task can be held (its retry countdown) plus run (its hard time
+# limit), so a live worker's task is never handed out a second time. Were it handed out anyway
+# (a task waiting behind a slow one), ingest is idempotent (newer exchange time wins) and its
+# second run changes and publishes nothing.
+_SHORTEST_VISIBILITY = LIVEFOLIO_INGEST_RETRY_MAX_SECONDS + CELERY_TASK_TIME_LIMIT + 1
+_VISIBILITY_TIMEOUT = env_int(
+    "LIVEFOLIO_BROKER_VISIBILITY_TIMEOUT", 30, minimum=_SHORTEST_VISIBILITY
+)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": _VISIBILITY_TIMEOUT,
     # Look for such abandoned tasks every few seconds (kombu's default is every 100 s).
-    "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 2)),
+    "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 6)),
     "unacked_restore_throttle": 1,
     "socket_timeout": 10,
 }
@@ -249,7 +268,7 @@ CELERY_TIMEZONE = "UTC"
 # Exactly one beat process runs these (Procfile / docker-compose "beat").
 CELERY_BEAT_SCHEDULE = {
     "valuation-snapshots": {
-        "task": "portfolio.tasks.snapshot_valuations",
+        "task": "streaming.tasks.snapshot_valuations",
         "schedule": 60.0,  # every minute: the intraday series TWR and IRR are measured on
         "options": {"expires": 55},
     },
@@ -305,8 +324,14 @@ LIVEFOLIO_WS_BURST = env_int("LIVEFOLIO_WS_BURST", 30, minimum=1)
 LIVEFOLIO_WS_MAX_PER_USER = env_int("LIVEFOLIO_WS_MAX_PER_USER", 20, minimum=1)
 # Valuations per portfolio per second one connection receives at most (always the latest).
 LIVEFOLIO_WS_MAX_UPDATES = env_int("LIVEFOLIO_WS_MAX_UPDATES", 5, minimum=1)
+# Unsent frames a WebSocket client may leave unread in a server process (KiB, beyond what its
+# TCP transport buffers) before it is closed with 4413 (streaming/serve.py).
+LIVEFOLIO_WS_SEND_BUDGET_KB = env_int("LIVEFOLIO_WS_SEND_BUDGET_KB", 1024, minimum=64)
 # How often an open socket re-checks its session (expired sessions close with 4401).
 LIVEFOLIO_SESSION_CHECK_SECONDS = env_int("LIVEFOLIO_SESSION_CHECK_SECONDS", 30, minimum=1)
+# A page pings a socket that has been quiet this long, and says "Stalled" and reconnects after
+# twice this without any frame.
+LIVEFOLIO_PAGE_PING_SECONDS = env_int("LIVEFOLIO_PAGE_PING_SECONDS", 10, minimum=1)
 # How often a Celery worker writes its heartbeat to Redis.
 LIVEFOLIO_HEARTBEAT_SECONDS = env_int("LIVEFOLIO_HEARTBEAT_SECONDS", 10, minimum=1)
 

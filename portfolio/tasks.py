@@ -7,20 +7,15 @@ from datetime import timedelta
 from celery import shared_task
 from django.utils import timezone
 
-from portfolio import exchange_candles, price_history, services
+from portfolio import exchange_candles, price_history
 from portfolio.models import Instrument
 
 
-@shared_task(soft_time_limit=50, time_limit=60)
-def snapshot_valuations() -> int:
-    """Celery beat, every minute: store each portfolio's value for the performance page."""
-    from streaming.tasks import value_pending
-
-    value_pending()  # what ingest batches queued before this one left (streaming/tasks.py)
-    return services.valuation_snapshots_take()
-
-
-@shared_task(soft_time_limit=240, time_limit=300)
+# The tasks here may run longer than the broker's visibility timeout: acknowledged as they start
+# (settings.CELERY_TASK_ACKS_LATE would hand a late-acknowledged run to a second worker). Each is
+# idempotent (a day's price is upserted by its source's rank), so a run lost with its worker is
+# simply done again by the next schedule, and one delivered twice changes nothing.
+@shared_task(soft_time_limit=240, time_limit=300, acks_late=False)
 def roll_up_daily_prices() -> int:
     """Celery beat, hourly: yesterday's and today's 1-minute bars into daily prices (UTC)."""
     today = timezone.now().date()
@@ -31,7 +26,7 @@ def roll_up_daily_prices() -> int:
 BACKFILL_DAYS = 7
 
 
-@shared_task(soft_time_limit=50, time_limit=60)
+@shared_task(soft_time_limit=50, time_limit=60, acks_late=False)
 def backfill_daily_prices() -> int:
     """Celery beat: one backfill task per active instrument streamed from an exchange."""
     instruments = Instrument.objects.filter(
@@ -50,6 +45,7 @@ def backfill_daily_prices() -> int:
     max_retries=5,
     soft_time_limit=120,
     time_limit=150,
+    acks_late=False,
 )
 def backfill_instrument_prices(instrument_id: int, days: int) -> int:
     """One instrument's last ``days`` finished days from its exchange's REST candles."""

@@ -3,7 +3,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from portfolio import health, views
+from portfolio import views
+from streaming import health
 from streaming import views as streaming_views
 
 urlpatterns = [
@@ -30,7 +31,7 @@ urlpatterns = [
     ),
     path("p/<int:portfolio_id>/import/", views.transaction_import, name="transaction-import"),
     path("p/<int:portfolio_id>/export.csv", views.transaction_export, name="transaction-export"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/tokens/", streaming_views.token_list, name="api-tokens"),
     path(

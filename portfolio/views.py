@@ -9,6 +9,8 @@ from datetime import UTC, datetime, time, timedelta
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth import get_user_model
+from django.contrib.auth import views as auth_views
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -28,6 +30,24 @@ from portfolio.importers import transactions_csv
 from portfolio.models import Instrument, Portfolio, Transaction
 
 TX_FIELDS = TransactionForm.Meta.fields
+
+
+class LoginView(auth_views.LoginView):
+    """The login page; on the embedded demo it also says the demo login, which opens the admin."""
+
+    redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs):
+        from portfolio.demo import DEMO_PASSWORD, DEMO_USERNAME
+
+        context = super().get_context_data(**kwargs)
+        if settings.EMBEDDED and get_user_model().objects.filter(username=DEMO_USERNAME).exists():
+            context["demo_login"] = {
+                "username": DEMO_USERNAME,
+                "password": DEMO_PASSWORD,
+                "admin_url": reverse("admin:index"),
+            }
+        return context
 
 
 def _own_portfolio(request: HttpRequest, portfolio_id: int) -> Portfolio:
@@ -100,7 +120,9 @@ def _live_page(request: HttpRequest, portfolio: Portfolio | None) -> HttpRespons
         "portfolio/home.html",
         portfolio,
         stale_after=settings.LIVEFOLIO_STALE_SECONDS,
+        heartbeat=settings.LIVEFOLIO_PAGE_PING_SECONDS,
         strip=strip,
+        returns_known=any(r.returns for r in strip["returns"]),
     )
 
 
@@ -331,7 +353,11 @@ def portfolio_history(request: HttpRequest, portfolio_id: int) -> JsonResponse:
 def instrument(request: HttpRequest, symbol: str) -> HttpResponse:
     """The instrument page: live candles, 24 h stats, trade tape and book, the user's position."""
     instrument = get_object_or_404(Instrument, symbol=symbol)
-    return render(request, "portfolio/instrument.html", {"instrument": instrument})
+    return render(
+        request,
+        "portfolio/instrument.html",
+        {"instrument": instrument, "heartbeat": settings.LIVEFOLIO_PAGE_PING_SECONDS},
+    )
 
 
 @staff_member_required

@@ -8,7 +8,13 @@ class StreamingConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_out
 
+        from portfolio.signals import portfolio_recomputed
+        from streaming import events
+
         user_logged_out.connect(_close_sockets_of_ended_session, dispatch_uid="livefolio-logout")
+        portfolio_recomputed.connect(
+            events.portfolio_recomputed, dispatch_uid="livefolio-publish-recomputed"
+        )
 
 
 def _close_sockets_of_ended_session(sender, request, user, **kwargs) -> None:

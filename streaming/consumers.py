@@ -5,28 +5,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from portfolio import selectors
-from portfolio.health import WS_CONNECTIONS, WS_MESSAGES_SENT, WS_REJECTED
 from portfolio.models import Instrument
 from portfolio.security import context_id, new_id
-from streaming import events, protocol, streams, tokens
+from streaming import events, marketdata, protocol, streams, tokens
 from streaming.flow import Conflator, TokenBucket, UserConnections
+from streaming.health import WS_CONNECTIONS, WS_MESSAGES_SENT, WS_REJECTED
 from streaming.watch import socket_watch
 
 log = logging.getLogger(__name__)
+
+
+def instrument_page_state(*, instrument: Instrument, user_id: int) -> dict[str, Any]:
+    """The instrument page's snapshot: the domain's state of the instrument (quote, bars, stats,
+    the user's position) and the market-data cache's recent trades and book."""
+    return {
+        **selectors.instrument_state(instrument=instrument, user_id=user_id),
+        "trades": marketdata.recent_trades(instrument.id),
+        "book": marketdata.latest_book(instrument.id),
+    }
 
 
 async def dispatch_from(sources: list, dispatch) -> None:
@@ -67,38 +78,54 @@ async def dispatch_from(sources: list, dispatch) -> None:
 # call, and a broadcast counts thousands of frames a second.
 _SENT: dict[str, Any] = {}
 
+# A service the socket depends on went away (Redis, the database): the client should reconnect
+# later (4503), nothing is wrong with what it sent.
+SERVICE_LOST = (redis.RedisError, OSError, OperationalError, InterfaceError)
+
 
 class ProtocolConsumer(AsyncWebsocketConsumer):
     """Shared framing: sequence numbers, error replies, frame-size and JSON checks, a flood
-    limit per connection and a cap on open connections per user."""
+    limit per connection and a cap on open connections per user.
+
+    One error boundary (:meth:`dispatch`): whatever a frame or a channel-layer event raises
+    becomes a documented error and close code, never daphne's 1011. One clean-up
+    (:meth:`release`): a normal close, a crash, a lost Redis and a cancelled consumer all leave
+    the groups, the socket watch, the connection slot and the metrics the same way.
+    """
 
     endpoint = "protocol"
     seq = 0
     connection_cap: UserConnections | None = None
+    accepted = False  # the handshake was accepted (an error frame can be sent)
+    closing = False  # the server sent its close: nothing more is sent, no frame is handled
+    released = False  # release() ran
 
     async def __call__(self, scope, receive, send):
         self.connection_id = new_id("ws")
         context_id.set(self.connection_id)  # every log line of this socket carries its id
         try:
             await self.consume(scope, receive, send)
-        except (redis.RedisError, OSError) as exc:
+        except SERVICE_LOST as exc:
             # The channel layer's Redis went away: this socket can no longer hear its groups.
             # Close with 4503 so the client reconnects (with backoff) and gets a fresh snapshot.
             log.warning("channel layer lost (%s); closing with 4503", exc)
-            with contextlib.suppress(Exception):
-                await self.disconnect(protocol.CLOSE_TRY_AGAIN_LATER)
-            await self.forget()
+            await self.release(protocol.CLOSE_TRY_AGAIN_LATER)
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER})
         except asyncio.CancelledError:
             # Cancelled by the server (it gave up waiting for a disconnect): give back the cap
             # slot and the group membership now rather than leaving them to expire.
-            with contextlib.suppress(Exception):
-                await self.disconnect(1001)
-            with contextlib.suppress(Exception):
-                await self.forget()
+            await self.release(1001)
             raise
+        except Exception:
+            # Outside any one frame (the boundary in dispatch() failed itself): still a
+            # documented close, still the same clean-up.
+            log.exception("WebSocket consumer failed; closing with 4500")
+            await self.release(protocol.CLOSE_INTERNAL_ERROR)
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": protocol.CLOSE_INTERNAL_ERROR})
         finally:
+            await self.release(1006)  # a no-op after a normal close: release() runs once
             # channels-redis keeps an empty receive queue per channel a cancelled receive()
             # leaves behind, so daphne would grow with every reconnect: drop ours.
             buffers = getattr(getattr(self, "channel_layer", None), "receive_buffer", None)
@@ -125,8 +152,22 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         await super().websocket_connect(message)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        await self.forget()
-        await super().websocket_disconnect(message)
+        await self.release(message.get("code", 1005))
+        raise StopConsumer()
+
+    async def release(self, code: int) -> None:
+        """The clean-up of every close, once, whatever ended the socket: ``disconnect`` (groups,
+        the socket watch, timers), then ``forget`` (the connection slot, the metrics). A step
+        that fails is logged and the next still runs."""
+        if self.released:
+            return
+        self.released = True
+        self.closing = True
+        for step in (functools.partial(self.disconnect, code), self.forget):
+            try:
+                await step()
+            except Exception:
+                log.exception("clean-up after close %s failed", code)
 
     async def forget(self) -> None:
         """Give back the connection-cap slot and the connection count (once)."""
@@ -144,6 +185,23 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         for key in ("user", "session", "cookies"):
             self.scope.pop(key, None)
 
+    async def accept(self, subprotocol=None, headers=None) -> None:
+        await super().accept(subprotocol=subprotocol, headers=headers)
+        self.accepted = True
+
+    def count_connection(self) -> None:
+        """Count this open socket in ``livefolio_ws_connections`` until :meth:`forget`."""
+        WS_CONNECTIONS.labels(self.endpoint).inc()
+        self.counted = True
+
+    async def close(self, code=None, reason=None) -> None:
+        """Close once; from then on nothing more is sent and no frame is handled (frames the
+        client sent before it saw the close are still queued)."""
+        if self.closing:
+            return
+        self.closing = True
+        await super().close(code=code, reason=reason)
+
     async def accept_for(self, user_id: int) -> bool:
         """Accept the handshake unless the user is at the cap; then say why and close 4409."""
         if self.connection_cap is not None:
@@ -159,11 +217,37 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 return False
             self.capped_user = user_id
         await self.accept()
-        WS_CONNECTIONS.labels(self.endpoint).inc()
-        self.counted = True
+        self.count_connection()
         return True
 
     async def dispatch(self, message: dict[str, Any]) -> None:
+        """The error boundary of everything this socket handles: the handshake, each client
+        frame, each channel-layer event."""
+        try:
+            await self.handle(message)
+        except StopConsumer:
+            raise
+        except Exception as exc:
+            await self.fail(exc)
+
+    async def fail(self, exc: Exception) -> None:
+        """A frame or event raised: a documented close instead of daphne's 1011. A lost Redis
+        or database closes 4503 (reconnect later); anything else says ``internal_error`` and
+        closes 4500. The clean-up runs when the close completes, as for any close."""
+        if isinstance(exc, SERVICE_LOST):
+            log.warning("a service is unavailable (%s); closing with 4503", exc)
+            code, error = protocol.CLOSE_TRY_AGAIN_LATER, None
+        else:
+            log.error("handling a WebSocket message failed; closing with 4500", exc_info=exc)
+            code, error = protocol.CLOSE_INTERNAL_ERROR, protocol.ERROR_INTERNAL
+        if self.closing:
+            return
+        if self.accepted and error is not None:
+            await self.send_error(error, "the server failed to handle this; reconnect")
+        # Before accept this refuses the handshake (HTTP 403): no close code can be sent yet.
+        await self.close(code=code if self.accepted else None)
+
+    async def handle(self, message: dict[str, Any]) -> None:
         # Channels runs aclose_old_connections() through sync_to_async (a thread hop) before
         # every handler. Channel-layer events touch no database, so they skip it: the hop would
         # be the largest single cost of each delivered message.
@@ -181,16 +265,29 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         await super().dispatch(message)
 
     async def send_message(self, payload: dict[str, Any]) -> None:
+        if self.closing:
+            return  # nothing after the close
         self.seq += 1
         kind = payload["type"]
         sent = _SENT.get(kind) or _SENT.setdefault(kind, WS_MESSAGES_SENT.labels(kind))
         sent.inc()
-        await self.send(text_data=protocol.encode(protocol.envelope(payload, seq=self.seq)))
+        try:
+            await self.send(text_data=protocol.encode(protocol.envelope(payload, seq=self.seq)))
+        except Disconnected:
+            # daphne's WebSocket library refuses to send once the client's close arrived;
+            # the disconnect that follows runs the clean-up.
+            self.closing = True
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_message(protocol.error(code=code, message=message))
 
+    async def frame_error(self, error: protocol.FrameError) -> None:
+        """Answer a frame that is not a message (the API echoes its request id)."""
+        await self.send_error(error.code, error.message)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return  # sent before the client saw our close
         if self.bucket is None:
             rate, burst = settings.LIVEFOLIO_WS_RATE, settings.LIVEFOLIO_WS_BURST
             self.bucket = TokenBucket(rate=rate, burst=burst)
@@ -200,7 +297,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if bytes_data is not None:
             await self.send_error(protocol.ERROR_BINARY_NOT_SUPPORTED, "send JSON text frames")
             return
-        if len(text_data.encode()) > settings.LIVEFOLIO_MAX_FRAME_BYTES:
+        # surrogatepass: daphne hands over valid UTF-8 only; the in-process test client not
+        if len(text_data.encode(errors="surrogatepass")) > settings.LIVEFOLIO_MAX_FRAME_BYTES:
             limit = settings.LIVEFOLIO_MAX_FRAME_BYTES
             await self.send_error(
                 protocol.ERROR_FRAME_TOO_LARGE, f"frames are limited to {limit} bytes"
@@ -208,12 +306,9 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             await self.close(code=protocol.CLOSE_FRAME_TOO_LARGE)
             return
         try:
-            message = json.loads(text_data)
-        except ValueError as exc:
-            await self.send_error(protocol.ERROR_INVALID_JSON, f"not valid JSON: {exc}")
-            return
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self.send_error(protocol.ERROR_BAD_MESSAGE, 'expected an object with a "type"')
+            message = protocol.parse_client_frame(text_data)
+        except protocol.FrameError as exc:
+            await self.frame_error(exc)
             return
         await self.receive_message(message)
 
@@ -333,6 +428,9 @@ class InstrumentConsumer(PortfolioConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         symbol = self.scope["url_route"]["kwargs"]["symbol"]
+        if not protocol.clean_text(symbol):  # PostgreSQL refuses NUL: no such symbol
+            await self.close()
+            return
         instrument = await database_sync_to_async(Instrument.objects.filter(symbol=symbol).first)()
         if user is None or not user.is_authenticated or instrument is None:
             await self.close()
@@ -343,7 +441,7 @@ class InstrumentConsumer(PortfolioConsumer):
         )
 
     async def send_snapshot(self) -> None:
-        state = await database_sync_to_async(selectors.instrument_state)(
+        state = await database_sync_to_async(instrument_page_state)(
             instrument=self.instrument, user_id=self.user_id
         )
         self.conflator.discard_pending()
@@ -405,6 +503,7 @@ class ApiConsumer(ProtocolConsumer):
     The protocol is in docs/api.md and docs/asyncapi.yaml.
     """
 
+    endpoint = "api"
     # Renewed every heartbeat; three missed renewals (a crashed server) free the slot. (Not
     # connection_cap: this socket signs in after it is accepted, and says why it refuses.)
     api_cap = UserConnections(
@@ -422,38 +521,51 @@ class ApiConsumer(ProtocolConsumer):
         self.subscriptions: dict[str, Subscription] = {}
         self.by_source: dict[tuple[str, int], Subscription] = {}
         self.group_refs: dict[str, int] = {}
-        self.closing = False
-        # Requests are limited per API contract (an error per refused request, no close); the
-        # base class's flood limit still stands behind it.
+        self.holds_slot = False
+        # Requests are limited per API contract (an error per refused request); a connection
+        # whose refused requests come faster than that same rate and burst is closed 4429. The
+        # base class's flood limit stands behind both.
         self.requests = TokenBucket(
+            rate=settings.LIVEFOLIO_API_RATE, burst=settings.LIVEFOLIO_API_BURST
+        )
+        self.refusals = TokenBucket(
             rate=settings.LIVEFOLIO_API_RATE, burst=settings.LIVEFOLIO_API_BURST
         )
         self.last_request = time.monotonic()
         self.timers: list[asyncio.Task] = []
         self.auth_deadline: asyncio.Task | None = None
         await self.accept()
+        self.count_connection()
 
-        user = None
+        # Who this is; a refusal is sent after the welcome, which is always the first frame.
+        user, refusal = None, None
         bearer = self._bearer_token()
+        session_user = self.scope.get("user")
         if bearer is not None:
             token = await database_sync_to_async(tokens.token_lookup)(bearer)
             user = token.user if token else None
             self.token_id = token.pk if token else None
             if user is None:
-                await self._refuse(
+                refusal = (
                     protocol.ERROR_UNAUTHORIZED,
                     "the bearer token is unknown, malformed or revoked",
                     protocol.CLOSE_UNAUTHENTICATED,
                 )
-                return
-        elif (session_user := self.scope.get("user")) is not None and (
-            session_user.is_authenticated
-        ):
-            user = session_user
-            self.session_key = self.scope["session"].session_key
+        elif session_user is not None and session_user.is_authenticated:
+            if self._has_origin():
+                user = session_user
+                self.session_key = self.scope["session"].session_key
+            else:
+                # Only a browser's Origin proves the cookie was sent by a page of this site.
+                refusal = (
+                    protocol.ERROR_UNAUTHORIZED,
+                    "a session cookie needs the browser's Origin header; "
+                    "a client without one authenticates with an API token",
+                    protocol.CLOSE_UNAUTHENTICATED,
+                )
         self.drop_scope_auth()
         if user is not None and not await self._sign_in(user):
-            return
+            refusal = self._too_many_connections()
         await self.send_message(
             protocol.welcome(
                 user=self.username,
@@ -461,23 +573,35 @@ class ApiConsumer(ProtocolConsumer):
                 heartbeat=settings.LIVEFOLIO_API_HEARTBEAT_SECONDS,
             )
         )
+        if refusal is not None:
+            await self._refuse(*refusal)
+            return
         self.timers.append(asyncio.create_task(self._heartbeats()))
         if self.user_id is None:
             self.auth_deadline = asyncio.create_task(self._auth_deadline())
             self.timers.append(self.auth_deadline)
 
     async def disconnect(self, code: int) -> None:
-        self.closing = True
-        for task in self.timers:
+        # Any of these may be missing: the consumer can fail before connect() set them.
+        for task in getattr(self, "timers", ()):
             task.cancel()
-        for sub in self.subscriptions.values():
+        for sub in getattr(self, "subscriptions", {}).values():
             sub.stop()
         for group in list(getattr(self, "group_refs", {})):
-            await self.channel_layer.group_discard(group, self.channel_name)
-        if getattr(self, "user_id", None) is not None:
+            with contextlib.suppress(Exception):  # Redis may be the reason we are closing
+                await self.channel_layer.group_discard(group, self.channel_name)
+            del self.group_refs[group]
+
+    async def forget(self) -> None:
+        if getattr(self, "holds_slot", False):
+            self.holds_slot = False
             await self.api_cap.release(self.user_id, self.channel_name)
+        await super().forget()
 
     # -- framing, auth and limits -------------------------------------------------------------
+
+    def _has_origin(self) -> bool:
+        return any(name == b"origin" for name, _value in self.scope.get("headers", []))
 
     def _bearer_token(self) -> str | None:
         for name, value in self.scope.get("headers", []):
@@ -491,19 +615,21 @@ class ApiConsumer(ProtocolConsumer):
     ) -> None:
         """Send an error, then close with ``close_code``: nothing more is sent or served."""
         await self.send_message(protocol.error(code=code, message=message, request_id=request_id))
-        self.closing = True
         await self.close(code=close_code)
 
-    async def _sign_in(self, user, request_id: Any = None) -> bool:
-        """Take one of the user's connection slots; refuse and close when they are all taken."""
+    def _too_many_connections(self) -> tuple[str, str, int]:
+        return (
+            protocol.ERROR_TOO_MANY_CONNECTIONS,
+            f"at most {settings.LIVEFOLIO_API_MAX_CONNECTIONS} API connections per user",
+            protocol.CLOSE_TOO_MANY_CONNECTIONS,
+        )
+
+    async def _sign_in(self, user) -> bool:
+        """Take one of the user's connection slots; False when they are all taken."""
         if not await self.api_cap.acquire(user.id, self.channel_name):
-            await self._refuse(
-                protocol.ERROR_TOO_MANY_CONNECTIONS,
-                f"at most {settings.LIVEFOLIO_API_MAX_CONNECTIONS} API connections per user",
-                protocol.CLOSE_TOO_MANY_CONNECTIONS,
-                request_id,
-            )
+            WS_REJECTED.labels(protocol.ERROR_TOO_MANY_CONNECTIONS).inc()
             return False
+        self.holds_slot = True
         self.user_id = user.id
         self.username = user.get_username()
         # The user's group also says when this connection's token or session ends.
@@ -558,16 +684,12 @@ class ApiConsumer(ProtocolConsumer):
                 await self.api_cap.refresh(self.user_id, self.channel_name)
             await self.send_message(protocol.heartbeat())
 
-    async def send_message(self, payload: dict[str, Any]) -> None:
-        if self.closing and payload["type"] != "error":
-            return  # nothing more after a close
-        await super().send_message(payload)
-
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
             return
         self.last_request = time.monotonic()
         if not self.requests.allow():
+            WS_REJECTED.labels(protocol.ERROR_RATE_LIMITED).inc()
             await self.send_message(
                 protocol.error(
                     code=protocol.ERROR_RATE_LIMITED,
@@ -576,8 +698,22 @@ class ApiConsumer(ProtocolConsumer):
                     request_id=_request_id(text_data),
                 )
             )
+            if not self.refusals.allow():
+                log.warning("closing an API connection that keeps flooding")
+                await self.close(code=protocol.CLOSE_RATE_LIMITED)
             return
         await super().receive(text_data=text_data, bytes_data=bytes_data)
+
+    async def frame_error(self, error: protocol.FrameError) -> None:
+        frame = error.frame
+        request_id = frame.get("id") if isinstance(frame, dict) else None
+        await self.send_message(
+            protocol.error(
+                code=error.code,
+                message=error.message,
+                request_id=request_id if _valid_id(request_id) else None,
+            )
+        )
 
     async def receive_message(self, message: dict[str, Any]) -> None:
         request_id = message.get("id")
@@ -632,7 +768,8 @@ class ApiConsumer(ProtocolConsumer):
                 message.get("id"),
             )
             return None, []
-        if not await self._sign_in(user, message.get("id")):
+        if not await self._sign_in(user):
+            await self._refuse(*self._too_many_connections(), message.get("id"))
             return None, []
         if self.auth_deadline is not None:
             self.auth_deadline.cancel()
@@ -772,7 +909,7 @@ def _valid_id(value: Any) -> bool:
     an integer every JSON reader holds exactly (at most 2**53 - 1 either way; a larger one
     cannot be encoded in a frame at all beyond 64 bits)."""
     if isinstance(value, str):
-        return len(value) <= MAX_ID_LENGTH
+        return len(value) <= MAX_ID_LENGTH and protocol.clean_text(value)
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_ID_INT
 
 
@@ -781,8 +918,8 @@ def _request_id(text_data: str | None) -> Any:
     if not text_data or len(text_data) > settings.LIVEFOLIO_MAX_FRAME_BYTES:
         return None
     try:
-        message = json.loads(text_data)
-    except ValueError:
+        message = protocol.parse_client_frame(text_data)
+    except protocol.FrameError:
         return None
-    request_id = message.get("id") if isinstance(message, dict) else None
+    request_id = message.get("id")
     return request_id if _valid_id(request_id) else None

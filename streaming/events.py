@@ -50,6 +50,15 @@ def publish(messages: list[tuple[str, dict[str, Any]]]) -> None:
         log.exception("events: publishing %d messages failed", len(messages))
 
 
+def portfolio_recomputed(sender: Any, *, portfolio_id: int, owner_id: int, **kwargs: Any) -> None:
+    """The domain's ``portfolio_recomputed`` (after commit): the owner's pages and bots get the
+    portfolio's new valuation. Connected in streaming/apps.py."""
+    from portfolio import selectors
+
+    states = selectors.portfolio_states(portfolio_ids=[portfolio_id])
+    publish([(user_group(owner_id), protocol.valuation(portfolio=state)) for state in states])
+
+
 _threads = threading.local()
 
 

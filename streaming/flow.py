@@ -13,12 +13,13 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
+import redis
 from django.conf import settings
 
-from streaming import namespace, presence
+from streaming import namespace
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,10 @@ class Conflator:
 
 # Atomically, on Redis' own clock (servers with skewed clocks agree): drop expired leases,
 # refuse when the user is full, else take or renew this connection's lease, and mark the user
-# present when asked. KEYS[1] the user's lease set, KEYS[2..3] presence's; ARGV: member, cap,
-# lease seconds, user id ('' marks nobody). Returns 1 when the member holds a slot, 0 if full.
-_ACQUIRE = (
-    """
+# present when asked (presence marks a day old go: present() ignores them long before). KEYS[1]
+# the user's lease set, KEYS[2..3] presence's (presence_keys()); ARGV: member, cap, lease
+# seconds, user id ('' marks nobody). Returns 1 when the member holds a slot, 0 if full.
+_ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -130,13 +131,13 @@ end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
 if ARGV[4] ~= '' then
-"""
-    + presence.MARK_LUA
-    + """
+  local seen = math.floor(now)
+  redis.call('ZADD', KEYS[2], seen, ARGV[4])
+  redis.call('SET', KEYS[3], seen, 'NX')
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seen - 86400)
 end
 return 1
 """
-)
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
@@ -147,7 +148,6 @@ def redis_sync() -> Any:
     embedded default, which has no Redis. Celery tasks, health checks and thread-pool code."""
     if not settings.REDIS_URL:
         return None
-    import redis
 
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
@@ -204,7 +204,7 @@ class UserConnections:
     ) -> None:
         self.scope = scope
         self.limit_setting = limit_setting
-        # Sockets that show valuations mark their user present (streaming/presence.py).
+        # Sockets that show valuations mark their user present (see present() below).
         self.marks_presence = marks_presence
         self._lease = lease
 
@@ -241,7 +241,7 @@ class UserConnections:
                 _ACQUIRE,
                 3,
                 self.key(user_id),
-                *presence.keys(),
+                *presence_keys(),
                 connection_id,
                 self.limit,
                 self.lease(),
@@ -264,3 +264,58 @@ class UserConnections:
             await redis_client().zrem(self.key(user_id), connection_id)
         except Exception as exc:
             log.warning("connection cap: could not release %s (%s)", connection_id, exc)
+
+
+# --- presence ----------------------------------------------------------------------------------
+# Presence: which users have a live socket open, so a worker values only what someone watches.
+#
+# Every socket that can receive valuations holds a connection-cap entry in Redis and renews it
+# while open (UserConnections: leases, one cap for the pages, one for the API). The script that
+# does so (_ACQUIRE) also stamps the user in one sorted set, scored by Redis' own clock, and notes
+# when tracking began. present() answers "which of these owners are watching?" for a Celery
+# worker, in one round-trip.
+#
+# It never skips a connected user:
+# - a socket marks its user *before* it reads its snapshot, and a worker asks *after* its prices
+#   committed, so a tick the worker skipped for that user is already in the snapshot;
+# - a mark outlives the longest renewal period several times over (presence_ttl()), and nothing
+#   removes it early (a closing tab may not be the user's last socket);
+# - when it cannot know (no Redis: the embedded default; Redis unreachable; tracking younger
+#   than one presence_ttl(), as after a Redis restart that lost the marks) it answers ``None``:
+#   value everyone.
+# A user who left is valued for at most presence_ttl() seconds more.
+
+
+def presence_keys() -> list[str]:
+    """The presence set (user id -> last seen, Redis time) and the "tracking since" key."""
+    prefix = namespace.redis_prefix()
+    return [f"{prefix}:presence", f"{prefix}:presence:since"]
+
+
+def presence_ttl() -> int:
+    """Seconds a mark counts: four of the slowest renewal period, and at least a minute."""
+    slowest = max(UserConnections.REFRESH_SECONDS, settings.LIVEFOLIO_API_HEARTBEAT_SECONDS)
+    return max(60, 4 * slowest)
+
+
+def present(user_ids: Iterable[int]) -> set[int] | None:
+    """The users among ``user_ids`` with a socket open; ``None`` when that cannot be known."""
+    client = redis_sync()
+    users = sorted(set(user_ids))
+    if client is None or not users:
+        return None
+    presence, since = presence_keys()
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.time()
+        pipe.get(since)
+        pipe.zmscore(presence, users)
+        (now, _), started, scores = pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("presence: Redis unavailable, valuing every portfolio (%s)", exc)
+        return None
+    window = presence_ttl()
+    if started is None or now - int(started) < window:
+        return None  # tracking began less than a ttl ago: some marks may not be back yet
+    oldest = now - window
+    return {user for user, seen in zip(users, scores, strict=True) if seen and seen >= oldest}

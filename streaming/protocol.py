@@ -7,12 +7,15 @@ prices and quantities travel as strings of Decimal, never as JSON numbers.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
+
+from portfolio.wire import dec, iso, money
 
 # Error codes a client can receive (also documented in docs/protocol.md).
 ERROR_INVALID_JSON = "invalid_json"
@@ -32,12 +35,18 @@ ERROR_UNAUTHORIZED = "unauthorized"  # an unknown, malformed or revoked token
 ERROR_AUTH_TIMEOUT = "auth_timeout"  # no authentication within the allowed time
 ERROR_IDLE_TIMEOUT = "idle_timeout"  # no subscription and no request for too long
 ERROR_SESSION_ENDED = "session_ended"  # logged out or expired while connected
+ERROR_INTERNAL = "internal_error"  # the server failed while handling a frame; then close 4500
 
 # WebSocket close codes the server uses.
 CLOSE_UNAUTHENTICATED = 4401  # the session ended while connected (logged out, expired)
 CLOSE_TOO_MANY_CONNECTIONS = 4409  # this user already holds the maximum of open sockets
 CLOSE_RATE_LIMITED = 4429  # the client kept sending faster than allowed
-CLOSE_FRAME_TOO_LARGE = 1009  # RFC 6455 "message too big"
+# It left more than LIVEFOLIO_WS_SEND_BUDGET_KB of frames unread (streaming/serve.py).
+CLOSE_NOT_READING = 4413
+# A frame over LIVEFOLIO_MAX_FRAME_BYTES. Not RFC 6455's 1009: daphne's WebSocket library
+# (autobahn) sends only 1000 and 3000-4999 on an application's behalf.
+CLOSE_FRAME_TOO_LARGE = 4009
+CLOSE_INTERNAL_ERROR = 4500  # the server failed while handling a frame (after internal_error)
 # API v1: also 4401 after an `unauthorized` error (wrong or revoked token).
 CLOSE_IDLE_TIMEOUT = 4000  # no subscription and no request within the idle timeout
 CLOSE_AUTH_TIMEOUT = 4408  # not authenticated within the allowed time (like HTTP 408)
@@ -54,10 +63,91 @@ TRADE_SIDES = ("buy", "sell")
 
 CLOSE_TRY_AGAIN_LATER = 4503  # the server lost its channel layer (Redis); reconnect
 
+# A client frame nests objects and arrays at most this deep (every request is one or two deep).
+MAX_NESTING = 32
+# How much of a field's path an error message repeats.
+MAX_PATH_SHOWN = 64
 
-def iso(moment: datetime) -> str:
-    """ISO-8601 in UTC with a Z, millisecond precision: what the browser's Date parses."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+class FrameError(ValueError):
+    """A client frame that is not a message: ``code`` (one of the error codes above) and a
+    ``message`` for a person. ``frame`` is the parsed object when it was JSON at all."""
+
+    def __init__(self, code: str, message: str, frame: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.frame = frame
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def clean_text(text: str) -> bool:
+    """True when ``text`` holds no NUL and no unpaired surrogate: text that can be stored
+    (PostgreSQL refuses NUL) and sent back in a frame (UTF-8 has no surrogates)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unclean_field(message: Any) -> str | None:
+    """Checks nesting depth and text of a parsed frame; the error message for the first field
+    that fails, None when all pass. Iterative: a frame's depth never costs stack."""
+    pending: list[tuple[Any, str, int]] = [(message, "", 1)]
+    while pending:
+        value, path, depth = pending.pop()
+        if isinstance(value, str):
+            if not clean_text(value):
+                shown = path[:MAX_PATH_SHOWN] or "the message"
+                return (
+                    f"{shown}: text must not hold NUL (U+0000) or unpaired surrogates "
+                    "(U+D800 to U+DFFF)"
+                )
+            continue
+        if isinstance(value, dict):
+            children = []
+            for key, item in value.items():
+                if not clean_text(key):
+                    shown = path[:MAX_PATH_SHOWN] or "the message"
+                    return f"{shown}: a key must not hold NUL (U+0000) or unpaired surrogates"
+                children.append((item, f"{path}.{key}" if path else key))
+        elif isinstance(value, list):
+            children = [(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        else:
+            continue
+        if depth > MAX_NESTING:
+            return f"objects and arrays nest at most {MAX_NESTING} deep"
+        # Reversed onto the stack: the first field of the frame is checked first.
+        pending.extend((item, child, depth + 1) for item, child in reversed(children))
+    return None
+
+
+def parse_client_frame(text: str) -> dict[str, Any]:
+    """A client's text frame as a message: a JSON object with a string ``type``, nested at most
+    MAX_NESTING deep, whose text holds no NUL or unpaired surrogate. Raises FrameError."""
+    try:
+        message = json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        # Nested past the interpreter's stack: deeper than any limit, so the same answer.
+        raise FrameError(
+            ERROR_BAD_MESSAGE, f"objects and arrays nest at most {MAX_NESTING} deep"
+        ) from None
+    except ValueError as exc:
+        raise FrameError(ERROR_INVALID_JSON, f"not valid JSON: {exc}") from None
+    problem = _unclean_field(message)
+    if problem is not None:
+        raise FrameError(ERROR_BAD_MESSAGE, problem, message)
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise FrameError(ERROR_BAD_MESSAGE, 'expected an object with a "type"', message)
+    return message
 
 
 def now_iso() -> str:
@@ -74,27 +164,6 @@ def now_iso() -> str:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _now: tuple[int, str] = (-1, "")
-
-
-def dec(value: Decimal | None) -> str | None:
-    """A Decimal as a plain string without exponent; None stays None."""
-    if value is None:
-        return None
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
-
-
-CENT = Decimal("0.01")
-
-
-def money(amount: Decimal | None) -> str | None:
-    """A money amount in its currency, to the cent, as a string ("100000.20")."""
-    if amount is None:
-        return None
-    # str() of a Decimal with exponent -2 is never scientific, and cheaper than format().
-    return str(amount.quantize(CENT))
 
 
 class Encoded(dict):

@@ -12,25 +12,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import sys
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 
-from portfolio import health, services
+from portfolio import services, wire
 from portfolio.models import AssetClass, Instrument, Quote
-from streaming import events, flow, marketdata, pacing, protocol
-from streaming.feeds.base import Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
+from streaming import events, flow, health, marketdata, pacing
+from streaming.feeds.base import Backoff, Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 
 log = logging.getLogger(__name__)
 
 FEEDS = ("simulated", "replay", "binance", "coinbase", "kraken")
+# The longest wait between two tries of a database call that keeps failing (seconds).
+DATABASE_RETRY_CAP = 30.0
+# Tries to hand on ticks while the broker refuses them: the first after up to SEND_RETRY_BASE,
+# doubling to SEND_RETRY_CAP (seconds), full jitter.
+SEND_RETRY_BASE = 0.5
+SEND_RETRY_CAP = 5.0
 
 
 def build_feed(kind: str, *, emit: Callable[[MarketEvent], None], **options: Any) -> Feed:
@@ -69,19 +79,17 @@ class Target:
 
     instrument_id: int
     symbol: str
-
-
-def _book_symbols(kind: str) -> frozenset[str]:
-    """The simulated feed keeps an order book, and a tape, for its crypto instruments."""
-    rows = Instrument.objects.filter(feed=kind, active=True, asset_class=AssetClass.CRYPTO)
-    return frozenset(rows.values_list("feed_symbol", flat=True))
+    crypto: bool = False  # the simulated feed can run an order book for it
 
 
 def _instrument_map(kind: str) -> dict[str, Target]:
     rows = Instrument.objects.filter(feed=kind, active=True).values_list(
-        "feed_symbol", "id", "symbol"
+        "feed_symbol", "id", "symbol", "asset_class"
     )
-    return {feed_symbol: Target(pk, symbol) for feed_symbol, pk, symbol in rows}
+    return {
+        feed_symbol: Target(pk, symbol, asset_class == AssetClass.CRYPTO)
+        for feed_symbol, pk, symbol, asset_class in rows
+    }
 
 
 def _latest_prices(kind: str) -> dict[str, Decimal]:
@@ -117,9 +125,9 @@ class IngestBackpressure:
     that old; the runner keeps its window open instead and sends when a worker is free, so
     what the worker takes is the newest ticks (a worker over capacity delivers fresh prices
     less often instead of old prices late). Live workers are counted from their heartbeats
-    (portfolio/health.py) every few seconds. A task taken longer ago than the soft time limit
-    (30 s) does not count as running: a worker that died mid-task leaves it behind until the
-    broker restores it (the visibility timeout, 300 s), and the feed would be held for
+    (streaming/health.py) every few seconds. A task taken longer ago than the soft time limit
+    does not count as running: a worker that died mid-task leaves it behind until the
+    broker restores it (the visibility timeout), and the feed would be held for
     ``max_hold`` at every window all that time.
     """
 
@@ -227,6 +235,53 @@ async def cancel_and_wait(tasks: list[asyncio.Task], *, again_every: float = 0.5
             log.warning("feed: %s ended with %r", task.get_name(), task.exception())
 
 
+class DatabaseRetry:
+    """When to try a failing database call of the feed again, and what to log.
+
+    The calls themselves go through ``database_sync_to_async``, which applies Django's request
+    rules around each: a connection a failed statement left broken (a PostgreSQL restart) is
+    closed and the next call opens a new one, and a kept connection is checked before reuse
+    (CONN_HEALTH_CHECKS); plain ``sync_to_async`` would keep a connection broken outside a
+    transaction, and every later call on it would fail. Tries are spaced by a backoff with
+    full jitter (``base`` doubling to ``DATABASE_RETRY_CAP``), so many feeds do not reconnect
+    in step; the first failure logs its traceback, the next ones a line each, and the first
+    success after them says the database is back.
+    """
+
+    def __init__(self, feed: str, what: str, *, base: float) -> None:
+        self.feed = feed
+        self.what = what
+        self.backoff = Backoff(base=base, cap=max(base, DATABASE_RETRY_CAP))
+        self.failures = 0
+
+    def failed(self, consequence: str = "") -> float:
+        """Log the failure being handled; returns the seconds to wait before the next try."""
+        delay = self.backoff.next_delay()
+        self.failures += 1
+        then = f"{'; ' + consequence if consequence else ''}; trying again in {delay:.1f} s"
+        if self.failures == 1:
+            log.exception("feed %s: %s failed%s", self.feed, self.what, then)
+        else:
+            error = sys.exception()
+            log.warning(
+                "feed %s: %s failed (%d in a row: %s)%s",
+                self.feed,
+                self.what,
+                self.failures,
+                f"{type(error).__name__}: {error}".splitlines()[0],
+                then,
+            )
+        return delay
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info(
+                "feed %s: %s works again after %d failures", self.feed, self.what, self.failures
+            )
+        self.failures = 0
+        self.backoff.reset()
+
+
 class FeedRunner:
     def __init__(
         self,
@@ -235,10 +290,15 @@ class FeedRunner:
         window: float | None = None,
         refresh: float = 5.0,
         sink: Callable[[list[dict[str, Any]]], Any] | None = None,
+        order_books: bool = False,
         **feed_options: Any,
     ) -> None:
         if kind not in FEEDS:
             raise ValueError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
+        if order_books and kind != "simulated":
+            raise ValueError("order_books: only the simulated feed simulates order books")
+        # Simulated: crypto instruments trade in a simulated market with an order book.
+        self.order_books = order_books
         self.kind = kind
         self.refresh = refresh
         self.sink = sink or _default_sink
@@ -261,6 +321,13 @@ class FeedRunner:
         self.settle_until = 0.0  # clock time until which empty windows are still sent
         # Set by stop(): the run ends even if a cancellation is lost (see cancel_and_wait).
         self.stopping = False
+        # Ticks a failed send left (the broker down), the newest per feed symbol, so at most
+        # one per instrument of this feed: they go with the first send that works, older
+        # ticks of the same instrument giving way to newer ones meanwhile.
+        self.unsent: dict[str, Tick] = {}
+        self.send_retry = Backoff(base=SEND_RETRY_BASE, cap=SEND_RETRY_CAP)
+        self.send_retry_at = 0.0  # clock time before which no send is tried
+        self.send_failures = 0
 
     def on_event(self, event: MarketEvent) -> None:
         if event.feed_symbol not in self.symbols:
@@ -274,28 +341,89 @@ class FeedRunner:
             self.books[event.feed_symbol] = event  # only the newest book per window matters
 
     async def flush(self, ticks: list[Tick]) -> None:
-        received = protocol.iso(utcnow())
+        """Hand a window's ticks on to ingest (with any a failed send left). When the send
+        fails they are kept, newest per instrument, and tried again after a backoff."""
+        stamped = utcnow()
+        if self.unsent:
+            ticks = self._with_unsent(ticks)
+        now = self.clock()
+        if now < self.send_retry_at:
+            self._keep_unsent(ticks, stamped)
+            return
+        received = wire.iso(stamped)
         batch = [
             {
                 "instrument": self.symbols[t.feed_symbol].instrument_id,
-                "price": protocol.dec(t.price),
-                "bid": protocol.dec(t.bid),
-                "ask": protocol.dec(t.ask),
+                "price": wire.dec(t.price),
+                "bid": wire.dec(t.bid),
+                "ask": wire.dec(t.ask),
                 "ts": t.ts.isoformat(),
-                "received": protocol.iso(t.received) if t.received else received,
+                "received": wire.iso(t.received) if t.received else received,
                 "source": self.kind,
             }
             for t in ticks
             if t.feed_symbol in self.symbols
         ]
-        now = self.clock()
         if batch:
             self.settle_until = now + pacing.settle_seconds()
+        elif now >= self.settle_until:
+            return
+        # Empty batches go on until settle_until: valuation pacing deferred some portfolios the
+        # last ticks moved, and each such batch gives them their turn (streaming/pacing.py).
+        try:
             await self.sink(batch)
-        elif now < self.settle_until:
-            # Valuation pacing deferred some portfolios its last ticks moved: keep sending
-            # (empty) batches until every such turn has come (streaming/pacing.py).
-            await self.sink([])
+        except Exception:
+            self._keep_unsent(ticks, stamped)
+            delay = self.send_retry.next_delay()
+            self.send_retry_at = self.clock() + delay
+            self.send_failures += 1
+            kept = (
+                f"keeping the newest of {len(self.unsent)} instruments, next try in {delay:.1f} s"
+            )
+            if self.send_failures == 1:
+                log.exception("feed %s: sending %d ticks failed; %s", self.kind, len(batch), kept)
+            else:
+                error = sys.exception()
+                log.warning(
+                    "feed %s: sending failed (%d in a row: %s); %s",
+                    self.kind,
+                    self.send_failures,
+                    f"{type(error).__name__}: {error}".splitlines()[0],
+                    kept,
+                )
+            return
+        if self.send_failures:
+            log.info(
+                "feed %s: sending works again after %d failures (%d ticks sent)",
+                self.kind,
+                self.send_failures,
+                len(batch),
+            )
+            self.send_failures = 0
+            self.send_retry.reset()
+
+    def _with_unsent(self, ticks: list[Tick]) -> list[Tick]:
+        """``ticks`` with the unsent ones of other instruments, and an unsent one in place of
+        a tick it is newer than; the unsent set is empty after."""
+        merged, self.unsent = self.unsent, {}
+        for tick in ticks:
+            kept = merged.get(tick.feed_symbol)
+            if kept is None or tick.ts >= kept.ts:
+                merged[tick.feed_symbol] = tick
+        return list(merged.values())
+
+    def _keep_unsent(self, ticks: list[Tick], stamped: datetime) -> None:
+        """Keep ``ticks`` for the next send, newest per instrument, each stamped with when the
+        runner first had it (the lag it reports includes the wait). Instruments no longer
+        streamed are dropped."""
+        for tick in ticks:
+            if tick.feed_symbol not in self.symbols:
+                continue
+            kept = self.unsent.get(tick.feed_symbol)
+            if kept is None or tick.ts >= kept.ts:
+                if tick.received is None:
+                    tick = dataclasses.replace(tick, received=stamped)
+                self.unsent[tick.feed_symbol] = tick
 
     def market_messages(
         self, trades: list[Trade], books: dict[str, Book]
@@ -363,17 +491,23 @@ class FeedRunner:
                 )
 
     async def record_health(self) -> None:
+        """Write the feed's health row every LIVEFOLIO_FEED_HEARTBEAT_SECONDS; while the database
+        fails, try again after a backoff with full jitter."""
+        beat = settings.LIVEFOLIO_FEED_HEARTBEAT_SECONDS
+        retry = DatabaseRetry(self.kind, "writing feed health", base=beat)
         while True:
             try:
-                await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
+                await database_sync_to_async(services.feed_status_record)(
+                    stats=self.feed.stats.as_dict()
+                )
             except Exception:
-                log.exception("feed %s: writing feed health failed", self.kind)
-            await asyncio.sleep(settings.LIVEFOLIO_FEED_HEARTBEAT_SECONDS)
+                await asyncio.sleep(retry.failed())
+            else:
+                retry.succeeded()
+                await asyncio.sleep(beat)
 
     async def refresh_symbols(self) -> None:
-        if self.kind == "simulated":
-            self.feed.book_symbols = await sync_to_async(_book_symbols)(self.kind)
-        symbols = await sync_to_async(_instrument_map)(self.kind)
+        symbols = await database_sync_to_async(_instrument_map)(self.kind)
         if symbols != self.symbols:
             added = set(symbols) - set(self.symbols)
             removed = set(self.symbols) - set(symbols)
@@ -385,13 +519,17 @@ class FeedRunner:
                 len(removed),
             )
             self.symbols = symbols
+            if self.order_books:
+                books = frozenset(s for s, target in symbols.items() if target.crypto)
+                await self.feed.set_order_books(books)
             await self.feed.set_symbols(frozenset(symbols))
 
     async def run(self) -> None:
         """Run until cancelled. Symbol changes in the admin are picked up every ``refresh`` s."""
         options = dict(self.feed_options)
         if self.kind == "simulated":
-            options.setdefault("start_prices", await sync_to_async(_latest_prices)(self.kind))
+            prices = await database_sync_to_async(_latest_prices)(self.kind)
+            options.setdefault("start_prices", prices)
         self.feed = build_feed(self.kind, emit=self.on_event, **options)
         await self.refresh_symbols()
         log.info("feed %s: started", self.kind)
@@ -402,25 +540,30 @@ class FeedRunner:
             asyncio.create_task(self.publish_books(), name=f"books-{self.kind}"),
             asyncio.create_task(self.record_health(), name=f"health-{self.kind}"),
         ]
+        retry = DatabaseRetry(self.kind, "reading instruments", base=self.refresh)
+        wait = self.refresh
         try:
             while not self.stopping:
-                await asyncio.sleep(self.refresh)
+                await asyncio.sleep(wait)
                 for task in tasks:
                     if task.done() and not task.cancelled() and task.exception():
                         raise task.exception()
                 try:
                     await self.refresh_symbols()
                 except Exception:
-                    log.exception(
-                        "feed %s: reading instruments failed; keeping the old set", self.kind
-                    )
+                    wait = retry.failed("keeping the old set")
+                else:
+                    retry.succeeded()
+                    wait = self.refresh
         finally:
             await cancel_and_wait(tasks)
             if self.backpressure is not None:
                 await self.backpressure.close()
             await self.settle()
             with contextlib.suppress(Exception):
-                await sync_to_async(services.feed_status_record)(stats=self.feed.stats.as_dict())
+                await database_sync_to_async(services.feed_status_record)(
+                    stats=self.feed.stats.as_dict()
+                )
             log.info("feed %s: stopped", self.kind)
 
     def stop(self, task: asyncio.Task) -> None:

@@ -11,7 +11,10 @@ refusing an incoming message over 128 KiB (daphne: 1 MiB) unless its flags say o
   onto every connection; this protocol reads them from the factory instead;
 - an open WebSocket lets go of the HTTP request it was upgraded from (Twisted's
   ``HTTPChannel``, daphne's request, their headers and buffers), which daphne leaves registered
-  as its TCP transport's producer for as long as the socket is open.
+  as its TCP transport's producer for as long as the socket is open;
+- a client that stops reading holds at most ``LIVEFOLIO_WS_SEND_BUDGET_KB`` of unsent frames
+  here (past what its TCP transport buffers): past that it is closed with **4413**
+  (docs/protocol.md), not kept until it misses its pings while its frames pile up.
 
 Plain ``daphne portfolio.asgi:application`` still runs the same application, with more memory
 per open socket.
@@ -21,15 +24,34 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from functools import partial
 from typing import Any
 
 import daphne.server  # first: it installs Twisted's asyncio reactor
+from autobahn.util import encode_truncate
 from daphne import cli, ws_protocol
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
 
 from streaming.layers import Inbox
+from streaming.protocol import CLOSE_NOT_READING
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEND_BUDGET_KB = 1024
+
+
+def send_budget() -> int:
+    """The bytes a client may leave unread (``LIVEFOLIO_WS_SEND_BUDGET_KB``; its default for an
+    application served without Livefolio's settings)."""
+    try:
+        kib = settings.LIVEFOLIO_WS_SEND_BUDGET_KB
+    except (ImproperlyConfigured, AttributeError):
+        kib = DEFAULT_SEND_BUDGET_KB
+    return kib * 1024
 
 
 class FactoryOption:
@@ -52,7 +74,59 @@ class FactoryOption:
 
 class WebSocketProtocol(ws_protocol.WebSocketProtocol):
     """daphne's WebSocket protocol: options read from the factory rather than copied, the
-    upgraded HTTP request let go once the socket is open, and frames sent at once."""
+    upgraded HTTP request let go once the socket is open, frames sent at once, and a byte
+    budget for a client that stops reading.
+
+    The budget: the protocol is its TCP transport's streaming producer. Twisted pauses it once
+    the transport holds more than its buffer size (64 KiB) that the socket would not take, and
+    resumes it once all of it is sent (``IConsumer.registerProducer``). Frames written while
+    paused are what the client leaves unread, beyond that buffer; past
+    ``LIVEFOLIO_WS_SEND_BUDGET_KB`` of them the connection is closed with
+    :data:`CLOSE_NOT_READING`. A client that never reads never completes the closing handshake
+    either, so autobahn drops the connection after its close handshake timeout (1 s) and
+    daphne frees what it held; the application sees a normal disconnect.
+    """
+
+    # Bytes sent while paused (None: not paused); set on the instance only while paused.
+    unread: int | None = None
+    over_budget = False
+
+    def pauseProducing(self) -> None:
+        # Twisted says so again at every write while its buffer is full: count from the first.
+        if self.unread is None:
+            self.unread = 0
+
+    def resumeProducing(self) -> None:
+        self.unread = None
+
+    def stopProducing(self) -> None:
+        self.unread = None
+
+    def _within_budget(self, data: bytes) -> bool:
+        """Count ``data`` if the client is behind; False (and the connection closing) once
+        what it left unread passes the budget: the frame is not sent."""
+        if self.unread is None or self.over_budget:
+            return True
+        self.unread += len(data)
+        if self.unread <= send_budget() or self.state != self.STATE_OPEN:
+            return True
+        self.over_budget = True  # the close frame below comes through here too
+        log.warning(
+            "ws: closing a connection that does not read (%d KiB unsent) with %d",
+            self.unread // 1024,
+            CLOSE_NOT_READING,
+        )
+        self.sendClose(code=CLOSE_NOT_READING, reason="not reading: too much unsent")
+        return False
+
+    def serverSend(self, content: str | bytes, binary: bool = False) -> None:
+        """daphne's send of an application frame; after the budget closed the connection the
+        frame is dropped, as daphne drops one for a connection already gone, instead of raising
+        into the application (autobahn refuses to send while closing) in the second before
+        the connection is dropped and the application told."""
+        if self.over_budget:
+            return
+        super().serverSend(content, binary)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """autobahn's ``sendData``, sending a frame at once when nothing waits before it.
@@ -64,6 +138,8 @@ class WebSocketProtocol(ws_protocol.WebSocketProtocol):
         not take, and anything with TLS, chopping or autobahn's own send queue, goes the usual
         way, behind it, so the order is kept.
         """
+        if not self._within_budget(data):
+            return
         transport = self.transport
         if (
             sync
@@ -89,6 +165,25 @@ class WebSocketProtocol(ws_protocol.WebSocketProtocol):
         elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
             self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
 
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        """autobahn fails a connection on a frame it refuses (invalid UTF-8, over the size
+        limit, a protocol violation) by dropping TCP at once (``failByDrop``): the client saw
+        only 1006. Here an open connection first says why in a close frame (RFC 6455 7.4.1:
+        1007 not UTF-8, 1009 too big, 1002 protocol error), then closes once that frame is
+        written, reading nothing more (so an oversized frame is never buffered), without
+        waiting for the client's close."""
+        if self.state != self.STATE_OPEN or not self.failByDrop:
+            super()._fail_connection(code, reason)
+            return
+        self.log.info(
+            'failing WebSocket connection (code={code}): "{reason}"', code=code, reason=reason
+        )
+        self.failedByMe = True
+        self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+        self.wasClean = False
+        self.wasNotCleanReason = f"closed after refusing a frame: {reason}"
+        self.dropConnection(abort=False)
+
     def onOpen(self) -> None:
         # daphne hands the TCP transport over from the HTTP channel, which stays registered as
         # its producer. The channel is mid-request (it never finished: the socket took over),
@@ -96,6 +191,8 @@ class WebSocketProtocol(ws_protocol.WebSocketProtocol):
         # and their headers alive. (Behind TLS the transport's producer is TLS's own: left.)
         if isinstance(getattr(self.transport, "producer", None), HTTPChannel):
             self.transport.unregisterProducer()
+        if getattr(self.transport, "producer", False) is None:
+            self.transport.registerProducer(self, True)  # the budget (see the class)
         super().onOpen()
 
 
@@ -140,8 +237,13 @@ class Server(daphne.server.Server):
 
 # The largest incoming WebSocket message or frame accepted unless the flags say otherwise.
 # daphne's default is 1 MiB, held whole before the application sees it; the application answers
-# a frame over 64 KiB (LIVEFOLIO_MAX_FRAME_BYTES) with frame_too_large and closes 1009, so
+# a frame over 64 KiB (LIVEFOLIO_MAX_FRAME_BYTES) with frame_too_large and closes 4009, so
 # anything much larger is refused here, before it is read: no socket makes the server hold more.
+# autobahn refuses it with close code 1009 (as a text frame that is not UTF-8 with 1007) and
+# closes without waiting for the client's close (WebSocketProtocol._fail_connection: with a
+# closing handshake it would keep buffering the rest of the oversized frame until the
+# handshake timed out); daphne then tells the application the socket disconnected, and its
+# clean-up runs (tests/test_websocket_hostile.py).
 INCOMING_LIMIT = 128 * 1024
 
 

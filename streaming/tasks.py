@@ -15,9 +15,9 @@ from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError, transaction
 
-from portfolio import health, selectors, services
+from portfolio import selectors, services
 from portfolio.models import FeedKind, Quote
-from streaming import events, flow, namespace, pacing, presence, protocol
+from streaming import events, flow, health, namespace, pacing, protocol
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,10 @@ _PLACES = Decimal(1).scaleb(-_PRICE.decimal_places)
     acks_late=True,
     autoretry_for=(OperationalError,),
     retry_backoff=True,
-    retry_backoff_max=30,
+    retry_backoff_max=settings.LIVEFOLIO_INGEST_RETRY_MAX_SECONDS,
     retry_jitter=True,
     max_retries=None,
-    soft_time_limit=30,
-    time_limit=60,
+    # Time limits: the defaults (settings), which the broker's visibility timeout is set from.
 )
 def ingest_quotes(batch: list[dict[str, Any]]) -> int:
     """Store a coalesced batch of ticks; after commit, value the affected portfolios and publish.
@@ -276,8 +275,8 @@ def _valuation_chunks(
     if not changed and not flush:
         return
     owners = dict(selectors.portfolios_holding(instrument_ids=changed)) if changed else {}
-    # Only portfolios someone watches (streaming/presence.py); None: unknown, value them all.
-    watching = presence.present(owners.values())
+    # Only portfolios someone watches (flow.present); None: unknown, value them all.
+    watching = flow.present(owners.values())
     if watching is not None:
         owners = {pid: owner for pid, owner in owners.items() if owner in watching}
     due = pacing.take_turns(owners)
@@ -296,3 +295,14 @@ def _valuation_chunks(
             chunk = []
     if chunk:
         yield chunk
+
+
+# Acknowledged as it starts, not after (settings.CELERY_TASK_ACKS_LATE): it may run longer than
+# the broker's visibility timeout, which would hand a late-acknowledged run to a second worker.
+# A run a worker dies in is lost; the next minute's takes its place.
+@shared_task(soft_time_limit=50, time_limit=60, acks_late=False)
+def snapshot_valuations() -> int:
+    """Celery beat, every minute: value what skipped ingest batches left (a task's first step),
+    then store each portfolio's value for the performance page."""
+    value_pending()
+    return services.valuation_snapshots_take()

@@ -73,6 +73,8 @@ def token_lookup(raw: str) -> ApiToken | None:
     prefix, sep, secret = raw[len(TOKEN_START) :].partition("_")
     if not sep or not prefix or not secret or len(prefix) > 16:
         return None
+    if not prefix.isascii() or not prefix.replace("-", "").isalnum():
+        return None  # not a prefix token_create makes (and PostgreSQL refuses NUL)
     token = (
         ApiToken.objects.select_related("user")
         .filter(prefix=prefix, revoked_at__isnull=True, user__is_active=True)

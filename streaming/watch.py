@@ -25,6 +25,7 @@ from typing import Protocol
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
+from prometheus_client import Gauge
 
 from streaming.flow import UserConnections
 
@@ -147,6 +148,14 @@ class SocketWatch:
 _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SocketWatch] = (
     weakref.WeakKeyDictionary()
 )
+
+
+WS_WATCHED = Gauge(
+    "livefolio_ws_watched_sockets",
+    "Page sockets whose sessions and memberships this process keeps current",
+)
+# Read at scrape time: a socket is watched from its snapshot until its clean-up.
+WS_WATCHED.set_function(lambda: sum(len(watch.sockets) for watch in list(_watches.values())))
 
 
 def socket_watch() -> SocketWatch:

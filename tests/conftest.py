@@ -198,7 +198,7 @@ def start_worker(tmp: Path, **env: str) -> Process:
     return worker
 
 
-def start_daphne(tmp: Path, port: int, module: str = "streaming.serve") -> Process:
+def start_daphne(tmp: Path, port: int, module: str = "streaming.serve", **env: str) -> Process:
     """daphne serving the app, started as the Procfile does (``python -m streaming.serve``,
     Livefolio's launcher); ``module="daphne"`` starts plain daphne."""
     server = Process(
@@ -213,7 +213,7 @@ def start_daphne(tmp: Path, port: int, module: str = "streaming.serve") -> Proce
             str(port),
             "portfolio.asgi:application",
         ],
-        stack_env(DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost"),
+        stack_env(DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost", **env),
         tmp,
     )
     server.wait_for_output("Listening on TCP address")

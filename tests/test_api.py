@@ -99,6 +99,8 @@ async def test_revoked_token_is_refused_with_unauthorized_and_close_4401(world, 
     await database_sync_to_async(tokens.token_revoke)(token=row)
     by_header = api_communicator(token=token)
     assert (await by_header.connect())[0]
+    welcome = await by_header.receive_json_from()  # docs/api.md section 2: always first
+    assert (welcome["type"], welcome["seq"], welcome["user"]) == ("welcome", 1, None)
     error = await by_header.receive_json_from()
     assert (error["type"], error["code"]) == ("error", "unauthorized")
     assert await closed_with(by_header) == 4401
@@ -124,8 +126,10 @@ async def test_wrong_token_is_refused_with_unauthorized_and_close_4401(world, re
     token = mangle(await new_token(world["users"]["alice"]))
     comm = api_communicator(token=token)
     assert (await comm.connect())[0]
+    welcome = await comm.receive_json_from()
+    assert (welcome["type"], welcome["user"]) == ("welcome", None)
     error = await comm.receive_json_from()
-    assert (error["type"], error["code"]) == ("error", "unauthorized")
+    assert (error["type"], error["code"], error["seq"]) == ("error", "unauthorized", 2)
     assert await closed_with(comm) == 4401
 
 
@@ -535,7 +539,7 @@ async def test_framing_errors_are_shared_with_the_portfolio_socket(world, redis_
     await comm.send_to(text_data='{"type": "ping", "pad": "' + "x" * 70_000 + '"}')
     error = await comm.receive_json_from()
     assert error["code"] == "frame_too_large"
-    assert await closed_with(comm) == 1009
+    assert await closed_with(comm) == 4009
 
 
 async def test_requests_over_the_rate_are_refused_with_rate_limited(world, redis_client, settings):
@@ -580,6 +584,8 @@ async def test_the_per_user_connection_cap_closes_one_more_with_4409_and_frees_o
     second = await connect(alice)
     third = api_communicator(token=await new_token(alice, "third"))
     assert (await third.connect())[0]
+    welcome = await third.receive_json_from()
+    assert (welcome["type"], welcome["user"]) == ("welcome", None)  # it holds no slot
     error = await third.receive_json_from()
     assert (error["type"], error["code"]) == ("error", "too_many_connections")
     assert await closed_with(third) == 4409

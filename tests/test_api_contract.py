@@ -260,3 +260,24 @@ async def test_random_frames_never_crash_the_consumer_and_get_documented_answers
             assert_documented(await comm.receive_json_from(timeout=5))
     assert (await request(comm, type="ping", id="alive"))["type"] == "reply"
     await comm.disconnect()
+
+
+def documented_close_codes(text: str, start: str) -> set[int]:
+    """The close codes in the paragraph of ``text`` that begins with ``start``."""
+    import re
+
+    paragraph = text[text.index(start) :].split("\n\n", 1)[0]
+    return {int(code) for code in re.findall(r"(?<!RFC )\b(\d{4})\b", paragraph)}
+
+
+def test_every_close_code_the_server_sends_is_documented_and_daphne_can_send_it():
+    """RFC 6455 section 7.4.2: 4000-4999 are for applications. autobahn, daphne's WebSocket
+    library, raises in sendClose() for an application code other than 1000 or 3000-4999, so a
+    1009 or 1011 from a consumer never reaches the client (it was closed 1011 by daphne)."""
+    codes = {v for k, v in vars(protocol).items() if k.startswith("CLOSE_")}
+    assert all(code == 1000 or 3000 <= code <= 4999 for code in codes), codes
+    api = (ROOT / "docs" / "api.md").read_text()
+    asyncapi = ASYNCAPI.read_text()
+    # 1007 and 1009 come from the WebSocket layer itself (streaming/serve.py), not the app.
+    assert documented_close_codes(api, "Close codes:") - {1007, 1009} == codes
+    assert documented_close_codes(asyncapi, "    Close codes") == codes

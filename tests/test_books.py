@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from django.conf import settings
 
-from portfolio import selectors, valuation
+from portfolio import selectors, valuation, wire
 from portfolio.models import Holding, Instrument, Portfolio
 from streaming import events, protocol
 from streaming.tasks import ingest_quotes
@@ -168,7 +168,7 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
             rng.choice(["USD", "EUR", "JPY"]), price, reference, stamp,
         )  # fmt: skip
     rates = {("EUR", "USD"): Decimal("1.0812"), ("USD", "JPY"): Decimal("151.37")}
-    money, pct = protocol.money, selectors._pct
+    money, pct = wire.money, selectors._pct
     for n in range(200):
         positions = []
         for instrument in rng.sample(sorted(market), rng.randint(0, 12)):
@@ -202,9 +202,9 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
                 "symbol": m.symbol,
                 "name": m.name,
                 "asset_class": m.asset_class,
-                "price": protocol.dec(m.price),
-                "reference_price": protocol.dec(m.reference_price),
-                "price_as_of": protocol.iso(m.exchange_ts) if m.exchange_ts else None,
+                "price": wire.dec(m.price),
+                "reference_price": wire.dec(m.reference_price),
+                "price_as_of": wire.iso(m.exchange_ts) if m.exchange_ts else None,
                 "price_age_seconds": None if age is None else max(0, int(age)),
                 "stale": age is None or age > settings.LIVEFOLIO_STALE_SECONDS,
                 **p.texts,
@@ -213,7 +213,7 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
                 "in_total": priced,
                 "status": str(hv.status),
                 "reason": hv.reason,
-                "fx_rate": "1" if same else protocol.dec(hv.fx_rate),
+                "fx_rate": "1" if same else wire.dec(hv.fx_rate),
                 "value_base": shown,
                 "cost_base": cost_base if priced else None,
                 "unrealized_pnl": money(hv.unrealized_pnl),
@@ -227,4 +227,4 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
             assert list(row.items()) == list(expected.items()), (n, row)  # keys in order too
         stamps = [market[p.instrument].exchange_ts for p in open_positions]
         newest = max((s for s in stamps if s is not None), default=None)
-        assert state["as_of"] == (protocol.iso(newest) if newest else None)
+        assert state["as_of"] == (wire.iso(newest) if newest else None)

@@ -184,7 +184,9 @@ def test_a_transaction_added_through_the_form_changes_the_holding_and_the_open_l
     screenshot(page, "portfolio-after-add")
 
     # Deleting it through its edit page puts the live tab back.
-    form.locator("tr[data-transaction]", has_text="40000").get_by_role("link", name="Edit").click()
+    form.locator("tr[data-transaction]", has_text="40,000.00").get_by_role(
+        "link", name="Edit"
+    ).click()
     form.get_by_role("button", name="Delete this transaction").click()
     expect(form.locator("tr[data-transaction]", has_text="BTC-USD")).to_have_count(1)
     expect(btc.locator(".qty")).to_have_text("2")

@@ -9,9 +9,8 @@ from datetime import timedelta
 import pytest
 from django.conf import settings as django_settings
 
-from portfolio.tasks import snapshot_valuations
 from streaming import tasks
-from streaming.tasks import ingest_quotes
+from streaming.tasks import ingest_quotes, snapshot_valuations
 from tests.test_ingest import T0, deliveries, tick
 from tests.websocket import as_sent
 
@@ -147,7 +146,7 @@ def test_backpressure_holds_while_every_live_worker_runs_a_task(redis_client):
     a dead worker left behind: it does not hold the feed until the broker restores it."""
     import asyncio
 
-    from portfolio import health
+    from streaming import health
     from streaming.runner import UNACKED_INDEX_KEY, IngestBackpressure
 
     def busy(running: int, workers: int, abandoned: int = 0) -> bool:

@@ -140,7 +140,7 @@ async def test_malformed_messages_get_a_named_error(world, redis_client, frame, 
     await comm.disconnect()
 
 
-async def test_oversized_frame_gets_an_error_then_close_1009_and_others_are_unaffected(
+async def test_oversized_frame_gets_an_error_then_close_4009_and_others_are_unaffected(
     world, redis_client
 ):
     alice, _ = await connect(world["users"]["alice"])
@@ -152,7 +152,7 @@ async def test_oversized_frame_gets_an_error_then_close_1009_and_others_are_unaf
     assert (error["type"], error["code"]) == ("error", "frame_too_large")
     assert "65536 bytes" in error["message"]
     closed = await alice.receive_output()
-    assert closed == {"type": "websocket.close", "code": 1009}
+    assert closed == {"type": "websocket.close", "code": 4009}
     await charlie.send_json_to({"type": "ping"})
     assert (await charlie.receive_json_from())["type"] == "pong"
     await charlie.disconnect()

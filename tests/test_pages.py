@@ -294,7 +294,7 @@ def test_live_strip_shows_returns_from_the_price_history_over_presets_and_a_chos
 
 
 def test_beat_task_snapshots_each_portfolio_once_per_instant(world):
-    from portfolio.tasks import snapshot_valuations
+    from streaming.tasks import snapshot_valuations
 
     assert snapshot_valuations() == 3
     at = timezone.now()
@@ -457,9 +457,9 @@ def test_a_sale_shows_its_realized_pnl_and_the_lots_it_closed(world, client_for)
     html = client_for(alice).get(reverse("transactions", args=[portfolio.id])).content.decode()
     row = re.search(rf'<tr class="realization" data-realized="{sale.id}">.*?</tr>', html, re.S)
     text = " ".join(row.group(0).split())
-    assert 'class="up pnl">1150 USD<' in text
-    assert "proceeds 2500 \u2212 cost 1350" in text  # a minus sign
+    assert 'class="up pnl">1,150.00 USD<' in text  # money: 2 decimals, thousands separators
+    assert "proceeds 2,500.00 \u2212 cost 1,350.00" in text  # a minus sign
     assert re.findall(r'<span class="lot">([^<]*)</span>', text) == [
-        "2 opened 2026-01-05 (cost 1000)",  # the world's first buy
-        f"0.5 opened {later:%Y-%m-%d} (cost 350)",
+        "2 opened 2026-01-05 (cost 1,000.00)",  # the world's first buy
+        f"0.5 opened {later:%Y-%m-%d} (cost 350.00)",
     ]

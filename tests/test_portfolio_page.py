@@ -8,9 +8,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from portfolio import selectors
+from portfolio import selectors, wire
 from portfolio.models import ValuationSnapshot
-from streaming import protocol
 
 
 def history(client, user, portfolio, **params):
@@ -47,7 +46,7 @@ def test_one_day_is_the_snapshots_oldest_first_as_decimal_strings_and_longer_ran
     assert body["source"] == "snapshots"
     assert [p["value"] for p in body["points"]] == ["1234.56"]
     points = history(client, alice, portfolio, range="1d").json()["points"]  # any case
-    assert points == [{"at": protocol.iso(alice_snapshots[-1].taken_at), "value": "1234.56"}]
+    assert points == [{"at": wire.iso(alice_snapshots[-1].taken_at), "value": "1234.56"}]
     # 1W and longer come from the ledger, a point a day (tests/test_value_series.py), not from
     # these snapshots.
     week = history(client, alice, portfolio, range="1W").json()

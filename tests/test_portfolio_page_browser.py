@@ -211,6 +211,14 @@ def test_price_changes_flash_green_up_and_red_down_and_old_prices_get_a_stale_ba
     tick(world["btc"], "49900")
     expect(btc.locator(".price")).to_have_text("$49,900.00")
     expect(btc.locator(".price")).to_have_class("num price flash-down")
+    # Once and briefly: at most 600 ms.
+    duration = btc.locator(".price").evaluate("(e) => getComputedStyle(e).animationDuration")
+    assert float(duration.removesuffix("s")) <= 0.6
+    # Only the price flashes: value, changes, P&L, weight and the totals change quietly.
+    for cell in (".value", ".day", ".upnl", ".rpnl", ".weight"):
+        assert "flash" not in btc.locator(cell).get_attribute("class"), cell
+    for field in ("total", "day_change", "unrealized_pnl"):
+        assert "flash" not in page.locator(f'[data-field="{field}"]').get_attribute("class")
     assert page.console_errors == []
 
 

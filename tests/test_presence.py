@@ -1,5 +1,5 @@
-"""Presence (streaming/presence.py): a worker values only portfolios whose owners have a socket
-open, and never skips one who does. Real Redis, the real ASGI app, the real ingest task."""
+"""Presence (streaming/flow.py, present()): a worker values only portfolios whose owners have a
+socket open, and never skips one who does. Real Redis, the real ASGI app, the real ingest task."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 
-from streaming import flow, presence
+from streaming import flow
 from streaming.tasks import ingest_quotes
 from tests import api
 from tests.test_ingest import T0, deliveries, tick
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def tracking_since(redis_client, seconds_ago: float) -> None:
     """Pretend presence has been collected for a while (as on any server up for a minute)."""
     now, _ = redis_client.time()
-    redis_client.set(presence.keys()[1], int(now - seconds_ago))
+    redis_client.set(flow.presence_keys()[1], int(now - seconds_ago))
 
 
 async def open_page(user):
@@ -39,7 +39,7 @@ def test_an_open_portfolio_page_marks_its_user_and_only_them(world, redis_client
     async def run():
         comm, _ = await open_page(alice)
         await sync_to_async(tracking_since)(redis_client, 3600)
-        found = await sync_to_async(presence.present)([alice.id, bob.id])
+        found = await sync_to_async(flow.present)([alice.id, bob.id])
         await comm.disconnect()
         return found
 
@@ -52,7 +52,7 @@ def test_an_api_connection_marks_its_user(world, redis_client):
     async def run():
         comm = await api.connect(bob)
         await sync_to_async(tracking_since)(redis_client, 3600)
-        found = await sync_to_async(presence.present)([bob.id, world["users"]["alice"].id])
+        found = await sync_to_async(flow.present)([bob.id, world["users"]["alice"].id])
         await comm.disconnect()
         return found
 
@@ -68,12 +68,12 @@ def test_a_mark_counts_for_one_ttl_and_closing_a_socket_does_not_remove_it(world
 
     async_to_sync(run)()
     tracking_since(redis_client, 3600)
-    assert presence.present([alice.id]) == {alice.id}
+    assert flow.present([alice.id]) == {alice.id}
     now, _ = redis_client.time()
-    key = presence.keys()[0]
-    redis_client.zadd(key, {str(alice.id): now - presence.ttl() - 1})  # last seen too long ago
-    redis_client.zadd(key, {str(charlie.id): now - presence.ttl() + 5})
-    assert presence.present([alice.id, charlie.id]) == {charlie.id}
+    key = flow.presence_keys()[0]
+    redis_client.zadd(key, {str(alice.id): now - flow.presence_ttl() - 1})  # last seen too long ago
+    redis_client.zadd(key, {str(charlie.id): now - flow.presence_ttl() + 5})
+    assert flow.present([alice.id, charlie.id]) == {charlie.id}
 
 
 def test_presence_is_unknown_while_tracking_is_younger_than_a_ttl(world, redis_client):
@@ -83,22 +83,22 @@ def test_presence_is_unknown_while_tracking_is_younger_than_a_ttl(world, redis_c
 
     async def run():
         comm, _ = await open_page(alice)
-        found = await sync_to_async(presence.present)([alice.id, bob.id])
+        found = await sync_to_async(flow.present)([alice.id, bob.id])
         await comm.disconnect()
         return found
 
     assert async_to_sync(run)() is None  # tracking began with this connection
-    tracking_since(redis_client, presence.ttl() - 5)
-    assert presence.present([alice.id, bob.id]) is None
-    tracking_since(redis_client, presence.ttl() + 1)
-    assert presence.present([alice.id, bob.id]) == {alice.id}
+    tracking_since(redis_client, flow.presence_ttl() - 5)
+    assert flow.present([alice.id, bob.id]) is None
+    tracking_since(redis_client, flow.presence_ttl() + 1)
+    assert flow.present([alice.id, bob.id]) == {alice.id}
 
 
 def test_presence_is_unknown_without_redis(world, redis_client, settings):
     settings.REDIS_URL = ""  # the embedded default: one process, nobody to ask
     flow.redis_sync.cache_clear()
     try:
-        assert presence.present([world["users"]["alice"].id]) is None
+        assert flow.present([world["users"]["alice"].id]) is None
     finally:
         flow.redis_sync.cache_clear()
 

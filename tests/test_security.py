@@ -1,15 +1,21 @@
 """Login lockout, production settings, CSP, the admin path, health and metrics endpoints."""
 
+import http.cookiejar
 import json
+import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from datetime import UTC, datetime
 
 import pytest
 from django.test import Client
 
-from portfolio import health, services
+from portfolio import services
+from streaming import health
 from streaming.feeds.base import FeedStats
 from streaming.tasks import ingest_quotes
 from tests.conftest import PASSWORD, ROOT
@@ -51,6 +57,27 @@ def probe(expression: str, env: dict[str, str]) -> object:
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def http_login(base_url: str, username: str, password: str) -> int:
+    """Post the login form over HTTP with a fresh session; returns the response's status
+    (302 logged in, 200 the form again, 429 locked out)."""
+    jar = http.cookiejar.CookieJar()
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect)
+    form = opener.open(f"{base_url}/login/", timeout=20).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    data = urllib.parse.urlencode(
+        {"username": username, "password": password, "csrfmiddlewaretoken": token}
+    ).encode()
+    try:
+        return opener.open(f"{base_url}/login/", data=data, timeout=20).status
+    except urllib.error.HTTPError as response:
+        return response.code
 
 
 def test_check_deploy_is_clean_on_production_settings():
@@ -101,9 +128,24 @@ def test_repeated_failed_logins_lock_the_account_with_a_429_page(world, settings
     # Locked means locked: even the right password is refused until the cool-off ends.
     again = client.post("/login/", {"username": "alice", "password": PASSWORD})
     assert again.status_code == 429
-    # Another user from the same address is not locked out.
-    bob = client.post("/login/", {"username": "bob", "password": PASSWORD})
-    assert bob.status_code == 302
+    # The lock is on the address: alice logging in from elsewhere is not locked out.
+    elsewhere = Client(REMOTE_ADDR="198.51.100.7")
+    alice = elsewhere.post("/login/", {"username": "alice", "password": PASSWORD})
+    assert alice.status_code == 302
+
+
+def test_one_password_sprayed_over_many_usernames_from_one_address_is_locked_out(
+    world, daphne_server
+):
+    """Through real daphne, as a password-spraying script would: each username fails once,
+    the address is locked after LIVEFOLIO_LOGIN_FAILURE_LIMIT (5) failures in all."""
+    statuses = [
+        http_login(daphne_server, username, "Summer2026!")
+        for username in ("alice", "bob", "charlie", "admin", "root", "dave", "erin")
+    ]
+    assert statuses == [200, 200, 200, 200, 429, 429, 429]
+    # Every later try from that address is refused, even with a right password.
+    assert http_login(daphne_server, "alice", PASSWORD) == 429
 
 
 def test_pages_carry_a_csp_that_allows_only_own_scripts_and_websocket(world):

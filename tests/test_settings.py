@@ -111,3 +111,11 @@ def test_a_number_that_is_not_a_number_names_the_variable():
     result = run_with_env({"LIVEFOLIO_COALESCE_MS": "fast"})
     assert result.returncode != 0
     assert "LIVEFOLIO_COALESCE_MS: expected a whole number, got 'fast'" in result.stderr
+
+
+def test_a_visibility_timeout_a_running_ingest_task_could_outlive_is_refused():
+    # An ingest task may be held 10 s (its retry countdown) and run 15 s (its hard time limit):
+    # a shorter visibility timeout would hand a live worker's task to a second one.
+    result = run_with_env({"LIVEFOLIO_BROKER_VISIBILITY_TIMEOUT": "2"})
+    assert result.returncode != 0
+    assert "LIVEFOLIO_BROKER_VISIBILITY_TIMEOUT: must be at least 26, got 2" in result.stderr

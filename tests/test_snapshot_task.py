@@ -7,7 +7,7 @@ from django.conf import settings
 
 from portfolio.celery import app
 from portfolio.models import ValuationSnapshot
-from portfolio.tasks import snapshot_valuations
+from streaming.tasks import snapshot_valuations
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 

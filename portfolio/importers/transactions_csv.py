@@ -15,7 +15,7 @@ from typing import IO
 
 from django.db import transaction
 
-from portfolio import ledger, services
+from portfolio import ledger, selectors, services
 from portfolio.models import AMOUNT_KINDS, Instrument, Portfolio, Transaction, TxKind
 
 # The export header, in order; also the canonical names on import.
@@ -231,7 +231,7 @@ def _parse_row(
         note=note,
     )
     try:
-        services.ledger_entry(tx)
+        selectors.ledger_entry(tx)
     except ledger.LedgerError as exc:
         raise ValueError(_column_message(exc)) from None
     limits = (("quantity", 12), ("price", 10), ("fee", 10), ("amount", 10), ("to_amount", 10))
@@ -322,14 +322,14 @@ def _check_ledger(
     """
     found = 0
     existing = [
-        services.ledger_entry(tx)
+        selectors.ledger_entry(tx)
         for tx in Transaction.objects.filter(portfolio=portfolio)
         .select_related("instrument")
         .order_by("executed_at", "id")
     ]
     new = {}
     for line, tx in parsed:
-        entry = services.ledger_entry(tx)
+        entry = selectors.ledger_entry(tx)
         # The line number is the entry's ref, so a refusal names the row.
         new[line] = dataclasses.replace(entry, ref=f"line {line}")
     without = f" (checked without the {skipped} rows with field errors)" if skipped else ""

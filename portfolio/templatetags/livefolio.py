@@ -1,10 +1,13 @@
-"""Display filters for Decimal money and rates (exact Decimal rounding, half-up)."""
+"""Display filters: Decimal money, prices, quantities and rates (exact Decimal rounding, half-up),
+and relative times. static/js/format.js follows the same rules in the browser."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django import template
+from django.utils import timezone
 
 register = template.Library()
 
@@ -23,6 +26,54 @@ def money(amount: Decimal | None) -> str:
     if amount is None:
         return "—"
     return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
+
+
+def price_decimals(value: Decimal, asset_class: str = "") -> int:
+    """Decimals an instrument's price is shown with (static/js/format.js priceDecimals is the
+    same rule): FX to the pipette (5, or 3 from 10 up, e.g. USDJPY); other prices in cents, more
+    decimals only below 1 so a small price keeps four significant digits."""
+    size = abs(value)
+    if asset_class == "fx":
+        return 3 if size >= 10 else 5
+    if size >= 1 or size == 0:
+        return 2
+    return 4 if size >= Decimal("0.01") else 8
+
+
+@register.filter
+def price(value: Decimal | None, asset_class: str = "") -> str:
+    """A price at its instrument's precision with thousands separators: "97,117.56"."""
+    if value is None:
+        return "—"
+    step = Decimal(1).scaleb(-price_decimals(value, asset_class))
+    return f"{value.quantize(step, rounding=ROUND_HALF_UP):,}"
+
+
+@register.filter
+def quantity(value: Decimal | None) -> str:
+    """A quantity with thousands separators and no trailing zeros: "1,200", "0.5"; empty for
+    None (a row without one)."""
+    if value is None:
+        return ""
+    text = f"{value:,f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+@register.filter
+def ago(moment: datetime | None, now: datetime | None = None) -> str:
+    """How long ago, in the largest whole unit: "just now", "12 s ago", "3 min ago", "2 h ago",
+    "4 days ago" (never "0 minutes ago")."""
+    if moment is None:
+        return "never"
+    seconds = int(((now or timezone.now()) - moment).total_seconds())
+    if seconds < 1:
+        return "just now"
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            count = seconds // size
+            label = f"{unit}s" if unit == "day" and count != 1 else unit
+            return f"{count} {label} ago"
+    return f"{seconds} s ago"
 
 
 @register.filter

@@ -6,9 +6,30 @@ import {
 } from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import { money } from "./format.js";
 
-// Axis labels grouped by the browser's locale ("130,000"); the exact amounts are in the page text.
-const axis = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
+// Axis labels grouped by the browser's locale ("130,000.00"); the exact amounts are in the page text.
+const axis = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+
+// The chart library's attribution link (its licence asks for it) is a logo without text: give it
+// an accessible name, once the library has drawn it.
+export function nameAttributionLink(container) {
+  const name = () => {
+    const link = container.querySelector("a#tv-attr-logo, a[href*='tradingview.com']");
+    if (!link) return false;
+    link.setAttribute("aria-label", "Charts by TradingView (opens in a new tab)");
+    link.setAttribute("title", "Charts by TradingView");
+    return true;
+  };
+  if (name()) return;
+  const observer = new MutationObserver(() => name() && observer.disconnect());
+  observer.observe(container, { childList: true, subtree: true });
+}
+
+// Time-axis labels: a span under a few hours shows seconds when minutes alone would repeat.
+function timeSpanOptions(data) {
+  const span = data.length > 1 ? data[data.length - 1].time - data[0].time : 0;
+  return { timeVisible: true, secondsVisible: span > 0 && span < 15 * 60 };
+}
 
 // The value chart: snapshots from the server, then extended by every live valuation.
 // Values are converted to numbers for plotting only; every number shown as text stays a string.
@@ -21,6 +42,7 @@ export class ValueChart {
       rightPriceScale: { borderVisible: false },
       localization: { priceFormatter: (value) => axis.format(value) },
     });
+    nameAttributionLink(el);
     this.series = this.chart.addSeries(AreaSeries, { lineWidth: 2, priceLineVisible: false });
     this.last = null;
     this.count = 0; // points plotted
@@ -46,6 +68,7 @@ export class ValueChart {
       data.push({ time, value: Number(p.value) });
     }
     this.series.setData(data);
+    this.chart.applyOptions({ timeScale: timeSpanOptions(data) });
     this.last = data.length ? data[data.length - 1] : null;
     this.count = data.length;
     this.chart.timeScale().fitContent();

@@ -1,51 +1,89 @@
-// Number formatting for the browser's locale. Amounts arrive as decimal strings; Intl formats a
-// string exactly, so no money passes through float arithmetic here.
+// Number formatting for the browser's locale: one formatter per kind of number, the same rules as
+// the server's template filters (portfolio/templatetags/livefolio.py). Amounts arrive as decimal
+// strings; Intl formats a string exactly, so no money passes through float arithmetic here.
+//   money     an amount in a currency, the currency's own decimals (2 for USD, EUR): "$1,234.50"
+//   price     an instrument's price at the instrument's precision (priceDecimals): "97,117.56"
+//   quantity  a quantity, trailing zeros trimmed: "0.5", "1,200"
+//   percent   a percentage string from the server, signed when asked: "+1.23%"
 
-const moneyFormats = new Map();
+const cache = new Map();
+function formatter(key, options) {
+  if (!cache.has(key)) cache.set(key, new Intl.NumberFormat(undefined, options));
+  return cache.get(key);
+}
+const missing = (value) => value === null || value === undefined || value === "";
 
-function moneyFormat(currency) {
-  try {
-    return new Intl.NumberFormat(undefined, { style: "currency", currency });
-  } catch (error) {
-    // Intl knows only three-letter codes; a longer one the admin accepts (USDT) is written
-    // after the amount.
-    if (!(error instanceof RangeError)) throw error;
-    const amounts = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
-    return { format: (amount) => `${amounts.format(amount)} ${currency}` };
+// A currency's formatter; Intl knows only three-letter codes, so a longer one the admin accepts
+// (USDT) is written after the amount, with ``plain``'s decimals.
+function currencyFormatter(key, currency, options, plain) {
+  if (!cache.has(key)) {
+    let made;
+    try {
+      made = new Intl.NumberFormat(undefined, { ...options, style: "currency", currency });
+    } catch (error) {
+      if (!(error instanceof RangeError)) throw error;
+      const amounts = new Intl.NumberFormat(undefined, plain);
+      made = { format: (amount) => `${amounts.format(amount)} ${currency}` };
+    }
+    cache.set(key, made);
   }
+  return cache.get(key);
 }
 
 export function money(amount, currency) {
-  if (amount === null || amount === undefined) return "—";
-  if (!moneyFormats.has(currency)) moneyFormats.set(currency, moneyFormat(currency));
-  return moneyFormats.get(currency).format(amount);
+  if (missing(amount)) return "—";
+  const cents = { minimumFractionDigits: 2, maximumFractionDigits: 2 };
+  return currencyFormatter(`money:${currency}`, currency, {}, cents).format(amount);
 }
 
-const plain = new Intl.NumberFormat(undefined, { maximumFractionDigits: 12 });
-export function number(value) {
-  return value === null || value === undefined ? "—" : plain.format(value);
+// Decimals an instrument's price is shown with, from its asset class and size: FX quotes to the
+// pipette (5 decimals, 3 for rates of 10 or more such as USDJPY); other prices in cents, with
+// more decimals only below 1 so that a small price keeps four significant digits.
+export function priceDecimals(value, assetClass) {
+  const size = Math.abs(Number(value));
+  if (!Number.isFinite(size)) return 2;
+  if (assetClass === "fx") return size >= 10 ? 3 : 5;
+  if (size >= 1 || size === 0) return 2;
+  if (size >= 0.01) return 4;
+  return 8;
 }
 
-const price = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 10 });
-export function priceText(value) {
-  return value === null || value === undefined ? "—" : price.format(value);
+export function price(value, decimals, currency = null) {
+  if (missing(value)) return "—";
+  const options = { minimumFractionDigits: decimals, maximumFractionDigits: decimals };
+  if (!currency) return formatter(`price:${decimals}`, options).format(value);
+  return currencyFormatter(`price:${decimals}:${currency}`, currency, options, options).format(value);
+}
+
+export function quantity(value) {
+  if (missing(value)) return "—";
+  return formatter("quantity", { maximumFractionDigits: 12 }).format(value);
+}
+
+// A sign on gains and losses only: zero is shown as it is.
+export function sign(value) {
+  return String(value).startsWith("-") || Number(value) === 0 ? "" : "+";
+}
+
+export function percent(pct, { signed = false } = {}) {
+  if (missing(pct)) return "—";
+  const text = formatter("percent", { minimumFractionDigits: 2, maximumFractionDigits: 2 }).format(pct);
+  return `${signed ? sign(pct) : ""}${text}%`;
 }
 
 export function time(iso) {
   return iso ? new Date(iso).toLocaleTimeString() : "—";
 }
 
-export function signed(value, suffix = "") {
-  if (value === null || value === undefined) return "";
-  const text = plain.format(value);
-  return (value.startsWith("-") ? text : `+${text}`) + suffix;
+// Set a cell's text quietly: only flash() draws the eye, and only for a price that moved.
+export function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
 }
 
-// Briefly highlight an element whose text changed (green up, red down when a direction is given).
-export function setText(el, text, direction = 0) {
-  if (el.textContent === text) return;
-  el.textContent = text;
-  el.classList.remove("flash", "flash-up", "flash-down");
+// Briefly highlight a price that moved: green up, red down.
+export function flash(el, direction) {
+  if (!direction) return;
+  el.classList.remove("flash-up", "flash-down");
   void el.offsetWidth; // restart the animation
-  el.classList.add(direction > 0 ? "flash-up" : direction < 0 ? "flash-down" : "flash");
+  el.classList.add(direction > 0 ? "flash-up" : "flash-down");
 }

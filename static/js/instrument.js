@@ -5,11 +5,20 @@ import {
   ColorType,
   createChart,
 } from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
-import { money, number, priceText, setText, signed, time } from "./format.js";
-import { LiveConnection } from "./live.js";
+import { nameAttributionLink } from "./charts.js";
+import { flash, money, percent, price, priceDecimals, quantity, setText, sign, time } from "./format.js";
+import { LiveConnection, showStatus } from "./live.js";
 
 const root = document.getElementById("instrument");
 const currency = root.dataset.currency;
+const assetClass = root.dataset.assetClass;
+// Every price on the page (quote, bid, ask, stats, tape, book, axis) at one precision, set from
+// the first price seen.
+let decimals = null;
+const px = (value, withCurrency = false) => {
+  if (decimals === null && value !== null && value !== undefined) decimals = priceDecimals(value, assetClass);
+  return price(value, decimals ?? 2, withCurrency ? currency : null);
+};
 const $ = (id) => document.getElementById(id);
 const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
@@ -17,8 +26,10 @@ const chart = createChart($("chart"), {
   autoSize: true,
   layout: { background: { type: ColorType.Solid, color: "transparent" } },
   timeScale: { timeVisible: true, secondsVisible: false },
+  localization: { priceFormatter: (value) => px(String(value)) },
 });
 const candles = chart.addSeries(CandlestickSeries, { borderVisible: false });
+nameAttributionLink($("chart"));
 
 function applyTheme() {
   chart.applyOptions({
@@ -47,13 +58,24 @@ function bar(b) {
   };
 }
 
-function extendCandle(price, asOf) {
+// Candles fill the width: every bar of the day is fitted to the chart; the first few of a feed
+// that just started are drawn at a readable width from the left, not squeezed against the right.
+const FEW_BARS = 12;
+function fitCandles(count) {
+  const scale = chart.timeScale();
+  if (count === 0) return;
+  if (count >= FEW_BARS) scale.fitContent();
+  else scale.setVisibleLogicalRange({ from: -1, to: FEW_BARS });
+}
+
+function extendCandle(value, asOf) {
   const minute = Math.floor(Date.parse(asOf) / 60000) * 60;
-  const p = Number(price);
+  const p = Number(value);
   if (lastBar && lastBar.time === minute) {
     lastBar = { ...lastBar, high: Math.max(lastBar.high, p), low: Math.min(lastBar.low, p), close: p };
   } else if (!lastBar || minute > lastBar.time) {
     lastBar = { time: minute, open: p, high: p, low: p, close: p };
+    $("chart").dataset.bars = Number($("chart").dataset.bars || 0) + 1;
   } else {
     return; // an older tick than the newest candle: the bars from the server already hold it
   }
@@ -64,26 +86,29 @@ function showQuote(q) {
   if (!q) return;
   const direction = lastPrice === null ? 0 : Math.sign(Number(q.price) - Number(lastPrice));
   lastPrice = q.price;
-  setText($("price"), money(q.price, currency), direction);
-  $("bid").textContent = priceText(q.bid);
-  $("ask").textContent = priceText(q.ask);
+  setText($("price"), px(q.price, true));
+  flash($("price"), direction);
+  $("bid").textContent = px(q.bid);
+  $("ask").textContent = px(q.ask);
   $("asof").textContent = time(q.as_of);
   $("stale").hidden = !q.stale;
 }
 
 function showStats(s) {
-  $("stat-open").textContent = s ? priceText(s.open) : "—";
-  $("stat-high").textContent = s ? priceText(s.high) : "—";
-  $("stat-low").textContent = s ? priceText(s.low) : "—";
-  $("stat-change").textContent = s ? `${signed(s.change)} (${signed(s.change_pct, " %")})` : "—";
+  $("stat-open").textContent = s ? px(s.open) : "—";
+  $("stat-high").textContent = s ? px(s.high) : "—";
+  $("stat-low").textContent = s ? px(s.low) : "—";
+  $("stat-change").textContent = s
+    ? `${sign(s.change)}${px(s.change)} (${percent(s.change_pct, { signed: true })})`
+    : "—";
   const change = $("change");
-  change.textContent = s ? signed(s.change_pct, " %") : "";
+  change.textContent = s ? percent(s.change_pct, { signed: true }) : "";
   change.className = `num change ${s && s.change.startsWith("-") ? "down" : "up"}`;
 }
 
 function showPosition(p) {
   $("position").textContent = p
-    ? `${number(p.quantity)} (${money(p.value, currency)}) in ${p.portfolios.join(", ")}`
+    ? `${quantity(p.quantity)} (${money(p.value, currency)}) in ${p.portfolios.join(", ")}`
     : "None.";
 }
 
@@ -92,8 +117,8 @@ function addTrade(t) {
   row.className = t.side === "sell" ? "down" : "up";
   row.innerHTML = "<td></td><td class='num'></td><td class='num'></td>";
   row.children[0].textContent = time(t.as_of);
-  row.children[1].textContent = priceText(t.price);
-  row.children[2].textContent = number(t.size);
+  row.children[1].textContent = px(t.price);
+  row.children[2].textContent = quantity(t.size);
   const body = $("trades");
   body.prepend(row);
   while (body.children.length > 50) body.lastElementChild.remove();
@@ -113,10 +138,10 @@ function showBook(book) {
     const [ask, askSize] = book.asks[i] || [null, null];
     const row = document.createElement("tr");
     row.innerHTML = "<td class='num'></td><td class='num up'></td><td class='num down'></td><td class='num'></td>";
-    row.children[0].textContent = number(bidSize);
-    row.children[1].textContent = priceText(bid);
-    row.children[2].textContent = priceText(ask);
-    row.children[3].textContent = number(askSize);
+    row.children[0].textContent = bidSize === null ? "" : quantity(bidSize);
+    row.children[1].textContent = bid === null ? "" : px(bid);
+    row.children[2].textContent = ask === null ? "" : px(ask);
+    row.children[3].textContent = askSize === null ? "" : quantity(askSize);
     row.style.setProperty("--bid-depth", `${(100 * Number(bidSize || 0)) / largest}%`);
     row.style.setProperty("--ask-depth", `${(100 * Number(askSize || 0)) / largest}%`);
     body.appendChild(row);
@@ -126,13 +151,16 @@ function showBook(book) {
 function onMessage(message) {
   if (message.type === "snapshot") {
     const bars = message.bars.map(bar);
+    if (message.quote) px(message.quote.price); // the page's precision, before the axis draws
     candles.setData(bars);
+    $("chart").dataset.bars = bars.length; // how many candles are drawn (tests read it)
     lastBar = bars.length ? bars[bars.length - 1] : null;
+    fitCandles(bars.length);
     showQuote(message.quote);
     showStats(message.stats_24h);
     showPosition(message.position);
     $("trades").replaceChildren();
-    for (const t of [...message.trades].reverse()) addTrade(t);
+    for (const t of message.trades) addTrade(t); // oldest first: each goes on top, newest last
     showBook(message.book);
   } else if (message.type === "quote") {
     showQuote({ ...message, stale: false });
@@ -144,14 +172,15 @@ function onMessage(message) {
   }
 }
 
-function onStatus({ state }) {
-  const status = $("status");
-  status.className = `status status-${state}`;
-  status.dataset.state = state;
-  const labels = { live: "Live", connecting: "Connecting…", offline: "Offline" };
-  status.textContent = labels[state] || "Reconnecting…";
+function onStatus(status) {
+  showStatus($("status"), status);
 }
 
-const connection = new LiveConnection({ path: root.dataset.wsPath, onMessage, onStatus });
+const connection = new LiveConnection({
+  path: root.dataset.wsPath,
+  onMessage,
+  onStatus,
+  heartbeatSeconds: Number(root.dataset.heartbeat || 10),
+});
 window.livefolioConnection = connection;
 connection.connect();

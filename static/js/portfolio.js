@@ -1,7 +1,7 @@
 // The live portfolio page: draws the snapshot, applies valuations, shows connection state.
 import { renderAllocation, ValueChart } from "./charts.js";
-import { money, number, setText, time } from "./format.js";
-import { LiveConnection } from "./live.js";
+import { flash, money, percent, price, priceDecimals, quantity, setText, sign, time } from "./format.js";
+import { LiveConnection, showStatus } from "./live.js";
 
 const root = document.getElementById("portfolios");
 const template = document.getElementById("portfolio-template");
@@ -12,17 +12,26 @@ const shown = new Map(); // portfolio id -> { el, valuedAt, chart }
 
 function signed(amount, currency, pct) {
   if (amount === null || amount === undefined) return "—";
-  // A sign on gains and losses only: zero is shown as it is.
-  const sign = (s) => (s.startsWith("-") || Number(s) === 0 ? "" : "+");
   const text = sign(amount) + money(amount, currency);
-  return pct === null || pct === undefined ? text : `${text} (${sign(pct)}${pct}%)`;
+  return pct === null || pct === undefined ? text : `${text} (${percent(pct, { signed: true })})`;
+}
+// A change cell: the amount and its percentage in two parts, so that a phone can show the
+// percentage alone.
+function setChange(cell, amount, currency, pct) {
+  if (!cell.querySelector(".amount")) cell.innerHTML = '<span class="amount"></span> <span class="pct"></span>';
+  const missing = amount === null || amount === undefined;
+  setText(cell.querySelector(".amount"), missing ? "—" : sign(amount) + money(amount, currency));
+  const text = missing || pct === null || pct === undefined ? "" : percent(pct, { signed: true });
+  const pctEl = cell.querySelector(".pct");
+  if (pctEl.dataset.pct === text) return;
+  pctEl.dataset.pct = text;
+  // The brackets are their own elements: a phone shows the bare percentage.
+  const [open, close] = ["(", ")"].map((b) => Object.assign(document.createElement("span"), { className: "paren", textContent: b }));
+  pctEl.replaceChildren(...(text ? [open, text, close] : []));
 }
 function tone(el, amount) {
   el.classList.toggle("up", !!amount && !amount.startsWith("-") && Number(amount) !== 0);
   el.classList.toggle("down", !!amount && amount.startsWith("-"));
-}
-function percent(pct) {
-  return pct === null || pct === undefined ? "—" : `${pct}%`;
 }
 // Direction of a change for the flash colour: compared as numbers only to pick green or red.
 function direction(before, after) {
@@ -41,6 +50,32 @@ function instrumentSlices(portfolio) {
   return slices.sort((a, b) => Number(b.weight_pct || 0) - Number(a.weight_pct || 0));
 }
 
+// A portfolio with nothing in it (no position, no cash, no ledger figure) says what to do next
+// instead of drawing empty figures, an empty chart and a header-only table.
+function isEmpty(portfolio) {
+  const nothing = (v) => v === null || v === undefined || Number(v) === 0;
+  return (
+    portfolio.holdings.length === 0 &&
+    (portfolio.cash || []).every((c) => nothing(c.amount)) &&
+    nothing(portfolio.realized_pnl) &&
+    nothing(portfolio.income)
+  );
+}
+function showEmpty(el, portfolio) {
+  const empty = isEmpty(portfolio) && !!root.dataset.addUrl;
+  const box = el.querySelector('[data-field="empty"]');
+  box.hidden = !empty;
+  if (empty) {
+    box.querySelector('[data-field="add-link"]').href = root.dataset.addUrl;
+    box.querySelector('[data-field="import-link"]').href = root.dataset.importUrl;
+  }
+  for (const field of ["figures", "positions", "allocation"]) {
+    el.querySelector(`[data-field="${field}"]`).hidden = empty;
+  }
+  const chart = el.querySelector('[data-field="value-section"]');
+  if (!chart.dataset.unavailable) chart.hidden = empty;
+}
+
 // ---- Value chart: the snapshot series of the chosen range, then each live valuation's total.
 function setupChart(entry, portfolioId) {
   const { el } = entry;
@@ -48,6 +83,7 @@ function setupChart(entry, portfolioId) {
   const section = el.querySelector(".value-section");
   if (!url || portfolioId !== wanted) {
     section.hidden = true;
+    section.dataset.unavailable = "true";
     return;
   }
   entry.chart = new ValueChart(el.querySelector('[data-field="chart"]'));
@@ -180,6 +216,7 @@ function render(portfolio) {
   }
   const base = portfolio.base_currency;
   el.querySelector('[data-field="name"]').textContent = portfolio.name;
+  showEmpty(el, portfolio);
   setText(el.querySelector('[data-field="total"]'), money(portfolio.total, base));
   for (const [field, pct] of [["day_change", "day_change_pct"], ["unrealized_pnl", "unrealized_pnl_pct"], ["realized_pnl", null]]) {
     const cell = el.querySelector(`[data-field="${field}"]`);
@@ -209,19 +246,21 @@ function render(portfolio) {
     link.href = `/i/${encodeURIComponent(h.symbol)}/`;
     row.sortValues = sortValues(h);
     row.querySelector(".name").textContent = h.name;
-    row.querySelector(".qty").textContent = number(h.quantity);
-    // Green or red by the price's move since the last update (grey flash when first drawn).
+    setText(row.querySelector(".qty"), quantity(h.quantity));
+    // Only the price flashes, green or red, and only when it moved; the rest changes quietly.
     const move = direction(row.dataset.price, h.price);
     row.dataset.price = h.price ?? "";
-    setText(row.querySelector(".price"), money(h.price, h.currency), move);
-    setText(row.querySelector(".value"), money(h.value, h.currency), move);
+    const priceCell = row.querySelector(".price");
+    setText(priceCell, price(h.price, priceDecimals(h.price, h.asset_class), h.currency));
+    flash(priceCell, move);
+    setText(row.querySelector(".value"), money(h.value, h.currency));
     // Cost of the open position, in the base currency like the P&L beside it.
     setText(row.querySelector(".cost"), money(h.cost_base, base));
     const day = row.querySelector(".day");
-    setText(day, signed(h.day_change, base, h.day_change_pct));
+    setChange(day, h.day_change, base, h.day_change_pct);
     tone(day, h.day_change);
     const upnl = row.querySelector(".upnl");
-    setText(upnl, signed(h.unrealized_pnl, base, h.unrealized_pnl_pct));
+    setChange(upnl, h.unrealized_pnl, base, h.unrealized_pnl_pct);
     tone(upnl, h.unrealized_pnl);
     const rpnl = row.querySelector(".rpnl");
     setText(rpnl, signed(h.realized_pnl, h.currency, null));
@@ -240,9 +279,9 @@ function render(portfolio) {
       const tr = document.createElement("tr");
       tr.className = "cash";
       tr.dataset.currency = c.currency;
-      tr.innerHTML = '<th scope="row">Cash <span class="muted"></span></th><td></td><td></td>' +
-        '<td class="num value"></td><td></td><td></td><td></td><td></td><td class="num weight"></td>' +
-        "<td></td>";
+      tr.innerHTML = '<th scope="row">Cash <span class="muted"></span></th><td class="qty"></td><td class="price"></td>' +
+        '<td class="num value"></td><td class="cost"></td><td class="day"></td><td class="upnl"></td>' +
+        '<td class="rpnl"></td><td class="num weight"></td><td class="asof"></td>';
       tr.querySelector("span").textContent = c.currency;
       tr.querySelector(".value").textContent = money(c.amount, c.currency);
       tr.querySelector(".weight").textContent = percent(c.weight_pct);
@@ -311,19 +350,16 @@ function onMessage(message) {
   }
 }
 
-function onStatus({ state, retryAt }) {
-  statusEl.className = `status status-${state}`;
-  statusEl.dataset.state = state;
-  if (state === "live") statusEl.textContent = "Live";
-  else if (state === "offline") statusEl.textContent = "Offline";
-  else if (state === "connecting") statusEl.textContent = "Connecting…";
-  else if (retryAt) {
-    const seconds = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
-    statusEl.textContent = `Reconnecting in ${seconds}s…`;
-  } else statusEl.textContent = "Reconnecting…";
+function onStatus(status) {
+  showStatus(statusEl, status);
 }
 
-const connection = new LiveConnection({ path: root.dataset.wsPath, onMessage, onStatus });
+const connection = new LiveConnection({
+  path: root.dataset.wsPath,
+  onMessage,
+  onStatus,
+  heartbeatSeconds: Number(root.dataset.heartbeat || 10),
+});
 // Exposed for debugging in the console and for the browser tests (e.g. to inject a seq gap).
 window.livefolioConnection = connection;
 connection.connect();

@@ -2,6 +2,8 @@
 
 import asyncio
 import base64
+import contextlib
+import itertools
 import json
 import os
 import re
@@ -151,3 +153,80 @@ async def test_thousands_of_connect_disconnect_cycles_leak_no_groups_connections
     # one. A leak of a few KB per connection (as channels-redis' leftover receive queues would
     # be, see ProtocolConsumer.__call__) would pass 4.5 MB.
     assert grown < 4.5 * MB, f"daphne grew by {grown / MB:.2f} MB over 2,000 cycles"
+
+
+def closed_by_the_server(sock: socket.socket) -> bool:
+    """Whether the server has ended this TCP connection (reset, or its FIN), seen in the
+    socket's state without reading from it (Linux ``TCP_INFO``: 1 is ESTABLISHED)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != 1
+
+
+async def test_clients_that_stop_reading_are_closed_past_their_byte_budget_and_memory_returns(
+    stack,
+):
+    world = stack.world
+    # Pings so rare that only the byte budget can close a socket in this test; 50 valuations a
+    # second per socket, so the stuck ones fall behind by 1.6 MB a second (the kernel's send
+    # buffer, up to 4 MB, fills first: the budget counts what daphne holds beyond it).
+    base = await asyncio.to_thread(
+        stack.daphne,
+        PING_INTERVAL="600",
+        PING_TIMEOUT="600",
+        LIVEFOLIO_WS_SEND_BUDGET_KB="256",
+        LIVEFOLIO_WS_MAX_UPDATES="50",
+        LIVEFOLIO_CHANNEL_CAPACITY="50",
+    )
+    server = stack.processes[-1]
+    charlie = LiveClient(base, await asyncio.to_thread(log_in, base, "charlie")).start()
+    alice = await asyncio.to_thread(log_in, base, "alice")
+    stuck = [await asyncio.to_thread(never_reading_socket, base, alice) for _ in range(4)]
+    await eventually(lambda: charlie.portfolios, timeout=20, what="charlie's snapshot")
+    await eventually(lambda: open_connections(base) == 5, timeout=10, what="all sockets open")
+    before = rss(server)
+
+    layer = stack.channel_layer(capacity=5000)
+    alice_group = f"user.{world['users']['alice']}"
+    charlie_group = f"user.{world['users']['charlie']}"
+
+    async def flood() -> None:
+        for i in itertools.count():
+            message = valuation(world["portfolios"]["alice"], f"{i}.00", pad=32 * 1024)
+            await layer.group_send(alice_group, {"type": "livefolio.event", "payload": message})
+            if i % 20 == 0:
+                update = valuation(world["portfolios"]["charlie"], f"{i}.00")
+                await layer.group_send(
+                    charlie_group, {"type": "livefolio.event", "payload": update}
+                )
+            await asyncio.sleep(0.01)
+
+    flooding = asyncio.create_task(flood())
+    try:
+        await eventually(
+            lambda: all(closed_by_the_server(sock) for sock in stuck),
+            timeout=60,
+            what="the server to end every socket that stopped reading",
+        )
+    finally:
+        flooding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flooding
+    for sock in stuck:
+        sock.close()
+    # Cleaned up as any closed socket: /metrics counts charlie's alone.
+    await eventually(lambda: open_connections(base) == 1, timeout=10, what="only charlie counted")
+    final = valuation(world["portfolios"]["charlie"], "final")
+    await layer.group_send(charlie_group, {"type": "livefolio.event", "payload": final})
+    await eventually(
+        lambda: charlie.total(world["portfolios"]["charlie"]) == "final",
+        timeout=20,
+        what="charlie, who reads, keeps getting the latest numbers",
+    )
+    assert 4413 not in charlie.closes
+    assert server.output().count("closing a connection that does not read") == len(stuck)
+    assert f"with {4413}" in server.output()
+    # What the stuck sockets held (each at most its inbox, 50 x 32 KB, and 256 KiB + Twisted's
+    # 64 KiB unsent) is given back once they are gone.
+    grown = rss(server) - before
+    assert grown < 8 * MB, f"daphne grew by {grown / MB:.1f} MB"
+    await charlie.stop()
+    await layer.flush()

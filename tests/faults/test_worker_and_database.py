@@ -34,10 +34,9 @@ async def test_worker_killed_mid_batch_the_batch_runs_again_once_with_no_double_
     cookie = await asyncio.to_thread(log_in, base, "alice")
     socket = await open_socket(base, cookie)
     assert json.loads(await socket.recv())["type"] == "snapshot"
-    # Short visibility timeout: the broker hands an unacknowledged task out again after 2 s.
-    first = await asyncio.to_thread(
-        stack.worker, "first-worker", LIVEFOLIO_BROKER_VISIBILITY_TIMEOUT="2"
-    )
+    # The configured visibility timeout (settings: short enough that a killed worker's batch
+    # runs again within seconds, not minutes).
+    first = await asyncio.to_thread(stack.worker, "first-worker")
 
     # Hold the quote table so the worker is stuck inside the task when we kill it.
     with stack.postgres.connect() as blocker:
@@ -58,11 +57,11 @@ async def test_worker_killed_mid_batch_the_batch_runs_again_once_with_no_double_
         blocker.execute("ROLLBACK")
 
     assert stored_price(stack, world["btc"]) is None  # the killed attempt committed nothing
-    await asyncio.to_thread(stack.worker, "second-worker", LIVEFOLIO_BROKER_VISIBILITY_TIMEOUT="2")
+    await asyncio.to_thread(stack.worker, "second-worker")
     await asyncio.to_thread(
         wait_until,
         lambda: stored_price(stack, world["btc"]) == "777",
-        timeout=60,
+        timeout=60,  # the visibility timeout and a restore sweep; a fifth of the old 300 s
         what="the redelivered batch to be stored",
     )
     valuation = json.loads(await asyncio.wait_for(socket.recv(), timeout=20))

@@ -1,9 +1,10 @@
 """The simulated exchange: deterministic prices for a seed, ticks only for the symbols it has,
-and a loop that does not wake for every single tick."""
+a loop that does not wake for every single tick, and order-book markets for crypto symbols."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from streaming.feeds import simulated
 from streaming.feeds.base import Book, Tick, Trade
-from streaming.feeds.simulated import SimulatedBook, SimulatedFeed
+from streaming.feeds.simulated import SimulatedFeed
 
 pytestmark = pytest.mark.unit
 
@@ -84,102 +85,118 @@ async def test_at_a_low_rate_the_loop_sleeps_until_the_next_tick_is_due(monkeypa
     assert 0.05 < delays[0] <= 0.1  # a tick every 100 ms, not one every MIN_WAKE
 
 
-# The simulated order book ------------------------------------------------------------------
+# The simulated market: an order book per crypto symbol ------------------------------------------
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+START = {"BTC-USDT": Decimal("97000"), "ETH-USDT": Decimal("3500")}
 
 
-def D(text: str) -> Decimal:
-    return Decimal(text)
+def _opened(seed: int, symbols: list[str]) -> tuple[SimulatedFeed, list]:
+    emitted: list = []
+    feed = SimulatedFeed(emit=emitted.append, seed=seed, start_prices=START)
+    for symbol in symbols:
+        feed.open_market(symbol, NOW)
+    return feed, emitted
 
 
-def test_an_order_that_crosses_trades_best_level_first_and_rests_the_rest():
-    book = SimulatedBook(tick_size=D("0.1"))
-    book.limit("sell", D("100.2"), D("1"))
-    book.limit("sell", D("100.1"), D("2"))
-    book.limit("buy", D("99.9"), D("5"))
-    fills = book.limit("buy", D("100.2"), D("4"))
-    assert fills == [(D("100.1"), D("2")), (D("100.2"), D("1"))]
-    assert book.bids == {D("99.9"): D("5"), D("100.2"): D("1")}  # 4 - 3 traded rests
-    assert book.asks == {}
-    assert book.market("sell", D("2")) == [(D("100.2"), D("1")), (D("99.9"), D("1"))]
-    book.cancel("buy", D("99.9"), D("4"))
-    assert book.bids == {}
+def _flow(seed: int, symbols: list[str], events: int = 150) -> list:
+    """What the feed emits for ``symbol``'s opening and then ``events`` order events each."""
+    feed, emitted = _opened(seed, symbols)
+    for n in range(1, events + 1):
+        for symbol in symbols:
+            emitted += feed.markets[symbol].event(NOW + timedelta(milliseconds=50 * n))
+    return emitted
 
 
-def test_a_limit_order_that_does_not_cross_only_rests():
-    book = SimulatedBook(tick_size=D("1"))
-    book.limit("sell", D("101"), D("1"))
-    assert book.limit("buy", D("100"), D("3")) == []
-    assert book.limit("buy", D("100"), D("1")) == []
-    assert book.top(10) == (((D("100"), D("4")),), ((D("101"), D("1")),))
+def test_a_seed_gives_each_market_the_same_order_flow_whatever_else_trades():
+    alone = _flow(7, ["BTC-USDT"])
+    beside = [e for e in _flow(7, ["ETH-USDT", "BTC-USDT"]) if e.feed_symbol == "BTC-USDT"]
+    assert alone == beside
+    assert alone != _flow(8, ["BTC-USDT"])
+    assert {type(e) for e in alone} == {Tick, Trade, Book}
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(min_value=0, max_value=2**32), start=st.sampled_from(["97000", "3.5"]))
-def test_the_simulated_book_stays_consistent_and_its_tape_agrees_with_it(seed, start):
-    feed = SimulatedFeed(
-        emit=lambda event: None,
-        seed=seed,
-        rate=100,
-        start_prices={"BTC/USDT": D(start)},
-        book_symbols=frozenset({"BTC/USDT"}),
+def test_a_market_opens_with_a_full_book_and_a_minute_of_trades():
+    feed, emitted = _opened(3, ["BTC-USDT"])
+    trades = [e for e in emitted if isinstance(e, Trade)]
+    books = [e for e in emitted if isinstance(e, Book)]
+    assert len(trades) >= 20
+    assert [int(t.trade_id) for t in trades] == list(range(1, len(trades) + 1))
+    window = timedelta(seconds=SimulatedFeed.WARMUP_SECONDS)
+    assert all(NOW - window <= t.ts <= NOW for t in trades)
+    assert [t.ts for t in trades] == sorted(t.ts for t in trades)
+    last = books[-1]
+    assert len(last.bids) == len(last.asks) == 10
+    assert (last.bids, last.asks) == feed.markets["BTC-USDT"].top()
+    # Prices at the pair's tick (0.01 at this price), sizes in whole lots (0.00001 BTC).
+    levels = [*last.bids, *last.asks]
+    assert all(
+        p == p.quantize(Decimal("0.01")) and s == s.quantize(Decimal("0.00001")) for p, s in levels
     )
-    first = feed.initial_book("BTC/USDT")
-    assert len(first.bids) == len(first.asks) == 10
-    trade_ids: list[int] = []
-    last_trade = None
-    for _ in range(300):
-        events = feed.book_step("BTC/USDT")
-        trades = [e for e in events if isinstance(e, Trade)]
-        [book] = [e for e in events if isinstance(e, Book)]
-        [tick] = [e for e in events if isinstance(e, Tick)]
-        bid_prices = [p for p, _ in book.bids]
-        ask_prices = [p for p, _ in book.asks]
-        assert bid_prices == sorted(bid_prices, reverse=True) and len(set(bid_prices)) == 10
-        assert ask_prices == sorted(ask_prices) and len(set(ask_prices)) == 10
-        assert bid_prices[0] < ask_prices[0]  # a crossing order trades, it never rests
-        assert all(q > 0 for _, q in (*book.bids, *book.asks))
-        for trade in trades:
-            assert trade.size > 0 and trade.side in ("buy", "sell")
-            trade_ids.append(int(trade.trade_id))
-            last_trade = trade.price
-        assert (tick.bid, tick.ask) == (bid_prices[0], ask_prices[0])
-        if last_trade is not None:
-            assert tick.price == last_trade
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**32), events=st.integers(1, 400))
+def test_after_every_event_the_published_book_is_consistent_and_the_markets_own(seed, events):
+    """Every published book: bids strictly falling, asks strictly rising, best bid below best
+    ask, sizes positive, at most 10 levels; it is the top of the market's book. Trades count
+    up one by one, each with a taker side and a positive size; a tick quotes the book's top."""
+    feed, emitted = _opened(seed, ["BTC-USDT"])
+    market = feed.markets["BTC-USDT"]
+    for n in range(events):
+        emitted += market.event(NOW + timedelta(milliseconds=n))
+        assert (
+            market.book.best_bid is None
+            or market.book.best_ask is None
+            or (market.book.best_bid < market.book.best_ask)
+        )
+    trade_ids = []
+    for event in emitted:
+        if isinstance(event, Book):
+            bid_prices = [p for p, _ in event.bids]
+            ask_prices = [p for p, _ in event.asks]
+            assert bid_prices == sorted(set(bid_prices), reverse=True)
+            assert ask_prices == sorted(set(ask_prices))
+            assert bid_prices and ask_prices and bid_prices[0] < ask_prices[0]
+            assert all(size > 0 for _, size in (*event.bids, *event.asks))
+            assert len(event.bids) <= 10 and len(event.asks) <= 10
+            shown = event
+        elif isinstance(event, Trade):
+            assert event.side in ("buy", "sell") and event.size > 0 and event.price > 0
+            trade_ids.append(int(event.trade_id))
+        else:
+            assert (event.bid, event.ask) == (shown.bids[0][0], shown.asks[0][0])
+    assert (shown.bids, shown.asks) == market.top()
     assert trade_ids == list(range(1, len(trade_ids) + 1))
-    assert trade_ids, "300 steps of a simulated market without a single trade"
 
 
-def test_a_seed_gives_the_same_book_and_tape_every_time():
-    def run(seed: int) -> list:
-        feed = SimulatedFeed(emit=lambda e: None, seed=seed, book_symbols=frozenset({"X"}))
-        return [
-            (type(e).__name__, getattr(e, "price", None), getattr(e, "bids", None))
-            for _ in range(50)
-            for e in feed.book_step("X")
-        ]
-
-    assert run(3) == run(3)
-    assert run(3) != run(4)
+def test_a_side_swept_empty_is_quoted_again_in_the_next_event():
+    feed, _ = _opened(4, ["BTC-USDT"])
+    market = feed.markets["BTC-USDT"]
+    for order in list(market.book.orders.values()):
+        if order.side == "sell":
+            market.book.cancel(order.order_id)
+    published = market.event(NOW)
+    [book] = [e for e in published if isinstance(e, Book)]
+    assert book.asks and book.bids[0][0] < book.asks[0][0]
 
 
-async def test_a_book_symbol_gets_its_book_at_once_then_trades_and_books_as_it_runs():
-    events = []
-    traded = asyncio.Event()
+async def test_order_book_symbols_trade_in_their_market_and_the_rest_tick(monkeypatch):
+    events: list = []
+    feed = SimulatedFeed(emit=events.append, seed=1, rate=200, order_rate=200, start_prices=START)
+    await feed.set_order_books(frozenset({"BTC-USDT"}))
+    await feed.set_symbols(frozenset({"BTC-USDT", "AAPL"}))
+    fair: list[Decimal] = []
 
-    def emit(event) -> None:
-        events.append(event)
-        if isinstance(event, Trade):
-            traded.set()
+    async def on_sleep(n: int) -> None:
+        if n == 4:  # the instrument is no longer crypto: its market closes, ticks go on
+            fair.append(feed.markets["BTC-USDT"].fair)
+            events.clear()
+            await feed.set_order_books(frozenset())
 
-    feed = SimulatedFeed(emit=emit, seed=5, rate=200, book_symbols=frozenset({"BTC/USDT"}))
-    await feed.set_symbols(frozenset({"BTC/USDT", "AAPL"}))
-    runner = asyncio.create_task(feed.run())
-    try:
-        await asyncio.wait_for(traded.wait(), 10)
-    finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-    assert isinstance(events[0], Book) and events[0].feed_symbol == "BTC/USDT"
-    # Only the book symbol has a book and a tape; the other ticks as before.
-    assert {e.feed_symbol for e in events if isinstance(e, Book | Trade)} == {"BTC/USDT"}
-    assert {e.feed_symbol for e in events if isinstance(e, Tick)} <= {"BTC/USDT", "AAPL"}
+    await _run_until(feed, monkeypatch, on_sleep, sleeps=8)
+    kinds = {(e.feed_symbol, type(e).__name__) for e in events}
+    assert kinds == {("BTC-USDT", "Tick"), ("AAPL", "Tick")}
+    assert feed.markets == {}
+    first = next(e for e in events if e.feed_symbol == "BTC-USDT")
+    assert abs(first.price / fair[0] - 1) < Decimal("0.05")  # from where the market left it

@@ -20,6 +20,11 @@ class Command(BaseCommand):
         parser.add_argument("feed", help=f"one of: {', '.join(FEEDS)}")
         parser.add_argument("--seed", type=int, default=None, help="simulated: random seed")
         parser.add_argument("--rate", type=float, default=10.0, help="simulated: ticks per second")
+        parser.add_argument(
+            "--order-books",
+            action="store_true",
+            help="simulated: crypto instruments trade in a simulated market (book and trades)",
+        )
         parser.add_argument("--file", default=None, help="replay: the CSV file of ticks")
         parser.add_argument(
             "--speed", type=float, default=1.0, help="replay: 1 real time, N times faster, 0 max"
@@ -36,6 +41,8 @@ class Command(BaseCommand):
         kind = options["feed"]
         if kind not in FEEDS:
             raise CommandError(f"unknown feed {kind!r}; known feeds: {', '.join(FEEDS)}")
+        if options["order_books"] and kind != "simulated":
+            raise CommandError("--order-books: only the simulated feed simulates order books")
         if options["supervise"]:
             command = supervisor.child_command(sys.argv)
             write = lambda line: (self.stdout.write(line), self.stdout.flush())  # noqa: E731
@@ -43,7 +50,11 @@ class Command(BaseCommand):
             return
         feed_options: dict = {}
         if kind == "simulated":
-            feed_options = {"seed": options["seed"], "rate": options["rate"]}
+            feed_options = {
+                "seed": options["seed"],
+                "rate": options["rate"],
+                "order_books": options["order_books"],
+            }
         elif kind == "replay":
             if not options["file"]:
                 raise CommandError("replay needs --file PATH (a CSV of ts,symbol,price[,bid,ask])")

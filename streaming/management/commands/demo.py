@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from portfolio.demo import DEMO_PASSWORD, DEMO_USERNAME, demo_seed
+from portfolio.demo import DEMO_PASSWORD, DEMO_USERNAME, MARKET_SYMBOL, demo_seed
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,12 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--seed", type=int, default=None, help="simulated feed random seed")
         parser.add_argument("--rate", type=float, default=10.0, help="simulated ticks per second")
+        parser.add_argument(
+            "--order-rate",
+            type=float,
+            default=20.0,
+            help="order events per second in each simulated crypto market",
+        )
 
     def handle(self, *args, **options) -> None:
         if not settings.EMBEDDED:
@@ -50,7 +56,13 @@ class Command(BaseCommand):
         from streaming.runner import FeedRunner
         from streaming.serve import Server
 
-        runner = FeedRunner(kind="simulated", seed=options["seed"], rate=options["rate"])
+        runner = FeedRunner(
+            kind="simulated",
+            seed=options["seed"],
+            rate=options["rate"],
+            order_books=True,
+            order_rate=options["order_rate"],
+        )
         url = f"http://127.0.0.1:{options['port']}/"
 
         background: list[asyncio.Task] = []
@@ -64,7 +76,9 @@ class Command(BaseCommand):
             )
             self.stdout.write(
                 self.style.SUCCESS(f"Livefolio is running at {url}\n")
-                + f"Log in as {DEMO_USERNAME} / {DEMO_PASSWORD}. Stop with Ctrl-C.\n"
+                + f"Log in as {DEMO_USERNAME} / {DEMO_PASSWORD}. "
+                + f"The admin is at {url}{settings.ADMIN_PATH} (same login). Stop with Ctrl-C.\n"
+                + f"Watch a simulated market's order book and trades at {url}i/{MARKET_SYMBOL}/\n"
             )
 
         # Bound to 127.0.0.1 only: the demo login must never be reachable from the network.

@@ -1,0 +1,155 @@
+"""Contracts with the libraries whose private names Livefolio builds on (streaming/serve.py,
+streaming/layers.py, streaming/consumers.py, streaming/runner.py). pyproject.toml pins each
+exactly; an upgrade that changes a function Livefolio copies or overrides, or drops a name it
+reads, fails here, naming the place to re-read, instead of failing in production."""
+
+import hashlib
+import importlib
+import importlib.metadata
+import inspect
+import re
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+# Functions Livefolio copies or overrides, by the sha256 (first 16 hex digits) of their source
+# at the pinned version, and the place in Livefolio that depends on it.
+OVERRIDDEN = {
+    "channels.consumer.AsyncConsumer.__call__": (
+        "e52238720872dbc3",
+        "streaming/consumers.py ProtocolConsumer.consume copies it",
+    ),
+    "channels.utils.await_many_dispatch": (
+        "30ef889498560da3",
+        "streaming/consumers.py dispatch_from replaces it",
+    ),
+    "channels_redis.pubsub.RedisSingleShardConnection._ensure_redis": (
+        "ba228d3cee7116dc",
+        "streaming/layers.py _PubSubShard._ensure_redis copies it",
+    ),
+    "channels_redis.pubsub.RedisSingleShardConnection._do_receiving": (
+        "a822736dcb875e43",
+        "streaming/layers.py _PubSubShard._do_receiving replaces it",
+    ),
+    "channels_redis.pubsub.RedisSingleShardConnection.subscribe": (
+        "173a8f40b17e4e28",
+        "streaming/layers.py _PubSubShard.subscribe extends it",
+    ),
+    "channels_redis.pubsub.RedisPubSubLoopLayer.__init__": (
+        "fd9d37e275298a58",
+        "streaming/layers.py _PubSubLoopLayer replaces its _shards",
+    ),
+    "channels_redis.pubsub.RedisPubSubLoopLayer._subscribe_to_channel": (
+        "3da2e955db06450f",
+        "streaming/layers.py _PubSubLoopLayer._subscribe_to_channel replaces it",
+    ),
+    "channels_redis.pubsub.RedisPubSubLoopLayer.receive": (
+        "2d3fa7938ba6e0a6",
+        "streaming/layers.py _PubSubLoopLayer.receive extends it",
+    ),
+    "channels_redis.pubsub.RedisPubSubChannelLayer._get_layer": (
+        "1862b87a25ac72b2",
+        "streaming/layers.py PubSubChannelLayer._get_layer replaces it",
+    ),
+    "daphne.server.Server.create_application": (
+        "f1e300b4ecf636c8",
+        "streaming/serve.py Server.create_application copies it",
+    ),
+    "daphne.server.Server.run": (
+        "447c6bd42c62e98c",
+        "streaming/serve.py Server.ws_factory catches the factory run() builds inline",
+    ),
+    "daphne.ws_protocol.WebSocketProtocol.serverSend": (
+        "345f21330d2a18ce",
+        "streaming/serve.py WebSocketProtocol.serverSend drops a frame after a budget close",
+    ),
+    "autobahn.websocket.protocol.WebSocketProtocol._fail_connection": (
+        "00c349e066d658bf",
+        "streaming/serve.py WebSocketProtocol._fail_connection replaces it",
+    ),
+    "autobahn.websocket.protocol.WebSocketProtocol.sendData": (
+        "5dcca425b048b07e",
+        "streaming/serve.py WebSocketProtocol.sendData sends past it",
+    ),
+}
+
+# Private names Livefolio reads or writes on library objects: (module, class, [names]).
+READ = [
+    (
+        "channels_redis.pubsub",
+        "RedisSingleShardConnection",
+        ["_redis", "_pubsub", "_lock", "_subscribed_to", "_receive_message", "channel_layer"],
+    ),
+    (
+        "channels_redis.pubsub",
+        "RedisPubSubLoopLayer",
+        ["_shards", "_get_shard", "_get_group_channel_name", "channels", "groups"],
+    ),
+    ("channels_redis.pubsub", "RedisPubSubChannelLayer", ["_layers", "_args", "_kwargs"]),
+    ("channels_redis.utils", None, ["_wrap_close", "create_pool"]),
+    ("channels_redis.core", "RedisChannelLayer", ["create_pool", "receive_buffer", "capacity"]),
+    (
+        "twisted.internet.abstract",
+        "FileDescriptor",
+        ["dataBuffer", "offset", "_tempDataBuffer", "_writeDisconnected", "connected"],
+    ),
+    ("twisted.internet.tcp", "Server", ["TLS", "unregisterProducer"]),
+    (
+        "autobahn.websocket.protocol",
+        "WebSocketProtocol",
+        ["CONFIG_ATTRS", "STATE_OPEN", "sendCloseFrame", "dropConnection", "failByDrop"],
+    ),
+    ("daphne.server", "Server", ["handle_reply", "create_application"]),
+    ("kombu.transport.redis", "Channel", ["unacked_index_key"]),
+]
+
+
+def source_of(dotted: str) -> str:
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return inspect.getsource(obj)
+    raise ImportError(dotted)
+
+
+@pytest.mark.parametrize("dotted", sorted(OVERRIDDEN))
+def test_functions_livefolio_copies_or_overrides_are_unchanged(dotted):
+    expected, where = OVERRIDDEN[dotted]
+    digest = hashlib.sha256(source_of(dotted).encode()).hexdigest()[:16]
+    assert digest == expected, f"{dotted} changed upstream: re-read it for {where}"
+
+
+def attribute_names(cls: type) -> set[str]:
+    """Names a class has or assigns on ``self`` anywhere in its MRO's source."""
+    names = set()
+    for klass in cls.__mro__:
+        names.update(vars(klass))
+        try:
+            names.update(re.findall(r"self\.(\w+)\s*(?::[^=]+)?=", inspect.getsource(klass)))
+        except (OSError, TypeError):
+            pass
+    return names
+
+
+@pytest.mark.parametrize(("module", "cls", "names"), READ, ids=[f"{m}.{c}" for m, c, _ in READ])
+def test_private_names_livefolio_reads_still_exist(module, cls, names):
+    owner = importlib.import_module(module)
+    present = attribute_names(getattr(owner, cls)) if cls else set(vars(owner))
+    missing = [name for name in names if name not in present]
+    assert not missing, f"{module}.{cls or ''} no longer has {missing}"
+
+
+def test_the_patched_libraries_are_pinned_exactly_at_the_installed_versions():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for package in ("channels", "channels-redis", "daphne", "twisted", "autobahn", "kombu"):
+        pinned = re.search(rf'"{package}=={{1,2}}([^"]+)"', pyproject, re.IGNORECASE)
+        assert pinned, f"pyproject.toml must pin {package} exactly"
+        assert importlib.metadata.version(package) == pinned.group(1), package
