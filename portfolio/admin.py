@@ -355,6 +355,8 @@ class TransactionAdmin(admin.ModelAdmin):
         "fees",
         "amount",
         "currency",
+        "to_amount",
+        "to_currency",
         "note",
     )
     list_filter = ("portfolio", "kind", "instrument")

@@ -154,6 +154,7 @@ class RangeReturns:
     irr_annualized: bool  # False: ``irr_rate`` is the rate for the range itself
     irr_rate: Decimal | None
     irr_problem: str | None
+    irr_days: tuple[date, ...] = ()  # the day of each of ``irr.flows``, in their order
 
 
 def range_returns(
@@ -167,25 +168,36 @@ def range_returns(
     ``flows`` ((day, amount in the base currency), deposits positive)."""
     if end <= start:
         raise performance.PerformanceError(f"the range must end after it starts: {start}..{end}")
-    by_day = {v.day: v for v in values}
-    gaps = [d for d in _days(start, end) if d not in by_day]
-    if gaps:
-        raise performance.PerformanceError(f"no value for {gaps[0]} (and {len(gaps) - 1} more)")
+    day_value = _value_lookup(values, start, end)
     per_day: dict[date, Decimal] = {}
     for day, amount in flows:
         if start < day <= end:
             per_day[day] = per_day.get(day, ZERO) + amount
     # The value at the end of day d is stamped at the next midnight; day d's flows at its own
     # midnight attach to the value of the end of d - 1: flows count at the start of their day.
+    # Between two flows the daily links multiply to the end value over the start value, so
+    # only the values that start or end a sub-period are passed on.
+    cuts = sorted({start, end, *(d - timedelta(days=1) for d in per_day)})
+    for day in cuts:
+        # A value without one of its holdings would read as a loss (or gain) that never was.
+        left_out = day_value(day).missing
+        if left_out:
+            raise performance.PerformanceError(
+                f"the value of {day} leaves out {'; '.join(left_out)} (import its history)"
+            )
+
+    def value_on(day: date) -> Decimal:
+        return day_value(day).value
+
     points = [
-        performance.ValuePoint(at=_midnight(d) + timedelta(days=1), value=by_day[d].value)
-        for d in _days(start, end)
+        performance.ValuePoint(at=_midnight(d) + timedelta(days=1), value=value_on(d)) for d in cuts
     ]
     twr_flows = [performance.CashFlow(at=_midnight(d), amount=a) for d, a in per_day.items()]
     twr = performance.time_weighted_return(values=points, flows=twr_flows)
-    dated = [(_midnight(start), -by_day[start].value)]
+    dated = [(_midnight(start), -value_on(start))]
     dated += [(_midnight(d), -a) for d, a in sorted(per_day.items())]
-    dated.append((_midnight(end), by_day[end].value))
+    dated.append((_midnight(end), value_on(end)))
+    irr_days = tuple(at.date() for at, _ in dated)
     annualized = (end - start).days >= YEAR_DAYS
     if not annualized:
         # Under a year, time is stretched so the range is one year long: the annual rate of the
@@ -198,7 +210,22 @@ def range_returns(
     except performance.PerformanceError as exc:
         problem = str(exc)
     rate = None if irr is None else irr.rate
-    return RangeReturns(start, end, twr, irr, annualized, rate, problem)
+    return RangeReturns(start, end, twr, irr, annualized, rate, problem, irr_days)
+
+
+def _value_lookup(values: Sequence[DayValue], start: date, end: date) -> Callable[[date], DayValue]:
+    """The value of any day of ``[start, end]`` from ``values`` (one per day, in day order);
+    raises ``PerformanceError`` naming the first day of the range without one."""
+    if values and values[-1].day - values[0].day == timedelta(days=len(values) - 1):
+        # One value a day without a gap: a day's index is its distance from the first.
+        origin = values[0].day
+        if origin <= start and end <= values[-1].day:
+            return lambda day: values[(day - origin).days]
+    by_day = {v.day: v for v in values}
+    gaps = [d for d in _days(start, end) if d not in by_day]
+    if gaps:
+        raise performance.PerformanceError(f"no value for {gaps[0]} (and {len(gaps) - 1} more)")
+    return by_day.__getitem__
 
 
 def _days(start: date, end: date) -> list[date]:

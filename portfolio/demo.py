@@ -1,9 +1,12 @@
-"""The demo world of the embedded default: a few instruments, a demo user and portfolio."""
+"""The demo world of the embedded default: a few instruments, a demo user and portfolio, and
+a past: daily closes of every instrument since before the first transaction, so the value chart
+and the returns show a year from the first second."""
 
 from __future__ import annotations
 
+import math
 import random
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal, localcontext
 
 from django.contrib.auth import get_user_model
@@ -11,7 +14,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from portfolio import services
-from portfolio.models import AssetClass, FeedKind, Instrument, Portfolio, PriceBar, TxKind
+from portfolio.models import (
+    AssetClass,
+    DailyPrice,
+    FeedKind,
+    Instrument,
+    Portfolio,
+    PriceBar,
+    PriceSource,
+    TxKind,
+)
 
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo"
@@ -86,13 +98,96 @@ def demo_seed() -> Portfolio:
             )
         _demo_history(instrument, Decimal(price), now)
     if not portfolio.transactions.exists():
-        _demo_ledger(portfolio, instruments, now)
+        start = (now - timedelta(days=400)).replace(hour=14, minute=30, second=0, microsecond=0)
+        # The history first: each trade's cost is converted at its own date's FX rate.
+        _demo_daily_history(instruments, start, now)
+        _demo_ledger(portfolio, instruments, start)
     return portfolio
 
 
-def _demo_ledger(portfolio: Portfolio, instruments: dict, now) -> None:
+# The demo ledger's trades at past dates: (symbol, days after the start, price). A path of
+# daily closes passes through each of them and ends at today's price.
+NVDA_SALE = (200, Decimal("118.40"))
+FX_ANCHORS = ((0, Decimal("1.03")), (200, Decimal("1.12")))
+# How far a day's close strays from the straight path between two anchors, by asset class.
+WOBBLE = {AssetClass.CRYPTO: 0.08, AssetClass.EQUITY: 0.04, AssetClass.ETF: 0.03}
+
+
+def _anchors(start: date, today: date) -> dict[str, list[tuple[date, Decimal]]]:
+    anchors: dict[str, list[tuple[date, Decimal]]] = {}
+    for week, (symbol, *_rest, price, _quantity, unit_cost) in enumerate(INSTRUMENTS, start=1):
+        points = [(start + timedelta(days=week * 7), Decimal(unit_cost))]
+        if symbol == "NVDA":
+            points.append((start + timedelta(days=NVDA_SALE[0]), NVDA_SALE[1]))
+        anchors[symbol] = [*points, (today, Decimal(price))]
+    fx = [(start + timedelta(days=d), rate) for d, rate in FX_ANCHORS]
+    anchors[FX[0]] = [*fx, (today, Decimal(FX[4]))]
+    return anchors
+
+
+def demo_closes(
+    anchors: list[tuple[date, Decimal]], *, first: date, wobble: float, trading_days_only: bool
+) -> list[tuple[date, Decimal]]:
+    """Daily closes from ``first`` to the last anchor: through every anchor exactly, between two
+    anchors their geometric path with a deterministic wave that is zero at both ends, and the
+    first anchor's price before it. Weekends are left out for exchange-traded instruments
+    (their closes are carried, as for a real market)."""
+    out = []
+    day = first
+    phase = (first.toordinal() * 7 + len(anchors) * 13 + int(anchors[-1][1])) % 360 / 57.3
+    while day <= anchors[-1][0]:
+        if not (trading_days_only and day.weekday() >= 5) or any(day == a for a, _ in anchors):
+            out.append((day, _close_on(anchors, day, wobble, phase)))
+        day += timedelta(days=1)
+    return out
+
+
+def _close_on(
+    anchors: list[tuple[date, Decimal]], day: date, wobble: float, phase: float
+) -> Decimal:
+    if day <= anchors[0][0]:
+        left, right = (anchors[0][0] - timedelta(days=60), anchors[0][1]), anchors[0]
+    else:
+        index = next(i for i, (a, _) in enumerate(anchors) if a >= day)
+        left, right = anchors[index - 1], anchors[index]
+    span = (right[0] - left[0]).days
+    u = 1 - (right[0] - day).days / span
+    level = math.log(float(left[1])) * (1 - u) + math.log(float(right[1])) * u
+    waves = max(1, span // 25)
+    # Two waves of unrelated lengths, each instrument with its own phase: zero at both anchors.
+    wave = 0.6 * math.sin(2 * math.pi * waves * u + phase) + 0.4 * math.sin(
+        2 * math.pi * 2.7 * waves * u + 2 * phase
+    )
+    level += wobble * math.sin(math.pi * u) * wave
+    price = Decimal(repr(math.exp(level)))
+    places = Decimal("0.0001") if price < 10 else Decimal("0.01")
+    return price.quantize(places)
+
+
+def _demo_daily_history(instruments: dict, start: datetime, now: datetime) -> None:
+    """Daily closes of every demo instrument from a week before the first transaction to today
+    (source "bars", the lowest rank: the feed's own roll-up of today replaces today's)."""
+    first, today = (start - timedelta(days=7)).date(), now.date()
+    rows = []
+    for symbol, anchors in _anchors(start.date(), today).items():
+        instrument = instruments[symbol]
+        if DailyPrice.objects.filter(instrument=instrument).exists():
+            continue
+        closes = demo_closes(
+            anchors,
+            first=first,
+            wobble=WOBBLE.get(instrument.asset_class, 0.01),
+            trading_days_only=instrument.asset_class != AssetClass.CRYPTO,
+        )
+        rows += [
+            DailyPrice(instrument=instrument, day=day, close=close, source=PriceSource.BARS)
+            for day, close in closes
+        ]
+    DailyPrice.objects.bulk_create(rows, batch_size=2000)
+
+
+def _demo_ledger(portfolio: Portfolio, instruments: dict, start: datetime) -> None:
     """Deposits, buys at past dates, one partial sell and a dividend."""
-    start = (now - timedelta(days=400)).replace(hour=14, minute=30, second=0, microsecond=0)
     costs: dict[str, Decimal] = {}
     for _symbol, _name, _class, currency, _price, quantity, unit_cost in INSTRUMENTS:
         costs[currency] = costs.get(currency, Decimal(0)) + Decimal(quantity) * Decimal(unit_cost)

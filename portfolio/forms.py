@@ -47,28 +47,36 @@ class TransactionForm(forms.ModelForm):
             "amount",
             "ratio",
             "currency",
+            "to_amount",
+            "to_currency",
             "note",
         ]
         help_texts = {
             "quantity": "Buy, sell and transfers.",
             "price": "Per unit: buy, sell and transfers.",
-            "amount": "Dividend, interest, fee, deposit and withdrawal.",
-            "currency": "Empty: the instrument's currency, or the portfolio's base currency.",
+            "amount": "Dividend, interest, fee, deposit and withdrawal; a currency exchange's "
+            "amount sold.",
+            "currency": "Empty: the instrument's currency, or the portfolio's base currency. "
+            "A currency exchange: the currency sold (and its fee's).",
         }
+        labels = {"to_amount": "Amount bought", "to_currency": "Currency bought"}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["instrument"].queryset = Instrument.objects.exclude(asset_class="fx")
-        for name in ("quantity", "price", "fees", "amount"):
+        for name in ("quantity", "price", "fees", "amount", "to_amount"):
             self.fields[name].required = False
         self.fields["kind"].initial = TxKind.BUY
 
     def clean_currency(self) -> str:
         return self.cleaned_data["currency"].strip().upper()
 
+    def clean_to_currency(self) -> str:
+        return self.cleaned_data["to_currency"].strip().upper()
+
     def clean(self) -> dict:
         cleaned = super().clean()
-        for name in ("quantity", "price", "fees", "amount"):
+        for name in ("quantity", "price", "fees", "amount", "to_amount"):
             if cleaned.get(name) is None and name not in self.errors:
                 cleaned[name] = Decimal(0)
         return cleaned

@@ -6,6 +6,9 @@ and calls :func:`replay`. Conventions a caller must know:
 - BUY, SELL, TRANSFER_IN and TRANSFER_OUT use ``quantity`` and ``price`` (per unit).
 - DIVIDEND, INTEREST, FEE, DEPOSIT and WITHDRAWAL use ``amount`` (gross, in ``currency``).
 - SPLIT uses ``ratio``: 2-for-1 is ``Decimal("2")``, a 1-for-10 reverse split ``Decimal("0.1")``.
+- EXCHANGE converts cash: ``amount`` of ``currency`` out, ``to_amount`` of ``to_currency`` in
+  (the rate is their quotient); its ``fees`` are in ``currency``. Money moves only within the
+  portfolio, so it is no deposit or withdrawal for returns.
 - ``fees`` may accompany any kind but SPLIT; they always debit cash and count as fees. On a BUY
   they are added to the lot's cost, on a SELL they reduce the proceeds; elsewhere (transfers,
   deposits...) they are an expense only and never touch a cost basis.
@@ -68,6 +71,7 @@ class TxKind(enum.StrEnum):
     SPLIT = "SPLIT"
     TRANSFER_IN = "TRANSFER_IN"
     TRANSFER_OUT = "TRANSFER_OUT"
+    EXCHANGE = "EXCHANGE"
 
 
 class CostBasis(enum.StrEnum):
@@ -93,7 +97,7 @@ _AMOUNTS = frozenset(
     {TxKind.DIVIDEND, TxKind.INTEREST, TxKind.FEE, TxKind.DEPOSIT, TxKind.WITHDRAWAL}
 )
 _NEEDS_INSTRUMENT = _TRADES | {TxKind.SPLIT, TxKind.DIVIDEND}
-_CASH_ONLY = frozenset({TxKind.DEPOSIT, TxKind.WITHDRAWAL})
+_CASH_ONLY = frozenset({TxKind.DEPOSIT, TxKind.WITHDRAWAL, TxKind.EXCHANGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,8 @@ class LedgerEntry:
     amount: Decimal = ZERO
     ratio: Decimal | None = None
     fx_rate: Decimal | None = None
+    to_amount: Decimal = ZERO  # EXCHANGE: what it bought, in ``to_currency``
+    to_currency: str = ""
 
     def __post_init__(self) -> None:
         try:
@@ -121,7 +127,7 @@ class LedgerEntry:
             self._fail("executed_at", f"must be a datetime, got {type(self.executed_at).__name__}")
         if self.executed_at.utcoffset() is None:
             self._fail("executed_at", "must be timezone-aware, got a naive datetime")
-        for name in ("quantity", "price", "fees", "amount"):
+        for name in ("quantity", "price", "fees", "amount", "to_amount"):
             self._check_decimal(name, getattr(self, name))
         if self.fx_rate is not None:
             self._check_decimal("fx_rate", self.fx_rate)
@@ -165,6 +171,21 @@ class LedgerEntry:
             if self.amount == 0:
                 self._fail("amount", f"must be positive for {kind}, got 0")
             unused = ("quantity", "price")
+        elif kind is TxKind.EXCHANGE:
+            if self.amount == 0:
+                self._fail("amount", "must be positive for EXCHANGE (what is sold), got 0")
+            if self.to_amount == 0:
+                self._fail("to_amount", "must be positive for EXCHANGE (what is bought), got 0")
+            if not isinstance(self.to_currency, str) or not self.to_currency.strip():
+                self._fail("to_currency", "is required for EXCHANGE (the currency bought)")
+            if self.to_currency.strip().upper() == str(self.currency).strip().upper():
+                self._fail("to_currency", f"must differ from currency, both {self.currency}")
+            unused = ("quantity", "price")
+        if kind is not TxKind.EXCHANGE:
+            if self.to_amount != 0:
+                self._fail("to_amount", f"is only used by EXCHANGE, not {kind}")
+            if self.to_currency:
+                self._fail("to_currency", f"is only used by EXCHANGE, not {kind}")
         for name in unused:
             if getattr(self, name) != 0:
                 self._fail(name, f"is not used by {kind}, got {getattr(self, name)}")
@@ -394,6 +415,9 @@ class _Replayer:
             _add(self.cash, entry.currency, entry.amount)
         elif kind is TxKind.WITHDRAWAL:
             _add(self.cash, entry.currency, -entry.amount)
+        elif kind is TxKind.EXCHANGE:
+            _add(self.cash, entry.currency, -entry.amount)
+            _add(self.cash, entry.to_currency, entry.to_amount)
 
     def check_currency(self, book: _Book, entry: LedgerEntry) -> None:
         if book.currency is None:

@@ -210,6 +210,7 @@ class TxKind(models.TextChoices):
     SPLIT = "SPLIT", "Split"
     TRANSFER_IN = "TRANSFER_IN", "Transfer in"
     TRANSFER_OUT = "TRANSFER_OUT", "Transfer out"
+    EXCHANGE = "EXCHANGE", "Currency exchange"
 
 
 TRADE_KINDS = (TxKind.BUY, TxKind.SELL, TxKind.TRANSFER_IN, TxKind.TRANSFER_OUT)
@@ -246,6 +247,19 @@ class Transaction(models.Model):
         help_text="Split ratio: 2 for 2-for-1, 0.1 for a 1-for-10 reverse split.",
     )
     currency = models.CharField(max_length=5, validators=[currency_code], blank=True)
+    # A currency exchange sells ``amount`` of ``currency`` and buys ``to_amount`` of
+    # ``to_currency`` (its fee is in ``currency``): one row, so neither half can go missing.
+    to_amount = models.DecimalField(
+        **MONEY,
+        default=Decimal("0"),
+        help_text="Currency exchange: the amount bought, in the currency bought.",
+    )
+    to_currency = models.CharField(
+        max_length=5,
+        validators=[currency_code],
+        blank=True,
+        help_text="Currency exchange: the currency bought.",
+    )
     executed_at = models.DateTimeField()
     note = models.CharField(
         max_length=200, blank=True, validators=[ProhibitNullCharactersValidator()]
@@ -282,6 +296,20 @@ class Transaction(models.Model):
             models.CheckConstraint(
                 condition=Q(kind=TxKind.SPLIT) | ~Q(currency=""),
                 name="tx_currency_required",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(kind=TxKind.EXCHANGE)
+                    & Q(amount__gt=0)
+                    & Q(to_amount__gt=0)
+                    & Q(quantity=0)
+                    & Q(price=0)
+                    & Q(instrument__isnull=True)
+                    & ~Q(to_currency="")
+                    & ~Q(to_currency=F("currency"))
+                )
+                | (~Q(kind=TxKind.EXCHANGE) & Q(to_amount=0) & Q(to_currency="")),
+                name="tx_exchange_sells_one_currency_for_another",
             ),
         ]
 

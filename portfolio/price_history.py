@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from django.db import transaction
 from django.db.models import Max, Min
+from django.utils import timezone
 
 from portfolio.day_values import ClosePrice, close_on
 from portfolio.models import (
@@ -58,6 +59,7 @@ def daily_prices_store(
     rank = PRICE_SOURCE_RANK[source]
     days = list(days)
     created = replaced = kept = 0
+    now = timezone.now()
     with transaction.atomic():
         existing = {
             row.day: row
@@ -83,6 +85,7 @@ def daily_prices_store(
             else:
                 for name, value in fields.items():
                     setattr(row, name, value)
+                row.updated_at = now  # bulk_update leaves auto_now alone; readers key on it
                 changed.append(row)
         DailyPrice.objects.bulk_create(new, batch_size=2000)
         DailyPrice.objects.bulk_update(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -11,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import DateTimeField, Q
+from django.db.models import Count, DateTimeField, Max, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -864,14 +866,75 @@ def realizations(*, portfolio: Portfolio) -> dict[int, ledger.Realization]:
     return {r.ref: r for r in result.realizations}
 
 
-def portfolio_returns(
-    *, portfolio: Portfolio, start: date, end: date
-) -> tuple[day_values.RangeReturns, list[day_values.DayValue]]:
-    """TWR and IRR from the end of day ``start`` to the end of day ``end`` (UTC), and the daily
-    values they come from: derived from the ledger, the daily price history (closes carried
-    over gaps) and the FX history, not from snapshots. Raises ``PerformanceError`` naming what
-    is missing."""
+# Daily values per portfolio, kept by each process for the portfolios asked about most
+# recently (see _ledger_day_values): about 0.4 KB a day, so ten years of one portfolio are
+# ~1.5 MB; a small number bounds what a web process holds.
+DAY_VALUES_KEPT = 16
+_day_values_kept: OrderedDict[tuple, tuple[list[day_values.DayValue], list]] = OrderedDict()
+_day_values_lock = threading.Lock()
 
+
+def _day_values_key(portfolio: Portfolio, end: date) -> tuple:
+    """What a portfolio's daily values up to ``end`` depend on: its ledger (``recomputed_at``
+    changes in every transaction that rewrites it, and its settings) and the daily prices of
+    the instruments it has held and of every FX pair (how many and the newest write: an
+    import, a backfill, the hourly roll-up of bars or a deletion changes one of them)."""
+    row = (
+        Portfolio.objects.filter(pk=portfolio.pk)
+        .values_list("recomputed_at", "base_currency", "cost_basis_method", "allow_short")
+        .first()
+    )
+    held = Holding.objects.filter(portfolio_id=portfolio.pk).values("instrument_id")
+    prices = DailyPrice.objects.filter(
+        Q(instrument_id__in=held) | Q(instrument__asset_class=AssetClass.FX), day__lte=end
+    ).aggregate(count=Count("id"), newest=Max("updated_at"))
+    return (portfolio.pk, end, row, prices["count"], prices["newest"])
+
+
+def _ledger_day_values(
+    *, portfolio: Portfolio, start: date, end: date
+) -> tuple[list[day_values.DayValue], list[tuple[date, Decimal]]]:
+    """The portfolio's value at the end of each UTC day from ``start`` to ``end`` and its
+    external flows ((day, base-currency amount)), from the ledger, the daily price history
+    (closes carried over gaps) and the FX history. Raises ``PerformanceError`` without
+    transactions, ``LedgerError`` where the ledger refuses an entry.
+
+    The values from the day before the first transaction to ``end`` are kept per process,
+    keyed by what they depend on (:func:`_day_values_key`), so a page, the chart and the API
+    asking again value nothing twice; values that used today's FX quote for want of history
+    are not kept (the quote moves)."""
+    key = _day_values_key(portfolio, end)
+    with _day_values_lock:
+        kept = _day_values_kept.get(key)
+        if kept is not None:
+            _day_values_kept.move_to_end(key)
+    if kept is None:
+        first = first_transaction_day(portfolio=portfolio)
+        if first is None:
+            raise performance.PerformanceError("the portfolio has no transactions")
+        whole_from = min(start, first - timedelta(days=1))
+        values, flows, from_quotes = _ledger_day_values_computed(
+            portfolio=portfolio, start=whole_from, end=end
+        )
+        kept = (values, flows)
+        if not from_quotes:
+            with _day_values_lock:
+                _day_values_kept[key] = kept
+                while len(_day_values_kept) > DAY_VALUES_KEPT:
+                    _day_values_kept.popitem(last=False)
+    values, flows = kept
+    if not values or values[0].day > start:
+        # Asked from before what is kept (from before the first transaction): compute it.
+        values, flows, _ = _ledger_day_values_computed(portfolio=portfolio, start=start, end=end)
+        return values, flows
+    return values[(start - values[0].day).days :], flows
+
+
+def _ledger_day_values_computed(
+    *, portfolio: Portfolio, start: date, end: date
+) -> tuple[list[day_values.DayValue], list[tuple[date, Decimal]], bool]:
+    """:func:`_ledger_day_values` computed: one query for the entries, one for every
+    instrument's closes, one per FX pair; and whether a rate came from today's quote."""
     entries = ledger_entries(portfolio)
     if not entries:
         raise performance.PerformanceError("the portfolio has no transactions")
@@ -884,13 +947,17 @@ def portfolio_returns(
     )
     for symbol, day, close in rows:
         closes[symbol].append((day, _trim(close)))
-    history = FxHistory(
-        base_currency=portfolio.base_currency, currencies={e.currency for e in entries}
-    )
+    currencies = {e.currency for e in entries} | {e.to_currency for e in entries if e.to_currency}
+    history = FxHistory(base_currency=portfolio.base_currency, currencies=currencies)
+    from_quotes = False
 
     def fx(currency: str, day: date) -> Decimal | None:
+        nonlocal from_quotes
         rate = history.rate_on(currency, day)
-        return None if rate is None else rate.rate
+        if rate is None:
+            return None
+        from_quotes = from_quotes or not rate.from_history
+        return rate.rate
 
     states = ledger.daily_states(
         entries,
@@ -901,7 +968,149 @@ def portfolio_returns(
     )
     values = day_values.daily_values(states, closes=closes, fx=fx)
     flows = [(f.at.astimezone(UTC).date(), f.amount) for f in external_flows(portfolio=portfolio)]
+    return values, flows, from_quotes
+
+
+def portfolio_returns(
+    *, portfolio: Portfolio, start: date, end: date
+) -> tuple[day_values.RangeReturns, list[day_values.DayValue]]:
+    """TWR and IRR from the end of day ``start`` to the end of day ``end`` (UTC), and the daily
+    values they come from: derived from the ledger, the daily price history (closes carried
+    over gaps) and the FX history, not from snapshots. Raises ``PerformanceError`` naming what
+    is missing."""
+    values, flows = _ledger_day_values(portfolio=portfolio, start=start, end=end)
     return day_values.range_returns(values, flows, start=start, end=end), values
+
+
+def first_transaction_day(*, portfolio: Portfolio) -> date | None:
+    """The UTC day of the portfolio's first transaction, or None without any."""
+    first = (
+        Transaction.objects.filter(portfolio=portfolio)
+        .order_by("executed_at")
+        .values_list("executed_at", flat=True)
+        .first()
+    )
+    return None if first is None else first.astimezone(UTC).date()
+
+
+def value_series(
+    *, portfolio: Portfolio, period: performance.Period | str, now: datetime | None = None
+) -> dict[str, Any]:
+    """The value chart's series for ``period``, oldest first, as ``{"points": [{"at",
+    "value"}], "source", ...}``.
+
+    1D is intraday: the minute value snapshots (:func:`value_history`, ``source``
+    ``"snapshots"``). 1W, 1M, YTD, 1Y and Max are daily (``source`` ``"ledger"``): the value at
+    the end of each UTC day, from the ledger, the price history and the FX history, stamped at
+    that day's 00:00 UTC (``day`` names it), from the period's first day or the first
+    transaction's day, whichever is later, to today (today's value at the latest closes). A
+    live valuation extends the right-hand end. ``carried_days`` counts the days valued with an
+    earlier day's close, ``missing_days`` the days with a holding left out for want of a close
+    or an FX rate; ``problem`` names a ledger refusal (then there are no points).
+    """
+    now = now or timezone.now()
+    period = performance.Period(period)
+    if period is performance.Period.DAY:
+        return {
+            "points": value_history(portfolio=portfolio, period=period, now=now),
+            "source": "snapshots",
+        }
+    found: dict[str, Any] = {"points": [], "source": "ledger", "carried_days": 0}
+    found.update(missing_days=0, problem=None)
+    first = first_transaction_day(portfolio=portfolio)
+    if first is None:
+        return found
+    today = now.astimezone(UTC).date()
+    start = first
+    if period is not performance.Period.MAX:
+        start = max(first, performance.period_start(period=period, now=now).astimezone(UTC).date())
+    try:
+        values, _flows = _ledger_day_values(portfolio=portfolio, start=start, end=today)
+    except (performance.PerformanceError, ledger.LedgerError) as exc:
+        found["problem"] = str(exc)
+        return found
+    found["points"] = [
+        # wire.iso of the day's 00:00 UTC, written out: one per day of up to decades.
+        {"at": f"{day}T00:00:00.000Z", "day": day, "value": wire.money(v.value)}
+        for v in values
+        for day in (v.day.isoformat(),)
+    ]
+    found["carried_days"] = sum(1 for v in values if v.carried)
+    found["missing_days"] = sum(1 for v in values if v.missing)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """Returns over one range of days (a preset period or a custom one) from the ledger and
+    price history, or the ``problem`` that kept them from being computed."""
+
+    period: str  # 1D, 1W, 1M, YTD, 1Y, MAX or "custom"
+    start: date
+    end: date
+    returns: day_values.RangeReturns | None
+    problem: str | None
+
+
+def period_returns(
+    *,
+    portfolio: Portfolio,
+    now: datetime | None = None,
+    custom: tuple[date, date] | None = None,
+) -> list[RangeResult]:
+    """TWR and IRR over each preset period (1D … Max), and over ``custom`` (from, to) when
+    given, from the ledger and the daily price history (not the snapshots), with one valuation
+    of the days they need.
+
+    A period runs from the end of the day its start falls on (1D: yesterday) to the end of
+    today (UTC); a start before the first transaction is moved to the day before it (value 0),
+    so Max runs from there. ``custom`` must end after it starts and not after today.
+    """
+    now = now or timezone.now()
+    today = now.astimezone(UTC).date()
+    first = first_transaction_day(portfolio=portfolio)
+    ranges: list[tuple[str, date, date]] = []
+    if first is not None:
+        inception = first - timedelta(days=1)
+        for period in performance.Period:
+            start = inception
+            if period is not performance.Period.MAX:
+                begun = performance.period_start(period=period, now=now)
+                start = max(inception, begun.astimezone(UTC).date())
+            ranges.append((period.value, start, today))
+    if custom is not None:
+        ranges.append(("custom", *custom))
+    problems = {}
+    for name, start, end in ranges:
+        if end <= start:
+            problems[name] = f"the range must end after it starts: {start}..{end}"
+        elif end > today:
+            problems[name] = f"the range ends in the future: {end}"
+    if first is None:
+        problems = {name: "the portfolio has no transactions" for name, _, _ in ranges}
+    wanted = [(s, e) for name, s, e in ranges if name not in problems]
+    values: list[day_values.DayValue] = []
+    flows: list[tuple[date, Decimal]] = []
+    if wanted:
+        try:
+            values, flows = _ledger_day_values(
+                portfolio=portfolio,
+                start=min(s for s, _ in wanted),
+                end=max(e for _, e in wanted),
+            )
+        except (performance.PerformanceError, ledger.LedgerError) as exc:
+            problems.update({name: str(exc) for name, _, _ in ranges})
+    out = []
+    for name, start, end in ranges:
+        returns = None
+        problem = problems.get(name)
+        if problem is None:
+            try:
+                returns = day_values.range_returns(values, flows, start=start, end=end)
+            except performance.PerformanceError as exc:
+                problem = str(exc)
+        out.append(RangeResult(name, start, end, returns, problem))
+    return out
 
 
 def _as_entered(value: Decimal) -> Decimal:
@@ -927,6 +1136,8 @@ def ledger_entry(tx: Transaction, fx_rate: Decimal | None = None) -> ledger.Ledg
         amount=_as_entered(tx.amount),
         ratio=None if tx.ratio is None else _as_entered(tx.ratio),
         fx_rate=fx_rate,
+        to_amount=_as_entered(tx.to_amount),
+        to_currency=tx.to_currency,
     )
 
 

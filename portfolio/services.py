@@ -490,6 +490,8 @@ _TX_FIELDS = (
     "amount",
     "ratio",
     "currency",
+    "to_amount",
+    "to_currency",
     "executed_at",
     "note",
 )
@@ -513,6 +515,7 @@ def _default_currency(tx: Transaction) -> None:
 def _save_and_recompute(tx: Transaction) -> Transaction:
     _default_currency(tx)
     tx.note = tx.note.strip()  # as forms and the CSV importer do, so exports read back equal
+    tx.to_currency = tx.to_currency.strip().upper()
     try:
         selectors.ledger_entry(tx)  # field rules first, with the ledger's own messages
     except ledger.LedgerError as exc:

@@ -102,17 +102,36 @@ def portfolio_detail(request: HttpRequest, portfolio_id: int) -> HttpResponse:
 
 
 def _live_page(request: HttpRequest, portfolio: Portfolio | None) -> HttpResponse:
-    # TWR and IRR come from the minute snapshots, so they are drawn with the page, not streamed.
-    periods = selectors.portfolio_performance(portfolio=portfolio) if portfolio else []
+    # The return strip: TWR and IRR over the presets and a chosen ?from=&to= range, from the
+    # ledger and the daily price history; drawn with the page, not streamed.
+    strip: dict = {"returns": [], "problem": None, "start": "", "end": ""}
+    if portfolio is not None:
+        custom = None
+        raw = {name: request.GET.get(name, "").strip() for name in ("from", "to")}
+        if raw["from"] or raw["to"]:
+            try:
+                custom = (_day_param(raw["from"], "from"), _day_param(raw["to"], "to"))
+            except ValueError as exc:
+                strip["problem"] = str(exc)
+            strip.update(start=raw["from"], end=raw["to"])
+        strip["returns"] = selectors.period_returns(portfolio=portfolio, custom=custom)
     return _page(
         request,
         "portfolio/home.html",
         portfolio,
         stale_after=settings.LIVEFOLIO_STALE_SECONDS,
         heartbeat=settings.LIVEFOLIO_PAGE_PING_SECONDS,
-        periods=periods,
-        returns_known=any(p.twr or p.irr for p in periods),
+        strip=strip,
+        returns_known=any(r.returns for r in strip["returns"]),
     )
+
+
+def _day_param(raw: str, name: str):
+    """A ``YYYY-MM-DD`` query parameter as a date; ValueError naming ``name`` otherwise."""
+    try:
+        return datetime.strptime(raw, "%Y-%m-%d").date()
+    except ValueError:
+        raise ValueError(f"{name}: {raw!r} is not a date like 2026-03-01") from None
 
 
 @require_http_methods(["GET", "POST"])
@@ -315,7 +334,9 @@ def _returns_from_history(request: HttpRequest, portfolio: Portfolio) -> dict:
 @require_http_methods(["GET"])
 def portfolio_history(request: HttpRequest, portfolio_id: int) -> JsonResponse:
     """The value chart's series: ``?range=1D|1W|1M|YTD|1Y|MAX`` (default 1D; case-insensitive)
-    as ``{"points": [{"at", "value"}]}``. Another user's portfolio is a 404, a bad range a 400."""
+    as ``{"points": [{"at", "value"}], "source": ...}``: 1D from the minute snapshots, the
+    longer ranges daily from the ledger and the price history (:func:`selectors.value_series`).
+    Another user's portfolio is a 404, a bad range a 400."""
     portfolio = _own_portfolio(request, portfolio_id)
     wanted = request.GET.get("range", performance.Period.DAY.value)
     try:
@@ -326,7 +347,7 @@ def portfolio_history(request: HttpRequest, portfolio_id: int) -> JsonResponse:
             {"error": f"range must be one of {choices}, got {wanted!r}", "field": "range"},
             status=400,
         )
-    return JsonResponse({"points": selectors.value_history(portfolio=portfolio, period=period)})
+    return JsonResponse(selectors.value_series(portfolio=portfolio, period=period))
 
 
 def instrument(request: HttpRequest, symbol: str) -> HttpResponse:

@@ -834,6 +834,15 @@ class ApiConsumer(ProtocolConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
         return {"stream": sub.stream.name}, []
 
+    async def _returns(self, message: dict[str, Any]):
+        try:
+            result = await database_sync_to_async(streams.portfolio_returns)(
+                message=message, user_id=self.user_id
+            )
+        except streams.StreamError as exc:
+            raise RequestError(exc.code, exc.message) from None
+        return result, []
+
     async def _list_subscriptions(self, message: dict[str, Any]):
         return {"subscriptions": [s.describe() for s in self.subscriptions.values()]}, []
 
@@ -849,6 +858,7 @@ class ApiConsumer(ProtocolConsumer):
         "unsubscribe": _unsubscribe,
         "list_subscriptions": _list_subscriptions,
         "snapshot": _snapshot,
+        "returns": _returns,
     }
 
     def _subscribed(self, message: dict[str, Any]) -> Subscription:

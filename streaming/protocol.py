@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from portfolio.wire import dec, iso
+from portfolio.wire import dec, iso, money
 
 # Error codes a client can receive (also documented in docs/protocol.md).
 ERROR_INVALID_JSON = "invalid_json"
@@ -332,3 +332,62 @@ def stream_update(*, stream: str, stream_seq: int, data: dict[str, Any]) -> dict
 
 def heartbeat() -> dict[str, Any]:
     return {"type": "heartbeat"}
+
+
+RATE_PLACES = Decimal("1e-10")
+
+
+def _rate(value: Decimal | None) -> str | None:
+    return None if value is None else dec(value.quantize(RATE_PLACES))
+
+
+def range_returns(
+    *, period: str, start: date, end: date, returns: Any, problem: str | None
+) -> dict[str, Any]:
+    """One range's TWR and IRR (fractions as decimal strings: "0.16875" is 16.875 %) with the
+    working: the TWR's sub-periods (cut at each day with a flow) and the IRR's flows with
+    their present values. ``returns`` is a ``day_values.RangeReturns`` or None (then
+    ``problem`` says why)."""
+    out: dict[str, Any] = {
+        "period": period,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "twr": None,
+        "irr": None,
+        "irr_annualized": None,
+        "problem": problem,
+        "working": None,
+    }
+    if returns is None:
+        return out
+    twr, irr = returns.twr, returns.irr
+    out.update(
+        twr=_rate(twr.cumulative),
+        irr=_rate(returns.irr_rate),
+        irr_annualized=returns.irr_annualized,
+        problem=returns.irr_problem,
+        working={
+            "sub_periods": [
+                {
+                    "start": iso(sp.start),
+                    "end": iso(sp.end),
+                    "start_value": money(sp.start_value),
+                    "flow": money(sp.flow),
+                    "end_value": money(sp.end_value),
+                    "return": _rate(sp.period_return),
+                }
+                for sp in twr.sub_periods
+            ],
+            "irr_flows": []
+            if irr is None
+            else [
+                {
+                    "day": day.isoformat(),
+                    "amount": money(flow.amount),
+                    "present_value": money(flow.present_value),
+                }
+                for flow, day in zip(irr.flows, returns.irr_days, strict=True)
+            ],
+        },
+    )
+    return out

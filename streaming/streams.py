@@ -8,6 +8,7 @@ only, group ``user.<id>``). Synchronous (ORM, Redis): consumers call these throu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from portfolio import selectors
@@ -67,11 +68,7 @@ def stream_resolve(*, name: Any, user_id: int) -> Stream:
             raise StreamError(
                 protocol.ERROR_BAD_PARAMS, f"stream: portfolio id must be a number, got {key!r}"
             )
-        owner = Portfolio.objects.filter(id=int(key)).values_list("owner_id", flat=True).first()
-        if owner is None:
-            raise StreamError(protocol.ERROR_NOT_FOUND, f"no portfolio {key}")
-        if owner != user_id:
-            raise StreamError(protocol.ERROR_FORBIDDEN, f"portfolio {key} is not yours")
+        _own_portfolio(portfolio_id=int(key), user_id=user_id)
         return Stream(f"{kind}:{int(key)}", kind, int(key), events.user_group(user_id))
     instrument = Instrument.objects.filter(symbol__iexact=key).values_list("id", "symbol").first()
     if instrument is None:
@@ -127,3 +124,51 @@ def portfolios_of(*, user_id: int) -> list[dict[str, Any]]:
         .order_by("id")
         .values_list("id", "name", "base_currency")
     ]
+
+
+def _own_portfolio(*, portfolio_id: int, user_id: int) -> Portfolio:
+    portfolio = Portfolio.objects.filter(id=portfolio_id).first()
+    if portfolio is None:
+        raise StreamError(protocol.ERROR_NOT_FOUND, f"no portfolio {portfolio_id}")
+    if portfolio.owner_id != user_id:
+        raise StreamError(protocol.ERROR_FORBIDDEN, f"portfolio {portfolio_id} is not yours")
+    return portfolio
+
+
+def _day(message: dict[str, Any], field: str) -> date | None:
+    raw = message.get(field)
+    if raw is None:
+        return None
+    try:
+        if not isinstance(raw, str) or len(raw) != 10:
+            raise ValueError
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise StreamError(
+            protocol.ERROR_BAD_PARAMS, f"{field}: a day like 2026-03-01, got {raw!r}"
+        ) from None
+
+
+def portfolio_returns(*, message: dict[str, Any], user_id: int) -> dict[str, Any]:
+    """The ``returns`` request's result: TWR and IRR of the user's portfolio over 1D … Max and,
+    with ``from`` and ``to`` (UTC days), over that range, from the ledger and the daily price
+    history, each with its working. Raises StreamError naming a bad field."""
+    portfolio_id = message.get("portfolio")
+    if isinstance(portfolio_id, bool) or not isinstance(portfolio_id, int):
+        raise StreamError(protocol.ERROR_BAD_PARAMS, "portfolio: a portfolio id, an integer")
+    portfolio = _own_portfolio(portfolio_id=portfolio_id, user_id=user_id)
+    start, end = _day(message, "from"), _day(message, "to")
+    if (start is None) != (end is None):
+        raise StreamError(protocol.ERROR_BAD_PARAMS, "from and to: give both days, or neither")
+    custom = None if start is None else (start, end)
+    results = selectors.period_returns(portfolio=portfolio, custom=custom)
+    return {
+        "portfolio": portfolio.id,
+        "base_currency": portfolio.base_currency,
+        "ranges": [
+            protocol.range_returns(
+                period=r.period, start=r.start, end=r.end, returns=r.returns, problem=r.problem
+            )
+            for r in results
+        ],
+    }

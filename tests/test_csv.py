@@ -93,7 +93,7 @@ yesterday,BUY,ETH-USD,1,1500,,,
         "line 3: date: 'yesterday' is not an ISO-8601 date or date-time "
         "(e.g. 2026-03-01T14:30:00Z)",
         "line 4: type: 'SWAP' is not one of BUY, SELL, DIVIDEND, INTEREST, FEE, DEPOSIT, "
-        "WITHDRAWAL, SPLIT, TRANSFER_IN, TRANSFER_OUT",
+        "WITHDRAWAL, SPLIT, TRANSFER_IN, TRANSFER_OUT, EXCHANGE",
         "line 5: symbol: unknown symbol 'DOGE-USD'",
         "line 6: fee: must not be negative, got -2",
         "line 7: symbol: unknown symbol 'PEPE'",
@@ -197,7 +197,7 @@ def test_exportcsv_command_writes_what_the_download_serves(world, tmp_path):
     text = target.read_bytes().decode()
     assert text == transactions_csv.export_csv(portfolio=alice)
     assert text.splitlines()[0] == ",".join(transactions_csv.COLUMNS)
-    assert text.splitlines()[2] == "2026-01-05T15:01:00Z,BUY,BTC-USD,2,500,,,USD,,"
+    assert text.splitlines()[2] == "2026-01-05T15:01:00Z,BUY,BTC-USD,2,500,,,USD,,,,"
 
 
 KINDS = st.sampled_from(["BUY", "SELL", "DEPOSIT", "WITHDRAWAL", "DIVIDEND", "FEE", "SPLIT"])

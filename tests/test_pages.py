@@ -2,7 +2,7 @@
 the transactions list filters, the performance page against a hand-computed example."""
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portfolio import services
-from portfolio.models import Holding, Portfolio, Transaction, TxKind, ValuationSnapshot
+from portfolio.models import DailyPrice, Holding, Portfolio, Transaction, TxKind, ValuationSnapshot
 
 
 @pytest.fixture
@@ -249,11 +249,48 @@ def test_performance_page_shows_twr_and_irr_of_a_hand_computed_example(world, cl
     assert len(re.findall(r'<tr class="irr-flow">', working)) == 3
     assert "-1,000.00" in working and "1,700.00" in working
 
-    # The live page shows the same numbers, with a link to this working.
-    live = client_for(owner).get(reverse("portfolio", args=[portfolio.id])).content.decode()
-    strip = re.search(r'<div data-period="MAX">.*?</div>', live, re.S).group(0)
-    assert re.search(r'class="twr">16.88%<', strip) and re.search(r'class="irr">7.76%<', strip)
-    assert reverse("performance", args=[portfolio.id]) in live
+
+def test_live_strip_shows_returns_from_the_price_history_over_presets_and_a_chosen_range(
+    world, client_for
+):
+    """Alice deposited 1,000 on 5 January 2026 and bought 2 BTC at 500 (world fixture); BTC
+    closed at 500 until 30 June 2026 and at 560 from 1 July. From 5 January to 5 July: no
+    flows, 1,000 -> 1,120, so TWR 12.00 % and the IRR for the period (under a year) 12.00 %.
+    Max: 0 on 4 January, +1,000 on the 5th, 1,120 now: TWR 12.00 %. The value snapshots (none
+    here) play no part."""
+    today = timezone.now().date()
+    first = date(2026, 1, 1)
+    DailyPrice.objects.bulk_create(
+        DailyPrice(
+            instrument=world["btc"],
+            day=first + timedelta(days=i),
+            close=Decimal(500 if first + timedelta(days=i) < date(2026, 7, 1) else 560),
+            source="csv",
+        )
+        for i in range((today - first).days + 1)
+    )
+    alice = world["portfolios"]["alice"]
+    url = reverse("portfolio", args=[alice.id])
+    live = client_for(world["users"]["alice"]).get(url, {"from": "2026-01-05", "to": "2026-07-05"})
+    html = live.content.decode()
+
+    def strip(period):
+        return re.search(rf'<div data-period="{period}">.*?</div>', html, re.S).group(0)
+
+    custom = strip("custom")
+    assert "2026-01-05 → 2026-07-05" in custom
+    assert re.search(r'class="twr">12.00%<', custom) and re.search(r'class="irr">12.00%<', custom)
+    assert "for the period" in custom
+    working = reverse("performance", args=[alice.id]) + "?from=2026-01-05&amp;to=2026-07-05"
+    assert working in custom  # the working of exactly this range
+    assert re.search(r'class="twr">12.00%<', strip("MAX"))
+    assert re.search(r'class="twr">0.00%<', strip("1D"))
+    for period in ("1W", "1M", "YTD", "1Y"):
+        assert strip(period)
+
+    bad = client_for(world["users"]["alice"]).get(url, {"from": "2026-02-30", "to": "2026-03-01"})
+    assert "from: &#x27;2026-02-30&#x27; is not a date like 2026-03-01" in bad.content.decode()
+    assert 'data-period="custom"' not in bad.content.decode()
 
 
 def test_beat_task_snapshots_each_portfolio_once_per_instant(world):

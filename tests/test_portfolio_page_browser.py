@@ -1,8 +1,9 @@
-"""The live portfolio page a trader keeps open: value chart with ranges, sortable holdings that
+"""The live portfolio page a trader keeps open: value chart with ranges (daily from the ledger
+back to the first transaction), sortable holdings that
 link to their instrument, flashes and stale badges, allocation bars, a phone-width layout."""
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -11,7 +12,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from portfolio import services
-from portfolio.models import TxKind, ValuationSnapshot
+from portfolio.models import DailyPrice, TxKind, ValuationSnapshot
 from streaming.tasks import ingest_quotes
 from tests.browser import log_in, poll, screenshot
 from tests.conftest import PASSWORD
@@ -97,7 +98,11 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
     expect(buttons).to_have_count(5)
     expect(page.get_by_role("button", name="1D")).to_have_attribute("aria-pressed", "true")
 
-    for name, points in (("1W", "2"), ("Max", "3"), ("1D", "1")):
+    # 1D draws the minute snapshots; 1W and Max a point a day from the ledger (alice's first
+    # transaction was on 5 January 2026), whatever snapshots there are.
+    today = datetime.now(UTC).date()
+    since_first = str((today - date(2026, 1, 5)).days + 1)
+    for name, points in (("1W", "8"), ("Max", since_first), ("1D", "1")):
         with page.expect_response(lambda r: "history.json" in r.url) as response:
             page.get_by_role("button", name=name, exact=True).click()
         assert response.value.status == 200
@@ -113,7 +118,7 @@ def test_value_chart_draws_the_snapshots_and_range_buttons_switch_and_fetch(
     ValuationSnapshot.objects.create(
         portfolio=portfolio, taken_at=datetime.now(UTC), value=Decimal("99000")
     )
-    for name, points in (("1W", "3"), ("1D", "2")):
+    for name, points in (("1W", "8"), ("1D", "2")):
         with page.expect_response(lambda r: "history.json" in r.url):
             page.get_by_role("button", name=name, exact=True).click()
         expect(chart).to_have_attribute("data-points", points)
@@ -307,4 +312,51 @@ def test_fifty_updates_a_second_end_on_the_latest_numbers_and_the_page_stays_usa
     expect(page.locator('th:has(button[data-sort="value"])')).to_have_attribute(
         "aria-sort", "descending"
     )
+    assert page.console_errors == []
+
+
+def _give_alice_a_year_of_btc_closes(world, first: date) -> None:
+    try:
+        today = datetime.now(UTC).date()
+        DailyPrice.objects.bulk_create(
+            DailyPrice(
+                instrument=world["btc"],
+                day=first + timedelta(days=i),
+                close=Decimal(400 + i),
+                source="csv",
+            )
+            for i in range((today - first).days + 1)
+        )
+    finally:
+        connection.close()
+
+
+def test_max_range_draws_a_point_a_day_back_to_the_first_transaction(
+    world, celery_worker, daphne_server, page
+):
+    """Alice's first transaction is on 5 January 2026 (2 BTC); BTC's daily closes run from that
+    day at 400, 401, ... so the Max line starts there at 2 x 400 and rises a dollar x 2 a day."""
+    first = date(2026, 1, 5)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(_give_alice_a_year_of_btc_closes, world, first).result()
+    tick(world["btc"], "50000")
+    open_alice(page, daphne_server, world)
+    chart = page.locator('[data-field="chart"]')
+    expect(chart.locator("canvas").first).to_be_visible()
+    with page.expect_response(lambda r: "range=MAX" in r.url) as response:
+        page.get_by_role("button", name="Max", exact=True).click()
+    assert response.value.status == 200
+    today = datetime.now(UTC).date()
+    expect(chart).to_have_attribute("data-source", "ledger")
+    expect(chart).to_have_attribute("data-first", "2026-01-05T00:00:00.000Z")
+    plotted = "window.livefolioValueChart.series.data().map((p) => [p.time, p.value])"
+    # Every day from the first transaction to today, then the live value at its right-hand end.
+    days = (today - first).days + 1
+    data = poll(page, plotted, lambda d: len(d) >= days)
+    start = int(datetime(2026, 1, 5, tzinfo=UTC).timestamp())
+    assert data[0] == [start, 800]
+    assert data[1] == [start + 86400, 802]
+    assert [t for t, _ in data[:days]] == [start + 86400 * i for i in range(days)]
+    assert data[-1][1] == 100000  # 2 BTC at the live 50,000
+    screenshot(page, "value-chart-max-from-the-ledger")
     assert page.console_errors == []

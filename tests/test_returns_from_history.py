@@ -4,6 +4,7 @@ sub-periods, XIRR as spreadsheets compute it."""
 from __future__ import annotations
 
 import io
+import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -191,6 +192,16 @@ def test_the_performance_page_shows_returns_over_a_chosen_range_with_the_working
     assert '<td class="num twr">21.00%</td>' in section
     assert '<td class="muted irr-basis">for the period</td>' in section
     assert section.count('class="history-sub-period"') == 2
+    # The IRR's working: nothing at the start, the two deposits paid in, 20 x 121 received.
+    flows = re.findall(
+        r'<tr class="history-irr-flow"><td>([^<]*)</td><td class="num">([^<]*)</td>', section
+    )
+    assert flows == [
+        ("2026-03-01", "0.00"),
+        ("2026-03-02", "-1,000.00"),
+        ("2026-03-05", "-1,100.00"),
+        ("2026-03-07", "2,420.00"),
+    ]
     # 1 to 7 March: the 4th (no close) and the 6th and 7th carry an earlier close; the 1st
     # holds nothing.
     assert "7 days valued; 3 with a close carried from an earlier day." in section

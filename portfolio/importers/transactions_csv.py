@@ -30,6 +30,8 @@ COLUMNS = (
     "currency",
     "ratio",
     "note",
+    "to_amount",
+    "to_currency",
 )
 # Other spellings accepted on import (compared case-insensitively, spaces and _ ignored).
 ALIASES = {
@@ -43,6 +45,8 @@ ALIASES = {
     "currency": ("currency",),
     "ratio": ("ratio", "splitratio"),
     "note": ("note", "comment", "description"),
+    "to_amount": ("toamount", "amountbought"),
+    "to_currency": ("tocurrency", "currencybought"),
 }
 KIND_ALIASES = {
     "buy": TxKind.BUY,
@@ -56,6 +60,8 @@ KIND_ALIASES = {
     "split": TxKind.SPLIT,
     "transferin": TxKind.TRANSFER_IN,
     "transferout": TxKind.TRANSFER_OUT,
+    "exchange": TxKind.EXCHANGE,
+    "currencyexchange": TxKind.EXCHANGE,
 }
 # The ledger's field names as this format calls them, so a message names the CSV column.
 LEDGER_FIELD_COLUMNS = {
@@ -185,7 +191,7 @@ def _parse_row(
     executed_at = _datetime(cell("date"))
     symbol = cell("symbol")
     instrument = None
-    if symbol and kind not in (TxKind.DEPOSIT, TxKind.WITHDRAWAL):
+    if symbol and kind not in (TxKind.DEPOSIT, TxKind.WITHDRAWAL, TxKind.EXCHANGE):
         instrument = instruments.get(symbol.upper())
         if instrument is None:
             unknown[symbol] = None
@@ -219,6 +225,8 @@ def _parse_row(
         amount=amount,
         ratio=_decimal(ratio_text, "ratio") if ratio_text else None,
         currency=currency,
+        to_amount=_decimal(cell("to_amount"), "to_amount"),
+        to_currency=cell("to_currency").upper(),
         executed_at=executed_at,
         note=note,
     )
@@ -226,7 +234,8 @@ def _parse_row(
         selectors.ledger_entry(tx)
     except ledger.LedgerError as exc:
         raise ValueError(_column_message(exc)) from None
-    for name, limit in (("quantity", 12), ("price", 10), ("fee", 10), ("amount", 10)):
+    limits = (("quantity", 12), ("price", 10), ("fee", 10), ("amount", 10), ("to_amount", 10))
+    for name, limit in limits:
         value = getattr(tx, {"fee": "fees"}.get(name, name))
         if value.as_tuple().exponent < -limit:
             raise ValueError(f"{name}: {value} has more than {limit} decimal places")
@@ -374,6 +383,8 @@ def export_rows(*, portfolio: Portfolio) -> Iterable[list[str]]:
             tx.currency,
             _plain(tx.ratio) if tx.ratio is not None else "",
             tx.note,
+            _plain(tx.to_amount),
+            tx.to_currency,
         ]
 
 

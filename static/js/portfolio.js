@@ -100,6 +100,20 @@ function setupChart(entry, portfolioId) {
   loadHistory(entry, buttons.find((b) => b.getAttribute("aria-pressed") === "true").dataset.range);
 }
 
+// 1D is drawn from the minute snapshots; longer ranges daily from the ledger and price history.
+function chartNote(body) {
+  if (body.problem) return `The daily values could not be computed: ${body.problem}`;
+  if (!body.points.length) {
+    return body.source === "ledger"
+      ? "No transactions yet; the live value is drawn as it arrives."
+      : "No value snapshots in this range yet; the live value is drawn as it arrives.";
+  }
+  if (body.missing_days) {
+    return `Daily values from the price history; on ${body.missing_days} of these days a holding had no close or FX rate yet and is left out.`;
+  }
+  return "";
+}
+
 async function loadHistory(entry, range) {
   const request = ++entry.loading; // only the newest request draws (clicks can race)
   const note = entry.el.querySelector('[data-field="chart-note"]');
@@ -117,8 +131,10 @@ async function loadHistory(entry, range) {
     if (entry.live) entry.chart.extend(entry.live.at, entry.live.total); // the value right now
     chartEl.dataset.range = range;
     chartEl.dataset.points = String(body.points.length);
-    note.hidden = body.points.length > 0;
-    note.textContent = body.points.length ? "" : "No value snapshots in this range yet; the live value is drawn as it arrives.";
+    chartEl.dataset.source = body.source || "";
+    chartEl.dataset.first = body.points.length ? body.points[0].at : "";
+    note.textContent = chartNote(body);
+    note.hidden = !note.textContent;
   } catch (err) {
     if (request !== entry.loading) return;
     note.hidden = false;
