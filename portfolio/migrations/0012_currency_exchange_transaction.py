@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('portfolio', '0010_base_currency_amounts_at_trade_dates'),
+        ('portfolio', '0011_instrument_exchange_for_ccxt_feeds'),
     ]
 
     operations = [
