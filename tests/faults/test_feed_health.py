@@ -66,6 +66,12 @@ async def test_a_stalled_then_killed_feed_process_reads_down_by_its_heartbeat(st
     )
     assert await asyncio.to_thread(status_page_state, base, cookie) == "connected"
     assert await asyncio.to_thread(admin_state, base, cookie) == "connected"
+    await asyncio.to_thread(
+        wait_until,
+        lambda: stack.sql("SELECT count(*) FROM portfolio_quote")[0][0] > 0,
+        timeout=60,
+        what="the feed's first prices stored",
+    )
     pid = feed.proc.pid
 
     # Stalled: the process is there but does nothing (SIGSTOP), so it writes no heartbeat.

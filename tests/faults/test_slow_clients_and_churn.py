@@ -146,8 +146,8 @@ async def test_thousands_of_connect_disconnect_cycles_leak_no_groups_connections
     # The pub/sub layer's subscriptions (a group's, a socket's own channel) go with the sockets.
     assert client.pubsub_channels("lf-faults*") == [], "subscriptions leaked"
     # channels-redis opens and closes short-lived connections as it goes (a few come and go at
-    # any moment); a leak would be one per cycle: hundreds.
-    assert client.info("clients")["connected_clients"] <= clients_before + 3
+    # any moment, more on a busy machine); a leak would be one per cycle: hundreds.
+    assert client.info("clients")["connected_clients"] <= clients_before + 10
     grown = rss(server) - memory_before
     # Flat on a quiet machine; the allocator's high-water mark alone reaches a few MB on a busy
     # one. A leak of a few KB per connection (as channels-redis' leftover receive queues would
