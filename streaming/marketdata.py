@@ -33,6 +33,7 @@ EXPIRY_SECONDS = 24 * 3600  # an instrument whose feed stopped leaves no cache b
 # The embedded default's in-process cache (no Redis there, and only one process).
 _memory_trades: dict[int, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=RECENT_TRADES))
 _memory_books: dict[int, dict[str, Any]] = {}
+_memory_levels: dict[int, dict[str, Any]] = {}
 
 
 @functools.cache
@@ -98,6 +99,41 @@ def book_store(
     else:
         client.set(_key("book", instrument_id), json.dumps(message), ex=EXPIRY_SECONDS)
     return message
+
+
+def record_live(*, trades: list[dict[str, Any]], levels: list[dict[str, Any]]) -> None:
+    """Keep ``trade`` messages among their instruments' recent trades and ``book_levels``
+    messages as their instruments' books in diffs mode, in one Redis round trip."""
+    client = _client()
+    if client is None:
+        for message in trades:
+            _memory_trades[message["instrument"]].append(message)
+        for message in levels:
+            _memory_levels[message["instrument"]] = message
+        return
+    if not trades and not levels:
+        return
+    with client.pipeline(transaction=False) as pipe:
+        touched = set()
+        for message in trades:
+            key = _key("trades", message["instrument"])
+            pipe.rpush(key, json.dumps(message))
+            touched.add(key)
+        for key in touched:
+            pipe.ltrim(key, -RECENT_TRADES, -1)
+            pipe.expire(key, EXPIRY_SECONDS)
+        for message in levels:
+            pipe.set(_key("levels", message["instrument"]), json.dumps(message), ex=EXPIRY_SECONDS)
+        pipe.execute()
+
+
+def latest_book_levels(instrument_id: int) -> dict[str, Any] | None:
+    """The instrument's book as of its latest diff (a ``book_levels`` message), or None."""
+    client = _client()
+    if client is None:
+        return _memory_levels.get(instrument_id)
+    raw = client.get(_key("levels", instrument_id))
+    return json.loads(raw) if raw else None
 
 
 def recent_trades(instrument_id: int) -> list[dict[str, Any]]:
