@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from streaming import namespace, protocol
+from streaming import flow, namespace, protocol
 
 RECENT_TRADES = 50  # trades kept per instrument
 EXPIRY_SECONDS = 24 * 3600  # an instrument whose feed stopped leaves no cache behind
@@ -106,25 +106,43 @@ def record_live(*, trades: list[dict[str, Any]], levels: list[dict[str, Any]]) -
     messages as their instruments' books in diffs mode, in one Redis round trip."""
     client = _client()
     if client is None:
-        for message in trades:
-            _memory_trades[message["instrument"]].append(message)
-        for message in levels:
-            _memory_levels[message["instrument"]] = message
+        _remember(trades, levels)
         return
-    if not trades and not levels:
+    if trades or levels:
+        with client.pipeline(transaction=False) as pipe:
+            _queue_live(pipe, trades, levels)
+            pipe.execute()
+
+
+async def arecord_live(*, trades: list[dict[str, Any]], levels: list[dict[str, Any]]) -> None:
+    """:func:`record_live` from a running event loop (the feed process's), without a thread."""
+    if not settings.REDIS_URL:
+        _remember(trades, levels)
         return
-    with client.pipeline(transaction=False) as pipe:
-        touched = set()
-        for message in trades:
-            key = _key("trades", message["instrument"])
-            pipe.rpush(key, json.dumps(message))
-            touched.add(key)
-        for key in touched:
-            pipe.ltrim(key, -RECENT_TRADES, -1)
-            pipe.expire(key, EXPIRY_SECONDS)
-        for message in levels:
-            pipe.set(_key("levels", message["instrument"]), json.dumps(message), ex=EXPIRY_SECONDS)
-        pipe.execute()
+    if trades or levels:
+        async with flow.redis_client().pipeline(transaction=False) as pipe:
+            _queue_live(pipe, trades, levels)
+            await pipe.execute()
+
+
+def _remember(trades: list[dict[str, Any]], levels: list[dict[str, Any]]) -> None:
+    for message in trades:
+        _memory_trades[message["instrument"]].append(message)
+    for message in levels:
+        _memory_levels[message["instrument"]] = message
+
+
+def _queue_live(pipe: Any, trades: list[dict[str, Any]], levels: list[dict[str, Any]]) -> None:
+    touched = set()
+    for message in trades:
+        key = _key("trades", message["instrument"])
+        pipe.rpush(key, json.dumps(message))
+        touched.add(key)
+    for key in touched:
+        pipe.ltrim(key, -RECENT_TRADES, -1)
+        pipe.expire(key, EXPIRY_SECONDS)
+    for message in levels:
+        pipe.set(_key("levels", message["instrument"]), json.dumps(message), ex=EXPIRY_SECONDS)
 
 
 def latest_book_levels(instrument_id: int) -> dict[str, Any] | None:
@@ -133,6 +151,14 @@ def latest_book_levels(instrument_id: int) -> dict[str, Any] | None:
     if client is None:
         return _memory_levels.get(instrument_id)
     raw = client.get(_key("levels", instrument_id))
+    return json.loads(raw) if raw else None
+
+
+async def alatest_book_levels(instrument_id: int) -> dict[str, Any] | None:
+    """:func:`latest_book_levels` from a running event loop."""
+    if not settings.REDIS_URL:
+        return _memory_levels.get(instrument_id)
+    raw = await flow.redis_client().get(_key("levels", instrument_id))
     return json.loads(raw) if raw else None
 
 

@@ -309,10 +309,11 @@ class FeedRunner:
             # (empty) batches until every such turn has come (streaming/pacing.py).
             await self.sink([])
 
-    def live_messages(self, live: list[Trade | Book]) -> list[tuple[str, dict[str, Any]]]:
+    async def live_messages(self, live: list[Trade | Book]) -> list[tuple[str, dict[str, Any]]]:
         """Every trade and every book change (a ``book_diff``), in arrival order, kept in the
         market-data cache for snapshots (recent trades; each book as of its last diff) in one
-        round trip; returns the messages to publish."""
+        round trip; returns the messages to publish. On the loop, no thread: a trade waits for
+        nothing else the process does (the Celery send, health writes)."""
         messages, trades, levels = [], [], {}
         for event in live:
             target = self.symbols.get(event.feed_symbol)
@@ -330,24 +331,24 @@ class FeedRunner:
                 )
                 trades.append(payload)
             else:
-                payload = self._book_diff(event, target)
+                payload = await self._book_diff(event, target)
                 if payload is None:
                     continue  # the report changed nothing
                 levels[target.instrument_id] = (event, target)
             messages.append((events.instrument_group(target.instrument_id), payload))
-        marketdata.record_live(
+        await marketdata.arecord_live(
             trades=trades,
             levels=[self._book_levels(event, target) for event, target in levels.values()],
         )
         return messages
 
-    def _book_diff(self, book: Book, target: Target) -> dict[str, Any] | None:
+    async def _book_diff(self, book: Book, target: Target) -> dict[str, Any] | None:
         level_book = self.level_books.get(book.feed_symbol)
         if level_book is None:
             # Numbered on from, and diffed against, the cached book clients hold: a restarted
             # feed never repeats a book_seq and its first diff applies to their snapshot.
             level_book = LevelBook()
-            cached = marketdata.latest_book_levels(target.instrument_id)
+            cached = await marketdata.alatest_book_levels(target.instrument_id)
             if cached:
                 level_book.seq = cached["book_seq"]
                 level_book.update_to(_levels(cached["bids"]), _levels(cached["asks"]))
@@ -403,7 +404,12 @@ class FeedRunner:
             self.live_waiting.clear()
             # Taken here, on the loop, so nothing arriving meanwhile is lost.
             live, self.live = self.live, []
-            await self._publish(self.live_messages, live)
+            try:
+                messages = await self.live_messages(live)
+            except Exception:
+                log.exception("feed %s: caching trades and book diffs failed", self.kind)
+                continue
+            await self._send(messages)
 
     async def publish_books(self) -> None:
         """The newest book per instrument, at most once per ``LIVEFOLIO_BOOK_INTERVAL_MS``."""
@@ -412,16 +418,14 @@ class FeedRunner:
             if not self.books:
                 continue
             books, self.books = self.books, {}
-            await self._publish(self.market_messages, books)
+            try:
+                messages = await sync_to_async(self.market_messages)(books)
+            except Exception:
+                log.exception("feed %s: caching market data failed", self.kind)
+                continue
+            await self._send(messages)
 
-    async def _publish(self, build: Callable[[Any], list], events_in: Any) -> None:
-        try:
-            # One thread for all of it: the cache writes are blocking Redis calls, and the
-            # level books are only ever touched from that thread, one build at a time.
-            messages = await sync_to_async(build)(events_in)
-        except Exception:
-            log.exception("feed %s: caching market data failed", self.kind)
-            return
+    async def _send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         if messages:
             try:
                 await events.apublish(messages)
