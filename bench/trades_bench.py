@@ -203,6 +203,7 @@ async def clients_main(args: argparse.Namespace) -> None:
     latencies: list[float] = []
     clients: list[dict[str, Any]] = []
     stamps: dict[str, float] = {}
+    last_frame = [time.time()]
     subscribe = None
     if job["token"]:
         request = {"type": "subscribe", "id": 1, "stream": f"trades:{SYMBOL}"}
@@ -210,7 +211,7 @@ async def clients_main(args: argparse.Namespace) -> None:
 
     def receiver(state: dict[str, Any]):
         def on_text(payload: bytes) -> None:
-            received = time.time()
+            received = last_frame[0] = time.time()
             message = orjson.loads(payload)
             if message.get("type") != "update":
                 return
@@ -264,7 +265,15 @@ async def clients_main(args: argparse.Namespace) -> None:
     await asyncio.sleep(1)  # the subscriptions' replies and snapshots
     print(f"ready {len(bots)}", flush=True)
     stop = asyncio.Event()
-    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.readline() and stop.set())
+
+    def command() -> None:
+        line = sys.stdin.readline().strip()
+        if line == "quiet":  # seconds since any bot last got a frame
+            print(f"quiet {time.time() - last_frame[0]:.2f}", flush=True)
+        elif line:
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), command)
     await stop.wait()
     print("result " + json.dumps({"clients": clients, "latencies": latencies}), flush=True)
     for bot in bots:
@@ -422,6 +431,22 @@ def start_clients(args, env, logs, urls: list[str], token: str | None, tag: str)
     return procs
 
 
+def wait_quiet(clients, quiet: float = 2.0, limit: float = 60.0) -> float:
+    """Wait until no bot has had a frame for ``quiet`` s (at most ``limit`` s); returns how
+    long the deliveries went on after the exchange's last trade."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        time.sleep(0.5)
+        since = []
+        for proc in clients:
+            proc.popen.stdin.write("quiet\n")
+            proc.popen.stdin.flush()
+            since.append(float(proc.popen.stdout.readline().split()[1]))
+        if min(since) >= quiet:
+            break
+    return round(max(0.0, time.monotonic() - started - min(since)), 1)
+
+
 def run_exchange(args, env, logs, tag, *, floor: bool) -> Any:
     import run as bench
 
@@ -457,7 +482,7 @@ def measured(exchange, servers, feed, clients, redis_proc) -> dict[str, Any]:
     cpu = {name: round(proc.cpu() - before[name], 2) for name, proc in servers.items()}
     feed_cpu = round(feed.cpu() - feed_before, 2) if feed else None
     redis_cpu = round(_cpu(redis_proc) - redis_before, 2) if redis_proc else None
-    time.sleep(3)  # the last trades in flight
+    drain = wait_quiet(clients)  # the trades still in flight, however late
     got_clients, latencies = [], []
     for proc in clients:
         proc.popen.stdin.write("stop\n")
@@ -484,6 +509,7 @@ def measured(exchange, servers, feed, clients, redis_proc) -> dict[str, Any]:
     return {
         "sent": sent,
         "wall_s": round(wall, 2),
+        "drain_s": drain,
         "clients": len(got_clients),
         "clients_complete": complete,
         "lost": lost,
@@ -568,7 +594,8 @@ def summary(result: dict[str, Any]) -> str:
         lat = run["latency_ms"]
         lines.append(
             f"{name}: sent {run['sent']} trades in {run['wall_s']} s to {run['clients']} clients; "
-            f"delivered {run['delivered']} ({run['deliveries_per_s']}/s), lost {run['lost']}, "
+            f"delivered {run['delivered']} ({run['deliveries_per_s']}/s, the last "
+            f"{run['drain_s']} s after the exchange's), lost {run['lost']}, "
             f"clients with every trade {run['clients_complete']}/{run['clients']}; "
             f"exchange -> bot p50 {lat['p50']} p90 {lat['p90']} p99 {lat['p99']} max "
             f"{lat['max']} ms; server CPU-s {run['server_cpu_s']}, feed {run['feed_cpu_s']}, "
