@@ -479,10 +479,11 @@ def measured(exchange, servers, feed, clients, redis_proc) -> dict[str, Any]:
     line = exchange.popen.stdout.readline().split()
     wall = time.monotonic() - t0
     sent = int(line[1]) if line and line[0] == "sent" else None
+    drain = wait_quiet(clients)  # the trades still in flight, however late
+    # CPU over the sending and the drain: everything the deliveries cost.
     cpu = {name: round(proc.cpu() - before[name], 2) for name, proc in servers.items()}
     feed_cpu = round(feed.cpu() - feed_before, 2) if feed else None
     redis_cpu = round(_cpu(redis_proc) - redis_before, 2) if redis_proc else None
-    drain = wait_quiet(clients)  # the trades still in flight, however late
     got_clients, latencies = [], []
     for proc in clients:
         proc.popen.stdin.write("stop\n")
@@ -515,7 +516,7 @@ def measured(exchange, servers, feed, clients, redis_proc) -> dict[str, Any]:
         "lost": lost,
         "breaks": sum(s["breaks"] for s in got_clients),
         "delivered": delivered,
-        "deliveries_per_s": round(delivered / wall, 1) if wall else None,
+        "deliveries_per_s": round(delivered / (wall + drain), 1),
         "latency_ms": {
             "p50": percentile(latencies, 0.50),
             "p90": percentile(latencies, 0.90),
