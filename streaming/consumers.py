@@ -925,26 +925,8 @@ class ApiConsumer(ProtocolConsumer):
         sub.stream_seq += 1 + sub.skipped
         sub.skipped = 0
         await self.send_message(
-            protocol.stream_update(
-                stream=sub.stream.name, stream_seq=sub.stream_seq, data=_encoded_once(data)
-            )
+            protocol.stream_update(stream=sub.stream.name, stream_seq=sub.stream_seq, data=data)
         )
-
-
-# The update data encoded last, and its JSON: the channel layer hands one event to each local
-# subscriber in turn (streaming/layers.py decodes it once), so a trade to 500 bots is encoded
-# once, not 500 times. Held by reference: an identity match is the same, unchanged object.
-_last_encoded: list[Any] = [None, None]
-
-
-def _encoded_once(data: Any) -> Any:
-    if data is None or isinstance(data, protocol.Encoded):
-        return data
-    if _last_encoded[0] is data:
-        return _last_encoded[1]
-    encoded = protocol.Encoded(protocol.encode(data))
-    _last_encoded[0], _last_encoded[1] = data, encoded
-    return encoded
 
 
 def _valid_id(value: Any) -> bool:

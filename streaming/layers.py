@@ -167,16 +167,6 @@ async def _pass_on(response: Any) -> Any:
     return response
 
 
-class _Decoded:
-    """A group message decoded once for every local channel of the group: each consumer's
-    ``receive`` gets the same dict (consumers read events, none changes one)."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-
-
 class _PubSubShard(RedisSingleShardConnection):
     """One Redis shard's subscription connection. channels-redis re-subscribes silently after a
     reconnect, and messages published in between are lost without a word; this one fails every
@@ -206,28 +196,6 @@ class _PubSubShard(RedisSingleShardConnection):
 
     def _reconnected(self, connection: Any) -> None:
         self._lost = self._lost or "the connection was made again"
-
-    def _receive_message(self, message: Any) -> None:
-        """channels-redis 4.3's, decoding a group's message once rather than in every one of
-        its local channels' ``receive`` (a trade to 500 bots on one server: one decode)."""
-        if message is None:
-            return
-        name = message["channel"]
-        if isinstance(name, bytes):
-            name = name.decode()
-        layer = self.channel_layer
-        inbox = layer.channels.get(name)
-        if inbox is not None:
-            inbox.put_nowait(message["data"])
-            return
-        members = layer.groups.get(name)
-        if not members:
-            return
-        decoded = _Decoded(layer.channel_layer.deserialize(message["data"]))
-        for channel_name in members:
-            inbox = layer.channels.get(channel_name)
-            if inbox is not None:
-                inbox.put_nowait(decoded)
 
     async def _do_receiving(self) -> None:
         while True:
@@ -309,11 +277,6 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("prefix", namespace.redis_prefix())
         super().__init__(*args, **kwargs)
-
-    def deserialize(self, message: Any) -> Any:
-        if type(message) is _Decoded:  # a group's message, decoded once on arrival
-            return message.message
-        return super().deserialize(message)
 
     def _get_layer(self) -> RedisPubSubLoopLayer:
         loop = asyncio.get_running_loop()
