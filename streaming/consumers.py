@@ -23,7 +23,7 @@ from portfolio import selectors
 from portfolio.health import WS_CONNECTIONS, WS_MESSAGES_SENT, WS_REJECTED
 from portfolio.models import Instrument
 from portfolio.security import context_id, new_id
-from streaming import events, protocol, streams, tokens
+from streaming import events, marketdata, protocol, streams, tokens
 from streaming.flow import Conflator, TokenBucket, UserConnections
 from streaming.watch import socket_watch
 
@@ -457,6 +457,7 @@ class Subscription:
     mode: str | None = None  # a book stream's: protocol.BOOK_MODES
     stream_seq: int = 0
     book_seq: int = 0  # diffs mode: the book change the client's book is at
+    trade_seq: int = 0  # trades: the newest trade_seq the client has (in a snapshot or sent)
     # Holds back what comes faster than max_rate, keeping the latest (None: no max_rate).
     conflator: Conflator | None = None
     skipped: int = 0  # trades conflated away since the last update: stream_seq jumps by these
@@ -488,6 +489,9 @@ class RequestError(Exception):
 MAX_ID_LENGTH = 64
 MAX_ID_INT = 2**53 - 1  # the largest integer JSON readers (JavaScript's numbers) hold exactly
 MAX_RATE_LIMIT = 100.0  # updates a second per stream
+# Diffs older than a client's snapshot that may still be queued for it; a number further back
+# means the feed numbers afresh (it restarted without its cached book).
+DIFFS_BEHIND_A_SNAPSHOT = 1000
 
 
 class ApiConsumer(ProtocolConsumer):
@@ -879,6 +883,9 @@ class ApiConsumer(ProtocolConsumer):
         sub.stop()  # the snapshot supersedes a value held back by max_rate (and skipped trades)
         if sub.mode == protocol.BOOK_MODE_DIFFS:
             sub.book_seq = data["book_seq"] if data else 0
+        elif sub.stream.kind == protocol.STREAM_TRADES:
+            numbered = [t["trade_seq"] for t in data["trades"] if "trade_seq" in t]
+            sub.trade_seq = numbered[-1] if numbered else 0
         return protocol.stream_snapshot(
             stream=sub.stream.name, stream_seq=sub.stream_seq, data=data
         )
@@ -900,6 +907,8 @@ class ApiConsumer(ProtocolConsumer):
             if diffs:
                 await self._send_diff(sub, data)
                 return
+        if sub.stream.kind == protocol.STREAM_TRADES and not self._trade_is_new(sub, data):
+            return
         if sub.conflator is None:
             await self._send_update(sub, data)
             return
@@ -909,15 +918,31 @@ class ApiConsumer(ProtocolConsumer):
         if replaced and sub.stream.kind == protocol.STREAM_TRADES:
             sub.skipped += 1
 
+    def _trade_is_new(self, sub: Subscription, trade: dict[str, Any]) -> bool:
+        """False for a trade the client already has (in its snapshot). Trades lost on the way
+        here (the channel layer delivers at most once) count as skipped: stream_seq jumps by
+        their number, as for trades max_rate conflated away."""
+        trade_seq = trade.get("trade_seq")
+        if trade_seq is None:
+            return True  # not numbered by a feed process
+        if sub.trade_seq - marketdata.RECENT_TRADES < trade_seq <= sub.trade_seq:
+            return False  # among the snapshot's recent trades
+        if trade_seq <= sub.trade_seq:
+            sub.skipped += 1  # numbered afresh (its feed lost the cache): a jump, a resync
+        elif sub.trade_seq:
+            sub.skipped += trade_seq - sub.trade_seq - 1
+        sub.trade_seq = trade_seq
+        return True
+
     async def _send_diff(self, sub: Subscription, data: dict[str, Any]) -> None:
         """Every diff after the client's snapshot, in order. A diff lost on the way here (the
         channel layer delivers at most once) shows as a jump in stream_seq: the client's book
         would be wrong from then on, and the jump tells it to ask for a snapshot."""
         book_seq = data["book_seq"]
-        if book_seq <= sub.book_seq:
+        if sub.book_seq - DIFFS_BEHIND_A_SNAPSHOT < book_seq <= sub.book_seq:
             return  # already in the client's snapshot
         if book_seq != sub.book_seq + 1:
-            sub.skipped += 1
+            sub.skipped += 1  # lost on the way, or numbered afresh (its feed lost the cache)
         sub.book_seq = book_seq
         await self._send_update(sub, data)
 

@@ -154,6 +154,17 @@ def latest_book_levels(instrument_id: int) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+async def alast_trade_seq(instrument_id: int) -> int:
+    """The ``trade_seq`` of the instrument's newest cached trade (0 if none has one)."""
+    if not settings.REDIS_URL:
+        recent = _memory_trades.get(instrument_id)
+        newest = recent[-1] if recent else None
+    else:
+        raw = await flow.redis_client().lindex(_key("trades", instrument_id), -1)
+        newest = json.loads(raw) if raw else None
+    return (newest or {}).get("trade_seq") or 0
+
+
 async def alatest_book_levels(instrument_id: int) -> dict[str, Any] | None:
     """:func:`latest_book_levels` from a running event loop."""
     if not settings.REDIS_URL:

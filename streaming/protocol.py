@@ -272,15 +272,18 @@ def trade(
     side: str | None,
     trade_id: str,
     exchange_ts: datetime,
+    trade_seq: int | None = None,
 ) -> dict[str, Any]:
     """One trade on an exchange. ``side`` is the taker's ("buy" lifted an ask).
 
     The exchange's time travels as ``as_of`` (as in ``quote``): ``ts`` is the envelope's send time.
+    ``trade_seq`` numbers the instrument's trades as its feed process saw them (1, 2, 3, ...),
+    so a trade lost on the way to a socket shows; absent on trades from elsewhere.
     """
     # None: the exchange did not say which side was the taker.
     if side is not None and side not in TRADE_SIDES:
         raise ValueError(f"side must be one of {TRADE_SIDES}, got {side!r}")
-    return {
+    message = {
         "type": "trade",
         "instrument": instrument_id,
         "symbol": symbol,
@@ -290,6 +293,9 @@ def trade(
         "trade_id": str(trade_id),
         "as_of": iso(exchange_ts),
     }
+    if trade_seq is not None:
+        message["trade_seq"] = trade_seq
+    return message
 
 
 def book(

@@ -265,6 +265,7 @@ class FeedRunner:
         self.live_waiting = asyncio.Event()  # set when one arrives
         self.books: dict[str, Book] = {}  # the newest book per symbol, for the conflated view
         self.level_books: dict[str, LevelBook] = {}  # what the diffs so far add up to
+        self.trade_seqs: dict[str, int] = {}  # the last trade_seq given, per feed symbol
         self.feed_options = feed_options
         self.feed: Feed | None = None
         self.clock = time.monotonic
@@ -328,6 +329,7 @@ class FeedRunner:
                     side=event.side,
                     trade_id=event.trade_id,
                     exchange_ts=event.ts,
+                    trade_seq=await self._next_trade_seq(event.feed_symbol, target),
                 )
                 trades.append(payload)
             else:
@@ -341,6 +343,14 @@ class FeedRunner:
             levels=[self._book_levels(event, target) for event, target in levels.values()],
         )
         return messages
+
+    async def _next_trade_seq(self, feed_symbol: str, target: Target) -> int:
+        seq = self.trade_seqs.get(feed_symbol)
+        if seq is None:
+            # Numbered on from the cached recent trades: a restarted feed repeats no number.
+            seq = await marketdata.alast_trade_seq(target.instrument_id)
+        self.trade_seqs[feed_symbol] = seq + 1
+        return seq + 1
 
     async def _book_diff(self, book: Book, target: Target) -> dict[str, Any] | None:
         level_book = self.level_books.get(book.feed_symbol)

@@ -227,6 +227,43 @@ def test_a_book_diff_lost_on_the_way_shows_as_a_jump_and_a_snapshot_catches_up(
     asyncio.run(scenario())
 
 
+def test_a_trade_lost_on_the_way_makes_stream_seq_jump_and_the_snapshots_are_not_repeated(
+    world, daphne_server
+):
+    instrument = listed_crypto("DOT-USDT", "DOT-USDT", feed="binance")
+    _row, token = tokens.token_create(user=world["users"]["bob"], name="trades")
+    now = datetime.now(UTC)
+
+    def trade(seq: int) -> dict:
+        return protocol.trade(
+            instrument_id=instrument.id,
+            symbol=instrument.symbol,
+            price=Decimal("5.5"),
+            size=Decimal("1"),
+            side="buy",
+            trade_id=f"x{seq}",
+            exchange_ts=now,
+            trade_seq=seq,
+        )
+
+    marketdata.record_live(trades=[trade(1), trade(2), trade(3)], levels=[])
+    group = events.instrument_group(instrument.id)
+
+    async def scenario() -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(api_url(daphne_server), additional_headers=headers) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "id": 1, "stream": "trades:DOT-USDT"}))
+            snap = await frames_until(ws, lambda m: m["type"] == "snapshot")
+            assert [t["trade_seq"] for t in snap["data"]["trades"]] == [1, 2, 3]
+            # 3 is in the snapshot; 5 and 6 never reach this server.
+            await events.apublish([(group, trade(n)) for n in (3, 4, 7, 8)])
+            got = [await frames_until(ws, lambda m: m["type"] == "update") for _ in range(3)]
+            assert [m["data"]["trade_seq"] for m in got] == [4, 7, 8]
+            assert [m["stream_seq"] for m in got] == [1, 4, 5]  # 2 and 3: the lost trades
+
+    asyncio.run(scenario())
+
+
 def test_diffs_mode_is_for_book_streams_without_max_rate(world, daphne_server):
     listed_crypto("ADA-USDT", "ADA-USDT", feed="binance")
     _row, token = tokens.token_create(user=world["users"]["alice"], name="modes")
