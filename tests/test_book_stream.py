@@ -264,6 +264,48 @@ def test_a_trade_lost_on_the_way_makes_stream_seq_jump_and_the_snapshots_are_not
     asyncio.run(scenario())
 
 
+def test_subscribing_again_in_the_default_mode_switches_from_diffs_to_the_conflated_book(
+    world, daphne_server
+):
+    instrument = listed_crypto("XRP-USDT", "XRP-USDT", feed="binance")
+    _row, token = tokens.token_create(user=world["users"]["alice"], name="switch")
+    now = datetime.now(UTC)
+    levels = [(Decimal("0.5"), Decimal("10"))]
+    diff = protocol.book_diff(
+        instrument_id=instrument.id,
+        symbol=instrument.symbol,
+        book_seq=1,
+        bids=levels,
+        asks=[],
+        checksum=orderbook.book_checksum([], levels),
+        exchange_ts=now,
+    )
+    top = protocol.book(
+        instrument_id=instrument.id, symbol="XRP-USDT", bids=levels, asks=[], exchange_ts=now
+    )
+    group = events.instrument_group(instrument.id)
+
+    async def scenario() -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(api_url(daphne_server), additional_headers=headers) as ws:
+            subscribe = {"type": "subscribe", "stream": "book:XRP-USDT"}
+            await ws.send(json.dumps({**subscribe, "id": 1, "mode": "diffs"}))
+            await frames_until(ws, lambda m: m["type"] == "snapshot")
+            await events.apublish([(group, top), (group, diff)])
+            update = await frames_until(ws, lambda m: m["type"] == "update")
+            assert update["data"]["type"] == "book_diff"  # the conflated book is not sent
+            await ws.send(json.dumps({**subscribe, "id": 2}))
+            reply = await frames_until(ws, lambda m: m["type"] == "reply")
+            assert reply["result"]["mode"] == "top"
+            await frames_until(ws, lambda m: m["type"] == "snapshot")
+            await events.apublish([(group, {**diff, "book_seq": 2}), (group, top)])
+            update = await frames_until(ws, lambda m: m["type"] == "update")
+            assert update["data"]["type"] == "book"  # and the diff is not
+            assert update["data"]["bids"] == [["0.5", "10"]]
+
+    asyncio.run(scenario())
+
+
 def test_diffs_mode_is_for_book_streams_without_max_rate(world, daphne_server):
     listed_crypto("ADA-USDT", "ADA-USDT", feed="binance")
     _row, token = tokens.token_create(user=world["users"]["alice"], name="modes")
