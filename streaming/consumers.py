@@ -464,7 +464,10 @@ class Subscription:
 
     stream: streams.Stream
     max_rate: float | None
+    mode: str | None = None  # a book stream's: protocol.BOOK_MODES
     stream_seq: int = 0
+    book_seq: int = 0  # diffs mode: the book change the client's book is at
+    trade_seq: int = 0  # trades: the newest trade_seq the client has (in a snapshot or sent)
     # Holds back what comes faster than max_rate, keeping the latest (None: no max_rate).
     conflator: Conflator | None = None
     skipped: int = 0  # trades conflated away since the last update: stream_seq jumps by these
@@ -476,11 +479,14 @@ class Subscription:
         self.skipped = 0
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "stream": self.stream.name,
             "max_rate": self.max_rate,
             "stream_seq": self.stream_seq,
         }
+        if self.mode is not None:
+            described["mode"] = self.mode
+        return described
 
 
 class RequestError(Exception):
@@ -493,6 +499,9 @@ class RequestError(Exception):
 MAX_ID_LENGTH = 64
 MAX_ID_INT = 2**53 - 1  # the largest integer JSON readers (JavaScript's numbers) hold exactly
 MAX_RATE_LIMIT = 100.0  # updates a second per stream
+# Diffs older than a client's snapshot that may still be queued for it; a number further back
+# means the feed numbers afresh (it restarted without its cached book).
+DIFFS_BEHIND_A_SNAPSHOT = 1000
 
 
 class ApiConsumer(ProtocolConsumer):
@@ -793,12 +802,28 @@ class ApiConsumer(ProtocolConsumer):
                 protocol.ERROR_BAD_PARAMS,
                 f"max_rate: updates a second, more than 0 and at most {MAX_RATE_LIMIT:g}",
             )
+        mode = message.get("mode")
+        if mode is not None and mode not in protocol.BOOK_MODES:
+            raise RequestError(
+                protocol.ERROR_BAD_PARAMS,
+                f"mode: one of {', '.join(protocol.BOOK_MODES)} (book streams only)",
+            )
         try:
             stream = await database_sync_to_async(streams.stream_resolve)(
                 name=message.get("stream"), user_id=self.user_id
             )
         except streams.StreamError as exc:
             raise RequestError(exc.code, exc.message) from None
+        if stream.kind == protocol.STREAM_BOOK:
+            mode = mode or protocol.BOOK_MODE_TOP
+        elif mode is not None:
+            raise RequestError(protocol.ERROR_BAD_PARAMS, "mode: only book streams have modes")
+        if mode == protocol.BOOK_MODE_DIFFS and max_rate is not None:
+            raise RequestError(
+                protocol.ERROR_BAD_PARAMS,
+                "max_rate: a book in diffs mode sends every change and cannot be conflated; "
+                "use the default mode for a rate-limited book",
+            )
         sub = self.subscriptions.get(stream.name)
         if sub is None:
             cap = settings.LIVEFOLIO_API_MAX_SUBSCRIPTIONS
@@ -807,14 +832,15 @@ class ApiConsumer(ProtocolConsumer):
                     protocol.ERROR_TOO_MANY_SUBSCRIPTIONS,
                     f"at most {cap} subscriptions per connection; unsubscribe from one first",
                 )
-            sub = Subscription(stream=stream, max_rate=max_rate)
+            sub = Subscription(stream=stream, max_rate=max_rate, mode=mode)
             # Join before reading the snapshot so no update committed in between is missed.
             await self._join(stream.group)
             self.subscriptions[stream.name] = sub
             self.by_source[stream.source] = sub
         else:
-            sub.stop()  # subscribing again changes the rate and sends a snapshot
+            sub.stop()  # subscribing again changes the rate (or mode) and sends a snapshot
             sub.max_rate = max_rate
+            sub.mode = mode
         sub.conflator = None
         if max_rate is not None:
             # At most max_rate a second, no bursts; the latest value always goes out.
@@ -871,8 +897,15 @@ class ApiConsumer(ProtocolConsumer):
         raise RequestError(protocol.ERROR_NOT_FOUND, f"not subscribed to {name!r}")
 
     async def _snapshot_of(self, sub: Subscription) -> dict[str, Any]:
-        data = await database_sync_to_async(streams.stream_state)(sub.stream)
+        data = await database_sync_to_async(streams.stream_state)(
+            sub.stream, mode=sub.mode or protocol.BOOK_MODE_TOP
+        )
         sub.stop()  # the snapshot supersedes a value held back by max_rate (and skipped trades)
+        if sub.mode == protocol.BOOK_MODE_DIFFS:
+            sub.book_seq = data["book_seq"] if data else 0
+        elif sub.stream.kind == protocol.STREAM_TRADES:
+            numbered = [t["trade_seq"] for t in data["trades"] if "trade_seq" in t]
+            sub.trade_seq = numbered[-1] if numbered else 0
         return protocol.stream_snapshot(
             stream=sub.stream.name, stream_seq=sub.stream_seq, data=data
         )
@@ -887,6 +920,15 @@ class ApiConsumer(ProtocolConsumer):
         sub = self.by_source.get(source)
         if sub is None:
             return  # another stream of the same group, or another portfolio of the user
+        if sub.mode is not None:
+            diffs = data.get("type") == "book_diff"
+            if diffs != (sub.mode == protocol.BOOK_MODE_DIFFS):
+                return  # the other mode's message of the same book
+            if diffs:
+                await self._send_diff(sub, data)
+                return
+        if sub.stream.kind == protocol.STREAM_TRADES and not self._trade_is_new(sub, data):
+            return
         if sub.conflator is None:
             await self._send_update(sub, data)
             return
@@ -895,6 +937,34 @@ class ApiConsumer(ProtocolConsumer):
         replaced = await sub.conflator.offer(source, data)
         if replaced and sub.stream.kind == protocol.STREAM_TRADES:
             sub.skipped += 1
+
+    def _trade_is_new(self, sub: Subscription, trade: dict[str, Any]) -> bool:
+        """False for a trade the client already has (in its snapshot). Trades lost on the way
+        here (the channel layer delivers at most once) count as skipped: stream_seq jumps by
+        their number, as for trades max_rate conflated away."""
+        trade_seq = trade.get("trade_seq")
+        if trade_seq is None:
+            return True  # not numbered by a feed process
+        if sub.trade_seq - marketdata.RECENT_TRADES < trade_seq <= sub.trade_seq:
+            return False  # among the snapshot's recent trades
+        if trade_seq <= sub.trade_seq:
+            sub.skipped += 1  # numbered afresh (its feed lost the cache): a jump, a resync
+        elif sub.trade_seq:
+            sub.skipped += trade_seq - sub.trade_seq - 1
+        sub.trade_seq = trade_seq
+        return True
+
+    async def _send_diff(self, sub: Subscription, data: dict[str, Any]) -> None:
+        """Every diff after the client's snapshot, in order. A diff lost on the way here (the
+        channel layer delivers at most once) shows as a jump in stream_seq: the client's book
+        would be wrong from then on, and the jump tells it to ask for a snapshot."""
+        book_seq = data["book_seq"]
+        if sub.book_seq - DIFFS_BEHIND_A_SNAPSHOT < book_seq <= sub.book_seq:
+            return  # already in the client's snapshot
+        if book_seq != sub.book_seq + 1:
+            sub.skipped += 1  # lost on the way, or numbered afresh (its feed lost the cache)
+        sub.book_seq = book_seq
+        await self._send_update(sub, data)
 
     async def _send_update(self, sub: Subscription, data: Any) -> None:
         sub.stream_seq += 1 + sub.skipped

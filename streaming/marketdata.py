@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from streaming import namespace, protocol
+from streaming import flow, namespace, protocol
 
 RECENT_TRADES = 50  # trades kept per instrument
 EXPIRY_SECONDS = 24 * 3600  # an instrument whose feed stopped leaves no cache behind
@@ -33,6 +33,7 @@ EXPIRY_SECONDS = 24 * 3600  # an instrument whose feed stopped leaves no cache b
 # The embedded default's in-process cache (no Redis there, and only one process).
 _memory_trades: dict[int, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=RECENT_TRADES))
 _memory_books: dict[int, dict[str, Any]] = {}
+_memory_levels: dict[int, dict[str, Any]] = {}
 
 
 @functools.cache
@@ -98,6 +99,78 @@ def book_store(
     else:
         client.set(_key("book", instrument_id), json.dumps(message), ex=EXPIRY_SECONDS)
     return message
+
+
+def record_live(*, trades: list[dict[str, Any]], levels: list[dict[str, Any]]) -> None:
+    """Keep ``trade`` messages among their instruments' recent trades and ``book_levels``
+    messages as their instruments' books in diffs mode, in one Redis round trip."""
+    client = _client()
+    if client is None:
+        _remember(trades, levels)
+        return
+    if trades or levels:
+        with client.pipeline(transaction=False) as pipe:
+            _queue_live(pipe, trades, levels)
+            pipe.execute()
+
+
+async def arecord_live(*, trades: list[dict[str, Any]], levels: list[dict[str, Any]]) -> None:
+    """:func:`record_live` from a running event loop (the feed process's), without a thread."""
+    if not settings.REDIS_URL:
+        _remember(trades, levels)
+        return
+    if trades or levels:
+        async with flow.redis_client().pipeline(transaction=False) as pipe:
+            _queue_live(pipe, trades, levels)
+            await pipe.execute()
+
+
+def _remember(trades: list[dict[str, Any]], levels: list[dict[str, Any]]) -> None:
+    for message in trades:
+        _memory_trades[message["instrument"]].append(message)
+    for message in levels:
+        _memory_levels[message["instrument"]] = message
+
+
+def _queue_live(pipe: Any, trades: list[dict[str, Any]], levels: list[dict[str, Any]]) -> None:
+    touched = set()
+    for message in trades:
+        key = _key("trades", message["instrument"])
+        pipe.rpush(key, json.dumps(message))
+        touched.add(key)
+    for key in touched:
+        pipe.ltrim(key, -RECENT_TRADES, -1)
+        pipe.expire(key, EXPIRY_SECONDS)
+    for message in levels:
+        pipe.set(_key("levels", message["instrument"]), json.dumps(message), ex=EXPIRY_SECONDS)
+
+
+def latest_book_levels(instrument_id: int) -> dict[str, Any] | None:
+    """The instrument's book as of its latest diff (a ``book_levels`` message), or None."""
+    client = _client()
+    if client is None:
+        return _memory_levels.get(instrument_id)
+    raw = client.get(_key("levels", instrument_id))
+    return json.loads(raw) if raw else None
+
+
+async def alast_trade_seq(instrument_id: int) -> int:
+    """The ``trade_seq`` of the instrument's newest cached trade (0 if none has one)."""
+    if not settings.REDIS_URL:
+        recent = _memory_trades.get(instrument_id)
+        newest = recent[-1] if recent else None
+    else:
+        raw = await flow.redis_client().lindex(_key("trades", instrument_id), -1)
+        newest = json.loads(raw) if raw else None
+    return (newest or {}).get("trade_seq") or 0
+
+
+async def alatest_book_levels(instrument_id: int) -> dict[str, Any] | None:
+    """:func:`latest_book_levels` from a running event loop."""
+    if not settings.REDIS_URL:
+        return _memory_levels.get(instrument_id)
+    raw = await flow.redis_client().get(_key("levels", instrument_id))
+    return json.loads(raw) if raw else None
 
 
 def recent_trades(instrument_id: int) -> list[dict[str, Any]]:

@@ -57,6 +57,10 @@ STREAM_TRADES = "trades"
 STREAM_BOOK = "book"
 STREAM_PORTFOLIO = "portfolio"
 STREAM_KINDS = (STREAM_QUOTES, STREAM_TRADES, STREAM_BOOK, STREAM_PORTFOLIO)
+# How a book stream is delivered: the conflated top levels (the default) or every change.
+BOOK_MODE_TOP = "top"
+BOOK_MODE_DIFFS = "diffs"
+BOOK_MODES = (BOOK_MODE_TOP, BOOK_MODE_DIFFS)
 # Book messages carry at most this many levels a side.
 BOOK_DEPTH = 20
 TRADE_SIDES = ("buy", "sell")
@@ -246,15 +250,18 @@ def trade(
     side: str | None,
     trade_id: str,
     exchange_ts: datetime,
+    trade_seq: int | None = None,
 ) -> dict[str, Any]:
     """One trade on an exchange. ``side`` is the taker's ("buy" lifted an ask).
 
     The exchange's time travels as ``as_of`` (as in ``quote``): ``ts`` is the envelope's send time.
+    ``trade_seq`` numbers the instrument's trades as its feed process saw them (1, 2, 3, ...),
+    so a trade lost on the way to a socket shows; absent on trades from elsewhere.
     """
     # None: the exchange did not say which side was the taker.
     if side is not None and side not in TRADE_SIDES:
         raise ValueError(f"side must be one of {TRADE_SIDES}, got {side!r}")
-    return {
+    message = {
         "type": "trade",
         "instrument": instrument_id,
         "symbol": symbol,
@@ -264,6 +271,9 @@ def trade(
         "trade_id": str(trade_id),
         "as_of": iso(exchange_ts),
     }
+    if trade_seq is not None:
+        message["trade_seq"] = trade_seq
+    return message
 
 
 def book(
@@ -287,6 +297,57 @@ def book(
         "asks": [[dec(p), dec(s)] for p, s in sorted(asks, key=lambda lv: lv[0])[:depth]],
         "as_of": iso(exchange_ts),
     }
+
+
+def book_diff(
+    *,
+    instrument_id: int,
+    symbol: str,
+    book_seq: int,
+    bids: list[tuple[Decimal, Decimal]],
+    asks: list[tuple[Decimal, Decimal]],
+    checksum: int,
+    exchange_ts: datetime,
+) -> dict[str, Any]:
+    """One change of an order book: the levels that changed, ``[price, new size]`` (size
+    ``"0"``: the level is gone), bids highest first, asks lowest first. ``book_seq`` numbers
+    the instrument's changes; ``checksum`` is the book's after this change
+    (streaming/orderbook.py, docs/api.md)."""
+    return {
+        "type": "book_diff",
+        "instrument": instrument_id,
+        "symbol": symbol,
+        "book_seq": book_seq,
+        "bids": [[dec(p), dec(s)] for p, s in sorted(bids, key=lambda lv: -lv[0])],
+        "asks": [[dec(p), dec(s)] for p, s in sorted(asks, key=lambda lv: lv[0])],
+        "checksum": checksum,
+        "as_of": iso(exchange_ts),
+    }
+
+
+def book_levels(
+    *,
+    instrument_id: int,
+    symbol: str,
+    book_seq: int,
+    bids: list[tuple[Decimal, Decimal]],
+    asks: list[tuple[Decimal, Decimal]],
+    checksum: int,
+    exchange_ts: datetime,
+) -> dict[str, Any]:
+    """Every level of the book the diffs apply to, as of change ``book_seq``: the snapshot of
+    a ``book`` stream in ``diffs`` mode."""
+    message = book_diff(
+        instrument_id=instrument_id,
+        symbol=symbol,
+        book_seq=book_seq,
+        bids=bids,
+        asks=asks,
+        checksum=checksum,
+        exchange_ts=exchange_ts,
+    )
+    message["type"] = "book_levels"
+    return message
 
 
 def error(*, code: str, message: str, request_id: Any = None) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 Ticks are coalesced per instrument and handed to the Celery ingest task (stored, valued,
 published). Trades and order books are market data that nothing stores in the database: they
-are published straight to the instrument's group, books conflated per instrument.
+are published straight to the instrument's group, never waiting for the ingest path. Every
+trade and every change of a book (a diff with its checksum, streaming/orderbook.py) goes out as
+soon as it arrives; the complete top of each book goes out conflated, at most once per
+``LIVEFOLIO_BOOK_INTERVAL_MS``.
 
 Used by ``manage.py runfeed`` (the real stack: one process per feed) and by ``manage.py demo``
 (inside the server process on the embedded default).
@@ -29,8 +32,9 @@ from django.conf import settings
 
 from portfolio import services, wire
 from portfolio.models import AssetClass, Instrument, Quote
-from streaming import events, flow, health, marketdata, pacing
+from streaming import events, flow, health, marketdata, pacing, protocol
 from streaming.feeds.base import Backoff, Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
+from streaming.orderbook import LevelBook
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,10 @@ def _instrument_map(kind: str, exchange: str = "") -> dict[str, Target]:
         feed_symbol: Target(pk, symbol, asset_class == AssetClass.CRYPTO)
         for feed_symbol, pk, symbol, asset_class in rows
     }
+
+
+def _levels(pairs: list[list[str]]) -> list[tuple[Decimal, Decimal]]:
+    return [(Decimal(price), Decimal(size)) for price, size in pairs]
 
 
 def _latest_prices(kind: str) -> dict[str, Decimal]:
@@ -328,9 +336,12 @@ class FeedRunner:
             wake=backpressure.free if backpressure is not None else None,
         )
         self.book_interval = settings.LIVEFOLIO_BOOK_INTERVAL_MS / 1000
-        self.trades: list[Trade] = []
-        self.trades_waiting = asyncio.Event()  # set when a trade arrives: published at once
-        self.books: dict[str, Book] = {}
+        # Trades and book reports in arrival order, published at once (every one of them).
+        self.live: list[Trade | Book] = []
+        self.live_waiting = asyncio.Event()  # set when one arrives
+        self.books: dict[str, Book] = {}  # the newest book per symbol, for the conflated view
+        self.level_books: dict[str, LevelBook] = {}  # what the diffs so far add up to
+        self.trade_seqs: dict[str, int] = {}  # the last trade_seq given, per feed symbol
         self.feed_options = feed_options
         self.feed: Feed | None = None
         self.clock = time.monotonic
@@ -351,10 +362,12 @@ class FeedRunner:
         if isinstance(event, Tick):
             self.coalescer.add(event)
         elif isinstance(event, Trade):
-            self.trades.append(event)
-            self.trades_waiting.set()
+            self.live.append(event)
+            self.live_waiting.set()
         elif isinstance(event, Book):
             self.books[event.feed_symbol] = event  # only the newest book per window matters
+            self.live.append(event)  # and every change, as a diff
+            self.live_waiting.set()
 
     async def flush(self, ticks: list[Tick]) -> None:
         """Hand a window's ticks on to ingest (with any a failed send left). When the send
@@ -441,25 +454,89 @@ class FeedRunner:
                     tick = dataclasses.replace(tick, received=stamped)
                 self.unsent[tick.feed_symbol] = tick
 
-    def market_messages(
-        self, trades: list[Trade], books: dict[str, Book]
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Trades (all, in order) and books (the newest per instrument), kept in the
-        market-data cache for snapshots; returns the messages to publish."""
-        messages = []
-        for t in trades:
-            target = self.symbols.get(t.feed_symbol)
-            if target:
-                payload = marketdata.trade_record(
+    async def live_messages(self, live: list[Trade | Book]) -> list[tuple[str, dict[str, Any]]]:
+        """Every trade and every book change (a ``book_diff``), in arrival order, kept in the
+        market-data cache for snapshots (recent trades; each book as of its last diff) in one
+        round trip; returns the messages to publish. On the loop, no thread: a trade waits for
+        nothing else the process does (the Celery send, health writes)."""
+        messages, trades, levels = [], [], {}
+        for event in live:
+            target = self.symbols.get(event.feed_symbol)
+            if not target:
+                continue
+            if isinstance(event, Trade):
+                payload = protocol.trade(
                     instrument_id=target.instrument_id,
                     symbol=target.symbol,
-                    price=t.price,
-                    size=t.size,
-                    side=t.side,
-                    trade_id=t.trade_id,
-                    exchange_ts=t.ts,
+                    price=event.price,
+                    size=event.size,
+                    side=event.side,
+                    trade_id=event.trade_id,
+                    exchange_ts=event.ts,
+                    trade_seq=await self._next_trade_seq(event.feed_symbol, target),
                 )
-                messages.append((events.instrument_group(target.instrument_id), payload))
+                trades.append(payload)
+            else:
+                payload = await self._book_diff(event, target)
+                if payload is None:
+                    continue  # the report changed nothing
+                levels[target.instrument_id] = (event, target)
+            messages.append((events.instrument_group(target.instrument_id), payload))
+        await marketdata.arecord_live(
+            trades=trades,
+            levels=[self._book_levels(event, target) for event, target in levels.values()],
+        )
+        return messages
+
+    async def _next_trade_seq(self, feed_symbol: str, target: Target) -> int:
+        seq = self.trade_seqs.get(feed_symbol)
+        if seq is None:
+            # Numbered on from the cached recent trades: a restarted feed repeats no number.
+            seq = await marketdata.alast_trade_seq(target.instrument_id)
+        self.trade_seqs[feed_symbol] = seq + 1
+        return seq + 1
+
+    async def _book_diff(self, book: Book, target: Target) -> dict[str, Any] | None:
+        level_book = self.level_books.get(book.feed_symbol)
+        if level_book is None:
+            # Numbered on from, and diffed against, the cached book clients hold: a restarted
+            # feed never repeats a book_seq and its first diff applies to their snapshot.
+            level_book = LevelBook()
+            cached = await marketdata.alatest_book_levels(target.instrument_id)
+            if cached:
+                level_book.seq = cached["book_seq"]
+                level_book.update_to(_levels(cached["bids"]), _levels(cached["asks"]))
+                level_book.seq = cached["book_seq"]
+            self.level_books[book.feed_symbol] = level_book
+        bids, asks = level_book.update_to(book.bids, book.asks)
+        if not bids and not asks:
+            return None
+        return protocol.book_diff(
+            instrument_id=target.instrument_id,
+            symbol=target.symbol,
+            book_seq=level_book.seq,
+            bids=bids,
+            asks=asks,
+            checksum=level_book.checksum(),
+            exchange_ts=book.ts,
+        )
+
+    def _book_levels(self, book: Book, target: Target) -> dict[str, Any]:
+        level_book = self.level_books[book.feed_symbol]
+        return protocol.book_levels(
+            instrument_id=target.instrument_id,
+            symbol=target.symbol,
+            book_seq=level_book.seq,
+            bids=list(level_book.bids.items()),
+            asks=list(level_book.asks.items()),
+            checksum=level_book.checksum(),
+            exchange_ts=book.ts,
+        )
+
+    def market_messages(self, books: dict[str, Book]) -> list[tuple[str, dict[str, Any]]]:
+        """Books (the newest per instrument), kept in the market-data cache for snapshots;
+        returns the messages to publish."""
+        messages = []
         for b in books.values():
             target = self.symbols.get(b.feed_symbol)
             if target:
@@ -473,15 +550,20 @@ class FeedRunner:
                 messages.append((events.instrument_group(target.instrument_id), payload))
         return messages
 
-    async def publish_trades(self) -> None:
-        """Every trade as soon as it arrives, never held for the books' interval; the trades that
-        arrive while one publish is under way go out together in the next."""
+    async def publish_live(self) -> None:
+        """Every trade and book change as soon as it arrives, never held for the books'
+        interval; what arrives while one publish is under way goes out together in the next."""
         while True:
-            await self.trades_waiting.wait()
-            self.trades_waiting.clear()
-            # Taken here, on the loop, so no trade arriving meanwhile is lost.
-            trades, self.trades = self.trades, []
-            await self._publish_market_data(trades, {})
+            await self.live_waiting.wait()
+            self.live_waiting.clear()
+            # Taken here, on the loop, so nothing arriving meanwhile is lost.
+            live, self.live = self.live, []
+            try:
+                messages = await self.live_messages(live)
+            except Exception:
+                log.exception("feed %s: caching trades and book diffs failed", self.kind)
+                continue
+            await self._send(messages)
 
     async def publish_books(self) -> None:
         """The newest book per instrument, at most once per ``LIVEFOLIO_BOOK_INTERVAL_MS``."""
@@ -490,14 +572,14 @@ class FeedRunner:
             if not self.books:
                 continue
             books, self.books = self.books, {}
-            await self._publish_market_data([], books)
+            try:
+                messages = await sync_to_async(self.market_messages)(books)
+            except Exception:
+                log.exception("feed %s: caching market data failed", self.kind)
+                continue
+            await self._send(messages)
 
-    async def _publish_market_data(self, trades: list[Trade], books: dict[str, Book]) -> None:
-        try:
-            messages = await sync_to_async(self.market_messages)(trades, books)
-        except Exception:
-            log.exception("feed %s: caching market data failed", self.kind)
-            return
+    async def _send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         if messages:
             try:
                 await events.apublish(messages)
@@ -561,7 +643,7 @@ class FeedRunner:
         tasks = [
             asyncio.create_task(self.feed.run(), name=f"feed-{self.kind}"),
             asyncio.create_task(self.coalescer.run(), name=f"coalesce-{self.kind}"),
-            asyncio.create_task(self.publish_trades(), name=f"trades-{self.kind}"),
+            asyncio.create_task(self.publish_live(), name=f"live-{self.kind}"),
             asyncio.create_task(self.publish_books(), name=f"books-{self.kind}"),
             asyncio.create_task(self.record_health(), name=f"health-{self.kind}"),
         ]

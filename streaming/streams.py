@@ -22,6 +22,7 @@ KIND_OF_EVENT = {
     "quote": protocol.STREAM_QUOTES,
     "trade": protocol.STREAM_TRADES,
     "book": protocol.STREAM_BOOK,
+    "book_diff": protocol.STREAM_BOOK,  # what a book stream in diffs mode delivers
     "valuation": protocol.STREAM_PORTFOLIO,
 }
 
@@ -77,11 +78,12 @@ def stream_resolve(*, name: Any, user_id: int) -> Stream:
     return Stream(f"{kind}:{symbol}", kind, instrument_id, events.instrument_group(instrument_id))
 
 
-def stream_state(stream: Stream) -> Any:
+def stream_state(stream: Stream, *, mode: str = protocol.BOOK_MODE_TOP) -> Any:
     """A stream's current state, the ``data`` of its snapshot.
 
     quotes: the latest ``quote`` message or null; trades: ``{"trades": [recent trades]}``;
-    book: the latest ``book`` message or null; portfolio: the portfolio state.
+    book: the latest ``book`` message or null, in ``diffs`` mode the ``book_levels`` the next
+    diff applies to or null; portfolio: the portfolio state.
     """
     if stream.kind == protocol.STREAM_PORTFOLIO:
         states = selectors.portfolio_states(portfolio_ids=[stream.source_id])
@@ -89,6 +91,8 @@ def stream_state(stream: Stream) -> Any:
     if stream.kind == protocol.STREAM_TRADES:
         return {"trades": marketdata.recent_trades(stream.source_id)}
     if stream.kind == protocol.STREAM_BOOK:
+        if mode == protocol.BOOK_MODE_DIFFS:
+            return marketdata.latest_book_levels(stream.source_id)
         return marketdata.latest_book(stream.source_id)
     quote = (
         Quote.objects.select_related("instrument").filter(instrument_id=stream.source_id).first()
