@@ -95,7 +95,17 @@ def test_example_book_client_verifies_every_checksum_against_the_simulated_book(
     _row, token = tokens.token_create(user=world["users"]["alice"], name="book client")
     feed = Process(
         "runfeed",
-        [sys.executable, "manage.py", "runfeed", "simulated", "--rate", "40", "--seed", "7"],
+        [
+            sys.executable,
+            "manage.py",
+            "runfeed",
+            "simulated",
+            "--order-books",
+            "--rate",
+            "40",
+            "--seed",
+            "7",
+        ],
         stack_env(),
         tmp_path,
     )
@@ -127,7 +137,17 @@ def test_trades_stream_delivers_every_trade_with_continuous_ids(world, daphne_se
     _row, token = tokens.token_create(user=world["users"]["bob"], name="tape")
     feed = Process(
         "runfeed",
-        [sys.executable, "manage.py", "runfeed", "simulated", "--rate", "60", "--seed", "3"],
+        [
+            sys.executable,
+            "manage.py",
+            "runfeed",
+            "simulated",
+            "--order-books",
+            "--rate",
+            "60",
+            "--seed",
+            "3",
+        ],
         stack_env(),
         tmp_path,
     )
