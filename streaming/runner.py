@@ -590,7 +590,7 @@ class FeedRunner:
 
     def record_status(self) -> None:
         """Write this process's health row; a ccxt feed's market list when it changed."""
-        markets = getattr(self.feed, "markets", None) or None
+        markets = getattr(self.feed, "listed_markets", None) or None  # a ccxt feed's
         if markets == self.markets_recorded:
             markets = None
         services.feed_status_record(stats=self.feed.stats.as_dict(), markets=markets)

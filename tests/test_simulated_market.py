@@ -176,3 +176,18 @@ def test_runfeed_refuses_order_books_for_a_feed_that_is_not_simulated():
         call_command("runfeed", "binance", "--order-books")
     with pytest.raises(ValueError, match="order_books: only the simulated feed"):
         FeedRunner(kind="kraken", order_books=True)
+
+
+async def test_a_feed_with_simulated_markets_writes_its_health(world, redis_client):
+    """The feed's health row is written while it runs its simulated markets (their objects are
+    not the ccxt feed's market list, which the row keeps)."""
+    from portfolio.models import FeedStatus
+
+    runner, task = await started_runner(world["btc"])
+    try:
+        await database_sync_to_async(runner.record_status)()
+        status = await database_sync_to_async(FeedStatus.objects.get)(feed="simulated")
+        assert status.state == "connected"
+        assert status.markets in (None, [])
+    finally:
+        await stopped(runner, task)

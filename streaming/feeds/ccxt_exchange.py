@@ -145,7 +145,7 @@ class CcxtFeed(Feed):
         if exchange_factory is None and exchange not in ccxt.pro.exchanges:
             raise ValueError(f"unknown ccxt exchange {exchange!r} (not in ccxt.pro.exchanges)")
         self.exchange: Any = None
-        self.markets: list[str] = []  # the exchange's market symbols, once loaded
+        self.listed_markets: list[str] = []  # the exchange's market symbols, once loaded
         self._watchers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._best: dict[str, tuple[Decimal | None, Decimal | None]] = {}
         self._last_data = time.monotonic()
@@ -164,7 +164,7 @@ class CcxtFeed(Feed):
             await self._sync_watchers()
 
     def _wanted(self) -> set[tuple[str, str]]:
-        markets = set(self.markets)
+        markets = set(self.listed_markets)
         wanted = set()
         for symbol in self.symbols:
             if symbol not in markets:
@@ -173,7 +173,7 @@ class CcxtFeed(Feed):
         return wanted
 
     async def _sync_watchers(self) -> None:
-        missing = sorted(s for s in self.symbols if s not in set(self.markets))
+        missing = sorted(s for s in self.symbols if s not in set(self.listed_markets))
         for symbol in missing:
             if not any(key[0] == symbol for key in self._watchers):
                 log.warning(
@@ -249,9 +249,9 @@ class CcxtFeed(Feed):
                 )
                 await asyncio.sleep(delay)
                 continue
-            self.markets = sorted(markets)
+            self.listed_markets = sorted(markets)
             self.backoff.reset()
-            log.info("feed %s: %d markets", self.name, len(self.markets))
+            log.info("feed %s: %d markets", self.name, len(self.listed_markets))
             return
 
     async def _watchdog(self) -> None:

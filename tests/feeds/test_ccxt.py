@@ -83,7 +83,7 @@ async def test_okx_ticker_trade_and_book_from_the_documented_examples():
                 await okx.wait_subscribed(topic, connection=1)
             # load_markets asked for the instruments; BTC/USDT is ccxt's name for BTC-USDT.
             assert "/api/v5/public/instruments?instType=SPOT" in okx.rest_requests
-            assert "BTC/USDT" in feed.markets
+            assert "BTC/USDT" in feed.listed_markets
 
             # The snapshot the fake sends on subscribe ("Full Snapshot" example).
             book = (await eventually(lambda: events.books("BTC/USDT")))[0]
