@@ -58,6 +58,7 @@ class InstrumentForm(forms.ModelForm):
             "exchange",
             "feed_symbol",
             "active",
+            "price_decimals",
         )
 
     def clean(self):

@@ -11,7 +11,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import ProhibitNullCharactersValidator, RegexValidator
+from django.core.validators import (
+    MaxValueValidator,
+    ProhibitNullCharactersValidator,
+    RegexValidator,
+)
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -87,6 +91,13 @@ class Instrument(models.Model):
         "for ccxt the exchange's market symbol, e.g. BTC/USDT.",
     )
     active = models.BooleanField(default=True, help_text="Inactive instruments are not streamed.")
+    price_decimals = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(12)],
+        help_text="Decimals its prices are shown with (the exchange's tick size), e.g. 2 for "
+        "BTC/USDT, 5 for EURUSD. Empty: from the asset class and the price's size.",
+    )
 
     class Meta:
         ordering = ["symbol"]

@@ -108,6 +108,7 @@ class Market:
     price: Decimal | None
     reference_price: Decimal | None
     exchange_ts: datetime | None
+    price_decimals: int | None = None  # set in the admin; None: the formatter's rule
 
 
 _PORTFOLIO_FIELDS = ("id", "owner_id", "name", "base_currency", "cost_basis_method")
@@ -189,11 +190,11 @@ def market_load(instrument_ids: Iterable[int]) -> dict[int, Market]:
     """Descriptive fields and latest quote of each instrument, in one query."""
     rows = Instrument.objects.filter(id__in=list(instrument_ids)).values_list(
         "id", "symbol", "name", "asset_class", "quote_currency", "quote__price",
-        "quote__reference_price", "quote__exchange_ts",
+        "quote__reference_price", "quote__exchange_ts", "price_decimals",
     )  # fmt: skip
     return {
-        i: Market(symbol, name, asset_class, currency, _trim(price), _trim(reference), ts)
-        for i, symbol, name, asset_class, currency, price, reference, ts in rows
+        i: Market(symbol, name, asset_class, currency, _trim(price), _trim(reference), ts, places)
+        for i, symbol, name, asset_class, currency, price, reference, ts, places in rows
     }
 
 
@@ -264,6 +265,7 @@ class _MarketTexts(dict):
             "symbol": m.symbol,
             "name": m.name,
             "asset_class": m.asset_class,
+            "price_decimals": m.price_decimals,
             "price": wire.dec(price),
             "reference_price": wire.dec(reference),
             "price_as_of": wire.iso(ts) if ts is not None else None,
@@ -793,6 +795,7 @@ def instrument_state(*, instrument: Instrument, user_id: int, now: datetime | No
             "symbol": instrument.symbol,
             "name": instrument.name,
             "asset_class": instrument.asset_class,
+            "price_decimals": instrument.price_decimals,
             "currency": instrument.quote_currency,
             "feed": instrument.feed,
         },

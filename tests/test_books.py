@@ -202,6 +202,7 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
                 "symbol": m.symbol,
                 "name": m.name,
                 "asset_class": m.asset_class,
+                "price_decimals": m.price_decimals,
                 "price": wire.dec(m.price),
                 "reference_price": wire.dec(m.reference_price),
                 "price_as_of": wire.iso(m.exchange_ts) if m.exchange_ts else None,

@@ -75,6 +75,8 @@ def test_the_demo_market_shows_a_live_book_tape_and_candles_from_the_first_load(
             page, "() => document.querySelector('#trades tr').innerText", lambda t: t != newest
         )
         assert changed != newest
+        # The volume beneath the candles: the size traded in each minute the tape has seen.
+        assert int(page.locator("#chart").get_attribute("data-volume-bars")) >= 1
         screenshot(page, "demo-market-1366")
 
         page.set_viewport_size({"width": 360, "height": 800})

@@ -137,3 +137,38 @@ def test_the_instrument_page_shows_every_price_at_one_precision(world, daphne_se
     expect(page.locator("#price")).to_have_text("$1.04120")
     expect(page.locator("#bid")).to_have_text("1.04118")
     expect(page.locator("#ask")).to_have_text("1.04123")
+
+
+def test_an_instruments_own_precision_set_in_the_admin_wins_everywhere(world, daphne_server, page):
+    """An operator sets BTC-USD's decimals to 1 (its tick size on some exchanges): the server's
+    filter, the browser's formatter, the instrument page and the live portfolio page all show
+    its prices to one decimal, not the rule's two."""
+    from django.utils import timezone
+
+    from portfolio import services
+    from portfolio.models import Instrument
+
+    btc = world["btc"]
+    Instrument.objects.filter(pk=btc.pk).update(price_decimals=1)
+    btc.refresh_from_db()
+    assert price(Decimal("97117.5618"), btc) == "97,117.6"
+    assert price(Decimal("97117.5618"), "crypto") == "97,117.56"  # the rule without it
+    services.quotes_store(
+        updates=[
+            services.QuoteUpdate(
+                btc.id, Decimal("97117.5618"), timezone.now(), "simulated", None, None
+            )
+        ]
+    )
+    log_in(page, daphne_server, "alice", PASSWORD)
+    assert page.evaluate(
+        """async () => {
+            const f = await import("/static/js/format.js");
+            const value = "97117.5618";
+            return [f.priceDecimals(value, "crypto", 1), f.priceDecimals(value, "crypto")];
+        }"""
+    ) == [1, 2]
+    page.goto(f"{daphne_server}/i/BTC-USD/")
+    expect(page.locator("#price")).to_have_text("$97,117.6")
+    page.goto(f"{daphne_server}/")
+    expect(page.locator("table.positions")).to_contain_text("$97,117.6")

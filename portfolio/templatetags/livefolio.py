@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from django import template
 from django.utils import timezone
@@ -28,10 +29,13 @@ def money(amount: Decimal | None) -> str:
     return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
 
 
-def price_decimals(value: Decimal, asset_class: str = "") -> int:
+def price_decimals(value: Decimal, asset_class: str = "", fixed: int | None = None) -> int:
     """Decimals an instrument's price is shown with (static/js/format.js priceDecimals is the
-    same rule): FX to the pipette (5, or 3 from 10 up, e.g. USDJPY); other prices in cents, more
-    decimals only below 1 so a small price keeps four significant digits."""
+    same rule): the instrument's own (``fixed``, set in the admin) when it has them; else FX to
+    the pipette (5, or 3 from 10 up, e.g. USDJPY), other prices in cents, more decimals only
+    below 1 so a small price keeps four significant digits."""
+    if fixed is not None:
+        return fixed
     size = abs(value)
     if asset_class == "fx":
         return 3 if size >= 10 else 5
@@ -41,11 +45,16 @@ def price_decimals(value: Decimal, asset_class: str = "") -> int:
 
 
 @register.filter
-def price(value: Decimal | None, asset_class: str = "") -> str:
-    """A price at its instrument's precision with thousands separators: "97,117.56"."""
+def price(value: Decimal | None, instrument: Any = "") -> str:
+    """A price at its instrument's precision with thousands separators: "97,117.56".
+    ``instrument``: the Instrument (its own decimals, else its asset class), or an asset class."""
     if value is None:
         return "—"
-    step = Decimal(1).scaleb(-price_decimals(value, asset_class))
+    if isinstance(instrument, str):
+        decimals = price_decimals(value, instrument)
+    else:
+        decimals = price_decimals(value, instrument.asset_class, instrument.price_decimals)
+    step = Decimal(1).scaleb(-decimals)
     return f"{value.quantize(step, rounding=ROUND_HALF_UP):,}"
 
 

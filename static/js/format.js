@@ -36,10 +36,12 @@ export function money(amount, currency) {
   return currencyFormatter(`money:${currency}`, currency, {}, cents).format(amount);
 }
 
-// Decimals an instrument's price is shown with, from its asset class and size: FX quotes to the
+// Decimals an instrument's price is shown with: its own when the admin sets them; else from its
+// asset class and size: FX quotes to the
 // pipette (5 decimals, 3 for rates of 10 or more such as USDJPY); other prices in cents, with
 // more decimals only below 1 so that a small price keeps four significant digits.
-export function priceDecimals(value, assetClass) {
+export function priceDecimals(value, assetClass, fixed = null) {
+  if (fixed !== null && fixed !== undefined) return fixed; // the instrument's own, from the admin
   const size = Math.abs(Number(value));
   if (!Number.isFinite(size)) return 2;
   if (assetClass === "fx") return size >= 10 ? 3 : 5;

@@ -1,9 +1,11 @@
-// The instrument page: 1-minute candles extended by live quotes, 24 h stats, trades, book.
+// The instrument page: 1-minute candles extended by live quotes, the volume traded each minute
+// beneath them (from the trades the feed reports), 24 h stats, trades, book.
 // A relative path, not an import map: the Content-Security-Policy forbids inline scripts.
 import {
   CandlestickSeries,
   ColorType,
   createChart,
+  HistogramSeries,
 } from "../vendor/lightweight-charts/lightweight-charts.standalone.production.mjs";
 import { nameAttributionLink } from "./charts.js";
 import { flash, money, percent, price, priceDecimals, quantity, setText, sign, time } from "./format.js";
@@ -12,9 +14,9 @@ import { LiveConnection, showStatus } from "./live.js";
 const root = document.getElementById("instrument");
 const currency = root.dataset.currency;
 const assetClass = root.dataset.assetClass;
-// Every price on the page (quote, bid, ask, stats, tape, book, axis) at one precision, set from
-// the first price seen.
-let decimals = null;
+// Every price on the page (quote, bid, ask, stats, tape, book, axis) at one precision: the
+// instrument's own (set in the admin), else set from the first price seen.
+let decimals = root.dataset.priceDecimals === undefined ? null : Number(root.dataset.priceDecimals);
 const px = (value, withCurrency = false) => {
   if (decimals === null && value !== null && value !== undefined) decimals = priceDecimals(value, assetClass);
   return price(value, decimals ?? 2, withCurrency ? currency : null);
@@ -29,6 +31,15 @@ const chart = createChart($("chart"), {
   localization: { priceFormatter: (value) => px(String(value)) },
 });
 const candles = chart.addSeries(CandlestickSeries, { borderVisible: false });
+// Volume on its own scale in the bottom fifth, under the candles (which keep the top 80 %).
+const volume = chart.addSeries(HistogramSeries, {
+  priceScaleId: "volume",
+  priceFormat: { type: "volume" },
+  lastValueVisible: false,
+  priceLineVisible: false,
+});
+chart.priceScale("volume").applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+candles.priceScale().applyOptions({ scaleMargins: { top: 0.05, bottom: 0.25 } });
 nameAttributionLink($("chart"));
 
 function applyTheme() {
@@ -39,6 +50,7 @@ function applyTheme() {
   const up = cssVar("--up");
   const down = cssVar("--down");
   candles.applyOptions({ upColor: up, downColor: down, wickUpColor: up, wickDownColor: down });
+  volume.applyOptions({ color: cssVar("--muted") });
 }
 applyTheme();
 document.addEventListener("livefolio:theme", applyTheme);
@@ -80,6 +92,25 @@ function extendCandle(value, asOf) {
     return; // an older tick than the newest candle: the bars from the server already hold it
   }
   candles.update(lastBar);
+}
+
+// Size traded per minute, from the trades the page has seen (the snapshot's recent ones, then
+// each live trade); the server's bars carry prices only.
+const minuteVolume = new Map();
+function countVolume(trades, { redraw }) {
+  let newest = null;
+  for (const t of trades) {
+    const minute = Math.floor(Date.parse(t.as_of) / 60000) * 60;
+    minuteVolume.set(minute, (minuteVolume.get(minute) || 0) + Number(t.size));
+    newest = minute;
+  }
+  const minutes = [...minuteVolume.keys()].sort((a, b) => a - b);
+  if (redraw || newest === null || newest < minutes[minutes.length - 1]) {
+    volume.setData(minutes.map((time) => ({ time, value: minuteVolume.get(time) })));
+  } else {
+    volume.update({ time: newest, value: minuteVolume.get(newest) });
+  }
+  $("chart").dataset.volumeBars = minutes.length; // minutes with volume drawn (tests read it)
 }
 
 function showQuote(q) {
@@ -161,12 +192,15 @@ function onMessage(message) {
     showPosition(message.position);
     $("trades").replaceChildren();
     for (const t of message.trades) addTrade(t); // oldest first: each goes on top, newest last
+    minuteVolume.clear();
+    countVolume(message.trades, { redraw: true });
     showBook(message.book);
   } else if (message.type === "quote") {
     showQuote({ ...message, stale: false });
     extendCandle(message.price, message.as_of);
   } else if (message.type === "trade") {
     addTrade(message);
+    countVolume([message], { redraw: false });
   } else if (message.type === "book") {
     showBook(message);
   }

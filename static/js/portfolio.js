@@ -251,7 +251,7 @@ function render(portfolio) {
     const move = direction(row.dataset.price, h.price);
     row.dataset.price = h.price ?? "";
     const priceCell = row.querySelector(".price");
-    setText(priceCell, price(h.price, priceDecimals(h.price, h.asset_class), h.currency));
+    setText(priceCell, price(h.price, priceDecimals(h.price, h.asset_class, h.price_decimals), h.currency));
     flash(priceCell, move);
     setText(row.querySelector(".value"), money(h.value, h.currency));
     // Cost of the open position, in the base currency like the P&L beside it.
