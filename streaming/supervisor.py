@@ -1,4 +1,5 @@
-"""Keeps one feed process running: ``manage.py runfeed <feed> --supervise``.
+"""Keeps feed processes running: ``manage.py runfeed <feed> --supervise`` keeps one; ``manage.py
+runfeed ccxt --every-exchange`` keeps one per exchange that active ccxt instruments name.
 
 For hosts without a process manager that restarts on exit (docker compose has
 ``restart: unless-stopped``; honcho stops everything when one process exits). The feed runs as a
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +66,70 @@ def supervise(command: list[str], *, name: str, write: Callable[[str], None]) ->
 def child_command(argv: list[str]) -> list[str]:
     """The same ``runfeed`` invocation without ``--supervise``."""
     return [sys.executable, *[a for a in argv if a != "--supervise"]]
+
+
+@dataclass
+class _Child:
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float = 0.0
+
+
+def supervise_each(
+    *,
+    wanted: Callable[[], set[str] | None],
+    command_for: Callable[[str], list[str]],
+    name_of: Callable[[str], str],
+    write: Callable[[str], None],
+    every: float = 5.0,
+) -> int:
+    """Keep one child per key of ``wanted()`` (asked every ``every`` seconds; None: unknown this
+    time, keep what runs), each restarted after a backoff with full jitter when it exits, and
+    stopped (SIGTERM) when its key goes; until SIGTERM/SIGINT, which stops them all."""
+    stopping = False
+    children: dict[str, _Child] = {}
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    next_look = 0.0
+    keys: set[str] = set()
+    while not stopping:
+        now = time.monotonic()
+        if now >= next_look:
+            found = wanted()
+            keys = keys if found is None else found
+            next_look = now + every
+        for key in sorted(set(children) - keys):
+            child = children.pop(key)
+            if child.process is not None and child.process.poll() is None:
+                child.process.terminate()
+                child.process.wait()
+            write(f"supervisor: feed {name_of(key)} stopped (no active instrument names it)")
+        for key in sorted(keys):
+            child = children.setdefault(key, _Child())
+            if child.process is not None and child.process.poll() is not None:
+                code = child.process.returncode
+                healthy = now - child.started > HEALTHY_AFTER
+                child.failures = 0 if healthy else child.failures + 1
+                delay = restart_delay(child.failures)
+                child.process, child.restart_at = None, now + delay
+                write(
+                    f"supervisor: feed {name_of(key)} exited ({code}); restarting in {delay:.1f} s"
+                )
+            if child.process is None and now >= child.restart_at:
+                child.process, child.started = subprocess.Popen(command_for(key)), now
+                write(f"supervisor: feed {name_of(key)} started (pid {child.process.pid})")
+        time.sleep(0.1)
+    for child in children.values():
+        if child.process is not None and child.process.poll() is None:
+            child.process.terminate()
+    for key, child in children.items():
+        if child.process is not None:
+            child.process.wait()
+        write(f"supervisor: feed {name_of(key)} stopped")
+    return 0

@@ -159,3 +159,42 @@ async def test_okx_through_ccxt_reaches_the_database_pages_and_api_and_survives_
             code = await asyncio.to_thread(feed.stop)
     assert code == 0, feed.output()
     assert "feed ccxt:okx: exited cleanly" in feed.output()
+
+
+async def test_an_exchange_added_in_the_admin_alone_gets_a_feed_process(
+    world, celery_worker, tmp_path
+):
+    """`runfeed ccxt --every-exchange` (the Procfile's and compose's ccxt line) starts a process
+    for an exchange once an active instrument names it, and stops it when none does: adding an
+    exchange takes the admin alone."""
+    async with FakeOkx() as okx:
+        supervisor = Process(
+            "runfeed-every-exchange",
+            [
+                sys.executable,
+                "manage.py",
+                "runfeed",
+                "ccxt",
+                "--every-exchange",
+                "--window-ms",
+                "50",
+            ],
+            stack_env(LIVEFOLIO_CCXT_URLS=json.dumps({"okx": okx.ccxt_urls()})),
+            tmp_path,
+        )
+        try:
+            await asyncio.sleep(2)  # with no ccxt instrument, no exchange process
+            assert "started" not in supervisor.output()
+            btc = await sync_to_async(listed_on_okx)(world)  # what the operator adds
+            await okx.wait_subscribed("tickers:BTC-USDT", connection=1, within=60)
+            assert "supervisor: feed ccxt:okx started" in supervisor.output()
+            await okx.push(frame(OKX_TICKER, ts=now_ms()))
+            assert await until(price_of(btc)) == Decimal("9999.99")
+
+            # Switched off in the admin: its exchange's process goes.
+            await sync_to_async(Instrument.objects.filter(pk=btc.pk).update)(active=False)
+            await asyncio.to_thread(
+                supervisor.wait_for_output, "supervisor: feed ccxt:okx stopped (no active", 30
+            )
+        finally:
+            supervisor.stop()

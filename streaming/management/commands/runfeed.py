@@ -34,6 +34,12 @@ class Command(BaseCommand):
             "--exchange", default="", help="ccxt: the exchange id (one process per exchange)"
         )
         parser.add_argument(
+            "--every-exchange",
+            action="store_true",
+            help="ccxt: keep one supervised process per exchange that active instruments name "
+            "(added, removed and restarted as the admin changes them)",
+        )
+        parser.add_argument(
             "--stall-seconds",
             type=float,
             default=30.0,
@@ -53,6 +59,11 @@ class Command(BaseCommand):
         if options["order_books"] and kind != "simulated":
             raise CommandError("--order-books: only the simulated feed simulates order books")
         exchange = options["exchange"]
+        if options["every_exchange"]:
+            if kind != "ccxt" or exchange:
+                raise CommandError("--every-exchange goes with the ccxt feed, without --exchange")
+            self._every_exchange(options)
+            return
         if kind == "ccxt":
             from streaming.feeds.ccxt_exchange import exchange_ids
 
@@ -96,6 +107,41 @@ class Command(BaseCommand):
         window = options["window_ms"] / 1000 if options["window_ms"] else None
         runner = FeedRunner(kind=kind, window=window, exchange=exchange, **feed_options)
         asyncio.run(self._run(runner))
+
+    def _every_exchange(self, options) -> None:
+        """One ``runfeed ccxt --exchange <id>`` child per exchange active ccxt instruments name,
+        read from the database every few seconds: an operator adds an exchange in the admin
+        alone. ccxt itself is loaded only by the children."""
+        from django.db import close_old_connections
+
+        from portfolio.models import FeedKind, Instrument
+
+        def wanted() -> set[str] | None:
+            close_old_connections()  # a connection broken by a database restart is replaced
+            try:
+                rows = Instrument.objects.filter(feed=FeedKind.CCXT, active=True)
+                return set(rows.values_list("exchange", flat=True).distinct())
+            except Exception as exc:  # the database is away: keep what runs, ask again later
+                self.stderr.write(
+                    f"runfeed ccxt --every-exchange: reading instruments failed ({exc})"
+                )
+                return None
+
+        base = [sys.executable, sys.argv[0], "runfeed", "ccxt"]
+        if options["window_ms"]:
+            base += ["--window-ms", str(options["window_ms"])]
+        base += ["--stall-seconds", str(options["stall_seconds"])]
+
+        def write(line: str) -> None:
+            self.stdout.write(line)
+            self.stdout.flush()
+
+        supervisor.supervise_each(
+            wanted=wanted,
+            command_for=lambda exchange: [*base, "--exchange", exchange],
+            name_of=lambda exchange: f"ccxt:{exchange}",
+            write=write,
+        )
 
     async def _run(self, runner: FeedRunner) -> None:
         task = asyncio.create_task(runner.run())
