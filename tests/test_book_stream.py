@@ -88,27 +88,18 @@ async def frames_until(ws, predicate, *, within: float = 20.0) -> dict:
                 return message
 
 
+def simulated_market(tmp_path, *, rate: int, seed: int) -> Process:
+    """``runfeed simulated --order-books``: its crypto instruments trade in simulated books."""
+    command = ["runfeed", "simulated", "--order-books", "--rate", str(rate), "--seed", str(seed)]
+    return Process("runfeed", [sys.executable, "manage.py", *command], stack_env(), tmp_path)
+
+
 def test_example_book_client_verifies_every_checksum_against_the_simulated_book(
     world, daphne_server, tmp_path
 ):
     listed_crypto("BTC-USDT", "BTC-USDT")
     _row, token = tokens.token_create(user=world["users"]["alice"], name="book client")
-    feed = Process(
-        "runfeed",
-        [
-            sys.executable,
-            "manage.py",
-            "runfeed",
-            "simulated",
-            "--order-books",
-            "--rate",
-            "40",
-            "--seed",
-            "7",
-        ],
-        stack_env(),
-        tmp_path,
-    )
+    feed = simulated_market(tmp_path, rate=40, seed=7)
     client = None
     try:
         feed.wait_for_output("feed simulated: started")
@@ -135,22 +126,7 @@ def test_example_book_client_verifies_every_checksum_against_the_simulated_book(
 def test_trades_stream_delivers_every_trade_with_continuous_ids(world, daphne_server, tmp_path):
     listed_crypto("ETH-USDT", "ETH-USDT")
     _row, token = tokens.token_create(user=world["users"]["bob"], name="tape")
-    feed = Process(
-        "runfeed",
-        [
-            sys.executable,
-            "manage.py",
-            "runfeed",
-            "simulated",
-            "--order-books",
-            "--rate",
-            "60",
-            "--seed",
-            "3",
-        ],
-        stack_env(),
-        tmp_path,
-    )
+    feed = simulated_market(tmp_path, rate=60, seed=3)
 
     async def tape() -> tuple[list[int], list[int]]:
         headers = {"Authorization": f"Bearer {token}"}

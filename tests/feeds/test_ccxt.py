@@ -125,7 +125,7 @@ async def test_okx_sequence_gap_is_counted_and_the_book_starts_again_from_a_snap
         task = await started(feed, {"BTC/USDT"})
         try:
             await eventually(lambda: events.books("BTC/USDT"))
-            await okx.push(OKX_BOOK_UPDATE)  # 123456 -> 123457: in sequence
+            await okx.push(OKX_BOOK_UPDATE)  # seqId 123457 follows prevSeqId 123456: in sequence
             await eventually(lambda: len(events.books("BTC/USDT")) >= 2)
             assert feed.stats.gaps == 0
             books_before = len(events.books("BTC/USDT"))
