@@ -228,7 +228,7 @@ else:
 CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = EMBEDDED
-CELERY_TASK_DEFAULT_QUEUE = "celery"  # streaming/tasks.py reads its length
+CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -286,16 +286,17 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
-# Ticks per instrument are coalesced in this window before one ingest batch (milliseconds).
-LIVEFOLIO_COALESCE_MS = env_int("LIVEFOLIO_COALESCE_MS", 200, minimum=10)
-# A worker behind its queue values once for several ingest batches (streaming/tasks.py), but
-# never lets this long pass without a valuation (a guard for a queue that never empties: a
-# short one would make an overloaded worker value on every other batch and never catch up).
-LIVEFOLIO_VALUATION_MAX_DELAY_MS = env_int("LIVEFOLIO_VALUATION_MAX_DELAY_MS", 5000, minimum=10)
-# Each portfolio is valued at most once per this interval, on a phase of its own, so that a feed
-# window shorter than it spreads the valuations evenly instead of one burst per window
-# (streaming/pacing.py; needs Redis). 0: value every moving portfolio at every batch.
-LIVEFOLIO_VALUATION_INTERVAL_MS = env_int("LIVEFOLIO_VALUATION_INTERVAL_MS", 0, minimum=0)
+# Retired with the ingest mailbox (streaming/mailbox.py), which has no window and no pacing.
+for _retired in (
+    "LIVEFOLIO_COALESCE_MS",
+    "LIVEFOLIO_VALUATION_MAX_DELAY_MS",
+    "LIVEFOLIO_VALUATION_INTERVAL_MS",
+):
+    if os.environ.get(_retired) is not None:
+        raise ImproperlyConfigured(
+            f"{_retired} is gone: feeds hand ticks on at once through the ingest mailbox and "
+            "every watched portfolio is valued with each batch; remove it"
+        )
 # A price older than this is shown as stale (seconds).
 LIVEFOLIO_STALE_SECONDS = env_int("LIVEFOLIO_STALE_SECONDS", 120, minimum=1)
 # How often a feed process writes its health row; three missed writes read as "down".

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -352,6 +352,7 @@ class PortfolioConsumer(ProtocolConsumer):
         self.session_key = self.scope["session"].session_key
         self.drop_scope_auth()
         self.groups = groups
+        self.valued_at: dict[int, str] = {}  # per portfolio, the newest valuation sent
         self.conflator = Conflator(
             interval=1 / settings.LIVEFOLIO_WS_MAX_UPDATES, send=self.send_message
         )
@@ -394,6 +395,9 @@ class PortfolioConsumer(ProtocolConsumer):
             user_id=self.user_id
         )
         self.conflator.discard_pending()  # the snapshot is newer than anything queued
+        self.valued_at = {}
+        for state in states:
+            is_newer(self.valued_at, state)
         await self.send_message(protocol.snapshot(portfolios=states))
 
     async def receive_message(self, message: dict[str, Any]) -> None:
@@ -408,6 +412,8 @@ class PortfolioConsumer(ProtocolConsumer):
     async def livefolio_event(self, event: dict[str, Any]) -> None:
         payload = events.payload_of(event)
         if payload["type"] == "valuation":
+            if not is_newer(self.valued_at, payload["portfolio"]):
+                return
             # A slow reader gets the latest valuation per portfolio, never a backlog.
             await self.conflator.offer(("valuation", payload["portfolio"]["id"]), payload)
         else:
@@ -471,6 +477,7 @@ class Subscription:
     # Holds back what comes faster than max_rate, keeping the latest (None: no max_rate).
     conflator: Conflator | None = None
     skipped: int = 0  # trades conflated away since the last update: stream_seq jumps by these
+    valued_at: dict[int, str] = field(default_factory=dict)  # a portfolio's newest, sent
 
     def stop(self) -> None:
         """Forget what max_rate holds back (a snapshot supersedes it, or the stream ends)."""
@@ -901,6 +908,9 @@ class ApiConsumer(ProtocolConsumer):
             sub.stream, mode=sub.mode or protocol.BOOK_MODE_TOP
         )
         sub.stop()  # the snapshot supersedes a value held back by max_rate (and skipped trades)
+        if sub.stream.kind == protocol.STREAM_PORTFOLIO and data:
+            sub.valued_at.clear()
+            is_newer(sub.valued_at, data)
         if sub.mode == protocol.BOOK_MODE_DIFFS:
             sub.book_seq = data["book_seq"] if data else 0
         elif sub.stream.kind == protocol.STREAM_TRADES:
@@ -928,6 +938,8 @@ class ApiConsumer(ProtocolConsumer):
                 await self._send_diff(sub, data)
                 return
         if sub.stream.kind == protocol.STREAM_TRADES and not self._trade_is_new(sub, data):
+            return
+        if sub.stream.kind == protocol.STREAM_PORTFOLIO and not is_newer(sub.valued_at, data):
             return
         if sub.conflator is None:
             await self._send_update(sub, data)
@@ -972,6 +984,23 @@ class ApiConsumer(ProtocolConsumer):
         await self.send_message(
             protocol.stream_update(stream=sub.stream.name, stream_seq=sub.stream_seq, data=data)
         )
+
+
+def is_newer(sent: dict[int, str], state: dict[str, Any]) -> bool:
+    """Whether a portfolio ``state`` was valued no earlier than the one last sent (noted in
+    ``sent``, per portfolio id), and if so note it. Several workers value at once and the
+    channel layer delivers in the order published, not valued: an older valuation arriving
+    after a newer one is dropped here, so no client ever steps back. ``valued_at`` strings
+    (UTC, milliseconds, one format) order as the moments they name; a state without one
+    is not ordered."""
+    valued_at = state.get("valued_at")
+    if valued_at is None:
+        return True
+    last = sent.get(state["id"])
+    if last is not None and valued_at < last:
+        return False
+    sent[state["id"]] = valued_at
+    return True
 
 
 def _valid_id(value: Any) -> bool:

@@ -99,15 +99,21 @@ def _loop_running() -> bool:
     return True
 
 
+# An encoded object's fields that travel beside its text: a portfolio's id (whose socket) and
+# valued_at (consumers drop a valuation older than the last they sent).
+ROUTED = ("id", "valued_at")
+
+
 def layer_message(payload: dict[str, Any]) -> dict[str, Any]:
     """The channel-layer message for ``payload``. Its object fields (a valuation's portfolio)
-    travel as JSON text encoded here, once, with their ``id`` beside it: daphne then neither
-    decodes nor re-encodes them per socket. :func:`payload_of` undoes it."""
+    travel as JSON text encoded here, once, with what consumers route and order on beside it
+    (``ROUTED``): daphne then neither decodes nor re-encodes them per socket.
+    :func:`payload_of` undoes it."""
     plain, encoded = {}, {}
     for key, value in payload.items():
         if isinstance(value, dict):
             encoded[key] = protocol.encode(value)
-            plain[key] = {"id": value["id"]} if "id" in value else {}
+            plain[key] = {name: value[name] for name in ROUTED if name in value}
         else:
             plain[key] = value
     message = {"type": EVENT, "payload": plain}

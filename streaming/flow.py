@@ -152,12 +152,6 @@ def redis_sync() -> Any:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
 
-def ingest_free_channel() -> str:
-    """The Redis pub/sub channel on which a Celery worker says it has finished an ingest task:
-    a feed runner holding its window for a free worker sends it at once (streaming/runner.py)."""
-    return f"{namespace.redis_prefix()}:ingest:free"
-
-
 def redis_client() -> Any:
     """One asyncio Redis client per event loop (daphne has one; each test has its own)."""
     import redis.asyncio

@@ -173,7 +173,7 @@ _now: tuple[int, str] = (-1, "")
 class Encoded(dict):
     """A part of a message that is already JSON text, encoded once for every socket that gets it
     (a Celery worker encodes a valuation; daphne splices it into each connection's frame). As
-    a dict it holds only what consumers route on (a portfolio's ``id``)."""
+    a dict it holds only what consumers route and order on (a portfolio's ``id``, ``valued_at``)."""
 
     __slots__ = ("json",)
 

@@ -1,7 +1,8 @@
-"""Runs one feed for Django: maps feed symbols to instruments, coalesces, hands batches on.
+"""Runs one feed for Django: maps feed symbols to instruments, hands ticks on to ingest.
 
-Ticks are coalesced per instrument and handed to the Celery ingest task (stored, valued,
-published). Trades and order books are market data that nothing stores in the database: they
+Ticks go to the ingest mailbox (streaming/mailbox.py) as they come, the newest per instrument
+of those that came while the previous post was on its way; a Celery worker stores, values and
+publishes them. Trades and order books are market data that nothing stores in the database: they
 are published straight to the instrument's group, never waiting for the ingest path. Every
 trade and every change of a book (a diff with its checksum, streaming/orderbook.py) goes out as
 soon as it arrives; the complete top of each book goes out conflated, at most once per
@@ -19,7 +20,6 @@ import dataclasses
 import logging
 import sys
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +32,7 @@ from django.conf import settings
 
 from portfolio import services, wire
 from portfolio.models import AssetClass, Instrument, Quote
-from streaming import events, flow, health, marketdata, pacing, protocol
+from streaming import events, mailbox, marketdata, protocol
 from streaming.feeds.base import Backoff, Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 from streaming.orderbook import LevelBook
 
@@ -118,122 +118,11 @@ def _latest_prices(kind: str) -> dict[str, Decimal]:
     return dict(rows)
 
 
-async def _default_sink(batch: list[dict[str, Any]]) -> None:
-    # The one sender of tasks: through Livefolio's Celery app, loaded here whoever started this
-    # process (the package does not load it; without it Celery would fall back to AMQP).
-    import portfolio.celery  # noqa: F401
+async def _ingest_in_process(batch: list[dict[str, Any]]) -> None:
+    """The embedded default's ingest (no broker, no Redis): the task, in Django's sync thread."""
     from streaming.tasks import ingest_quotes
 
-    # Eager (embedded) runs the task in Django's sync thread; otherwise this is broker I/O.
-    # ``argsrepr``: what the worker's log and monitoring tools show of the arguments. Without
-    # it Celery builds a truncated repr of the whole batch for every message (its saferepr,
-    # about half the cost of a send, while the worker waits for the batch).
-    await sync_to_async(ingest_quotes.apply_async)((batch,), argsrepr=f"[<{len(batch)} ticks>]")
-
-
-# kombu's Redis transport notes each task a worker has taken, and not yet acknowledged, in this
-# sorted set, scored by when it was taken; with acks_late (settings) that is each task running.
-UNACKED_INDEX_KEY = "unacked_index"
-WORKERS_RECOUNT = 5.0  # seconds between counts of live workers (their heartbeats)
-
-
-class IngestBackpressure:
-    """Whether every Celery worker is busy with a task, or one already waits on the queue.
-
-    While so, a batch sent now would wait behind a whole task and reach the worker with prices
-    that old; the runner keeps its window open instead and sends when a worker is free, so
-    what the worker takes is the newest ticks (a worker over capacity delivers fresh prices
-    less often instead of old prices late). Live workers are counted from their heartbeats
-    (streaming/health.py) every few seconds. A task taken longer ago than the soft time limit
-    does not count as running: a worker that died mid-task leaves it behind until the
-    broker restores it (the visibility timeout), and the feed would be held for
-    ``max_hold`` at every window all that time.
-    """
-
-    def __init__(self) -> None:
-        self.workers = 1
-        self.counted = -WORKERS_RECOUNT
-        self.notices: Any = None  # the subscription to workers' "free" notices, on its loop
-        self.notices_loop: Callable[[], asyncio.AbstractEventLoop | None] = lambda: None
-        self.notices_failing = False  # warned once, until notices work again
-
-    async def __call__(self) -> bool:
-        if settings.CELERY_TASK_ALWAYS_EAGER or not settings.REDIS_URL:
-            return False
-        client = flow.redis_client()
-        # Notices from before this check are what it already sees (or an ack still to come:
-        # then the next poll sees the worker free): only a later one may end the hold.
-        await self._drain()
-        now = time.monotonic()
-        if now - self.counted >= WORKERS_RECOUNT:
-            alive = [k async for k in client.scan_iter(match=health.key("worker", "*"))]
-            self.workers, self.counted = max(1, len(alive)), now
-        pipe = client.pipeline(transaction=False)
-        pipe.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
-        since = time.time() - settings.CELERY_TASK_SOFT_TIME_LIMIT
-        pipe.zcount(UNACKED_INDEX_KEY, since, "+inf")
-        waiting, running = await pipe.execute()
-        return waiting > 0 or running >= self.workers
-
-    async def free(self, seconds: float) -> bool:
-        """Wait at most ``seconds`` for a worker to say it finished a task with nothing queued
-        behind it (streaming/tasks.py ``_say_free``); True when one did and this runner claimed
-        the notice (every runner hears it: one free worker, one batch) and still nothing waits
-        on the queue. The worker's acknowledgement, which the poll waits for, comes a moment
-        later. Subscribes on the first call: notices before it are of no hold. Called only
-        while ``self()`` holds, so with Redis."""
-        try:
-            notices = await self._subscribed()
-            loop = asyncio.get_running_loop()
-            until = loop.time() + seconds
-            while True:  # a subscription's confirmation comes out as None before the time
-                left = until - loop.time()
-                notice = await notices.get_message(
-                    ignore_subscribe_messages=True, timeout=max(left, 0.0)
-                )
-                if notice is not None or left <= 0:
-                    break
-            if notice is None:
-                return False
-            client = flow.redis_client()
-            pipe = client.pipeline(transaction=False)
-            token = notice["data"].decode(errors="replace")
-            pipe.set(f"{flow.ingest_free_channel()}:claimed:{token}", 1, nx=True, px=10_000)
-            pipe.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
-            claimed, waiting = await pipe.execute()
-        except Exception as exc:  # the poll does without them
-            if not self.notices_failing:
-                log.warning("feed: worker notices unavailable, polling (%s)", exc)
-            self.notices_failing = True
-            await self.close()
-            return False
-        self.notices_failing = False
-        return bool(claimed) and waiting == 0
-
-    async def _subscribed(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self.notices is None or self.notices_loop() is not loop:
-            self.notices = flow.redis_client().pubsub()  # a loop's own client (tests: several)
-            self.notices_loop = weakref.ref(loop)
-            await self.notices.subscribe(flow.ingest_free_channel())
-        return self.notices
-
-    async def _drain(self) -> None:
-        """Drop the notices that came while no hold waited for them."""
-        if self.notices is None or self.notices_loop() is not asyncio.get_running_loop():
-            return
-        try:
-            while await self.notices.get_message(timeout=0) is not None:
-                pass
-        except Exception:  # free() subscribes again
-            await self.close()
-
-    async def close(self) -> None:
-        """Drop the subscription to the notices (the next hold subscribes again)."""
-        notices, self.notices = self.notices, None
-        if notices is not None:
-            with contextlib.suppress(Exception):
-                await notices.aclose()
+    await sync_to_async(ingest_quotes)(batch)
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task], *, again_every: float = 0.5) -> None:
@@ -306,7 +195,6 @@ class FeedRunner:
         self,
         *,
         kind: str,
-        window: float | None = None,
         refresh: float = 5.0,
         sink: Callable[[list[dict[str, Any]]], Any] | None = None,
         order_books: bool = False,
@@ -325,16 +213,10 @@ class FeedRunner:
         self.exchange = exchange
         self.markets_recorded: list[str] | None = None
         self.refresh = refresh
-        self.sink = sink or _default_sink
+        eager = settings.CELERY_TASK_ALWAYS_EAGER  # the embedded default: no broker, no Redis
+        self.sink = sink or (_ingest_in_process if eager else mailbox.post)
         self.symbols: dict[str, Target] = {}
-        self.backpressure = backpressure = IngestBackpressure() if sink is None else None
-        self.coalescer = Coalescer(
-            window=window if window is not None else settings.LIVEFOLIO_COALESCE_MS / 1000,
-            flush=self.flush,
-            # Backpressure on Livefolio's own queue only (a test's sink has none).
-            hold=backpressure,
-            wake=backpressure.free if backpressure is not None else None,
-        )
+        self.coalescer = Coalescer(flush=self.flush)
         self.book_interval = settings.LIVEFOLIO_BOOK_INTERVAL_MS / 1000
         # Trades and book reports in arrival order, published at once (every one of them).
         self.live: list[Trade | Book] = []
@@ -345,7 +227,6 @@ class FeedRunner:
         self.feed_options = feed_options
         self.feed: Feed | None = None
         self.clock = time.monotonic
-        self.settle_until = 0.0  # clock time until which empty windows are still sent
         # Set by stop(): the run ends even if a cancellation is lost (see cancel_and_wait).
         self.stopping = False
         # Ticks a failed send left (the broker down), the newest per feed symbol, so at most
@@ -370,8 +251,8 @@ class FeedRunner:
             self.live_waiting.set()
 
     async def flush(self, ticks: list[Tick]) -> None:
-        """Hand a window's ticks on to ingest (with any a failed send left). When the send
-        fails they are kept, newest per instrument, and tried again after a backoff."""
+        """Hand ticks on to ingest (with any a failed send left). When the send fails they are
+        kept, newest per instrument, and tried again after a backoff."""
         stamped = utcnow()
         if self.unsent:
             ticks = self._with_unsent(ticks)
@@ -393,18 +274,16 @@ class FeedRunner:
             for t in ticks
             if t.feed_symbol in self.symbols
         ]
-        if batch:
-            self.settle_until = now + pacing.settle_seconds()
-        elif now >= self.settle_until:
+        if not batch:
             return
-        # Empty batches go on until settle_until: valuation pacing deferred some portfolios the
-        # last ticks moved, and each such batch gives them their turn (streaming/pacing.py).
         try:
             await self.sink(batch)
         except Exception:
             self._keep_unsent(ticks, stamped)
             delay = self.send_retry.next_delay()
             self.send_retry_at = self.clock() + delay
+            # The kept ticks go with the next flush: one comes then, ticks or not.
+            asyncio.get_running_loop().call_later(delay, self.coalescer.wake)
             self.send_failures += 1
             kept = (
                 f"keeping the newest of {len(self.unsent)} instruments, next try in {delay:.1f} s"
@@ -664,8 +543,6 @@ class FeedRunner:
                     wait = self.refresh
         finally:
             await cancel_and_wait(tasks)
-            if self.backpressure is not None:
-                await self.backpressure.close()
             await self.settle()
             with contextlib.suppress(Exception):
                 await database_sync_to_async(self.record_status)()
@@ -677,12 +554,8 @@ class FeedRunner:
         task.cancel()
 
     async def settle(self) -> None:
-        """On the way out: hand on the window's last ticks, then the settling batches valuation
-        pacing needs (streaming/pacing.py), so no price waits for a feed that has gone."""
+        """On the way out: hand on the last ticks, so no price waits for a feed that has gone."""
         try:
             await self.flush(self.coalescer.take())
-            while self.clock() < self.settle_until:
-                await asyncio.sleep(self.coalescer.window)
-                await self.flush([])
         except Exception:
             log.exception("feed %s: handing on the last ticks failed", self.kind)

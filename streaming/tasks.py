@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-import redis
 from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError, transaction
 
 from portfolio import selectors, services
 from portfolio.models import FeedKind, Quote
-from streaming import events, flow, health, namespace, pacing, protocol
+from streaming import events, flow, health, mailbox, protocol
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +91,31 @@ _PLACES = Decimal(1).scaleb(-_PRICE.decimal_places)
     max_retries=None,
     # Time limits: the defaults (settings), which the broker's visibility timeout is set from.
 )
-def ingest_quotes(batch: list[dict[str, Any]]) -> int:
-    """Store a coalesced batch of ticks; after commit, value the affected portfolios and publish.
+def ingest_quotes(batch: list[dict[str, Any]] | None = None) -> int:
+    """Store ticks; after commit, value the watched portfolios they move and publish.
 
-    Idempotent (newer exchange time wins), so it is safe to acknowledge late and run again.
-    Valuing after commit matters with several workers: a valuation then sees every price
-    committed before it, and ``valued_at`` lets clients keep the later one. Returns how many
-    instruments changed.
+    Feed processes send it without a batch: it takes the ingest mailbox's ticks and hands the
+    mailbox on when done (streaming/mailbox.py). With a batch (the embedded default, tests) it
+    stores that. Idempotent (newer exchange time wins), so it is safe to acknowledge late and
+    run again. Valuing after commit matters with several workers: a valuation then sees every
+    price committed before it, and the consumers send a portfolio's valuations in ``valued_at``
+    order. Returns how many instruments changed.
     """
-    try:
+    if batch is not None:
         return _ingest(batch)
-    finally:
-        _say_free()
+    taken = mailbox.take()
+    try:
+        changed = _ingest(mailbox.ticks_of(taken))
+    except OperationalError:
+        raise  # tried again (autoretry_for); the flag stays raised for the retry
+    except Exception:
+        mailbox.done(taken)  # these ticks are dropped (Celery logs why); ingest goes on
+        raise
+    mailbox.done(taken)
+    return changed
 
 
 def _ingest(batch: list[dict[str, Any]]) -> int:
-    if not batch:  # a feed runner settling after its last tick (streaming/pacing.py)
-        value_pending()
-        return 0
     started = time.monotonic()
     updates = parse_batch(batch)
     received = {int(i["instrument"]): i.get("received") for i in batch if "instrument" in i}
@@ -119,41 +124,10 @@ def _ingest(batch: list[dict[str, Any]]) -> int:
     if changed:
         quotes = _quote_messages(stored, received)
         # Now, or when the caller's transaction commits (an eager task inside a request).
-        transaction.on_commit(lambda: _publish(quotes, valuations_due(changed)))
+        transaction.on_commit(lambda: _publish(quotes, changed))
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         health.record_ingest(seconds=time.monotonic() - started, lag=_lag(received.values()))
     return len(changed)
-
-
-# The notice, only when no task waits on the queue: with one waiting, this worker takes it next
-# (after its ack), and a batch sent on the notice would wait behind a whole task. Checked in
-# the same script: a runner could not tell the queue this worker just emptied from an idle one.
-# The notice carries a token for a runner to claim (IngestBackpressure.free).
-_FREE_LUA = """
-if redis.call('LLEN', KEYS[1]) == 0 then
-    return redis.call('PUBLISH', ARGV[1], ARGV[2])
-end
-return -1
-"""
-
-
-def _say_free() -> None:
-    """Tell the feed runners this worker is done with its task and nothing waits on the queue:
-    one holding its window sends it now, not at its next check (the worker would idle until
-    then). Best effort: a runner that misses it checks again within ``HOLD_POLL``."""
-    client = flow.redis_sync()
-    if client is None or settings.CELERY_TASK_ALWAYS_EAGER:
-        return
-    try:
-        client.eval(
-            _FREE_LUA,
-            1,
-            settings.CELERY_TASK_DEFAULT_QUEUE,
-            flow.ingest_free_channel(),
-            uuid.uuid4().hex,
-        )
-    except redis.RedisError as exc:
-        log.warning("ingest: could not say the worker is free (%s)", exc)
 
 
 def _lag(received: Iterable[Any]) -> float | None:
@@ -180,73 +154,6 @@ def _quote_messages(stored: list[tuple], received: dict[int, Any]) -> list[tuple
     return messages
 
 
-def valuations_due(changed: list[int]) -> list[int]:
-    """The instruments whose holders to value now: ``changed`` and any a skipped batch left.
-
-    A worker that falls behind has ingest batches queued behind this one. Valuing every
-    portfolio for each of them would keep it behind (valuing costs far more than storing), so
-    while tasks wait on the queue this batch only notes its instruments in a Redis set and the
-    next task values them all at once: the backlog drains at the speed of storing, and a
-    valuation covers every batch stored before it. Never longer than
-    ``LIVEFOLIO_VALUATION_MAX_DELAY_MS`` (5 s) without a valuation pass, however long the queue.
-    Every task on this queue takes the set before its own work (:func:`value_pending`), so a
-    noted instrument is valued by the next task whatever it is. Without Redis (the embedded
-    default) or when Redis fails: value ``changed`` now.
-
-    With pacing on (streaming/pacing.py) a pass is bounded (a share of the portfolios), so one
-    task waiting is the next batch arriving while this one runs, not a backlog: only two or
-    more make a batch skip. Skipping for one would make the due portfolios a batch later and
-    the next pass twice as long.
-    """
-    client = flow.redis_sync()
-    if client is None:
-        return changed
-    key = _pending_key()
-    try:
-        pipe = client.pipeline(transaction=False)
-        pipe.sadd(key, *changed)
-        pipe.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
-        _, waiting = pipe.execute()
-        overdue = time.monotonic() - _last_pass >= settings.LIVEFOLIO_VALUATION_MAX_DELAY_MS / 1000
-        backlog = 2 if pacing.interval_ms() else 1
-        if waiting >= backlog and not overdue:
-            return []
-        return sorted(set(changed) | set(_take_pending(client)))
-    except redis.RedisError as exc:
-        log.warning("ingest: coalescing unavailable, valuing this batch (%s)", exc)
-        return changed
-
-
-def value_pending() -> None:
-    """Value and publish what skipped batches left (a task's first step)."""
-    client = flow.redis_sync()
-    if client is None:
-        return
-    try:
-        pending = _take_pending(client)
-    except redis.RedisError as exc:
-        log.warning("ingest: pending valuations unavailable (%s)", exc)
-        return
-    _publish([], pending, flush=True)
-
-
-def _take_pending(client) -> list[int]:
-    global _last_pass
-    pipe = client.pipeline(transaction=True)
-    pipe.smembers(_pending_key())
-    pipe.delete(_pending_key())
-    members, _ = pipe.execute()
-    _last_pass = time.monotonic()
-    return [int(m) for m in members]
-
-
-def _pending_key() -> str:
-    return f"{namespace.redis_prefix()}:valuation:pending"
-
-
-# When this process last took the pending set (a valuation pass).
-_last_pass = 0.0
-
 # The worker's books (holdings and cash per portfolio) between batches: reloaded from the
 # database only when a portfolio's ledger changed (selectors.BookCache).
 books = selectors.BookCache()
@@ -257,34 +164,23 @@ books = selectors.BookCache()
 CHUNK = 50
 
 
-def _publish(messages: list[tuple[str, dict]], changed: list[int], *, flush: bool = False) -> None:
+def _publish(messages: list[tuple[str, dict]], changed: list[int]) -> None:
     """Publish ``messages`` with the first valuations ``changed`` makes due, then the rest as
     they are computed, ``CHUNK`` at a time."""
-    chunks = _valuation_chunks(changed, flush=flush)
+    chunks = _valuation_chunks(changed)
     events.publish(messages + next(chunks, []))
     for chunk in chunks:
         events.publish(chunk)
 
 
-def _valuation_chunks(
-    changed: list[int], *, flush: bool = False
-) -> Iterator[list[tuple[str, dict]]]:
-    """The valuations of the portfolios ``changed`` instruments move, that are watched and
-    whose turn it is (pacing), plus the deferred ones whose turn has come, ``CHUNK`` at a time.
-    ``flush``: take those even when nothing changed."""
-    if not changed and not flush:
-        return
-    owners = dict(selectors.portfolios_holding(instrument_ids=changed)) if changed else {}
+def _valuation_chunks(changed: list[int]) -> Iterator[list[tuple[str, dict]]]:
+    """The valuations of the watched portfolios that ``changed`` instruments move, ``CHUNK``
+    at a time."""
+    owners = dict(selectors.portfolios_holding(instrument_ids=changed))
     # Only portfolios someone watches (flow.present); None: unknown, value them all.
     watching = flow.present(owners.values())
     if watching is not None:
         owners = {pid: owner for pid, owner in owners.items() if owner in watching}
-    due = pacing.take_turns(owners)
-    if due is not None:
-        late = [pid for pid in due if pid not in owners]
-        if late:
-            owners.update(selectors.portfolio_owners(portfolio_ids=late))
-        owners = {pid: owners[pid] for pid in due if pid in owners}
     if not owners:
         return
     chunk: list[tuple[str, dict]] = []
@@ -302,7 +198,5 @@ def _valuation_chunks(
 # A run a worker dies in is lost; the next minute's takes its place.
 @shared_task(soft_time_limit=50, time_limit=60, acks_late=False)
 def snapshot_valuations() -> int:
-    """Celery beat, every minute: value what skipped ingest batches left (a task's first step),
-    then store each portfolio's value for the performance page."""
-    value_pending()
+    """Celery beat, every minute: store each portfolio's value for the performance page."""
     return services.valuation_snapshots_take()

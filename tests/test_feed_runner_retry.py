@@ -34,7 +34,7 @@ class Broker:
 
 
 def runner_with(broker: Broker) -> tuple[FeedRunner, list[float]]:
-    runner = FeedRunner(kind="simulated", window=0.1, sink=broker)
+    runner = FeedRunner(kind="simulated", sink=broker)
     runner.symbols = {"BTC-USD": Target(1, "BTC-USD"), "ETH-USD": Target(2, "ETH-USD")}
     now = [0.0]
     runner.clock = lambda: now[0]
@@ -57,7 +57,7 @@ def test_ticks_of_a_failed_send_go_with_the_next_batch_that_goes_through_newest_
     now[0] += SEND_RETRY_BASE  # the first retry waits at most the base delay
     asyncio.run(runner.flush([]))
     assert broker.taken == [{1: "101", 2: "10"}]
-    # Sent once: the next window carries only its own ticks.
+    # Sent once: the next batch carries only its own ticks.
     now[0] += 0.1
     asyncio.run(runner.flush([tick("BTC-USD", "102", 3)]))
     assert broker.taken[-1] == {1: "102"}
@@ -69,7 +69,7 @@ def test_kept_ticks_are_at_most_one_per_instrument_and_only_of_instruments_still
     broker.down = True
     for second in range(50):
         for symbol, price in (("BTC-USD", 100 + second), ("ETH-USD", 10 + second)):
-            now[0] += 10  # past any backoff: every window is a try, and fails
+            now[0] += 10  # past any backoff: every flush is a try, and fails
             asyncio.run(runner.flush([tick(symbol, str(price), second)]))
     assert broker.tries == 100
     assert sorted(runner.unsent) == ["BTC-USD", "ETH-USD"]

@@ -53,7 +53,7 @@ def listed(world, *, symbol: str, feed: str, feed_symbol: str, holder: str | Non
 def start_feed(kind: str, tmp_path, *args: str, **env: str) -> Process:
     return Process(
         f"runfeed-{kind}",
-        [sys.executable, "manage.py", "runfeed", kind, "--window-ms", "50", *args],
+        [sys.executable, "manage.py", "runfeed", kind, *args],
         stack_env(**env),
         tmp_path,
     )

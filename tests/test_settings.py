@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 PROBE = (
@@ -108,9 +110,23 @@ def test_a_boolean_that_is_not_true_or_false_names_the_variable():
 
 
 def test_a_number_that_is_not_a_number_names_the_variable():
-    result = run_with_env({"LIVEFOLIO_COALESCE_MS": "fast"})
+    result = run_with_env({"LIVEFOLIO_STALE_SECONDS": "fast"})
     assert result.returncode != 0
-    assert "LIVEFOLIO_COALESCE_MS: expected a whole number, got 'fast'" in result.stderr
+    assert "LIVEFOLIO_STALE_SECONDS: expected a whole number, got 'fast'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LIVEFOLIO_COALESCE_MS",
+        "LIVEFOLIO_VALUATION_MAX_DELAY_MS",
+        "LIVEFOLIO_VALUATION_INTERVAL_MS",
+    ],
+)
+def test_a_retired_flow_control_setting_still_set_stops_the_start_up(name):
+    result = run_with_env({name: "100"})
+    assert result.returncode != 0
+    assert f"{name} is gone" in result.stderr
 
 
 def test_a_visibility_timeout_a_running_ingest_task_could_outlive_is_refused():

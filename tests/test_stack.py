@@ -72,8 +72,6 @@ def test_runfeed_streams_simulated_prices_through_the_worker_and_exits_cleanly_o
             "7",
             "--rate",
             "50",
-            "--window-ms",
-            "100",
         ],
         stack_env(),
         tmp_path,

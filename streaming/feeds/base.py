@@ -61,95 +61,44 @@ class Feed(abc.ABC):
         """Stream until cancelled, reconnecting with backoff on any failure."""
 
 
-# How often a held window asks whether the consumer is free again (seconds), unless the consumer
-# says so first (``wake``: a Celery worker's notice as its task ends, which ends nearly every
-# hold). The poll is the fallback for a missed notice, one Redis round trip each: polling
-# faster would cost the feed more CPU than it saves the worker.
-HOLD_POLL = 0.02
-
-
 class Coalescer:
-    """Keeps only the newest tick per symbol and flushes them as one batch every ``window``.
+    """Keeps only the newest tick per symbol and hands them on as soon as it can: one flush at
+    a time, and the ticks that arrive while one is on its way go out together in the next.
 
-    Coalescing bounds ingest work by instruments x windows, not by raw tick rate: a symbol that
-    ticks 50 times in a window costs one row update and one valuation.
+    No window to wait for: a lone tick goes out at once, and a busy consumer (a slow flush)
+    gets one tick per symbol for all the ticks that came meanwhile, however many.
     """
 
-    def __init__(
-        self,
-        *,
-        window: float,
-        flush: Callable[[list[Tick]], Awaitable[None]],
-        hold: Callable[[], Awaitable[bool]] | None = None,
-        max_hold: float = 1.0,
-        hold_poll: float = HOLD_POLL,
-        wake: Callable[[float], Awaitable[bool]] | None = None,
-    ):
-        if window <= 0:
-            raise ValueError("coalescing window must be positive")
-        if hold_poll <= 0:
-            raise ValueError("hold_poll must be positive")
-        self.window = window
+    def __init__(self, *, flush: Callable[[list[Tick]], Awaitable[None]]):
         self._flush = flush
-        # Backpressure: while ``hold()`` says the consumer is behind, windows merge (newest
-        # tick per symbol) instead of queueing behind it; never longer than ``max_hold``.
-        # A held window asks again every ``hold_poll`` (not every window): the batch goes out
-        # as soon as the consumer is free, not up to a window later.
-        self._hold = hold
-        self.max_hold = max_hold
-        self.hold_poll = min(hold_poll, window)
-        # ``wake(seconds)``: waits at most that long for the consumer to say it is free (True),
-        # so a held window goes out at once instead of at the next poll.
-        self._wake = wake
         self._pending: dict[str, Tick] = {}
+        self._waiting = asyncio.Event()  # set when there may be something to flush
 
     def add(self, tick: Tick) -> None:
         current = self._pending.get(tick.feed_symbol)
         if current is None or tick.ts >= current.ts:
             self._pending[tick.feed_symbol] = tick
+        self._waiting.set()
+
+    def wake(self) -> None:
+        """Flush now even without new ticks (the flush may hold some of its own)."""
+        self._waiting.set()
 
     def take(self) -> list[Tick]:
         batch, self._pending = list(self._pending.values()), {}
         return batch
 
     async def run(self) -> None:
-        """Flush every window until cancelled, an empty window too (the flush decides what it
-        is worth); a failing flush is logged, never fatal. While ``hold()`` is true the window
-        stays open (up to ``max_hold``): its ticks go out, newest per symbol, once it is not."""
-        loop = asyncio.get_running_loop()
+        """Flush whenever woken, until cancelled; a failing flush is logged, never fatal."""
         while True:
-            await asyncio.sleep(self.window)
-            # By the clock: a slow check (Redis busy) must not stretch the hold past max_hold.
-            held_since = loop.time()
-            while loop.time() - held_since < self.max_hold:
-                if not await self._holding():
-                    break
-                poll = min(self.hold_poll, self.max_hold - (loop.time() - held_since))
-                if await self._woken(max(poll, 0.0)):
-                    break
+            await self._waiting.wait()
+            self._waiting.clear()
+            await asyncio.sleep(0)  # the ticks of this turn of the event loop go together
             batch = self.take()
             try:
                 await self._flush(batch)
             except Exception:
                 log.exception("feed: flush of %d ticks failed", len(batch))
-
-    async def _woken(self, seconds: float) -> bool:
-        if self._wake is not None:
-            try:
-                return await self._wake(seconds)
-            except Exception:  # the poll still ends the hold
-                log.warning("feed: waiting for the consumer failed; polling", exc_info=True)
-        await asyncio.sleep(seconds)
-        return False
-
-    async def _holding(self) -> bool:
-        if self._hold is None:
-            return False
-        try:
-            return await self._hold()
-        except Exception:  # not knowing is no reason to hold ticks back
-            log.warning("feed: backpressure check failed; flushing", exc_info=True)
-            return False
 
 
 def utcnow() -> datetime:

@@ -77,7 +77,7 @@ def test_feed_survives_a_postgres_crash_health_is_current_and_new_instruments_st
     stack.worker()
     feed = stack.spawn(
         "runfeed",
-        [sys.executable, "manage.py", "runfeed", "simulated", "--rate", "5", "--window-ms", "100"],
+        [sys.executable, "manage.py", "runfeed", "simulated", "--rate", "5"],
     )
     feed.wait_for_output("feed simulated: started")
     wait_until(lambda: stored_price(stack, world["btc"]), timeout=30, what="BTC streams")
@@ -152,7 +152,7 @@ async def test_a_tick_the_feed_could_not_send_while_redis_was_down_is_stored_onc
     async with FakeCoinbase() as exchange:
         feed = stack.spawn(
             "runfeed",
-            [sys.executable, "manage.py", "runfeed", "coinbase", "--window-ms", "100"],
+            [sys.executable, "manage.py", "runfeed", "coinbase"],
             COINBASE_WS_URL=exchange.url,
         )
         client = await exchange.wait_clients(1, within=30)

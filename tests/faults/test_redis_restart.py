@@ -37,7 +37,7 @@ async def test_redis_killed_and_restarted_empty_every_client_is_correct_again_wi
     worker = await asyncio.to_thread(stack.worker)
     feed = stack.spawn(
         "runfeed",
-        [sys.executable, "manage.py", "runfeed", "simulated", "--rate", "2", "--window-ms", "100"],
+        [sys.executable, "manage.py", "runfeed", "simulated", "--rate", "2"],
     )
     await asyncio.to_thread(feed.wait_for_output, "feed simulated: started")
     clients = {

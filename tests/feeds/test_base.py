@@ -88,15 +88,6 @@ def test_trades_and_books_refuse_floats_and_naive_times():
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-def coalescer(hold, *, max_hold=60.0):
-    flushed: list[list[tuple[str, Decimal]]] = []
-
-    async def flush(batch):
-        flushed.append(sorted((t.feed_symbol, t.price) for t in batch))
-
-    return Coalescer(window=0.01, flush=flush, hold=hold, max_hold=max_hold), flushed
-
-
 async def until(condition, what):
     for _ in range(500):
         if condition():
@@ -105,110 +96,60 @@ async def until(condition, what):
     raise AssertionError(f"never happened: {what}")
 
 
-async def test_while_the_consumer_is_behind_windows_merge_into_one_batch_of_the_newest():
-    behind = True
-    asked = 0
+async def test_a_lone_tick_goes_out_at_once_with_no_window_to_wait_for():
+    flushed = []
 
-    async def hold():
-        nonlocal asked
-        asked += 1
-        return behind
+    async def flush(batch):
+        flushed.append([(t.feed_symbol, t.price) for t in batch])
 
-    c, flushed = coalescer(hold)
+    c = Coalescer(flush=flush)
     running = asyncio.create_task(c.run())
     c.add(Tick("BTC", Decimal("1"), T0))
-    await until(lambda: asked >= 3, "three windows held")
-    c.add(Tick("BTC", Decimal("2"), T0.replace(second=1)))
+    # The flush runs within a few turns of the event loop: no timer stands between them.
+    for _ in range(5):
+        await asyncio.sleep(0)
+    running.cancel()
+    assert flushed == [[("BTC", Decimal("1"))]]
+
+
+async def test_ticks_that_come_while_a_flush_is_on_its_way_go_together_newest_per_symbol():
+    release = asyncio.Event()
+    flushed = []
+
+    async def flush(batch):
+        flushed.append(sorted((t.feed_symbol, t.price) for t in batch))
+        await release.wait()  # a slow consumer
+
+    c = Coalescer(flush=flush)
+    running = asyncio.create_task(c.run())
+    c.add(Tick("BTC", Decimal("1"), T0))
+    await until(lambda: flushed, "the first flush")
+    for n in range(2, 50):
+        c.add(Tick("BTC", Decimal(n), T0.replace(second=n)))
     c.add(Tick("ETH", Decimal("7"), T0))
-    await until(lambda: asked >= 6, "three more windows held")
-    assert flushed == []  # nothing sent while held, nothing dropped either
-    behind = False
-    await until(lambda: flushed, "a flush once the consumer caught up")
+    c.add(Tick("ETH", Decimal("6"), T0.replace(year=2025)))  # older: kept out
+    release.set()
+    await until(lambda: len(flushed) == 2, "the second flush")
     running.cancel()
-    assert flushed[0] == [("BTC", Decimal("2")), ("ETH", Decimal("7"))]
+    assert flushed == [[("BTC", Decimal("1"))], [("BTC", Decimal("49")), ("ETH", Decimal("7"))]]
 
 
-async def test_a_held_window_goes_out_once_the_consumer_is_free_not_a_window_later():
-    # A held window asks again every hold_poll: the batch leaves within a poll of the consumer
-    # becoming free (the worker idled up to a whole window between tasks before).
-    asked = 0
-
-    async def hold():
-        nonlocal asked
-        asked += 1
-        return asked <= 5  # busy for five asks, then free
-
-    flushed_at = []
+async def test_a_failing_flush_is_logged_and_the_next_ticks_still_go_out(caplog):
+    flushed = []
 
     async def flush(batch):
-        flushed_at.append((asyncio.get_running_loop().time(), batch))
+        if not flushed:
+            flushed.append(None)
+            raise ConnectionError("redis down")
+        flushed.append([t.price for t in batch])
 
-    c = Coalescer(window=1.0, flush=flush, hold=hold, hold_poll=0.01)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    c = Coalescer(flush=flush)
     running = asyncio.create_task(c.run())
-    c.add(Tick("BTC", Decimal("1"), T0))
-    await until(lambda: flushed_at, "the held window's flush")
+    with caplog.at_level(logging.ERROR):
+        c.add(Tick("BTC", Decimal("1"), T0))
+        await until(lambda: flushed, "the failing flush")
+        c.add(Tick("BTC", Decimal("2"), T0.replace(second=1)))
+        await until(lambda: len(flushed) == 2, "the next flush")
     running.cancel()
-    ((at, batch),) = flushed_at
-    assert [t.price for t in batch] == [Decimal("1")]
-    assert asked == 6
-    # One window, then five polls of 10 ms: well before a second window would have ended.
-    assert at - started < 2 * c.window
-
-
-async def test_a_window_is_never_held_longer_than_max_hold():
-    async def hold():
-        return True  # a consumer that never catches up (or a queue someone else fills)
-
-    c, flushed = coalescer(hold, max_hold=0.05)
-    running = asyncio.create_task(c.run())
-    c.add(Tick("BTC", Decimal("1"), T0))
-    await until(lambda: flushed and flushed[0], "a flush after max_hold")
-    c.add(Tick("BTC", Decimal("3"), T0.replace(second=2)))
-    await until(lambda: [("BTC", Decimal("3"))] in flushed, "the next one too")
-    running.cancel()
-
-
-@pytest.mark.parametrize("option", ["window", "hold_poll"])
-def test_a_coalescer_refuses_a_window_or_poll_that_is_not_positive(option):
-    async def flush(batch):
-        pass
-
-    options = {"window": 0.1, "hold_poll": 0.02} | {option: 0}
-    with pytest.raises(ValueError, match=f"{option}"):
-        Coalescer(flush=flush, **options)
-
-
-async def test_a_slow_backpressure_check_does_not_stretch_the_hold_past_max_hold():
-    # Each check takes 50 ms (a busy Redis); the hold is bounded by the clock, not by the
-    # number of polls (20 polls of 10 ms, each after a 50 ms check: held over 1.2 s).
-    async def hold():
-        await asyncio.sleep(0.05)
-        return True
-
-    flushed_at = []
-
-    async def flush(batch):
-        flushed_at.append(asyncio.get_running_loop().time())
-
-    c = Coalescer(window=0.01, flush=flush, hold=hold, max_hold=0.2, hold_poll=0.01)
-    started = asyncio.get_running_loop().time()
-    running = asyncio.create_task(c.run())
-    await until(lambda: flushed_at, "a flush after max_hold")
-    running.cancel()
-    assert flushed_at[0] - started < 1.0  # max_hold (0.2 s), one check and a window over it
-
-
-async def test_when_the_backpressure_check_fails_the_window_goes_out(caplog):
-    async def hold():
-        raise ConnectionError("redis down")
-
-    c, flushed = coalescer(hold)
-    running = asyncio.create_task(c.run())
-    c.add(Tick("BTC", Decimal("1"), T0))
-    with caplog.at_level(logging.WARNING):
-        await until(lambda: flushed and flushed[0], "a flush despite the failing check")
-    running.cancel()
-    assert flushed[0] == [("BTC", Decimal("1"))]
-    assert "backpressure check failed" in caplog.text
+    assert flushed[1] == [Decimal("2")]
+    assert "flush of 1 ticks failed" in caplog.text

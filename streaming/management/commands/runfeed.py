@@ -45,7 +45,6 @@ class Command(BaseCommand):
             default=30.0,
             help="ccxt: reconnect after this long without market data",
         )
-        parser.add_argument("--window-ms", type=int, default=None, help="coalescing window")
         parser.add_argument(
             "--supervise",
             action="store_true",
@@ -104,8 +103,7 @@ class Command(BaseCommand):
                 raise CommandError("--stall-seconds must be positive")
             feed_options = {"stall_timeout": options["stall_seconds"]}
         namespace.claim()
-        window = options["window_ms"] / 1000 if options["window_ms"] else None
-        runner = FeedRunner(kind=kind, window=window, exchange=exchange, **feed_options)
+        runner = FeedRunner(kind=kind, exchange=exchange, **feed_options)
         asyncio.run(self._run(runner))
 
     def _every_exchange(self, options) -> None:
@@ -128,8 +126,6 @@ class Command(BaseCommand):
                 return None
 
         base = [sys.executable, sys.argv[0], "runfeed", "ccxt"]
-        if options["window_ms"]:
-            base += ["--window-ms", str(options["window_ms"])]
         base += ["--stall-seconds", str(options["stall_seconds"])]
 
         def write(line: str) -> None:
