@@ -9,9 +9,9 @@ Scenarios:
   holdings over I instruments; the feed ticks R/s over all I. Latency of valuations.
 - ``broadcast``: C clients on ONE instrument's page /ws/instrument/<symbol>/ (the issue's
   "1,000 clients subscribed to one instrument's quotes at 5 updates/s"); only that instrument is
-  active, so the feed's R ticks/s all land on it and the coalescing window (LIVEFOLIO_COALESCE_MS,
-  200 ms) turns them into 5 quotes/s; the users hold nothing (no valuations). Latency of quotes;
-  final state: each client's last quote price equals the database's.
+  active, so the feed's R ticks/s (default 5) all land on it, each a quote; the users hold
+  nothing (no valuations). Latency of quotes; final state: each client's last quote price
+  equals the database's.
 - ``ingest``: "one Celery worker keeps up with 5,000 ticks/s while valuing 10,000 portfolios":
   U users (default 10,000) with H-holding portfolios over I instruments, the feed at R (default
   5,000 ticks/s), C clients (default 1,000) on /ws/portfolio/. Reports the
@@ -71,7 +71,7 @@ PASSWORD = "bench-password-not-secret"
 # Per scenario: what a flag left out means (README and docs/performance.md show the commands).
 SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
     "portfolio": {"clients": 200, "users": None, "rate": 200.0, "drain": 90.0},
-    "broadcast": {"clients": 200, "users": None, "rate": 50.0, "drain": 90.0},
+    "broadcast": {"clients": 200, "users": None, "rate": 5.0, "drain": 90.0},
     "ingest": {"clients": 1000, "users": 10_000, "rate": 5000.0, "drain": 30.0},
     "idle": {"clients": 200, "users": None, "rate": 200.0, "drain": 90.0},
 }
@@ -103,15 +103,13 @@ def parse_args() -> argparse.Namespace:
         "--rate",
         type=float,
         default=None,
-        help="feed ticks per second (default 200; broadcast 50; ingest 5000)",
+        help="feed ticks per second (default 200; broadcast 5; ingest 5000)",
     )
-    p.add_argument("--window-ms", type=int, default=None, help="feed coalescing window")
     p.add_argument(
-        "--interval-ms",
+        "--window-ms",
         type=int,
-        default=None,
-        help="valuation pacing: each portfolio valued at most once per this interval "
-        "(LIVEFOLIO_VALUATION_INTERVAL_MS; the floor paces the same way)",
+        default=100,
+        help="the floor's coalescing window (Livefolio's feed has none: streaming/mailbox.py)",
     )
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=3.0, help="feed seconds before measuring")
@@ -172,10 +170,6 @@ def bench_env(args: argparse.Namespace) -> dict[str, str]:
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         PYTHONUNBUFFERED="1",
     )
-    if args.window_ms:
-        env["LIVEFOLIO_COALESCE_MS"] = str(args.window_ms)
-    if args.interval_ms is not None:
-        env["LIVEFOLIO_VALUATION_INTERVAL_MS"] = str(args.interval_ms)
     os.environ.update(env)
     return env
 
@@ -1159,9 +1153,7 @@ def run_floor(args, env, logs, world, r) -> dict[str, Any]:
         if args.scenario != "idle":
             from django.conf import settings
 
-            from streaming import pacing
-
-            window = settings.LIVEFOLIO_COALESCE_MS / 1000
+            window = args.window_ms / 1000
             job_spec: dict[str, Any] = {
                 "rate": args.rate,
                 "window": window,
@@ -1181,8 +1173,6 @@ def run_floor(args, env, logs, world, r) -> dict[str, Any]:
                 job_spec.update(
                     mode="portfolio",
                     holdings={str(u.id): world["held"][u.id] for u in users},
-                    pace_ms=settings.LIVEFOLIO_VALUATION_INTERVAL_MS,
-                    phase_step=pacing.PHASE_STEP,
                     frames=floor_frames(world, users),
                 )
             job = logs / "floor-publisher.json"
@@ -1319,8 +1309,8 @@ def table(result: dict[str, Any]) -> str:
         )
     server = "daphne" if result["args"].get("plain_daphne") else "streaming.serve"
     lines.append(
-        f"{result['revision']}, {server}, {result['channel_layer']}, window "
-        f"{result['coalesce_ms']} ms, valuation interval {result['valuation_interval_ms']} ms"
+        f"{result['revision']}, {server}, {result['channel_layer']}, "
+        f"floor window {result['args']['window_ms']} ms"
     )
     lines.append(
         f"load average at start: {result['loadavg_start']}, at end: {result['loadavg_end']}"
@@ -1436,8 +1426,6 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "revision": git_revision(),
         "channel_layer": settings_value("CHANNEL_LAYERS")["default"]["BACKEND"],
-        "coalesce_ms": settings_value("LIVEFOLIO_COALESCE_MS"),
-        "valuation_interval_ms": settings_value("LIVEFOLIO_VALUATION_INTERVAL_MS"),
         "loadavg_start": loadavg_start,
         "machine_speed": speed,
         "logs": str(logs),

@@ -7,7 +7,8 @@ after each ``ingest_quotes`` it pushes one JSON record to the Redis list ``BATCH
 bench's own Redis db):
 
 - ``t``: wall time the task finished; ``items``: ticks in the batch (one per instrument: the
-  feed coalesced them); ``changed``: instruments the task stored (its return value);
+  ingest mailbox conflates them; a task sent without a batch takes the mailbox, which this hook
+  reads just before the task does); ``changed``: instruments the task stored (its return value);
 - ``run_s``: the task's own run time; ``lag_s``: the oldest tick's ``received`` (the feed
   runner's flush) -> task finished, i.e. broker wait + run: the same lag ``record_ingest`` keeps;
 - ``worker``: this process's id (with several workers, each one's idle gaps are its own).
@@ -60,18 +61,24 @@ def main() -> None:
 
     client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=5)
     started: dict[str, float] = {}
+    peeked: dict[str, list] = {}
 
     @task_prerun.connect(weak=False)
-    def before(task_id=None, task=None, **_: Any) -> None:
+    def before(task_id=None, task=None, args=None, **_: Any) -> None:
         started[task_id] = time.monotonic()
+        if task is not None and task.name == INGEST_TASK and not args:
+            from streaming import mailbox
+
+            peeked[task_id] = mailbox.ticks_of(mailbox.take())
 
     @task_postrun.connect(weak=False)
     def after(task_id=None, task=None, args=None, retval=None, state=None, **_: Any) -> None:
         t0 = started.pop(task_id, None)
+        batch = peeked.pop(task_id, None)
         if task is None or task.name != INGEST_TASK:
             return
         run_s = time.monotonic() - t0 if t0 is not None else None
-        record = batch_record(args[0] if args else None, retval, run_s, state)
+        record = batch_record(args[0] if args else batch, retval, run_s, state)
         try:
             client.rpush(BATCHES_KEY, json.dumps(record))
         except redis.RedisError:
