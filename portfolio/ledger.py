@@ -48,6 +48,7 @@ __all__ = [
     "TxKind",
     "daily_states",
     "replay",
+    "states_on",
 ]
 
 Instrument = str | int
@@ -715,16 +716,28 @@ def daily_states(
     method: CostBasis = CostBasis.FIFO,
     allow_short: bool = False,
 ) -> Iterator[DayState]:
-    """The state at the end of each UTC day from ``first`` to ``last``, the same replay as
-    :func:`replay` (so the same refusals) applied day by day."""
+    """The state at the end of each UTC day from ``first`` to ``last``: :func:`states_on`
+    every day."""
+    days = (first + timedelta(days=n) for n in range((last - first).days + 1))
+    return states_on(entries, days=days, method=method, allow_short=allow_short)
+
+
+def states_on(
+    entries: Iterable[LedgerEntry],
+    *,
+    days: Iterable[date],
+    method: CostBasis = CostBasis.FIFO,
+    allow_short: bool = False,
+) -> Iterator[DayState]:
+    """The state at the end of each of ``days`` (UTC days, ascending), the same replay as
+    :func:`replay` (so the same refusals, up to the last day) applied day by day."""
     method = CostBasis(method)
     ordered = sorted(entries, key=lambda e: e.executed_at)
     replayer = _Replayer(method=method, allow_short=allow_short)
     index = 0
-    day = first
     held: dict[Instrument, Decimal] = {}  # non-zero quantities, kept up to date per entry
     with localcontext(_CONTEXT):
-        while day <= last:
+        for day in days:
             while index < len(ordered) and ordered[index].executed_at.astimezone(UTC).date() <= day:
                 entry = ordered[index]
                 replayer.apply(entry)
@@ -737,4 +750,3 @@ def daily_states(
                 index += 1
             currencies = {key: replayer.books[key].currency for key in held}
             yield DayState(day, dict(held), currencies, dict(replayer.cash))
-            day += timedelta(days=1)

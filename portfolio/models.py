@@ -521,6 +521,9 @@ class DailyPrice(models.Model):
                 condition=Q(source__in=PriceSource.values), name="daily_price_source_known"
             ),
         ]
+        # How many closes an instrument has and its newest write, read from the index alone:
+        # whether a portfolio's kept past values still hold (selectors._history_key).
+        indexes = [models.Index(fields=["instrument", "updated_at"], name="daily_price_writes")]
 
     def __str__(self) -> str:
         return f"{self.instrument_id} {self.day} {self.close}"
