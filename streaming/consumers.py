@@ -419,6 +419,7 @@ class Subscription:
     stream_seq: int = 0
     book_seq: int = 0  # diffs mode: the book change the client's book is at
     trade_seq: int = 0  # trades: the newest trade_seq the client has (in a snapshot or sent)
+    trade_as_of: str = ""  # and that trade's exchange time
     # Holds back what comes faster than max_rate, keeping the latest (None: no max_rate).
     conflator: Conflator | None = None
     skipped: int = 0  # trades conflated away since the last update: stream_seq jumps by these
@@ -855,8 +856,9 @@ class ApiConsumer(ProtocolConsumer):
         if sub.mode == protocol.BOOK_MODE_DIFFS:
             sub.book_seq = data["book_seq"] if data else 0
         elif sub.stream.kind == protocol.STREAM_TRADES:
-            numbered = [t["trade_seq"] for t in data["trades"] if "trade_seq" in t]
-            sub.trade_seq = numbered[-1] if numbered else 0
+            numbered = [t for t in data["trades"] if "trade_seq" in t]
+            sub.trade_seq = numbered[-1]["trade_seq"] if numbered else 0
+            sub.trade_as_of = numbered[-1]["as_of"] if numbered else ""
         return protocol.stream_snapshot(
             stream=sub.stream.name, stream_seq=sub.stream_seq, data=data
         )
@@ -896,13 +898,18 @@ class ApiConsumer(ProtocolConsumer):
         trade_seq = trade.get("trade_seq")
         if trade_seq is None:
             return True  # not numbered by a feed process
-        if sub.trade_seq - marketdata.RECENT_TRADES < trade_seq <= sub.trade_seq:
-            return False  # among the snapshot's recent trades
         if trade_seq <= sub.trade_seq:
-            sub.skipped += 1  # numbered afresh (its feed lost the cache): a jump, a resync
+            # Behind the client: in its snapshot or older (queued before it: a feed's first batch
+            # holds its market's warm-up), unless it is newer than the client's newest trade,
+            # when its feed numbers afresh (it restarted without its cache): a jump, a resync.
+            # as_of texts compare as times: one fixed ISO format (wire.iso).
+            if trade.get("as_of", "") <= sub.trade_as_of:
+                return False
+            sub.skipped += 1
         elif sub.trade_seq:
             sub.skipped += trade_seq - sub.trade_seq - 1
         sub.trade_seq = trade_seq
+        sub.trade_as_of = trade.get("as_of", "")
         return True
 
     async def _send_diff(self, sub: Subscription, data: dict[str, Any]) -> None:
