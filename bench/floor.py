@@ -71,7 +71,7 @@ async def run_server(port: int, redis_url: str) -> None:
 
     async def subscribe():
         # With its own push handler, as the app's channel layer has: redis-py's default one
-        # formats every message for a debug line (streaming/layers.py, _PubSubShard).
+        # formats every message for a debug line (streaming/patches/layers.py, _PubSubShard).
         pubsub = client.pubsub(ignore_subscribe_messages=True, push_handler_func=pass_on)
         await pubsub.subscribe(CHANNEL)
         return pubsub

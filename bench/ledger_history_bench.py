@@ -44,6 +44,7 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
 from portfolio import performance, selectors, services  # noqa: E402
+from portfolio.ledger import TxKind  # noqa: E402
 from portfolio.models import (  # noqa: E402
     AssetClass,
     DailyPrice,
@@ -51,7 +52,6 @@ from portfolio.models import (  # noqa: E402
     Instrument,
     PriceSource,
     Transaction,
-    TxKind,
 )
 
 USERNAME = "bench-ledger-history"

@@ -18,6 +18,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from portfolio import day_values, ledger, performance, valuation, wire
+from portfolio.ledger import TxKind
 from portfolio.models import (
     AssetClass,
     CashBalance,
@@ -29,7 +30,6 @@ from portfolio.models import (
     PriceBar,
     Quote,
     Transaction,
-    TxKind,
     ValuationSnapshot,
 )
 from portfolio.price_history import FxHistory, fx_pair
@@ -62,7 +62,7 @@ def _trim(value: Decimal | None) -> Decimal | None:
 
 
 @dataclass(slots=True)
-class Position:
+class BookPosition:
     """A holding as a valuation needs it: what changes only when the ledger is replayed."""
 
     instrument: int
@@ -74,7 +74,7 @@ class Position:
     # The same figures as wire strings, formatted once per ledger change, not per valuation.
     texts: dict[str, str | None]
     # What value_portfolio takes, kept while the instrument's currency and class stay the same.
-    holding: valuation.Holding | None = None
+    holding: valuation.HoldingInput | None = None
     # In the base currency at each trade's own date's rate (None: unknown, today's rate used).
     cost_basis_base: Decimal | None = None
     realized_pnl_base: Decimal | None = None
@@ -82,7 +82,7 @@ class Position:
 
 
 @dataclass(slots=True)
-class Book:
+class PortfolioBook:
     """One portfolio's ledger-derived state: positions and cash. A valuation adds prices."""
 
     id: int
@@ -91,7 +91,7 @@ class Book:
     base_currency: str
     cost_basis_method: str
     recomputed_at: datetime | None
-    positions: list[Position]
+    positions: list[BookPosition]
     cash: list[tuple[str, Decimal, Decimal]]  # (currency, amount, income)
     # Per currency, income in the base currency at each payment's date's rate.
     income_base: dict[str, Decimal | None] = field(default_factory=dict)
@@ -114,16 +114,16 @@ class Market:
 _PORTFOLIO_FIELDS = ("id", "owner_id", "name", "base_currency", "cost_basis_method")
 
 
-def books_load(portfolios: Iterable[tuple]) -> dict[int, Book]:
+def books_load(portfolios: Iterable[tuple]) -> dict[int, PortfolioBook]:
     """Books of ``portfolios`` (rows of ``_PORTFOLIO_FIELDS`` + ``recomputed_at``): two queries."""
-    books = {row[0]: Book(*row, positions=[], cash=[]) for row in portfolios}
+    books = {row[0]: PortfolioBook(*row, positions=[], cash=[]) for row in portfolios}
     rows = Holding.objects.filter(portfolio_id__in=list(books)).values_list(
         "portfolio_id", "instrument_id", "quantity", "cost_basis", "currency", "realized_pnl",
         "income", "cost_basis_base", "realized_pnl_base", "fx_note",
     )  # fmt: skip
     for pid, instrument, quantity, cost_basis, currency, realized, income, *base in rows:
         books[pid].positions.append(
-            Position(
+            BookPosition(
                 instrument, _trim(quantity), _trim(cost_basis), currency, _trim(realized),
                 _trim(income), position_texts(quantity, cost_basis, realized, income), None,
                 _trim(base[0]), _trim(base[1]), base[2],
@@ -151,7 +151,7 @@ def position_texts(
     }
 
 
-class BookCache:
+class PortfolioBookCache:
     """Books kept between valuations (a Celery worker's), reloaded when the ledger changed.
 
     ``Portfolio.recomputed_at`` changes in the transaction that rewrites holdings and cash
@@ -163,11 +163,11 @@ class BookCache:
 
     def __init__(self, max_books: int = 50_000) -> None:
         self.max_books = max_books
-        self.books: dict[int, Book] = {}
+        self.books: dict[int, PortfolioBook] = {}
         self.loads = 0  # books (re)loaded from the database: tests and metrics read it
 
-    def get(self, portfolios: list[tuple]) -> dict[int, Book]:
-        found: dict[int, Book] = {}
+    def get(self, portfolios: list[tuple]) -> dict[int, PortfolioBook]:
+        found: dict[int, PortfolioBook] = {}
         stale = []
         for row in portfolios:
             book = self.books.get(row[0])
@@ -202,7 +202,7 @@ def portfolio_states(
     *,
     portfolio_ids: Iterable[int],
     now: datetime | None = None,
-    cache: BookCache | None = None,
+    cache: PortfolioBookCache | None = None,
 ) -> list[dict[str, Any]]:
     """The current valuation of each portfolio, as the wire protocol's portfolio shape.
 
@@ -219,7 +219,7 @@ def iter_portfolio_states(
     *,
     portfolio_ids: Iterable[int],
     now: datetime | None = None,
-    cache: BookCache | None = None,
+    cache: PortfolioBookCache | None = None,
 ) -> Iterator[dict[str, Any]]:
     """:func:`portfolio_states` one by one: every read is done before the first, each state is
     computed when it is asked for (a worker publishes the first while it values the rest)."""
@@ -335,11 +335,11 @@ def _pct(rate: Decimal | None) -> str | None:
 
 
 def _book_value(
-    book: Book,
+    book: PortfolioBook,
     market: dict[int, Market],
     rates: dict[tuple[str, str], Decimal],
     prices: tuple[dict[int, Decimal | None], dict[int, Decimal | None]] | None = None,
-) -> tuple[list[Position], valuation.PortfolioValue]:
+) -> tuple[list[BookPosition], valuation.PortfolioValue]:
     """The open positions (by symbol) and their valuation: the one place a book meets prices.
     ``prices``: latest and reference price per instrument, shared by a call's portfolios."""
     if prices is None:
@@ -353,7 +353,7 @@ def _book_value(
         holding = p.holding
         currency = p.currency or m.quote_currency
         if holding is None or holding.currency != currency or holding.asset_class != m.asset_class:
-            holding = p.holding = valuation.Holding(
+            holding = p.holding = valuation.HoldingInput(
                 instrument=p.instrument,
                 quantity=p.quantity,
                 cost_basis=p.cost_basis,
@@ -382,7 +382,7 @@ def _prices(market: dict[int, Market]) -> tuple[dict, dict]:
 
 
 def _state(
-    book: Book,
+    book: PortfolioBook,
     market: dict[int, Market],
     texts: _MarketTexts,
     rates: dict[tuple[str, str], Decimal],

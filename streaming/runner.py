@@ -35,6 +35,7 @@ from portfolio.models import AssetClass, Instrument, Quote
 from streaming import events, flow, health, marketdata, pacing, protocol
 from streaming.feeds.base import Backoff, Book, Coalescer, Feed, MarketEvent, Tick, Trade, utcnow
 from streaming.orderbook import LevelBook
+from streaming.patches.broker import UNACKED_INDEX_KEY
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,6 @@ async def _default_sink(batch: list[dict[str, Any]]) -> None:
     await sync_to_async(ingest_quotes.apply_async)((batch,), argsrepr=f"[<{len(batch)} ticks>]")
 
 
-# kombu's Redis transport notes each task a worker has taken, and not yet acknowledged, in this
-# sorted set, scored by when it was taken; with acks_late (settings) that is each task running.
-UNACKED_INDEX_KEY = "unacked_index"
 WORKERS_RECOUNT = 5.0  # seconds between counts of live workers (their heartbeats)
 
 

@@ -248,8 +248,8 @@ def _pending_key() -> str:
 _last_pass = 0.0
 
 # The worker's books (holdings and cash per portfolio) between batches: reloaded from the
-# database only when a portfolio's ledger changed (selectors.BookCache).
-books = selectors.BookCache()
+# database only when a portfolio's ledger changed (selectors.PortfolioBookCache).
+books = selectors.PortfolioBookCache()
 
 
 # Valuations published per channel-layer send: the first clients get theirs while the worker

@@ -147,7 +147,8 @@ def test_backpressure_holds_while_every_live_worker_runs_a_task(redis_client):
     import asyncio
 
     from streaming import health
-    from streaming.runner import UNACKED_INDEX_KEY, IngestBackpressure
+    from streaming.patches.broker import UNACKED_INDEX_KEY
+    from streaming.runner import IngestBackpressure
 
     def busy(running: int, workers: int, abandoned: int = 0) -> bool:
         redis_client.flushdb()
@@ -229,7 +230,7 @@ def test_a_held_window_goes_out_when_a_worker_says_it_is_free(redis_client):
     from decimal import Decimal
 
     from streaming.feeds.base import Tick
-    from streaming.runner import UNACKED_INDEX_KEY
+    from streaming.patches.broker import UNACKED_INDEX_KEY
     from streaming.tasks import _say_free
 
     sent: list = []
@@ -261,7 +262,7 @@ def test_a_notice_that_came_while_nothing_was_held_does_not_end_a_later_hold(red
     from decimal import Decimal
 
     from streaming.feeds.base import Tick
-    from streaming.runner import UNACKED_INDEX_KEY
+    from streaming.patches.broker import UNACKED_INDEX_KEY
     from streaming.tasks import _say_free
 
     sent: list = []

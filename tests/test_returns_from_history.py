@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from portfolio import day_values, performance, selectors, services
 from portfolio.importers import prices_csv
-from portfolio.models import AssetClass, FeedKind, Instrument, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import AssetClass, FeedKind, Instrument
 
 D = Decimal
 

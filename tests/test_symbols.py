@@ -16,7 +16,8 @@ from channels.db import database_sync_to_async
 from django.urls import reverse
 
 from portfolio import services
-from portfolio.models import Instrument, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import Instrument
 from streaming import streams
 from streaming.tasks import ingest_quotes
 from tests.api import connect, request

@@ -13,7 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portfolio import services
-from portfolio.models import AssetClass, DailyPrice, FeedKind, Instrument, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import AssetClass, DailyPrice, FeedKind, Instrument
 
 D = Decimal
 pytestmark = pytest.mark.django_db
