@@ -8,8 +8,8 @@ no ORM, no channel layer, no per-message thread hop.
 ``publish``: replays Livefolio's offered load without Django, from the job file:
 
 - ``portfolio`` mode: the same users and holdings, the same tick rate over the same instruments,
-  coalesced in the same window, one frame per affected user per window (paced like Livefolio
-  when the job has ``pace_ms``: at most one per user per slot of its phase), each frame a real
+  coalesced in a window of its own, one frame per affected user per window (paced when the job
+  has ``pace_ms``: at most one per user per slot of its phase), each frame a real
   valuation payload of that user (so the same size) with ``as_of`` stamped when the window's
   newest tick was emitted;
 - ``broadcast`` mode: ticks of the one instrument at the same rate, one real quote frame per
@@ -71,7 +71,7 @@ async def run_server(port: int, redis_url: str) -> None:
 
     async def subscribe():
         # With its own push handler, as the app's channel layer has: redis-py's default one
-        # formats every message for a debug line (streaming/layers.py, _PubSubShard).
+        # formats every message for a debug line (streaming/patches/layers.py, _PubSubShard).
         pubsub = client.pubsub(ignore_subscribe_messages=True, push_handler_func=pass_on)
         await pubsub.subscribe(CHANNEL)
         return pubsub
@@ -140,8 +140,8 @@ async def run_publisher(job: dict[str, Any], redis_url: str) -> None:
                 holders[instrument].append(user)
         # One template per user: its real valuation frame, as_of replaced per send.
         templates = {u: json.dumps(t) for u, t in job["frames"].items()}
-        # Livefolio's pacing (streaming/pacing.py): a user's frame at most once per slot of
-        # its own phase; what moves in between waits for the next slot.
+        # Pacing, when the job asks: a user's frame at most once per slot of its own phase;
+        # what moves in between waits for the next slot.
         pace_ms = job.get("pace_ms", 0)
         phase_step = job.get("phase_step", 1)
         owed: dict[str, float] = {}  # user -> newest tick not sent yet

@@ -41,6 +41,7 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
 from portfolio import performance, selectors, services  # noqa: E402
+from portfolio.ledger import TxKind  # noqa: E402
 from portfolio.models import (  # noqa: E402
     AssetClass,
     FeedKind,
@@ -49,7 +50,6 @@ from portfolio.models import (  # noqa: E402
     Portfolio,
     Quote,
     Transaction,
-    TxKind,
     ValuationSnapshot,
 )
 

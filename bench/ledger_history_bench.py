@@ -12,7 +12,8 @@ Targets (issue 22): the value series and all six return periods within 300 ms; t
 performance page within 200 ms warm. It creates a throw-away user ``bench-ledger-history``
 and instruments ``BENCHL*``, deletes them afterwards, and prints one JSON object and a table
 with each number beside its target. Timings are medians of ``--repeat`` runs after one
-warm-up run (the first, cold run is printed too).
+warm-up run (the first, cold run is printed too: the first after a change of the ledger, when
+nothing is kept).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
 from portfolio import performance, selectors, services  # noqa: E402
+from portfolio.ledger import TxKind  # noqa: E402
 from portfolio.models import (  # noqa: E402
     AssetClass,
     DailyPrice,
@@ -50,7 +52,6 @@ from portfolio.models import (  # noqa: E402
     Instrument,
     PriceSource,
     Transaction,
-    TxKind,
 )
 
 USERNAME = "bench-ledger-history"
@@ -162,15 +163,20 @@ def seed(years: int, transactions: int, today: date):
     Transaction.objects.bulk_create(txs)
     services.holdings_recompute(portfolio=portfolio)
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:  # what autovacuum would have done by now
-            cursor.execute(f"ANALYZE {DailyPrice._meta.db_table}")
-            cursor.execute(f"ANALYZE {Transaction._meta.db_table}")
+        # What autovacuum would have done by now (it vacuums after inserts too, which marks
+        # the pages all-visible for index-only scans).
+        with connection.cursor() as cursor:
+            cursor.execute(f"VACUUM ANALYZE {DailyPrice._meta.db_table}")
+            cursor.execute(f"VACUUM ANALYZE {Transaction._meta.db_table}")
     return user, portfolio, [*stocks, *pairs], len(rows)
 
 
-def timed(repeat: int, call) -> dict:
-    """The first (cold) run, then the median of ``repeat`` more, and the queries of the last."""
+def timed(repeat: int, call, change=None) -> dict:
+    """The first (cold) run, after ``change`` (untimed) when given, then the median of
+    ``repeat`` more, and the queries of the last."""
     seconds, queries = [], 0
+    if change is not None:
+        change()
     for _ in range(repeat + 1):
         with CaptureQueriesContext(connection) as captured:
             started = time.perf_counter()
@@ -199,21 +205,23 @@ def main() -> None:
     client.force_login(user)
     rows: dict[str, dict] = {}
     targets: dict[str, float] = {}
+
+    # A cold run is the first after a change of the ledger (what a web process meets after
+    # a new transaction): recomputing the holdings changes what the kept values depend on.
+    def change():
+        services.holdings_recompute(portfolio=portfolio)
+
+    def series():
+        selectors.value_series(portfolio=portfolio, period=performance.Period.MAX, now=now)
+
+    def returns():
+        selectors.period_returns(portfolio=portfolio, now=now)
+
     try:
-        rows["value series MAX"] = timed(
-            args.repeat,
-            lambda: selectors.value_series(
-                portfolio=portfolio, period=performance.Period.MAX, now=now
-            ),
-        )
-        rows["returns, six periods"] = timed(
-            args.repeat, lambda: selectors.period_returns(portfolio=portfolio, now=now)
-        )
+        rows["value series MAX"] = timed(args.repeat, series, change)
+        rows["returns, six periods"] = timed(args.repeat, returns, change)
         both = "value series MAX + six return periods"
-        rows[both] = {
-            key: round(rows["value series MAX"][key] + rows["returns, six periods"][key], 1)
-            for key in ("cold_ms", "median_ms", "queries")
-        }
+        rows[both] = timed(args.repeat, lambda: (series(), returns()), change)
         targets[both] = 300
         for name, url in (
             ("page: performance", reverse("performance", args=[portfolio.id])),
@@ -226,7 +234,7 @@ def main() -> None:
                 response = client.get(url, params, HTTP_HOST="localhost")
                 assert response.status_code == 200, (url, response.status_code)
 
-            rows[name] = timed(args.repeat, get)
+            rows[name] = timed(args.repeat, get, change)
         targets["page: performance"] = 200
     finally:
         user.delete()
@@ -249,14 +257,18 @@ def main() -> None:
         f"{args.years} years, {args.transactions:,} transactions, {HOLDINGS} holdings in "
         f"{len(CURRENCIES)} currencies, {closes:,} daily closes, {connection.vendor}"
     )
-    print(f"{'what':<40}{'cold ms':>9}{'warm ms':>9}{'queries':>9}{'target ms':>11}{'met':>5}")
+    print(f"{'what':<40}{'cold ms':>9}{'warm ms':>9}{'queries':>9}{'target ms':>11}{'met':>12}")
     for name, row in rows.items():
         target = targets.get(name)
-        met = "" if target is None else ("yes" if row["median_ms"] <= target else "NO")
-        shown = "" if target is None else f"{target:.0f}"
+        met = shown = ""
+        if target is not None:
+            shown = f"{target:.0f}"
+            met = "NO"
+            if row["median_ms"] <= target:
+                met = "cold, warm" if row["cold_ms"] <= target else "warm"
         print(
             f"{name:<40}{row['cold_ms']:>9.1f}{row['median_ms']:>9.1f}{row['queries']:>9}"
-            f"{shown:>11}{met:>5}"
+            f"{shown:>11}{met:>12}"
         )
 
 

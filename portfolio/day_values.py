@@ -28,6 +28,8 @@ from portfolio import ledger, performance
 
 ZERO = Decimal(0)
 YEAR_DAYS = 365
+# A value chart's points at most: more than a chart is wide, few enough to value quickly.
+CHART_POINTS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,24 @@ class RangeReturns:
     irr_days: tuple[date, ...] = ()  # the day of each of ``irr.flows``, in their order
 
 
+def range_days(flows: Iterable[tuple[date, Decimal]], *, start: date, end: date) -> list[date]:
+    """The days whose values :func:`range_returns` reads for ``[start, end]``: the two ends and
+    the eve of each day in the range with a flow. Between two flows the daily TWR links
+    multiply to the end value over the start value, so no other day changes a return."""
+    eves = {day - timedelta(days=1) for day, _ in flows if start < day <= end}
+    return sorted({start, end, *eves})
+
+
+def chart_days(start: date, end: date, *, most: int = CHART_POINTS) -> list[date]:
+    """At most ``most`` days from ``start`` to ``end`` for a value chart: every day when they
+    fit, else every n-th day counted back from ``end`` (so the newest point is ``end``'s), and
+    ``start``."""
+    span = (end - start).days
+    # The n-th days back from ``end`` and ``start`` together stay within ``most``.
+    step = 1 if span < most else -(-span // (most - 2))
+    return sorted({start, *(end - timedelta(days=n) for n in range(0, span + 1, step))})
+
+
 def range_returns(
     values: Sequence[DayValue],
     flows: Iterable[tuple[date, Decimal]],
@@ -164,20 +184,20 @@ def range_returns(
     start: date,
     end: date,
 ) -> RangeReturns:
-    """Returns over ``[start, end]`` from ``values`` (one per day, covering the range) and
-    ``flows`` ((day, amount in the base currency), deposits positive)."""
+    """Returns over ``[start, end]`` from ``values`` (in day order, covering at least
+    :func:`range_days`) and ``flows`` ((day, amount in the base currency), deposits
+    positive)."""
     if end <= start:
         raise performance.PerformanceError(f"the range must end after it starts: {start}..{end}")
-    day_value = _value_lookup(values, start, end)
+    flows = list(flows)
     per_day: dict[date, Decimal] = {}
     for day, amount in flows:
         if start < day <= end:
             per_day[day] = per_day.get(day, ZERO) + amount
     # The value at the end of day d is stamped at the next midnight; day d's flows at its own
     # midnight attach to the value of the end of d - 1: flows count at the start of their day.
-    # Between two flows the daily links multiply to the end value over the start value, so
-    # only the values that start or end a sub-period are passed on.
-    cuts = sorted({start, end, *(d - timedelta(days=1) for d in per_day)})
+    cuts = range_days(flows, start=start, end=end)
+    day_value = _value_lookup(values, cuts)
     for day in cuts:
         # A value without one of its holdings would read as a loss (or gain) that never was.
         left_out = day_value(day).missing
@@ -213,20 +233,11 @@ def range_returns(
     return RangeReturns(start, end, twr, irr, annualized, rate, problem, irr_days)
 
 
-def _value_lookup(values: Sequence[DayValue], start: date, end: date) -> Callable[[date], DayValue]:
-    """The value of any day of ``[start, end]`` from ``values`` (one per day, in day order);
-    raises ``PerformanceError`` naming the first day of the range without one."""
-    if values and values[-1].day - values[0].day == timedelta(days=len(values) - 1):
-        # One value a day without a gap: a day's index is its distance from the first.
-        origin = values[0].day
-        if origin <= start and end <= values[-1].day:
-            return lambda day: values[(day - origin).days]
+def _value_lookup(values: Sequence[DayValue], days: Sequence[date]) -> Callable[[date], DayValue]:
+    """The value of each of ``days`` from ``values``; raises ``PerformanceError`` naming the
+    first of them without one."""
     by_day = {v.day: v for v in values}
-    gaps = [d for d in _days(start, end) if d not in by_day]
+    gaps = [d for d in days if d not in by_day]
     if gaps:
         raise performance.PerformanceError(f"no value for {gaps[0]} (and {len(gaps) - 1} more)")
     return by_day.__getitem__
-
-
-def _days(start: date, end: date) -> list[date]:
-    return [start + timedelta(days=i) for i in range((end - start).days + 1)]

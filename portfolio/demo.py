@@ -14,6 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from portfolio import services
+from portfolio.ledger import TxKind
 from portfolio.models import (
     AssetClass,
     DailyPrice,
@@ -22,7 +23,6 @@ from portfolio.models import (
     Portfolio,
     PriceBar,
     PriceSource,
-    TxKind,
 )
 
 DEMO_USERNAME = "demo"

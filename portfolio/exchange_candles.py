@@ -155,19 +155,38 @@ def coinbase_days(product: str, since: date, until: date, get: Getter) -> list:
     return sorted(days, key=lambda d: d.day)
 
 
+# Kraken's REST API names bitcoin XBT and dogecoin XDG where its WebSocket v2 says BTC and DOGE
+# (AssetPairs: "XXBTZUSD" has altname "XBTUSD"; "API symbols and tickers", Kraken Support).
+KRAKEN_REST_ASSETS = {"BTC": "XBT", "DOGE": "XDG"}
+
+
+def kraken_rest_pair(feed_symbol: str) -> str:
+    """The REST name Kraken accepts for a pair stored in its WebSocket v2 form: ``BTC/USD``
+    -> ``XBTUSD`` (the pair's ``altname``); a name without a slash is already a REST one."""
+    base, slash, quote = feed_symbol.upper().partition("/")
+    if not slash:
+        return feed_symbol
+    return KRAKEN_REST_ASSETS.get(base, base) + KRAKEN_REST_ASSETS.get(quote, quote)
+
+
 def kraken_days(pair: str, since: date, until: date, get: Getter) -> list:
     """Days from ``GET /0/public/OHLC?interval=1440``: ``{"error": [], "result": {<pair>:
     [[time (s), open, high, low, close, vwap, volume, count], ...], "last": ...}}``. Kraken
     serves only its most recent 720 entries, whatever ``since`` says. ``pair`` is the
-    instrument's feed symbol as stored (the WebSocket v2 form, e.g. ``BTC/USD``)."""
+    instrument's feed symbol as stored (the WebSocket v2 form, e.g. ``BTC/USD``); the request
+    names it as REST does (:func:`kraken_rest_pair`) and the answer keys the candles by
+    Kraken's own name for it (``XXBTZUSD``), so the one list beside ``last`` is read."""
     base = settings.KRAKEN_REST_URL.rstrip("/")
     since_s = int(datetime.combine(since, time(0), tzinfo=UTC).timestamp())
-    query = urllib.parse.urlencode({"pair": pair, "interval": 1440, "since": since_s - 1})
+    rest_pair = kraken_rest_pair(pair)
+    query = urllib.parse.urlencode({"pair": rest_pair, "interval": 1440, "since": since_s - 1})
     answer = get(f"{base}/0/public/OHLC?{query}")
     if not isinstance(answer, dict):
         raise BackfillError(f"Kraken OHLC for {pair}: expected an object, got {answer!r:.200}")
     if answer.get("error"):
-        raise BackfillError(f"Kraken OHLC for {pair}: {', '.join(map(str, answer['error']))}")
+        raise BackfillError(
+            f"Kraken OHLC for {pair} ({rest_pair}): {', '.join(map(str, answer['error']))}"
+        )
     result = answer.get("result")
     series = [v for k, v in result.items() if k != "last"] if isinstance(result, dict) else []
     if len(series) != 1 or not isinstance(series[0], list):

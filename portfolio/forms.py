@@ -6,7 +6,8 @@ from decimal import Decimal
 
 from django import forms
 
-from portfolio.models import Instrument, Portfolio, Transaction, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import TX_KIND_CHOICES, Instrument, Portfolio, Transaction
 
 DATETIME_LOCAL = "%Y-%m-%dT%H:%M"
 
@@ -88,7 +89,7 @@ class TransactionForm(forms.ModelForm):
 
 class TransactionFilterForm(forms.Form):
     instrument = forms.ModelChoiceField(queryset=Instrument.objects.all(), required=False)
-    kind = forms.ChoiceField(choices=[("", "Any kind"), *TxKind.choices], required=False)
+    kind = forms.ChoiceField(choices=[("", "Any kind"), *TX_KIND_CHOICES], required=False)
     date_from = forms.DateField(
         required=False, label="From", widget=forms.DateInput(attrs={"type": "date"})
     )

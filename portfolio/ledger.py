@@ -38,19 +38,20 @@ __all__ = [
     "ClosedLot",
     "CostBasis",
     "DayState",
-    "Instrument",
+    "InstrumentKey",
     "LedgerEntry",
     "LedgerError",
+    "LedgerLot",
+    "LedgerPosition",
     "LedgerResult",
-    "Lot",
-    "Position",
     "Realization",
     "TxKind",
     "daily_states",
     "replay",
+    "states_on",
 ]
 
-Instrument = str | int
+InstrumentKey = str | int
 
 ZERO = Decimal(0)
 # 50 digits hold any amount below 10^29 at 20 places, so sums and differences never round.
@@ -108,7 +109,7 @@ class LedgerEntry:
     kind: TxKind
     executed_at: datetime
     currency: str = ""
-    instrument: Instrument | None = None
+    instrument: InstrumentKey | None = None
     quantity: Decimal = ZERO
     price: Decimal = ZERO
     fees: Decimal = ZERO
@@ -205,7 +206,7 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class Lot:
+class LedgerLot:
     """An open lot. Short lots have negative quantity and negative cost (the proceeds received).
     ``cost_base``: the cost in the base currency at the acquisition's rate (None: no rate)."""
 
@@ -242,7 +243,7 @@ class Realization:
     """
 
     ref: Hashable
-    instrument: Instrument
+    instrument: InstrumentKey
     executed_at: datetime
     currency: str
     quantity: Decimal
@@ -268,14 +269,14 @@ class Realization:
 
 
 @dataclass(frozen=True, slots=True)
-class Position:
+class LedgerPosition:
     """What is held of one instrument after replay, and what it earned so far."""
 
-    instrument: Instrument
+    instrument: InstrumentKey
     currency: str | None
     quantity: Decimal
     cost_basis: Decimal
-    lots: tuple[Lot, ...]
+    lots: tuple[LedgerLot, ...]
     realized_pnl: Decimal
     income: dict[str, Decimal]  # dividends (and coupons) per currency, gross of fees
     # The same in the base currency at each entry's own rate; None where a rate was missing.
@@ -297,7 +298,7 @@ class LedgerResult:
     """Everything a replay produces. Mappings are fresh dicts: callers may keep them."""
 
     method: CostBasis
-    positions: dict[Instrument, Position]
+    positions: dict[InstrumentKey, LedgerPosition]
     cash: dict[str, Decimal]
     fees: dict[str, Decimal]  # every fee paid, FEE transactions included
     income: dict[str, Decimal]  # dividends and interest, gross
@@ -306,7 +307,7 @@ class LedgerResult:
     income_base: dict[str, Decimal | None] = field(default_factory=dict)
 
     @property
-    def open_positions(self) -> dict[Instrument, Position]:
+    def open_positions(self) -> dict[InstrumentKey, LedgerPosition]:
         """Positions with a non-zero quantity."""
         return {key: pos for key, pos in self.positions.items() if pos.quantity != 0}
 
@@ -322,8 +323,8 @@ class _OpenLot:
 
 
 @dataclass(slots=True)
-class _Book:
-    instrument: Instrument
+class _RunningPosition:
+    instrument: InstrumentKey
     currency: str | None = None
     lots: list[_OpenLot] = field(default_factory=list)
     realized: Decimal = ZERO
@@ -366,7 +367,7 @@ class _Replayer:
     def __init__(self, *, method: CostBasis, allow_short: bool) -> None:
         self.method = method
         self.allow_short = allow_short
-        self.books: dict[Instrument, _Book] = {}
+        self.running: dict[InstrumentKey, _RunningPosition] = {}
         self.cash: dict[str, Decimal] = {}
         self.fees: dict[str, Decimal] = {}
         self.income: dict[str, Decimal] = {}
@@ -374,12 +375,12 @@ class _Replayer:
         self.income_base: dict[str, Decimal | None] = {}
         self.seq = 0
 
-    def book(self, entry: LedgerEntry) -> _Book:
+    def running_position(self, entry: LedgerEntry) -> _RunningPosition:
         key = entry.instrument
         assert key is not None  # LedgerEntry validation guarantees it for every caller
-        if key not in self.books:
-            self.books[key] = _Book(instrument=key)
-        return self.books[key]
+        if key not in self.running:
+            self.running[key] = _RunningPosition(instrument=key)
+        return self.running[key]
 
     def apply(self, entry: LedgerEntry) -> None:
         if entry.fees:
@@ -395,7 +396,7 @@ class _Replayer:
         elif kind is TxKind.TRANSFER_OUT:
             self.transfer_out(entry)
         elif kind is TxKind.SPLIT:
-            for lot in self.book(entry).lots:
+            for lot in self.running_position(entry).lots:
                 lot.quantity *= entry.ratio
         elif kind in (TxKind.DIVIDEND, TxKind.INTEREST):
             _add(self.cash, entry.currency, entry.amount)
@@ -405,9 +406,9 @@ class _Replayer:
                 self.income_base.get(entry.currency, ZERO), in_base
             )
             if entry.instrument is not None:
-                book = self.book(entry)
-                _add(book.income, entry.currency, entry.amount)
-                book.income_base = _plus(book.income_base, in_base)
+                position = self.running_position(entry)
+                _add(position.income, entry.currency, entry.amount)
+                position.income_base = _plus(position.income_base, in_base)
         elif kind is TxKind.FEE:
             _add(self.cash, entry.currency, -entry.amount)
             _add(self.fees, entry.currency, entry.amount)
@@ -419,20 +420,22 @@ class _Replayer:
             _add(self.cash, entry.currency, -entry.amount)
             _add(self.cash, entry.to_currency, entry.to_amount)
 
-    def check_currency(self, book: _Book, entry: LedgerEntry) -> None:
-        if book.currency is None:
-            book.currency = entry.currency
-        elif book.currency != entry.currency:
+    def check_currency(self, position: _RunningPosition, entry: LedgerEntry) -> None:
+        if position.currency is None:
+            position.currency = entry.currency
+        elif position.currency != entry.currency:
             raise LedgerError(
                 f"transaction {entry.ref!r}: currency {entry.currency} differs from "
-                f"{book.currency}, the currency {book.instrument!r} was first traded in",
+                f"{position.currency}, the currency {position.instrument!r} was first traded in",
                 ref=entry.ref,
                 field="currency",
             )
 
-    def open_lot(self, book: _Book, entry: LedgerEntry, quantity: Decimal, cost: Decimal) -> None:
+    def open_lot(
+        self, position: _RunningPosition, entry: LedgerEntry, quantity: Decimal, cost: Decimal
+    ) -> None:
         self.seq += 1
-        book.lots.append(
+        position.lots.append(
             _OpenLot(
                 self.seq,
                 entry.ref,
@@ -444,21 +447,21 @@ class _Replayer:
         )
 
     def buy(self, entry: LedgerEntry) -> None:
-        book = self.book(entry)
-        self.check_currency(book, entry)
+        position = self.running_position(entry)
+        self.check_currency(position, entry)
         _add(self.cash, entry.currency, -entry.quantity * entry.price)
-        short = -book.quantity if book.quantity < 0 else ZERO
+        short = -position.quantity if position.quantity < 0 else ZERO
         covered = min(short, entry.quantity)
         fees_left = entry.fees
         if covered:
-            closed = self.close(book, covered)
+            closed = self.close(position, covered)
             fees_covering = _share(entry.fees, covered, entry.quantity)
             fees_left -= fees_covering
             cost = covered * entry.price + fees_covering
             proceeds_base = _sum_known(c.cost_base for c in closed)
             self.realize(
                 entry,
-                book,
+                position,
                 quantity=covered,
                 proceeds=-sum((c.cost for c in closed), ZERO),
                 cost=cost,
@@ -469,25 +472,25 @@ class _Replayer:
             )
         rest = entry.quantity - covered
         if rest:
-            self.open_lot(book, entry, rest, rest * entry.price + fees_left)
+            self.open_lot(position, entry, rest, rest * entry.price + fees_left)
 
     def sell(self, entry: LedgerEntry) -> None:
-        book = self.book(entry)
-        self.check_currency(book, entry)
+        position = self.running_position(entry)
+        self.check_currency(position, entry)
         _add(self.cash, entry.currency, entry.quantity * entry.price)
-        held = book.quantity if book.quantity > 0 else ZERO
+        held = position.quantity if position.quantity > 0 else ZERO
         if entry.quantity > held and not self.allow_short:
-            self.refuse(entry, book, "sell")
+            self.refuse(entry, position, "sell")
         closing = min(held, entry.quantity)
         fees_left = entry.fees
         if closing:
-            closed = self.close(book, closing)
+            closed = self.close(position, closing)
             fees_closing = _share(entry.fees, closing, entry.quantity)
             fees_left -= fees_closing
             proceeds = closing * entry.price - fees_closing
             self.realize(
                 entry,
-                book,
+                position,
                 quantity=closing,
                 proceeds=proceeds,
                 cost=sum((c.cost for c in closed), ZERO),
@@ -497,32 +500,32 @@ class _Replayer:
             )
         rest = entry.quantity - closing
         if rest:
-            self.open_lot(book, entry, -rest, -(rest * entry.price - fees_left))
+            self.open_lot(position, entry, -rest, -(rest * entry.price - fees_left))
 
     def transfer_in(self, entry: LedgerEntry) -> None:
-        book = self.book(entry)
-        self.check_currency(book, entry)
-        if book.quantity < 0:
+        position = self.running_position(entry)
+        self.check_currency(position, entry)
+        if position.quantity < 0:
             raise LedgerError(
                 f"transaction {entry.ref!r}: cannot transfer {entry.quantity} of "
-                f"{entry.instrument!r} in while {-book.quantity} are held short; "
+                f"{entry.instrument!r} in while {-position.quantity} are held short; "
                 "record a BUY to cover the short",
                 ref=entry.ref,
                 field="quantity",
             )
-        self.open_lot(book, entry, entry.quantity, entry.quantity * entry.price)
+        self.open_lot(position, entry, entry.quantity, entry.quantity * entry.price)
 
     def transfer_out(self, entry: LedgerEntry) -> None:
-        book = self.book(entry)
-        self.check_currency(book, entry)
-        held = book.quantity if book.quantity > 0 else ZERO
+        position = self.running_position(entry)
+        self.check_currency(position, entry)
+        held = position.quantity if position.quantity > 0 else ZERO
         # Shorts only come from sales: a transfer can only hand over what is there.
         if entry.quantity > held:
-            self.refuse(entry, book, "transfer out")
-        self.close(book, entry.quantity)
+            self.refuse(entry, position, "transfer out")
+        self.close(position, entry.quantity)
 
-    def refuse(self, entry: LedgerEntry, book: _Book, verb: str) -> NoReturn:
-        held = book.quantity
+    def refuse(self, entry: LedgerEntry, position: _RunningPosition, verb: str) -> NoReturn:
+        held = position.quantity
         raise LedgerError(
             f"transaction {entry.ref!r}: quantity: cannot {verb} {entry.quantity} of "
             f"{entry.instrument!r} on {entry.executed_at.isoformat()}: held {held}, "
@@ -532,25 +535,30 @@ class _Replayer:
         )
 
     def realize(
-        self, entry: LedgerEntry, book: _Book, *, lots: list[ClosedLot], **fields: object
+        self,
+        entry: LedgerEntry,
+        position: _RunningPosition,
+        *,
+        lots: list[ClosedLot],
+        **fields: object,
     ) -> None:
         realization = Realization(
             ref=entry.ref,
-            instrument=book.instrument,
+            instrument=position.instrument,
             executed_at=entry.executed_at,
             currency=entry.currency,
             lots=tuple(lots),
             **fields,
         )
-        book.realized += realization.realized_pnl
-        book.realized_base = _plus(book.realized_base, realization.realized_pnl_base)
+        position.realized += realization.realized_pnl
+        position.realized_base = _plus(position.realized_base, realization.realized_pnl_base)
         self.realizations.append(realization)
 
-    def close(self, book: _Book, quantity: Decimal) -> list[ClosedLot]:
-        """Remove ``quantity`` (positive) from the book's lots, all of one sign, by the method."""
+    def close(self, position: _RunningPosition, quantity: Decimal) -> list[ClosedLot]:
+        """Take ``quantity`` (positive) off the position's lots, all of one sign, by the method."""
         if self.method is CostBasis.AVERAGE:
-            return self.close_average(book, quantity)
-        lots = book.lots
+            return self.close_average(position, quantity)
+        lots = position.lots
         if self.method is CostBasis.FIFO:
             order = sorted(lots, key=lambda lot: lot.seq)
         elif self.method is CostBasis.LIFO:
@@ -588,9 +596,9 @@ class _Replayer:
             remaining -= take
         return closed
 
-    def close_average(self, book: _Book, quantity: Decimal) -> list[ClosedLot]:
-        lots = sorted(book.lots, key=lambda lot: lot.seq)
-        pool_quantity = abs(book.quantity)
+    def close_average(self, position: _RunningPosition, quantity: Decimal) -> list[ClosedLot]:
+        lots = sorted(position.lots, key=lambda lot: lot.seq)
+        pool_quantity = abs(position.quantity)
         pool_cost = sum((lot.cost for lot in lots), ZERO)
         pool_base = _sum_known(lot.cost_base for lot in lots)
         cost_taken = _share(pool_cost, quantity, pool_quantity)
@@ -616,11 +624,11 @@ class _Replayer:
                 base_left -= cost_base
             closed.append(ClosedLot(lot.ref, lot.opened_at, take, cost, cost_base))
             if take == abs(lot.quantity):
-                book.lots.remove(lot)
+                position.lots.remove(lot)
             else:
                 lot.quantity -= take if lot.quantity > 0 else -take
         # What stays open is restated at the pool's average unit cost (in both currencies).
-        survivors = sorted(book.lots, key=lambda lot: lot.seq)
+        survivors = sorted(position.lots, key=lambda lot: lot.seq)
         quantity_left = abs(sum((lot.quantity for lot in survivors), ZERO))
         pool_left = pool_cost - cost_taken
         pool_base_left = None if pool_base is None else pool_base - base_taken
@@ -640,22 +648,22 @@ class _Replayer:
 
     def result(self) -> LedgerResult:
         positions = {}
-        for key, book in self.books.items():
+        for key, position in self.running.items():
             lots = tuple(
-                Lot(lot.ref, lot.opened_at, lot.quantity, lot.cost, lot.cost_base)
-                for lot in sorted(book.lots, key=lambda lot: lot.seq)
+                LedgerLot(lot.ref, lot.opened_at, lot.quantity, lot.cost, lot.cost_base)
+                for lot in sorted(position.lots, key=lambda lot: lot.seq)
             )
-            positions[key] = Position(
+            positions[key] = LedgerPosition(
                 instrument=key,
-                currency=book.currency,
+                currency=position.currency,
                 quantity=sum((lot.quantity for lot in lots), ZERO),
                 cost_basis=sum((lot.cost for lot in lots), ZERO),
                 lots=lots,
-                realized_pnl=book.realized,
-                income=dict(book.income),
+                realized_pnl=position.realized,
+                income=dict(position.income),
                 cost_basis_base=_sum_known(lot.cost_base for lot in lots),
-                realized_pnl_base=book.realized_base,
-                income_base=book.income_base,
+                realized_pnl_base=position.realized_base,
+                income_base=position.income_base,
             )
         return LedgerResult(
             method=self.method,
@@ -702,8 +710,8 @@ class DayState:
     """What was held and the cash at the end of one UTC day: every entry of that day applied."""
 
     day: date
-    quantities: dict[Instrument, Decimal]  # non-zero positions only
-    currencies: dict[Instrument, str | None]
+    quantities: dict[InstrumentKey, Decimal]  # non-zero positions only
+    currencies: dict[InstrumentKey, str | None]
     cash: dict[str, Decimal]
 
 
@@ -715,26 +723,37 @@ def daily_states(
     method: CostBasis = CostBasis.FIFO,
     allow_short: bool = False,
 ) -> Iterator[DayState]:
-    """The state at the end of each UTC day from ``first`` to ``last``, the same replay as
-    :func:`replay` (so the same refusals) applied day by day."""
+    """The state at the end of each UTC day from ``first`` to ``last``: :func:`states_on`
+    every day."""
+    days = (first + timedelta(days=n) for n in range((last - first).days + 1))
+    return states_on(entries, days=days, method=method, allow_short=allow_short)
+
+
+def states_on(
+    entries: Iterable[LedgerEntry],
+    *,
+    days: Iterable[date],
+    method: CostBasis = CostBasis.FIFO,
+    allow_short: bool = False,
+) -> Iterator[DayState]:
+    """The state at the end of each of ``days`` (UTC days, ascending), the same replay as
+    :func:`replay` (so the same refusals, up to the last day) applied day by day."""
     method = CostBasis(method)
     ordered = sorted(entries, key=lambda e: e.executed_at)
     replayer = _Replayer(method=method, allow_short=allow_short)
     index = 0
-    day = first
-    held: dict[Instrument, Decimal] = {}  # non-zero quantities, kept up to date per entry
+    held: dict[InstrumentKey, Decimal] = {}  # non-zero quantities, kept up to date per entry
     with localcontext(_CONTEXT):
-        while day <= last:
+        for day in days:
             while index < len(ordered) and ordered[index].executed_at.astimezone(UTC).date() <= day:
                 entry = ordered[index]
                 replayer.apply(entry)
-                if entry.instrument is not None:  # only its book's quantity can have changed
-                    quantity = replayer.books[entry.instrument].quantity
+                if entry.instrument is not None:  # only its position's quantity can have changed
+                    quantity = replayer.running[entry.instrument].quantity
                     if quantity:
                         held[entry.instrument] = quantity
                     else:
                         held.pop(entry.instrument, None)
                 index += 1
-            currencies = {key: replayer.books[key].currency for key in held}
+            currencies = {key: replayer.running[key].currency for key in held}
             yield DayState(day, dict(held), currencies, dict(replayer.cash))
-            day += timedelta(days=1)

@@ -20,6 +20,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from portfolio.ledger import CostBasis, TxKind
+
 # Prices: up to 10^14 with 10 decimals (covers BTC in satoshi-priced pairs and sub-cent tokens).
 PRICE = {"max_digits": 24, "decimal_places": 10}
 # Quantities: crypto goes to 18 decimals on chain; 12 is what exchanges trade.
@@ -165,11 +167,13 @@ class Quote(models.Model):
         return self.age(now) > timedelta(seconds=settings.LIVEFOLIO_STALE_SECONDS)
 
 
-class CostBasisMethod(models.TextChoices):
-    FIFO = "FIFO", "FIFO (oldest lot first)"
-    LIFO = "LIFO", "LIFO (newest lot first)"
-    HIFO = "HIFO", "HIFO (highest cost first)"
-    AVERAGE = "AVERAGE", "Average cost"
+# The ledger's cost-basis methods, as a user reads them in forms and the admin.
+COST_BASIS_CHOICES = [
+    (CostBasis.FIFO, "FIFO (oldest lot first)"),
+    (CostBasis.LIFO, "LIFO (newest lot first)"),
+    (CostBasis.HIFO, "HIFO (highest cost first)"),
+    (CostBasis.AVERAGE, "Average cost"),
+]
 
 
 class Portfolio(models.Model):
@@ -180,8 +184,8 @@ class Portfolio(models.Model):
     base_currency = models.CharField(max_length=5, default="USD", validators=[currency_code])
     cost_basis_method = models.CharField(
         max_length=8,
-        choices=CostBasisMethod.choices,
-        default=CostBasisMethod.FIFO,
+        choices=COST_BASIS_CHOICES,
+        default=CostBasis.FIFO,
         help_text="Which lots a sale closes first; changing it recomputes the holdings.",
     )
     allow_short = models.BooleanField(
@@ -199,7 +203,7 @@ class Portfolio(models.Model):
                 fields=["owner", "name"], name="portfolio_unique_name_per_owner"
             ),
             models.CheckConstraint(
-                condition=Q(cost_basis_method__in=CostBasisMethod.values),
+                condition=Q(cost_basis_method__in=[method.value for method in CostBasis]),
                 name="portfolio_cost_basis_method_known",
             ),
         ]
@@ -208,22 +212,20 @@ class Portfolio(models.Model):
         return self.name
 
 
-class TxKind(models.TextChoices):
-    """Mirrors ``portfolio.ledger.TxKind``; the ledger validates what the database cannot."""
-
-    BUY = "BUY", "Buy"
-    SELL = "SELL", "Sell"
-    DIVIDEND = "DIVIDEND", "Dividend"
-    INTEREST = "INTEREST", "Interest"
-    FEE = "FEE", "Fee"
-    DEPOSIT = "DEPOSIT", "Deposit"
-    WITHDRAWAL = "WITHDRAWAL", "Withdrawal"
-    SPLIT = "SPLIT", "Split"
-    TRANSFER_IN = "TRANSFER_IN", "Transfer in"
-    TRANSFER_OUT = "TRANSFER_OUT", "Transfer out"
-    EXCHANGE = "EXCHANGE", "Currency exchange"
-
-
+# The ledger's kinds, as a user reads them in forms and the admin.
+TX_KIND_CHOICES = [
+    (TxKind.BUY, "Buy"),
+    (TxKind.SELL, "Sell"),
+    (TxKind.DIVIDEND, "Dividend"),
+    (TxKind.INTEREST, "Interest"),
+    (TxKind.FEE, "Fee"),
+    (TxKind.DEPOSIT, "Deposit"),
+    (TxKind.WITHDRAWAL, "Withdrawal"),
+    (TxKind.SPLIT, "Split"),
+    (TxKind.TRANSFER_IN, "Transfer in"),
+    (TxKind.TRANSFER_OUT, "Transfer out"),
+    (TxKind.EXCHANGE, "Currency exchange"),
+]
 TRADE_KINDS = (TxKind.BUY, TxKind.SELL, TxKind.TRANSFER_IN, TxKind.TRANSFER_OUT)
 AMOUNT_KINDS = (TxKind.DIVIDEND, TxKind.INTEREST, TxKind.FEE, TxKind.DEPOSIT, TxKind.WITHDRAWAL)
 CASH_ONLY_KINDS = (TxKind.DEPOSIT, TxKind.WITHDRAWAL)
@@ -233,7 +235,7 @@ class Transaction(models.Model):
     """One entry of a portfolio's ledger: the only thing a user records by hand or imports."""
 
     portfolio = models.ForeignKey(Portfolio, on_delete=models.CASCADE, related_name="transactions")
-    kind = models.CharField(max_length=16, choices=TxKind.choices)
+    kind = models.CharField(max_length=16, choices=TX_KIND_CHOICES)
     instrument = models.ForeignKey(
         Instrument,
         on_delete=models.PROTECT,
@@ -281,7 +283,9 @@ class Transaction(models.Model):
         ordering = ["-executed_at", "-id"]
         indexes = [models.Index(fields=["portfolio", "executed_at"], name="tx_portfolio_time")]
         constraints = [
-            models.CheckConstraint(condition=Q(kind__in=TxKind.values), name="tx_kind_known"),
+            models.CheckConstraint(
+                condition=Q(kind__in=[kind.value for kind in TxKind]), name="tx_kind_known"
+            ),
             models.CheckConstraint(
                 condition=Q(quantity__gte=0) & Q(price__gte=0) & Q(fees__gte=0) & Q(amount__gte=0),
                 name="tx_amounts_not_negative",
@@ -521,6 +525,9 @@ class DailyPrice(models.Model):
                 condition=Q(source__in=PriceSource.values), name="daily_price_source_known"
             ),
         ]
+        # How many closes an instrument has and its newest write, read from the index alone:
+        # whether a portfolio's kept past values still hold (selectors._history_key).
+        indexes = [models.Index(fields=["instrument", "updated_at"], name="daily_price_writes")]
 
     def __str__(self) -> str:
         return f"{self.instrument_id} {self.day} {self.close}"

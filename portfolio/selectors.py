@@ -18,6 +18,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from portfolio import day_values, ledger, performance, valuation, wire
+from portfolio.ledger import TxKind
 from portfolio.models import (
     AssetClass,
     CashBalance,
@@ -29,7 +30,6 @@ from portfolio.models import (
     PriceBar,
     Quote,
     Transaction,
-    TxKind,
     ValuationSnapshot,
 )
 from portfolio.price_history import FxHistory, fx_pair
@@ -62,7 +62,7 @@ def _trim(value: Decimal | None) -> Decimal | None:
 
 
 @dataclass(slots=True)
-class Position:
+class BookPosition:
     """A holding as a valuation needs it: what changes only when the ledger is replayed."""
 
     instrument: int
@@ -74,7 +74,7 @@ class Position:
     # The same figures as wire strings, formatted once per ledger change, not per valuation.
     texts: dict[str, str | None]
     # What value_portfolio takes, kept while the instrument's currency and class stay the same.
-    holding: valuation.Holding | None = None
+    holding: valuation.HoldingInput | None = None
     # In the base currency at each trade's own date's rate (None: unknown, today's rate used).
     cost_basis_base: Decimal | None = None
     realized_pnl_base: Decimal | None = None
@@ -82,7 +82,7 @@ class Position:
 
 
 @dataclass(slots=True)
-class Book:
+class PortfolioBook:
     """One portfolio's ledger-derived state: positions and cash. A valuation adds prices."""
 
     id: int
@@ -91,7 +91,7 @@ class Book:
     base_currency: str
     cost_basis_method: str
     recomputed_at: datetime | None
-    positions: list[Position]
+    positions: list[BookPosition]
     cash: list[tuple[str, Decimal, Decimal]]  # (currency, amount, income)
     # Per currency, income in the base currency at each payment's date's rate.
     income_base: dict[str, Decimal | None] = field(default_factory=dict)
@@ -114,16 +114,16 @@ class Market:
 _PORTFOLIO_FIELDS = ("id", "owner_id", "name", "base_currency", "cost_basis_method")
 
 
-def books_load(portfolios: Iterable[tuple]) -> dict[int, Book]:
+def books_load(portfolios: Iterable[tuple]) -> dict[int, PortfolioBook]:
     """Books of ``portfolios`` (rows of ``_PORTFOLIO_FIELDS`` + ``recomputed_at``): two queries."""
-    books = {row[0]: Book(*row, positions=[], cash=[]) for row in portfolios}
+    books = {row[0]: PortfolioBook(*row, positions=[], cash=[]) for row in portfolios}
     rows = Holding.objects.filter(portfolio_id__in=list(books)).values_list(
         "portfolio_id", "instrument_id", "quantity", "cost_basis", "currency", "realized_pnl",
         "income", "cost_basis_base", "realized_pnl_base", "fx_note",
     )  # fmt: skip
     for pid, instrument, quantity, cost_basis, currency, realized, income, *base in rows:
         books[pid].positions.append(
-            Position(
+            BookPosition(
                 instrument, _trim(quantity), _trim(cost_basis), currency, _trim(realized),
                 _trim(income), position_texts(quantity, cost_basis, realized, income), None,
                 _trim(base[0]), _trim(base[1]), base[2],
@@ -151,7 +151,7 @@ def position_texts(
     }
 
 
-class BookCache:
+class PortfolioBookCache:
     """Books kept between valuations (a Celery worker's), reloaded when the ledger changed.
 
     ``Portfolio.recomputed_at`` changes in the transaction that rewrites holdings and cash
@@ -163,11 +163,11 @@ class BookCache:
 
     def __init__(self, max_books: int = 50_000) -> None:
         self.max_books = max_books
-        self.books: dict[int, Book] = {}
+        self.books: dict[int, PortfolioBook] = {}
         self.loads = 0  # books (re)loaded from the database: tests and metrics read it
 
-    def get(self, portfolios: list[tuple]) -> dict[int, Book]:
-        found: dict[int, Book] = {}
+    def get(self, portfolios: list[tuple]) -> dict[int, PortfolioBook]:
+        found: dict[int, PortfolioBook] = {}
         stale = []
         for row in portfolios:
             book = self.books.get(row[0])
@@ -202,7 +202,7 @@ def portfolio_states(
     *,
     portfolio_ids: Iterable[int],
     now: datetime | None = None,
-    cache: BookCache | None = None,
+    cache: PortfolioBookCache | None = None,
 ) -> list[dict[str, Any]]:
     """The current valuation of each portfolio, as the wire protocol's portfolio shape.
 
@@ -219,7 +219,7 @@ def iter_portfolio_states(
     *,
     portfolio_ids: Iterable[int],
     now: datetime | None = None,
-    cache: BookCache | None = None,
+    cache: PortfolioBookCache | None = None,
 ) -> Iterator[dict[str, Any]]:
     """:func:`portfolio_states` one by one: every read is done before the first, each state is
     computed when it is asked for (a worker publishes the first while it values the rest)."""
@@ -335,11 +335,11 @@ def _pct(rate: Decimal | None) -> str | None:
 
 
 def _book_value(
-    book: Book,
+    book: PortfolioBook,
     market: dict[int, Market],
     rates: dict[tuple[str, str], Decimal],
     prices: tuple[dict[int, Decimal | None], dict[int, Decimal | None]] | None = None,
-) -> tuple[list[Position], valuation.PortfolioValue]:
+) -> tuple[list[BookPosition], valuation.PortfolioValue]:
     """The open positions (by symbol) and their valuation: the one place a book meets prices.
     ``prices``: latest and reference price per instrument, shared by a call's portfolios."""
     if prices is None:
@@ -353,7 +353,7 @@ def _book_value(
         holding = p.holding
         currency = p.currency or m.quote_currency
         if holding is None or holding.currency != currency or holding.asset_class != m.asset_class:
-            holding = p.holding = valuation.Holding(
+            holding = p.holding = valuation.HoldingInput(
                 instrument=p.instrument,
                 quantity=p.quantity,
                 cost_basis=p.cost_basis,
@@ -382,7 +382,7 @@ def _prices(market: dict[int, Market]) -> tuple[dict, dict]:
 
 
 def _state(
-    book: Book,
+    book: PortfolioBook,
     market: dict[int, Market],
     texts: _MarketTexts,
     rates: dict[tuple[str, str], Decimal],
@@ -869,120 +869,195 @@ def realizations(*, portfolio: Portfolio) -> dict[int, ledger.Realization]:
     return {r.ref: r for r in result.realizations}
 
 
-# Daily values per portfolio, kept by each process for the portfolios asked about most
-# recently (see _ledger_day_values): about 0.4 KB a day, so ten years of one portfolio are
-# ~1.5 MB; a small number bounds what a web process holds.
-DAY_VALUES_KEPT = 16
-_day_values_kept: OrderedDict[tuple, tuple[list[day_values.DayValue], list]] = OrderedDict()
-_day_values_lock = threading.Lock()
+# What each portfolio's past values come from and the days valued so far, kept by each process
+# for the portfolios asked about most recently (see _ledger_history): about 0.5 KB a
+# transaction and 0.4 KB a valued day, so ten years of 2,000 trades are ~1.5 MB; a small
+# number bounds what a web process holds.
+HISTORIES_KEPT = 16
+_histories_kept: OrderedDict[tuple, _LedgerHistory] = OrderedDict()
+_histories_lock = threading.Lock()
+# A day's close is looked for among its own and the days before it, this many in all:
+# enough for a weekend and a holiday (see _closes_on).
+CLOSE_WINDOW = 4
 
 
-def _day_values_key(portfolio: Portfolio, end: date) -> tuple:
-    """What a portfolio's daily values up to ``end`` depend on: its ledger (``recomputed_at``
+@dataclass(slots=True)
+class _LedgerHistory:
+    """A portfolio's ledger as its past values need it, and the values of the days valued
+    so far (by day; none valued with a live FX quote, which moves)."""
+
+    end: date
+    base_currency: str
+    method: ledger.CostBasis
+    allow_short: bool
+    entries: list[ledger.LedgerEntry]
+    flows: list[tuple[date, Decimal]]  # external flows: (UTC day, base-currency amount)
+    values: dict[date, day_values.DayValue] = field(default_factory=dict)
+
+
+def _history_key(portfolio: Portfolio, end: date) -> tuple:
+    """What a portfolio's values up to ``end`` depend on: its ledger (``recomputed_at``
     changes in every transaction that rewrites it, and its settings) and the daily prices of
     the instruments it has held and of every FX pair (how many and the newest write: an
-    import, a backfill, the hourly roll-up of bars or a deletion changes one of them)."""
+    import, a backfill, the hourly roll-up of bars or a deletion changes one of them; a
+    close after ``end`` counts too, which only costs a valuation)."""
     row = (
         Portfolio.objects.filter(pk=portfolio.pk)
         .values_list("recomputed_at", "base_currency", "cost_basis_method", "allow_short")
         .first()
     )
     held = Holding.objects.filter(portfolio_id=portfolio.pk).values("instrument_id")
+    pairs = Instrument.objects.filter(asset_class=AssetClass.FX).values("id")
+    # Count("*") and the two columns of the daily_price_writes index: an index-only scan.
     prices = DailyPrice.objects.filter(
-        Q(instrument_id__in=held) | Q(instrument__asset_class=AssetClass.FX), day__lte=end
-    ).aggregate(count=Count("id"), newest=Max("updated_at"))
+        Q(instrument_id__in=held) | Q(instrument_id__in=pairs)
+    ).aggregate(count=Count("*"), newest=Max("updated_at"))
     return (portfolio.pk, end, row, prices["count"], prices["newest"])
 
 
-def _ledger_day_values(
-    *, portfolio: Portfolio, start: date, end: date
-) -> tuple[list[day_values.DayValue], list[tuple[date, Decimal]]]:
-    """The portfolio's value at the end of each UTC day from ``start`` to ``end`` and its
-    external flows ((day, base-currency amount)), from the ledger, the daily price history
-    (closes carried over gaps) and the FX history. Raises ``PerformanceError`` without
-    transactions, ``LedgerError`` where the ledger refuses an entry.
-
-    The values from the day before the first transaction to ``end`` are kept per process,
-    keyed by what they depend on (:func:`_day_values_key`), so a page, the chart and the API
-    asking again value nothing twice; values that used today's FX quote for want of history
-    are not kept (the quote moves)."""
-    key = _day_values_key(portfolio, end)
-    with _day_values_lock:
-        kept = _day_values_kept.get(key)
+def _ledger_history(*, portfolio: Portfolio, end: date) -> _LedgerHistory:
+    """The portfolio's ledger entries and external flows, with the values kept for it while
+    nothing they depend on (:func:`_history_key`) changes. Raises ``PerformanceError``
+    without transactions."""
+    key = _history_key(portfolio, end)
+    with _histories_lock:
+        kept = _histories_kept.get(key)
         if kept is not None:
-            _day_values_kept.move_to_end(key)
-    if kept is None:
-        first = first_transaction_day(portfolio=portfolio)
-        if first is None:
-            raise performance.PerformanceError("the portfolio has no transactions")
-        whole_from = min(start, first - timedelta(days=1))
-        values, flows, from_quotes = _ledger_day_values_computed(
-            portfolio=portfolio, start=whole_from, end=end
-        )
-        kept = (values, flows)
-        if not from_quotes:
-            with _day_values_lock:
-                _day_values_kept[key] = kept
-                while len(_day_values_kept) > DAY_VALUES_KEPT:
-                    _day_values_kept.popitem(last=False)
-    values, flows = kept
-    if not values or values[0].day > start:
-        # Asked from before what is kept (from before the first transaction): compute it.
-        values, flows, _ = _ledger_day_values_computed(portfolio=portfolio, start=start, end=end)
-        return values, flows
-    return values[(start - values[0].day).days :], flows
-
-
-def _ledger_day_values_computed(
-    *, portfolio: Portfolio, start: date, end: date
-) -> tuple[list[day_values.DayValue], list[tuple[date, Decimal]], bool]:
-    """:func:`_ledger_day_values` computed: one query for the entries, one for every
-    instrument's closes, one per FX pair; and whether a rate came from today's quote."""
+            _histories_kept.move_to_end(key)
+            return kept
     entries = ledger_entries(portfolio)
     if not entries:
         raise performance.PerformanceError("the portfolio has no transactions")
-    symbols = {e.instrument for e in entries if e.instrument is not None}
-    closes: dict[str, list[tuple[date, Decimal]]] = {symbol: [] for symbol in symbols}
-    rows = (
-        DailyPrice.objects.filter(instrument__symbol__in=symbols, day__lte=end)
-        .order_by("instrument__symbol", "day")
-        .values_list("instrument__symbol", "day", "close")
+    flows = [(f.at.astimezone(UTC).date(), f.amount) for f in external_flows(portfolio=portfolio)]
+    _, base_currency, method, allow_short = key[2]
+    kept = _LedgerHistory(end, base_currency, ledger.CostBasis(method), allow_short, entries, flows)
+    with _histories_lock:
+        kept = _histories_kept.setdefault(key, kept)
+        while len(_histories_kept) > HISTORIES_KEPT:
+            _histories_kept.popitem(last=False)
+    return kept
+
+
+def _values_on(
+    history: _LedgerHistory, days: Iterable[date], *, along: Iterable[date] = ()
+) -> list[day_values.DayValue]:
+    """The portfolio's value at the end of each of ``days`` (UTC days up to ``history.end``),
+    in day order, from the ledger, the daily price history (closes carried over gaps) and the
+    FX history; only the days not valued before are valued, and when some are, the days of
+    ``along`` not valued yet with them (one replay and one read of the closes for both).
+    Raises ``LedgerError`` where the ledger refuses an entry up to ``history.end`` (the
+    replay always runs to it)."""
+    wanted = sorted(set(days))
+    with _histories_lock:
+        valued = dict(history.values)
+    missing = [d for d in wanted if d not in valued]
+    if missing:
+        extra = {d for d in along if d not in valued and d <= history.end}
+        missing = sorted({*missing, *extra, history.end} - valued.keys())
+        computed, from_quotes = _values_computed(history, missing)
+        valued.update(computed)
+        if not from_quotes:
+            with _histories_lock:
+                history.values.update(computed)
+    return [valued[d] for d in wanted]
+
+
+def _values_computed(
+    history: _LedgerHistory, days: list[date]
+) -> tuple[dict[date, day_values.DayValue], bool]:
+    """:func:`_values_on` computed for ``days`` (ascending): one query for the closes, one for
+    the FX pairs' history; and whether a rate came from today's quote."""
+    entries = history.entries
+    states = list(
+        ledger.states_on(entries, days=days, method=history.method, allow_short=history.allow_short)
     )
-    for symbol, day, close in rows:
-        closes[symbol].append((day, _trim(close)))
+    closes = _closes_on(states)
     currencies = {e.currency for e in entries} | {e.to_currency for e in entries if e.to_currency}
-    history = FxHistory(base_currency=portfolio.base_currency, currencies=currencies)
+    rates = FxHistory(base_currency=history.base_currency, currencies=currencies)
     from_quotes = False
 
     def fx(currency: str, day: date) -> Decimal | None:
         nonlocal from_quotes
-        rate = history.rate_on(currency, day)
+        rate = rates.rate_on(currency, day)
         if rate is None:
             return None
         from_quotes = from_quotes or not rate.from_history
         return rate.rate
 
-    states = ledger.daily_states(
-        entries,
-        first=start,
-        last=end,
-        method=ledger.CostBasis(portfolio.cost_basis_method),
-        allow_short=portfolio.allow_short,
-    )
     values = day_values.daily_values(states, closes=closes, fx=fx)
-    flows = [(f.at.astimezone(UTC).date(), f.amount) for f in external_flows(portfolio=portfolio)]
-    return values, flows, from_quotes
+    return {v.day: v for v in values}, from_quotes
+
+
+def _closes_on(states: list[ledger.DayState]) -> dict[str, list[tuple[date, Decimal]]]:
+    """For each instrument held on one of the states' days (by symbol), the close that holds
+    on each of those days: the last close on or before it, as (day of the close, close) in day
+    order, one row per close (what :func:`day_values.daily_values` reads).
+
+    On PostgreSQL each instrument's close of each day is looked up by index, first among the
+    day and the ``CLOSE_WINDOW - 1`` days before it (a weekend or a holiday ends within them),
+    then without that bound only where the window has none; elsewhere every close up to the
+    last day is read."""
+    symbols = {symbol for state in states for symbol in state.quantities}
+    closes: dict[str, list[tuple[date, Decimal]]] = {symbol: [] for symbol in symbols}
+    if not symbols:
+        return closes
+    days = [state.day for state in states]
+    ids = dict(Instrument.objects.filter(symbol__in=symbols).values_list("id", "symbol"))
+    if connection.vendor == "postgresql":
+        table = DailyPrice._meta.db_table
+        with connection.cursor() as cursor:
+            # UNION ALL ... LIMIT 1 runs its second, unbounded search only without a first row.
+            cursor.execute(
+                f"""SELECT i.id, p.day, p.close
+                FROM unnest(%s::bigint[]) AS i(id) CROSS JOIN unnest(%s::date[]) AS d(day)
+                CROSS JOIN LATERAL ((
+                    SELECT day, close FROM {table} WHERE instrument_id = i.id
+                    AND day <= d.day AND day > d.day - %s ORDER BY day DESC LIMIT 1
+                ) UNION ALL (
+                    SELECT day, close FROM {table} WHERE instrument_id = i.id
+                    AND day <= d.day ORDER BY day DESC LIMIT 1
+                ) LIMIT 1) p
+                ORDER BY i.id, p.day""",
+                [list(ids), days, CLOSE_WINDOW],
+            )
+            rows = cursor.fetchall()
+    else:
+        rows = list(
+            DailyPrice.objects.filter(instrument_id__in=list(ids), day__lte=days[-1])
+            .order_by("instrument_id", "day")
+            .values_list("instrument_id", "day", "close")
+        )
+    # Only the close that holds on one of ``days`` is kept (and trimmed): for each instrument,
+    # the last row on or before each day.
+    last: tuple[int, date, Decimal] | None = None  # the row read last, not yet kept
+    at = 0  # the index of the first day not yet past
+    for row in rows:
+        if last is not None and last[0] != row[0]:
+            closes[ids[last[0]]].append((last[1], _trim(last[2])))
+            last, at = None, 0
+        while at < len(days) and days[at] < row[1]:
+            if last is not None:  # the last close on or before days[at]
+                closes[ids[last[0]]].append((last[1], _trim(last[2])))
+                last = None
+            at += 1
+        if last is None or last[1] != row[1]:
+            last = row
+    if last is not None:
+        closes[ids[last[0]]].append((last[1], _trim(last[2])))
+    return closes
 
 
 def portfolio_returns(
     *, portfolio: Portfolio, start: date, end: date
 ) -> tuple[day_values.RangeReturns, list[day_values.DayValue]]:
-    """TWR and IRR from the end of day ``start`` to the end of day ``end`` (UTC), and the daily
-    values they come from: derived from the ledger, the daily price history (closes carried
-    over gaps) and the FX history, not from snapshots. Raises ``PerformanceError`` naming what
-    is missing."""
-    values, flows = _ledger_day_values(portfolio=portfolio, start=start, end=end)
-    return day_values.range_returns(values, flows, start=start, end=end), values
+    """TWR and IRR from the end of day ``start`` to the end of day ``end`` (UTC), and the
+    values they come from (the days :func:`day_values.range_days` names: the two ends and the
+    eve of each flow): derived from the ledger, the daily price history (closes carried over
+    gaps) and the FX history, not from snapshots. Raises ``PerformanceError`` naming what is
+    missing."""
+    history = _ledger_history(portfolio=portfolio, end=end)
+    values = _values_on(history, day_values.range_days(history.flows, start=start, end=end))
+    return day_values.range_returns(values, history.flows, start=start, end=end), values
 
 
 def first_transaction_day(*, portfolio: Portfolio) -> date | None:
@@ -1004,12 +1079,14 @@ def value_series(
 
     1D is intraday: the minute value snapshots (:func:`value_history`, ``source``
     ``"snapshots"``). 1W, 1M, YTD, 1Y and Max are daily (``source`` ``"ledger"``): the value at
-    the end of each UTC day, from the ledger, the price history and the FX history, stamped at
-    that day's 00:00 UTC (``day`` names it), from the period's first day or the first
-    transaction's day, whichever is later, to today (today's value at the latest closes). A
-    live valuation extends the right-hand end. ``carried_days`` counts the days valued with an
-    earlier day's close, ``missing_days`` the days with a holding left out for want of a close
-    or an FX rate; ``problem`` names a ledger refusal (then there are no points).
+    the end of UTC days, from the ledger, the price history and the FX history, stamped at the
+    day's 00:00 UTC (``day`` names it), from the period's first day or the first transaction's
+    day, whichever is later, to today (today's value at the latest closes): every day when
+    they are at most :data:`day_values.CHART_POINTS`, else every n-th day back from today and
+    the first (:func:`day_values.chart_days`). A live valuation extends the right-hand end.
+    ``carried_days`` counts the points valued with an earlier day's close, ``missing_days``
+    the points with a holding left out for want of a close or an FX rate; ``problem`` names a
+    ledger refusal (then there are no points).
     """
     now = now or timezone.now()
     period = performance.Period(period)
@@ -1028,12 +1105,15 @@ def value_series(
     if period is not performance.Period.MAX:
         start = max(first, performance.period_start(period=period, now=now).astimezone(UTC).date())
     try:
-        values, _flows = _ledger_day_values(portfolio=portfolio, start=start, end=today)
+        history = _ledger_history(portfolio=portfolio, end=today)
+        values = _values_on(
+            history, day_values.chart_days(start, today), along=_page_days(history, first, now)
+        )
     except (performance.PerformanceError, ledger.LedgerError) as exc:
         found["problem"] = str(exc)
         return found
     found["points"] = [
-        # wire.iso of the day's 00:00 UTC, written out: one per day of up to decades.
+        # wire.iso of the day's 00:00 UTC, written out: one per point of up to decades.
         {"at": f"{day}T00:00:00.000Z", "day": day, "value": wire.money(v.value)}
         for v in values
         for day in (v.day.isoformat(),)
@@ -1062,8 +1142,8 @@ def period_returns(
     custom: tuple[date, date] | None = None,
 ) -> list[RangeResult]:
     """TWR and IRR over each preset period (1D … Max), and over ``custom`` (from, to) when
-    given, from the ledger and the daily price history (not the snapshots), with one valuation
-    of the days they need.
+    given, from the ledger and the daily price history (not the snapshots), valuing only the
+    days they read (:func:`day_values.range_days`), once for all of them.
 
     A period runs from the end of the day its start falls on (1D: yesterday) to the end of
     today (UTC); a start before the first transaction is moved to the day before it (value 0),
@@ -1072,15 +1152,7 @@ def period_returns(
     now = now or timezone.now()
     today = now.astimezone(UTC).date()
     first = first_transaction_day(portfolio=portfolio)
-    ranges: list[tuple[str, date, date]] = []
-    if first is not None:
-        inception = first - timedelta(days=1)
-        for period in performance.Period:
-            start = inception
-            if period is not performance.Period.MAX:
-                begun = performance.period_start(period=period, now=now)
-                start = max(inception, begun.astimezone(UTC).date())
-            ranges.append((period.value, start, today))
+    ranges = [] if first is None else _preset_ranges(first, now)
     if custom is not None:
         ranges.append(("custom", *custom))
     problems = {}
@@ -1096,11 +1168,11 @@ def period_returns(
     flows: list[tuple[date, Decimal]] = []
     if wanted:
         try:
-            values, flows = _ledger_day_values(
-                portfolio=portfolio,
-                start=min(s for s, _ in wanted),
-                end=max(e for _, e in wanted),
-            )
+            history = _ledger_history(portfolio=portfolio, end=max(e for _, e in wanted))
+            flows = history.flows
+            days = {d for s, e in wanted for d in day_values.range_days(flows, start=s, end=e)}
+            along = _page_days(history, first, now) if history.end == today else ()
+            values = _values_on(history, days, along=along)
         except (performance.PerformanceError, ledger.LedgerError) as exc:
             problems.update({name: str(exc) for name, _, _ in ranges})
     out = []
@@ -1114,6 +1186,30 @@ def period_returns(
                 problem = str(exc)
         out.append(RangeResult(name, start, end, returns, problem))
     return out
+
+
+def _preset_ranges(first: date, now: datetime) -> list[tuple[str, date, date]]:
+    """(period, first day, last day) of 1D … Max for :func:`period_returns`."""
+    today = now.astimezone(UTC).date()
+    inception = first - timedelta(days=1)
+    ranges = []
+    for period in performance.Period:
+        start = inception
+        if period is not performance.Period.MAX:
+            begun = performance.period_start(period=period, now=now)
+            start = max(inception, begun.astimezone(UTC).date())
+        ranges.append((period.value, start, today))
+    return ranges
+
+
+def _page_days(history: _LedgerHistory, first: date, now: datetime) -> set[date]:
+    """The days the live and performance pages and the API ask for first, valued together
+    whichever asks first: Max's chart points and what the returns over 1D … Max read."""
+    today = now.astimezone(UTC).date()
+    days = set(day_values.chart_days(first, today))
+    for _, start, end in _preset_ranges(first, now):
+        days.update(day_values.range_days(history.flows, start=start, end=end))
+    return days
 
 
 def _as_entered(value: Decimal) -> Decimal:
@@ -1145,10 +1241,34 @@ def ledger_entry(tx: Transaction, fx_rate: Decimal | None = None) -> ledger.Ledg
 
 
 def ledger_entries(portfolio: Portfolio) -> list[ledger.LedgerEntry]:
-    """The portfolio's transactions as the ledger sees them, in the order it replays them."""
+    """The portfolio's transactions as the ledger sees them (as :func:`ledger_entry` makes
+    them), in the order it replays them; read as rows, not model instances (a long ledger
+    is read whenever its past is valued)."""
     rows = (
         Transaction.objects.filter(portfolio=portfolio)
-        .select_related("instrument")
         .order_by("executed_at", "id")
-    )
-    return [ledger_entry(tx) for tx in rows]
+        .values_list(
+            "pk", "kind", "executed_at", "currency", "instrument__symbol", "quantity", "price",
+            "fees", "amount", "ratio", "to_amount", "to_currency",
+        )
+    )  # fmt: skip
+    return [
+        ledger.LedgerEntry(
+            ref=pk,
+            kind=ledger.TxKind(kind),
+            executed_at=executed_at,
+            currency=currency,
+            instrument=symbol,
+            quantity=_as_entered(quantity),
+            price=_as_entered(price),
+            fees=_as_entered(fees),
+            amount=_as_entered(amount),
+            ratio=None if ratio is None else _as_entered(ratio),
+            to_amount=_as_entered(to_amount),
+            to_currency=to_currency,
+        )
+        for (
+            pk, kind, executed_at, currency, symbol, quantity, price, fees, amount, ratio,
+            to_amount, to_currency,
+        ) in rows
+    ]  # fmt: skip

@@ -13,6 +13,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from portfolio import ledger, price_history, selectors, signals
+from portfolio.ledger import TxKind
 from portfolio.models import (
     AssetClass,
     CashBalance,
@@ -24,7 +25,6 @@ from portfolio.models import (
     PriceBar,
     Quote,
     Transaction,
-    TxKind,
     ValuationSnapshot,
 )
 

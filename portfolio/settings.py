@@ -196,10 +196,10 @@ if os.environ.get("LIVEFOLIO_CHANNEL_PREFIX") is not None:
 # batched; it delivers several times what the core layer does (docs/performance.md). When its
 # subscription to Redis is lost, every socket it carried closes with 4503, as with the core layer.
 # "core": channels-redis' RedisChannelLayer (one lighter inbox per connection, see
-# streaming/layers.py). tests/faults runs the faults a layer handles on both.
+# streaming/patches/layers.py). tests/faults runs the faults a layer handles on both.
 CHANNEL_LAYER_BACKENDS = {
-    "pubsub": "streaming.layers.PubSubChannelLayer",
-    "core": "streaming.layers.CoreChannelLayer",
+    "pubsub": "streaming.patches.layers.PubSubChannelLayer",
+    "core": "streaming.patches.layers.CoreChannelLayer",
 }
 LIVEFOLIO_CHANNEL_LAYER = env_str("LIVEFOLIO_CHANNEL_LAYER", "pubsub")
 if LIVEFOLIO_CHANNEL_LAYER not in CHANNEL_LAYER_BACKENDS:
@@ -348,7 +348,7 @@ LIVEFOLIO_WS_MAX_PER_USER = env_int("LIVEFOLIO_WS_MAX_PER_USER", 20, minimum=1)
 # Valuations per portfolio per second one connection receives at most (always the latest).
 LIVEFOLIO_WS_MAX_UPDATES = env_int("LIVEFOLIO_WS_MAX_UPDATES", 5, minimum=1)
 # Unsent frames a WebSocket client may leave unread in a server process (KiB, beyond what its
-# TCP transport buffers) before it is closed with 4413 (streaming/serve.py).
+# TCP transport buffers) before it is closed with 4413 (streaming/patches/websocket.py).
 LIVEFOLIO_WS_SEND_BUDGET_KB = env_int("LIVEFOLIO_WS_SEND_BUDGET_KB", 1024, minimum=64)
 # How often an open socket re-checks its session (expired sessions close with 4401).
 LIVEFOLIO_SESSION_CHECK_SECONDS = env_int("LIVEFOLIO_SESSION_CHECK_SECONDS", 30, minimum=1)

@@ -5,7 +5,7 @@ Pure ``Decimal`` math with no Django imports. Conventions a caller must know:
 - Every rate is a fraction: ``Decimal("0.05")`` means 5 %. Pages multiply by 100 to show it.
 - ``fx_rates[("EUR", "USD")] = Decimal("1.08")`` means 1 EUR buys 1.08 USD. The inverse pair is
   used when only it is given; there is no triangulation through a third currency.
-- Cost in the base currency is ``Holding.cost_base`` when given: each lot at its acquisition's
+- Cost in the base currency is ``HoldingInput.cost_base`` when given: each lot at its acquisition's
   rate (the ledger computes it), so it does not move with today's rate and unrealized P&L in the
   base currency includes the currency move since purchase. Without it, cost is converted at
   today's rate.
@@ -30,7 +30,7 @@ from typing import Any
 __all__ = [
     "AllocationSlice",
     "CashValue",
-    "Holding",
+    "HoldingInput",
     "HoldingValue",
     "PortfolioValue",
     "ValuationError",
@@ -74,7 +74,7 @@ _ONE = Decimal(1)  # the rate from a currency to itself (shared: _value_holding 
 # multiple of the cost. Only _totals sets a holding's weight, once the total is known; treat them
 # as read-only.
 @dataclass(slots=True)
-class Holding:
+class HoldingInput:
     """A position to value: quantity and total cost basis in the instrument's currency."""
 
     instrument: Hashable
@@ -212,7 +212,7 @@ def _check(value: object, what: str, *, positive: bool = False) -> None:
 
 
 def _value_holding(
-    holding: Holding,
+    holding: HoldingInput,
     price: Decimal | None,
     reference: Decimal | None,
     rate: Decimal | None,
@@ -262,7 +262,7 @@ def _value_holding(
 
 def value_portfolio(
     *,
-    holdings: Iterable[Holding],
+    holdings: Iterable[HoldingInput],
     prices: Mapping[Hashable, Decimal | None],
     reference_prices: Mapping[Hashable, Decimal | None] | None = None,
     fx_rates: Mapping[tuple[str, str], Decimal] | None = None,
@@ -284,8 +284,8 @@ def value_portfolio(
         valued = []
         rates: dict[str, Decimal | None] = {}  # per holding currency, for this call
         for holding in holdings:
-            if not isinstance(holding, Holding):
-                raise ValuationError(f"holdings must be Holding, got {type(holding).__name__}")
+            if not isinstance(holding, HoldingInput):
+                raise ValuationError(f"holdings must be HoldingInput, got {type(holding).__name__}")
             # Inline checks, messages built only on failure: this loop runs per holding per
             # valuation, a worker's hottest code.
             instrument = holding.instrument

@@ -15,7 +15,6 @@ from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
@@ -25,6 +24,7 @@ from portfolio.security import context_id, new_id
 from streaming import events, marketdata, protocol, streams, tokens
 from streaming.flow import Conflator, TokenBucket, UserConnections
 from streaming.health import WS_CONNECTIONS, WS_MESSAGES_SENT, WS_REJECTED
+from streaming.patches.layers import forget_channel
 from streaming.watch import socket_watch
 
 log = logging.getLogger(__name__)
@@ -38,40 +38,6 @@ def instrument_page_state(*, instrument: Instrument, user_id: int) -> dict[str, 
         "trades": marketdata.recent_trades(instrument.id),
         "book": marketdata.latest_book(instrument.id),
     }
-
-
-async def dispatch_from(sources: list, dispatch) -> None:
-    """channels' ``await_many_dispatch`` without ``asyncio.wait``: one reading task per source
-    (the socket, the channel layer), each message dispatched in turn as it arrives. An idle
-    socket waits on one future, not on ``asyncio.wait``'s frames, sets and callbacks, which an
-    idle daphne would keep for every socket."""
-    loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(source()) for source in sources]
-    try:
-        while True:
-            woken = loop.create_future()
-
-            def wake(_task, woken=woken):
-                if not woken.done():
-                    woken.set_result(None)
-
-            for task in tasks:
-                task.add_done_callback(wake)
-            try:
-                await woken
-            finally:
-                for task in tasks:
-                    task.remove_done_callback(wake)
-            for i, task in enumerate(tasks):
-                if task.done():
-                    result = task.result()
-                    await dispatch(result)
-                    tasks[i] = loop.create_task(sources[i]())
-    finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 # WS_MESSAGES_SENT's child per message type: ``labels()`` takes a lock and builds a key each
@@ -104,7 +70,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         self.connection_id = new_id("ws")
         context_id.set(self.connection_id)  # every log line of this socket carries its id
         try:
-            await self.consume(scope, receive, send)
+            await super().__call__(scope, receive, send)
         except SERVICE_LOST as exc:
             # The channel layer's Redis went away: this socket can no longer hear its groups.
             # Close with 4503 so the client reconnects (with backoff) and gets a fresh snapshot.
@@ -126,23 +92,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 await send({"type": "websocket.close", "code": protocol.CLOSE_INTERNAL_ERROR})
         finally:
             await self.release(1006)  # a no-op after a normal close: release() runs once
-            # channels-redis keeps an empty receive queue per channel a cancelled receive()
-            # leaves behind, so daphne would grow with every reconnect: drop ours.
-            buffers = getattr(getattr(self, "channel_layer", None), "receive_buffer", None)
-            if buffers is not None and hasattr(self, "channel_name"):
-                buffers.pop(self.channel_name, None)
-
-    async def consume(self, scope, receive, send) -> None:
-        """``AsyncConsumer.__call__``, waiting with :func:`dispatch_from`."""
-        self.scope = scope
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        sources = [receive]
-        if self.channel_layer is not None:
-            self.channel_name = await self.channel_layer.new_channel()
-            sources.append(functools.partial(self.channel_layer.receive, self.channel_name))
-        self.base_send = send
-        with contextlib.suppress(StopConsumer):
-            await dispatch_from(sources, self.dispatch)
+            if getattr(self, "channel_layer", None) is not None and hasattr(self, "channel_name"):
+                forget_channel(self.channel_layer, self.channel_name)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.bucket: TokenBucket | None = None  # made on the first frame: most never send one
@@ -474,6 +425,7 @@ class Subscription:
     stream_seq: int = 0
     book_seq: int = 0  # diffs mode: the book change the client's book is at
     trade_seq: int = 0  # trades: the newest trade_seq the client has (in a snapshot or sent)
+    trade_as_of: str = ""  # and that trade's exchange time
     # Holds back what comes faster than max_rate, keeping the latest (None: no max_rate).
     conflator: Conflator | None = None
     skipped: int = 0  # trades conflated away since the last update: stream_seq jumps by these
@@ -914,8 +866,9 @@ class ApiConsumer(ProtocolConsumer):
         if sub.mode == protocol.BOOK_MODE_DIFFS:
             sub.book_seq = data["book_seq"] if data else 0
         elif sub.stream.kind == protocol.STREAM_TRADES:
-            numbered = [t["trade_seq"] for t in data["trades"] if "trade_seq" in t]
-            sub.trade_seq = numbered[-1] if numbered else 0
+            numbered = [t for t in data["trades"] if "trade_seq" in t]
+            sub.trade_seq = numbered[-1]["trade_seq"] if numbered else 0
+            sub.trade_as_of = numbered[-1]["as_of"] if numbered else ""
         return protocol.stream_snapshot(
             stream=sub.stream.name, stream_seq=sub.stream_seq, data=data
         )
@@ -957,13 +910,18 @@ class ApiConsumer(ProtocolConsumer):
         trade_seq = trade.get("trade_seq")
         if trade_seq is None:
             return True  # not numbered by a feed process
-        if sub.trade_seq - marketdata.RECENT_TRADES < trade_seq <= sub.trade_seq:
-            return False  # among the snapshot's recent trades
         if trade_seq <= sub.trade_seq:
-            sub.skipped += 1  # numbered afresh (its feed lost the cache): a jump, a resync
+            # Behind the client: in its snapshot or older (queued before it: a feed's first batch
+            # holds its market's warm-up), unless it is newer than the client's newest trade,
+            # when its feed numbers afresh (it restarted without its cache): a jump, a resync.
+            # as_of texts compare as times: one fixed ISO format (wire.iso).
+            if trade.get("as_of", "") <= sub.trade_as_of:
+                return False
+            sub.skipped += 1
         elif sub.trade_seq:
             sub.skipped += trade_seq - sub.trade_seq - 1
         sub.trade_seq = trade_seq
+        sub.trade_as_of = trade.get("as_of", "")
         return True
 
     async def _send_diff(self, sub: Subscription, data: dict[str, Any]) -> None:

@@ -41,7 +41,7 @@ ERROR_INTERNAL = "internal_error"  # the server failed while handling a frame; t
 CLOSE_UNAUTHENTICATED = 4401  # the session ended while connected (logged out, expired)
 CLOSE_TOO_MANY_CONNECTIONS = 4409  # this user already holds the maximum of open sockets
 CLOSE_RATE_LIMITED = 4429  # the client kept sending faster than allowed
-# It left more than LIVEFOLIO_WS_SEND_BUDGET_KB of frames unread (streaming/serve.py).
+# It left more than LIVEFOLIO_WS_SEND_BUDGET_KB of frames unread (streaming/patches/websocket.py).
 CLOSE_NOT_READING = 4413
 # A frame over LIVEFOLIO_MAX_FRAME_BYTES. Not RFC 6455's 1009: daphne's WebSocket library
 # (autobahn) sends only 1000 and 3000-4999 on an application's behalf.

@@ -1,239 +1,20 @@
-"""``python -m streaming.serve``: daphne, holding less memory per open WebSocket.
+"""``python -m streaming.serve``: daphne with Livefolio's WebSocket protocol.
 
 The same command line as ``daphne`` (every flag, e.g.
 ``python -m streaming.serve -b 0.0.0.0 -p 8000 portfolio.asgi:application``) and the same
-behaviour, keeping less for each open connection (docs/performance.md, "Idle sockets"), and
-refusing an incoming message over 128 KiB (daphne: 1 MiB) unless its flags say otherwise:
+behaviour, with the changes of :mod:`streaming.patches.websocket` (frames sent at once, a byte
+budget per socket closing a client that stops reading with 4413, refused frames answered with
+a close frame, less kept per open socket), refusing an incoming message over 128 KiB (daphne:
+1 MiB) unless its flags say otherwise.
 
-- the application's input queue is an :class:`~streaming.layers.Inbox` (nothing while empty)
-  instead of an ``asyncio.Queue`` (four deques per connection);
-- autobahn copies its ~30 protocol options (ping timeout, frame limits, ...) from the factory
-  onto every connection; this protocol reads them from the factory instead;
-- an open WebSocket lets go of the HTTP request it was upgraded from (Twisted's
-  ``HTTPChannel``, daphne's request, their headers and buffers), which daphne leaves registered
-  as its TCP transport's producer for as long as the socket is open;
-- a client that stops reading holds at most ``LIVEFOLIO_WS_SEND_BUDGET_KB`` of unsent frames
-  here (past what its TCP transport buffers): past that it is closed with **4413**
-  (docs/protocol.md), not kept until it misses its pings while its frames pile up.
-
-Plain ``daphne portfolio.asgi:application`` still runs the same application, with more memory
-per open socket.
+Plain ``daphne portfolio.asgi:application`` still runs the same application, without them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import logging
-from functools import partial
-from typing import Any
+from daphne import cli
 
-import daphne.server  # first: it installs Twisted's asyncio reactor
-from autobahn.util import encode_truncate
-from daphne import cli, ws_protocol
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from twisted.internet import tcp
-from twisted.web.http import HTTPChannel
-
-from streaming.layers import Inbox
-from streaming.protocol import CLOSE_NOT_READING
-
-log = logging.getLogger(__name__)
-
-DEFAULT_SEND_BUDGET_KB = 1024
-
-
-def send_budget() -> int:
-    """The bytes a client may leave unread (``LIVEFOLIO_WS_SEND_BUDGET_KB``; its default for an
-    application served without Livefolio's settings)."""
-    try:
-        kib = settings.LIVEFOLIO_WS_SEND_BUDGET_KB
-    except (ImproperlyConfigured, AttributeError):
-        kib = DEFAULT_SEND_BUDGET_KB
-    return kib * 1024
-
-
-class FactoryOption:
-    """A protocol option read from the protocol's factory.
-
-    A non-data descriptor: autobahn sees the option as already set (``hasattr``) and does not
-    copy it; a value set on one connection still lands in its ``__dict__`` and wins.
-    """
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, protocol: Any, owner: type | None = None) -> Any:
-        if protocol is None:
-            return self
-        return getattr(protocol.factory, self.name)
-
-
-class WebSocketProtocol(ws_protocol.WebSocketProtocol):
-    """daphne's WebSocket protocol: options read from the factory rather than copied, the
-    upgraded HTTP request let go once the socket is open, frames sent at once, and a byte
-    budget for a client that stops reading.
-
-    The budget: the protocol is its TCP transport's streaming producer. Twisted pauses it once
-    the transport holds more than its buffer size (64 KiB) that the socket would not take, and
-    resumes it once all of it is sent (``IConsumer.registerProducer``). Frames written while
-    paused are what the client leaves unread, beyond that buffer; past
-    ``LIVEFOLIO_WS_SEND_BUDGET_KB`` of them the connection is closed with
-    :data:`CLOSE_NOT_READING`. A client that never reads never completes the closing handshake
-    either, so autobahn drops the connection after its close handshake timeout (1 s) and
-    daphne frees what it held; the application sees a normal disconnect.
-    """
-
-    # Bytes sent while paused (None: not paused); set on the instance only while paused.
-    unread: int | None = None
-    over_budget = False
-
-    def pauseProducing(self) -> None:
-        # Twisted says so again at every write while its buffer is full: count from the first.
-        if self.unread is None:
-            self.unread = 0
-
-    def resumeProducing(self) -> None:
-        self.unread = None
-
-    def stopProducing(self) -> None:
-        self.unread = None
-
-    def _within_budget(self, data: bytes) -> bool:
-        """Count ``data`` if the client is behind; False (and the connection closing) once
-        what it left unread passes the budget: the frame is not sent."""
-        if self.unread is None or self.over_budget:
-            return True
-        self.unread += len(data)
-        if self.unread <= send_budget() or self.state != self.STATE_OPEN:
-            return True
-        self.over_budget = True  # the close frame below comes through here too
-        log.warning(
-            "ws: closing a connection that does not read (%d KiB unsent) with %d",
-            self.unread // 1024,
-            CLOSE_NOT_READING,
-        )
-        self.sendClose(code=CLOSE_NOT_READING, reason="not reading: too much unsent")
-        return False
-
-    def serverSend(self, content: str | bytes, binary: bool = False) -> None:
-        """daphne's send of an application frame; after the budget closed the connection the
-        frame is dropped, as daphne drops one for a connection already gone, instead of raising
-        into the application (autobahn refuses to send while closing) in the second before
-        the connection is dropped and the application told."""
-        if self.over_budget:
-            return
-        super().serverSend(content, binary)
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """autobahn's ``sendData``, sending a frame at once when nothing waits before it.
-
-        Twisted queues every write for the reactor's next turn: the transport registers as a
-        writer (an ``epoll_ctl``), sends, and unregisters (another): two system calls per frame,
-        which dominate when daphne fans a quote out to many sockets. Here a frame goes
-        straight to the socket when the transport holds nothing unsent; what the socket does
-        not take, and anything with TLS, chopping or autobahn's own send queue, goes the usual
-        way, behind it, so the order is kept.
-        """
-        if not self._within_budget(data):
-            return
-        transport = self.transport
-        if (
-            sync
-            or chopsize
-            or self.send_queue
-            or type(transport) is not tcp.Server
-            or transport.TLS
-            or not transport.connected
-            or transport._writeDisconnected
-            or transport._tempDataBuffer
-            or len(transport.dataBuffer) != transport.offset
-        ):
-            super().sendData(data, sync, chopsize)
-            return
-        try:
-            sent = transport.socket.send(data)
-        except OSError:  # full (EAGAIN) or failing: Twisted's path buffers or closes as usual
-            sent = 0
-        if sent < len(data):
-            transport.write(data[sent:])
-        if self.state == self.STATE_OPEN:
-            self.trafficStats.outgoingOctetsWireLevel += len(data)
-        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
-            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
-
-    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
-        """autobahn fails a connection on a frame it refuses (invalid UTF-8, over the size
-        limit, a protocol violation) by dropping TCP at once (``failByDrop``): the client saw
-        only 1006. Here an open connection first says why in a close frame (RFC 6455 7.4.1:
-        1007 not UTF-8, 1009 too big, 1002 protocol error), then closes once that frame is
-        written, reading nothing more (so an oversized frame is never buffered), without
-        waiting for the client's close."""
-        if self.state != self.STATE_OPEN or not self.failByDrop:
-            super()._fail_connection(code, reason)
-            return
-        self.log.info(
-            'failing WebSocket connection (code={code}): "{reason}"', code=code, reason=reason
-        )
-        self.failedByMe = True
-        self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
-        self.wasClean = False
-        self.wasNotCleanReason = f"closed after refusing a frame: {reason}"
-        self.dropConnection(abort=False)
-
-    def onOpen(self) -> None:
-        # daphne hands the TCP transport over from the HTTP channel, which stays registered as
-        # its producer. The channel is mid-request (it never finished: the socket took over),
-        # so its pause/resume/stopProducing do nothing; all it does is keep itself, its request
-        # and their headers alive. (Behind TLS the transport's producer is TLS's own: left.)
-        if isinstance(getattr(self.transport, "producer", None), HTTPChannel):
-            self.transport.unregisterProducer()
-        if getattr(self.transport, "producer", False) is None:
-            self.transport.registerProducer(self, True)  # the budget (see the class)
-        super().onOpen()
-
-
-for _name in WebSocketProtocol.CONFIG_ATTRS:
-    setattr(WebSocketProtocol, _name, FactoryOption(_name))
-
-
-class Server(daphne.server.Server):
-    """daphne's server with an :class:`Inbox` per application and :class:`WebSocketProtocol`."""
-
-    def run(self) -> None:
-        # Everything loaded so far (Django, Twisted, the application) lives as long as the
-        # process: the cyclic collector need not walk it again in every full collection.
-        gc.freeze()
-        super().run()
-
-    @property
-    def ws_factory(self) -> ws_protocol.WebSocketFactory:
-        return self._ws_factory
-
-    @ws_factory.setter
-    def ws_factory(self, factory: ws_protocol.WebSocketFactory) -> None:
-        # daphne's run() builds its WebSocket factory inline; its connections get our protocol.
-        factory.protocol = WebSocketProtocol
-        self._ws_factory = factory
-
-    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Inbox | None:
-        """daphne's ``create_application`` with an :class:`Inbox` as the input queue."""
-        assert "application_instance" not in self.connections[protocol]
-        input_queue = Inbox()
-        scope.setdefault("asgi", {"version": "3.0"})
-        application_instance = self.application(
-            scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
-        )
-        if protocol not in self.connections:
-            return None
-        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
-            application_instance, loop=asyncio.get_event_loop()
-        )
-        return input_queue
-
+from streaming.patches.websocket import Server
 
 # The largest incoming WebSocket message or frame accepted unless the flags say otherwise.
 # daphne's default is 1 MiB, held whole before the application sees it; the application answers
@@ -248,7 +29,7 @@ INCOMING_LIMIT = 128 * 1024
 
 
 class CommandLineInterface(cli.CommandLineInterface):
-    description = "Livefolio's daphne (daphne's flags; less memory per WebSocket)"
+    description = "Livefolio's daphne (daphne's flags and Livefolio's WebSocket protocol)"
     server_class = Server
 
     def __init__(self) -> None:

@@ -71,7 +71,13 @@ def stream_resolve(*, name: Any, user_id: int) -> Stream:
             )
         _own_portfolio(portfolio_id=int(key), user_id=user_id)
         return Stream(f"{kind}:{int(key)}", kind, int(key), events.user_group(user_id))
-    instrument = Instrument.objects.filter(symbol__iexact=key).values_list("id", "symbol").first()
+    # The symbol as spelled; any case if that names no instrument (symbols are unique as
+    # spelled, so "btc-usd" and "BTC-USD" may both exist: each is reached by its own spelling).
+    instrument = Instrument.objects.filter(symbol=key).values_list("id", "symbol").first()
+    if instrument is None:
+        instrument = (
+            Instrument.objects.filter(symbol__iexact=key).values_list("id", "symbol").first()
+        )
     if instrument is None:
         raise StreamError(protocol.ERROR_NOT_FOUND, f"no instrument with symbol {key!r}")
     instrument_id, symbol = instrument

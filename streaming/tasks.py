@@ -155,8 +155,8 @@ def _quote_messages(stored: list[tuple], received: dict[int, Any]) -> list[tuple
 
 
 # The worker's books (holdings and cash per portfolio) between batches: reloaded from the
-# database only when a portfolio's ledger changed (selectors.BookCache).
-books = selectors.BookCache()
+# database only when a portfolio's ledger changed (selectors.PortfolioBookCache).
+books = selectors.PortfolioBookCache()
 
 
 # Valuations published per channel-layer send: the first clients get theirs while the worker

@@ -61,7 +61,8 @@ def world(db):
     from django.contrib.auth import get_user_model
 
     from portfolio import services
-    from portfolio.models import AssetClass, FeedKind, Instrument, TxKind
+    from portfolio.ledger import TxKind
+    from portfolio.models import AssetClass, FeedKind, Instrument
 
     user_model = get_user_model()
     users = {

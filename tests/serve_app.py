@@ -15,8 +15,8 @@ from urllib.parse import parse_qs
 
 
 def live_objects() -> dict[str, int]:
-    """Open WebSocket protocols, and the per-socket objects the launcher is meant not to keep:
-    HTTP channels (the upgraded request), ``asyncio.Queue`` inputs, copied protocol options."""
+    """Open WebSocket protocols, and the per-socket object the launcher is meant not to keep:
+    HTTP channels (the upgraded request)."""
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.web.http import HTTPChannel
 
@@ -26,8 +26,6 @@ def live_objects() -> dict[str, int]:
     return {
         "open_websockets": len(protocols),
         "http_channels": sum(isinstance(o, HTTPChannel) for o in objects),
-        "asyncio_queues": sum(isinstance(o, asyncio.Queue) for o in objects),
-        "copied_options": sum("autoPingTimeout" in vars(p) for p in protocols),
     }
 
 

@@ -278,6 +278,7 @@ def test_every_close_code_the_server_sends_is_documented_and_daphne_can_send_it(
     assert all(code == 1000 or 3000 <= code <= 4999 for code in codes), codes
     api = (ROOT / "docs" / "api.md").read_text()
     asyncapi = ASYNCAPI.read_text()
-    # 1007 and 1009 come from the WebSocket layer itself (streaming/serve.py), not the app.
+    # 1007 and 1009 come from the WebSocket layer itself (streaming/patches/websocket.py),
+    # not the app.
     assert documented_close_codes(api, "Close codes:") - {1007, 1009} == codes
     assert documented_close_codes(asyncapi, "    Close codes") == codes

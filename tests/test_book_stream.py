@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -256,6 +256,47 @@ def test_a_trade_lost_on_the_way_makes_stream_seq_jump_and_the_snapshots_are_not
             got = [await frames_until(ws, lambda m: m["type"] == "update") for _ in range(3)]
             assert [m["data"]["trade_seq"] for m in got] == [4, 7, 8]
             assert [m["stream_seq"] for m in got] == [1, 4, 5]  # 2 and 3: the lost trades
+
+    asyncio.run(scenario())
+
+
+def test_trades_queued_before_the_snapshot_are_not_sent_and_a_feed_numbering_afresh_jumps(
+    world, daphne_server
+):
+    # A feed's first batch (its market's warm-up: ~100 trades) is cached, then published: a bot
+    # whose snapshot was read in between gets the whole batch after its snapshot.
+    instrument = listed_crypto("ADA-USDT", "ADA-USDT", feed="binance")
+    _row, token = tokens.token_create(user=world["users"]["bob"], name="warm-up")
+    start = datetime.now(UTC)
+
+    def trade(seq: int, second: int) -> dict:
+        return protocol.trade(
+            instrument_id=instrument.id,
+            symbol=instrument.symbol,
+            price=Decimal("0.9"),
+            size=Decimal("1"),
+            side="sell",
+            trade_id=f"t{second}",
+            exchange_ts=start + timedelta(seconds=second),
+            trade_seq=seq,
+        )
+
+    batch = [trade(n, n) for n in range(1, 121)]
+    marketdata.record_live(trades=batch, levels=[])  # the cache keeps the newest 50
+    group = events.instrument_group(instrument.id)
+
+    async def scenario() -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(api_url(daphne_server), additional_headers=headers) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "id": 1, "stream": "trades:ADA-USDT"}))
+            snap = await frames_until(ws, lambda m: m["type"] == "snapshot")
+            assert [t["trade_seq"] for t in snap["data"]["trades"]] == list(range(71, 121))
+            await events.apublish([(group, message) for message in batch])
+            # The feed restarted after its cache expired: it numbers from 1 again, later trades.
+            await events.apublish([(group, trade(121, 121)), (group, trade(1, 200))])
+            got = [await frames_until(ws, lambda m: m["type"] == "update") for _ in range(2)]
+            assert [m["data"]["trade_id"] for m in got] == ["t121", "t200"]
+            assert [m["stream_seq"] for m in got] == [1, 3]  # the jump: resync
 
     asyncio.run(scenario())
 

@@ -1,4 +1,4 @@
-"""The worker's book cache (selectors.BookCache) and frames encoded once (protocol.Encoded)."""
+"""The worker's portfolio books (selectors.PortfolioBookCache) and frames encoded once."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def states(portfolio, cache=None):
 def test_a_cached_book_is_reused_until_the_ledger_changes_and_then_matches_the_database(world):
     alice = world["portfolios"]["alice"]
     ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
-    cache = selectors.BookCache()
+    cache = selectors.PortfolioBookCache()
     assert states(alice, cache) == states(alice)
     assert cache.loads == 1
     ingest_quotes([tick(world["btc"], "650", T0.replace(minute=1))])
@@ -51,7 +51,7 @@ def test_a_cached_book_is_reused_until_the_ledger_changes_and_then_matches_the_d
 
 def test_name_and_base_currency_are_read_fresh_with_a_cached_book(world):
     alice = world["portfolios"]["alice"]
-    cache = selectors.BookCache()
+    cache = selectors.PortfolioBookCache()
     states(alice, cache)
     Portfolio.objects.filter(pk=alice.pk).update(name="Renamed", base_currency="EUR")
     state = states(alice, cache)
@@ -65,7 +65,7 @@ def test_an_instrument_edited_in_the_admin_is_valued_as_edited_with_a_cached_boo
     # asset class come from the instrument, which the admin can change without a ledger replay.
     alice = world["portfolios"]["alice"]
     ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
-    cache = selectors.BookCache()
+    cache = selectors.PortfolioBookCache()
     before = states(alice, cache)
     assert [s["key"] for s in before["allocation"]["asset_class"]] == ["crypto"]
     Instrument.objects.filter(pk=world["btc"].pk).update(asset_class="equity")
@@ -81,7 +81,7 @@ def test_a_holding_in_its_instruments_currency_follows_an_edit_of_that_currency(
     alice = world["portfolios"]["alice"]
     ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
     Holding.objects.filter(portfolio=alice, instrument=world["btc"]).update(currency="")
-    cache = selectors.BookCache()
+    cache = selectors.PortfolioBookCache()
     before = states(alice, cache)
     assert [h["currency"] for h in before["holdings"] if h["symbol"] == "BTC-USD"] == ["USD"]
     Instrument.objects.filter(pk=world["btc"].pk).update(quote_currency="EUR")
@@ -98,7 +98,7 @@ def test_a_cached_books_rows_follow_an_instrument_renamed_in_the_admin(world):
     alice = world["portfolios"]["alice"]
     buy(alice, world["eth"], "1.5", "3000", T0)
     ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
-    cache = selectors.BookCache()
+    cache = selectors.PortfolioBookCache()
     assert [h["symbol"] for h in states(alice, cache)["holdings"]] == ["BTC-USD", "ETH-USD"]
     assert [h["symbol"] for h in states(alice, cache)["holdings"]] == ["BTC-USD", "ETH-USD"]
     Instrument.objects.filter(pk=world["btc"].pk).update(symbol="XBT-USD")
@@ -178,12 +178,12 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
             texts = selectors.position_texts(quantity, cost, realized, Decimal(0))
             currency = rng.choice(["", "", "EUR", "GBP"])  # GBP: no rate to anything
             positions.append(
-                selectors.Position(
+                selectors.BookPosition(
                     instrument, quantity, cost, currency, realized, Decimal(0), texts
                 )
             )
         base = rng.choice(["USD", "EUR", "JPY"])
-        book = selectors.Book(n, n, "P", base, "fifo", None, positions, [])
+        book = selectors.PortfolioBook(n, n, "P", base, "fifo", None, positions, [])
         state = selectors._state(book, market, selectors._MarketTexts(market, now), rates)
         open_positions, value = selectors._book_value(book, market, rates)
         assert len(state["holdings"]) == len(value.holdings) == len(open_positions)

@@ -15,7 +15,8 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from portfolio import services
-from portfolio.models import AssetClass, FeedStatus, Instrument, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import AssetClass, FeedStatus, Instrument
 from tests.api import connect
 from tests.conftest import Process, stack_env
 from tests.feeds.fake_venues import OKX_BOOK_SNAPSHOT, OKX_TICKER, OKX_TRADE, FakeOkx, frame, now_ms

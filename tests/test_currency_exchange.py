@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from portfolio import ledger, services
 from portfolio.importers import transactions_csv
+from portfolio.ledger import TxKind
 from portfolio.models import (
     AssetClass,
     CashBalance,
@@ -23,7 +24,6 @@ from portfolio.models import (
     Holding,
     Instrument,
     Transaction,
-    TxKind,
 )
 
 D = Decimal

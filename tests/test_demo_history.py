@@ -11,7 +11,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portfolio import demo, selectors
-from portfolio.models import DailyPrice, Instrument, Transaction, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import DailyPrice, Instrument, Transaction
 
 pytestmark = pytest.mark.django_db
 

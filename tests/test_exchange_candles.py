@@ -43,12 +43,17 @@ BINANCE_INVALID_SYMBOL = '{"code": -1121, "msg": "Invalid symbol."}'
 # [time, low, high, open, close, volume]; the documentation's example bucket:
 # https://docs.cdp.coinbase.com/api-reference/exchange-api/rest-api/products/get-product-candles
 COINBASE_CANDLES = "[[1415398768, 0.32, 4.2, 0.35, 4.2, 12.3]]"
-# Kraken Spot REST, "Get OHLC Data" (GET /0/public/OHLC), the response example's first entry:
-# https://docs.kraken.com/api/docs/rest-api/get-ohlc-data
+# Kraken Spot REST, "Get OHLC Data" (GET /0/public/OHLC), the response example's first entry,
+# keyed by Kraken's own name for the pair ("XXBTZUSD"), beside "last":
+# https://docs.kraken.com/api-reference/market-data/get-ohlc-data
 KRAKEN_OHLC = (
     '{"error":[],"result":{"XXBTZUSD":[[1688671200,"30306.1","30306.2","30305.7","30305.7",'
     '"30306.1","3.39243896",23]],"last":1688672160}}'
 )
+# The names Kraken's REST API accepts for that pair: the AssetPairs key and its altname
+# (https://docs.kraken.com/api-reference/market-data/get-tradable-asset-pairs: "XXBTZUSD" has
+# "altname": "XBTUSD", "wsname": "XBT/USD"); the WebSocket v2 form "BTC/USD" is not one.
+KRAKEN_REST_BTC_USD = {"XXBTZUSD", "XBTUSD"}
 # Kraken's error envelope (HTTP 200, a non-empty "error" array of "E<category>:<message>"), with
 # its documented unknown-pair error: https://docs.kraken.com/api/docs/guides/spot-errors/
 KRAKEN_UNKNOWN_PAIR = '{"error":["EQuery:Unknown asset pair"],"result":{}}'
@@ -61,6 +66,8 @@ class FakeRest:
         self.routes: dict[str, tuple[int, str]] = {}
         self.requests: list[tuple[str, dict[str, list[str]]]] = []
         self.silent = False  # accept the connection, never answer (a timeout)
+        # path -> the pair names Kraken accepts there; any other answers Kraken's unknown pair
+        self.kraken_pairs: dict[str, set[str]] = {}
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -71,6 +78,10 @@ class FakeRest:
                     fake.release.wait(5)
                     return
                 status, body = fake.routes.get(parsed.path, (404, '{"message":"NotFound"}'))
+                pairs = fake.kraken_pairs.get(parsed.path)
+                asked = urllib.parse.parse_qs(parsed.query).get("pair", [""])[0]
+                if pairs is not None and asked not in pairs:
+                    status, body = 200, KRAKEN_UNKNOWN_PAIR
                 data = body.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -174,7 +185,8 @@ def test_coinbase_candles_documented_sample_keeps_the_numbers_digits(db, fake_re
 
 def test_kraken_ohlc_documented_sample_becomes_a_day(db, fake_rest):
     fake_rest.routes["/0/public/OHLC"] = (200, KRAKEN_OHLC)
-    btc = instrument("BTC-USD", FeedKind.KRAKEN, "BTC/USD")
+    fake_rest.kraken_pairs["/0/public/OHLC"] = KRAKEN_REST_BTC_USD
+    btc = instrument("BTC-USD", FeedKind.KRAKEN, "BTC/USD")  # as the WebSocket v2 feed names it
     exchange_candles.backfill(instrument=btc, since=date(2023, 7, 1), today=date(2023, 7, 8))
     assert stored(btc) == [
         (
@@ -189,7 +201,18 @@ def test_kraken_ohlc_documented_sample_becomes_a_day(db, fake_rest):
     ]
     path, query = fake_rest.requests[0]
     assert path == "/0/public/OHLC"
-    assert (query["pair"], query["interval"]) == (["BTC/USD"], ["1440"])
+    assert (query["pair"], query["interval"]) == (["XBTUSD"], ["1440"])
+
+
+@pytest.mark.parametrize(
+    ("feed_symbol", "rest_pair"),
+    [("BTC/USD", "XBTUSD"), ("DOGE/EUR", "XDGEUR"), ("ETH/BTC", "ETHXBT"), ("SOL/USD", "SOLUSD"),
+     ("XBTUSD", "XBTUSD")],
+)  # fmt: skip
+def test_kraken_rest_names_bitcoin_and_dogecoin_its_own_way(feed_symbol, rest_pair):
+    """AssetPairs' altnames (docs.kraken.com, "Get Tradable Asset Pairs": "XETHXXBT" is
+    "ETHXBT", "XXBTZUSD" is "XBTUSD"); the WebSocket v2 names say BTC and DOGE."""
+    assert exchange_candles.kraken_rest_pair(feed_symbol) == rest_pair
 
 
 def test_todays_unfinished_candle_is_not_stored(db, fake_rest):
@@ -206,7 +229,7 @@ def test_todays_unfinished_candle_is_not_stored(db, fake_rest):
         (FeedKind.BINANCE, "NOPE", "/api/v3/klines", (400, BINANCE_INVALID_SYMBOL),
          "HTTP 400: {\"code\": -1121, \"msg\": \"Invalid symbol.\"}"),
         (FeedKind.KRAKEN, "NOPE/USD", "/0/public/OHLC", (200, KRAKEN_UNKNOWN_PAIR),
-         "Kraken OHLC for NOPE/USD: EQuery:Unknown asset pair"),
+         "Kraken OHLC for NOPE/USD (NOPEUSD): EQuery:Unknown asset pair"),
         (FeedKind.COINBASE, "BTC-USD", "/products/BTC-USD/candles",
          (200, "[[1415398768, 0.32, 4.2, 0.35, -4.2, 12.3]]"),
          "Coinbase BTC-USD 2014-11-07: close -4.2 is not positive"),

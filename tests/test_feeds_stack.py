@@ -14,7 +14,8 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from portfolio import services
-from portfolio.models import AssetClass, FeedStatus, Instrument, Quote, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import AssetClass, FeedStatus, Instrument, Quote
 from tests.conftest import Process, stack_env
 from tests.feeds.fakes import FakeBinance, FakeCoinbase, FakeKraken
 from tests.feeds.test_kraken import DOC_ASKS, DOC_BIDS, is_book_request

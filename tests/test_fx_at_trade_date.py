@@ -153,7 +153,7 @@ def test_cost_basis_and_realized_pnl_in_base_currency_do_not_move_with_todays_fx
     values = [
         valuation.value_portfolio(
             holdings=[
-                valuation.Holding(
+                valuation.HoldingInput(
                     instrument="X",
                     quantity=position.quantity,
                     cost_basis=position.cost_basis,

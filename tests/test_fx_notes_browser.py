@@ -10,7 +10,8 @@ from django.db import connection
 from playwright.sync_api import expect
 
 from portfolio import services
-from portfolio.models import AssetClass, FeedKind, Instrument, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import AssetClass, FeedKind, Instrument
 from tests.browser import log_in
 from tests.conftest import PASSWORD
 

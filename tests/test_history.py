@@ -21,7 +21,8 @@ def seed(days: int, step: timedelta):
     from django.contrib.auth import get_user_model
 
     from portfolio import services
-    from portfolio.models import TxKind, ValuationSnapshot
+    from portfolio.ledger import TxKind
+    from portfolio.models import ValuationSnapshot
 
     owner = get_user_model().objects.create(username="historian")
     portfolio = services.portfolio_create(owner=owner, name="History")

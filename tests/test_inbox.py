@@ -1,12 +1,12 @@
-"""The channel layers' per-connection inbox (streaming.layers.Inbox): what asyncio.Queue did for
-them, in order, bounded like channels-redis' BoundedQueue, and never losing a message to a
+"""The pub/sub layer's per-channel inbox (streaming.patches.layers.Inbox): what asyncio.Queue
+did for it, in order, bounded like channels-redis' BoundedQueue, and never losing a message to a
 cancelled reader."""
 
 import asyncio
 
 import pytest
 
-from streaming.layers import Inbox
+from streaming.patches.layers import Inbox
 
 
 async def test_messages_come_out_in_the_order_they_went_in():

@@ -6,7 +6,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from portfolio import services
-from portfolio.models import TxKind
+from portfolio.ledger import TxKind
 from tests.websocket import open_portfolio_page
 
 pytestmark = pytest.mark.django_db(transaction=True)

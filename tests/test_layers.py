@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from streaming import events, namespace, protocol
-from streaming.layers import PubSubChannelLayer, SubscriptionLost
+from streaming.patches.layers import PubSubChannelLayer, SubscriptionLost
 from tests.conftest import configured_layer, free_port
 from tests.websocket import as_sent, communicator, open_portfolio_page, session_cookie
 
@@ -250,9 +250,9 @@ async def test_pubsub_messages_are_not_formatted_for_redis_pys_debug_log(caplog)
 
 async def test_pubsub_a_publish_cut_off_before_its_replies_closes_its_connection(redis_client):
     # group_send_many writes a batch's PUBLISH commands and reads the replies itself
-    # (streaming/layers.py). Cut off in between (a timeout, a cancelled task), its connection
-    # still has replies coming: back in the pool, the next batch would read those as its own.
-    # It must be closed instead, and the next batch go through whole and in order.
+    # (streaming/patches/layers.py). Cut off in between (a timeout, a cancelled task), its
+    # connection still has replies coming: back in the pool, the next batch would read those as
+    # its own. It must be closed instead, and the next batch go through whole and in order.
     name = connection_name()
     layer = PubSubChannelLayer(
         hosts=[settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0] | {"client_name": name}],

@@ -1,7 +1,8 @@
-"""Contracts with the libraries whose private names Livefolio builds on (streaming/serve.py,
-streaming/layers.py, streaming/consumers.py, streaming/runner.py). pyproject.toml pins each
-exactly; an upgrade that changes a function Livefolio copies or overrides, or drops a name it
-reads, fails here, naming the place to re-read, instead of failing in production."""
+"""Contracts with the libraries whose private names Livefolio builds on, all of them in one
+package (streaming/patches). pyproject.toml pins each library exactly; an upgrade that changes a
+function Livefolio copies or overrides, or drops a name it reads, fails here, naming the place to
+re-read, instead of failing in production. A private name used in the package and not listed
+here fails too, as does a module outside it that reaches into these libraries."""
 
 import hashlib
 import importlib
@@ -18,61 +19,49 @@ pytestmark = pytest.mark.unit
 # Functions Livefolio copies or overrides, by the sha256 (first 16 hex digits) of their source
 # at the pinned version, and the place in Livefolio that depends on it.
 OVERRIDDEN = {
-    "channels.consumer.AsyncConsumer.__call__": (
-        "e52238720872dbc3",
-        "streaming/consumers.py ProtocolConsumer.consume copies it",
-    ),
-    "channels.utils.await_many_dispatch": (
-        "30ef889498560da3",
-        "streaming/consumers.py dispatch_from replaces it",
-    ),
     "channels_redis.pubsub.RedisSingleShardConnection._ensure_redis": (
         "ba228d3cee7116dc",
-        "streaming/layers.py _PubSubShard._ensure_redis copies it",
+        "streaming/patches/layers.py _PubSubShard._ensure_redis copies it",
     ),
     "channels_redis.pubsub.RedisSingleShardConnection._do_receiving": (
         "a822736dcb875e43",
-        "streaming/layers.py _PubSubShard._do_receiving replaces it",
+        "streaming/patches/layers.py _PubSubShard._do_receiving replaces it",
     ),
     "channels_redis.pubsub.RedisSingleShardConnection.subscribe": (
         "173a8f40b17e4e28",
-        "streaming/layers.py _PubSubShard.subscribe extends it",
+        "streaming/patches/layers.py _PubSubShard.subscribe extends it",
     ),
     "channels_redis.pubsub.RedisPubSubLoopLayer.__init__": (
         "fd9d37e275298a58",
-        "streaming/layers.py _PubSubLoopLayer replaces its _shards",
+        "streaming/patches/layers.py _PubSubLoopLayer replaces its _shards",
     ),
     "channels_redis.pubsub.RedisPubSubLoopLayer._subscribe_to_channel": (
         "3da2e955db06450f",
-        "streaming/layers.py _PubSubLoopLayer._subscribe_to_channel replaces it",
+        "streaming/patches/layers.py _PubSubLoopLayer._subscribe_to_channel replaces it",
     ),
     "channels_redis.pubsub.RedisPubSubLoopLayer.receive": (
         "2d3fa7938ba6e0a6",
-        "streaming/layers.py _PubSubLoopLayer.receive extends it",
+        "streaming/patches/layers.py _PubSubLoopLayer.receive extends it",
     ),
     "channels_redis.pubsub.RedisPubSubChannelLayer._get_layer": (
         "1862b87a25ac72b2",
-        "streaming/layers.py PubSubChannelLayer._get_layer replaces it",
-    ),
-    "daphne.server.Server.create_application": (
-        "f1e300b4ecf636c8",
-        "streaming/serve.py Server.create_application copies it",
+        "streaming/patches/layers.py PubSubChannelLayer._get_layer replaces it",
     ),
     "daphne.server.Server.run": (
         "447c6bd42c62e98c",
-        "streaming/serve.py Server.ws_factory catches the factory run() builds inline",
+        "streaming/patches/websocket.py Server.ws_factory catches the factory run() builds inline",
     ),
     "daphne.ws_protocol.WebSocketProtocol.serverSend": (
         "345f21330d2a18ce",
-        "streaming/serve.py WebSocketProtocol.serverSend drops a frame after a budget close",
+        "streaming/patches/websocket.py WebSocketProtocol.serverSend drops a frame past the budget",
     ),
     "autobahn.websocket.protocol.WebSocketProtocol._fail_connection": (
         "00c349e066d658bf",
-        "streaming/serve.py WebSocketProtocol._fail_connection replaces it",
+        "streaming/patches/websocket.py WebSocketProtocol._fail_connection replaces it",
     ),
     "autobahn.websocket.protocol.WebSocketProtocol.sendData": (
         "5dcca425b048b07e",
-        "streaming/serve.py WebSocketProtocol.sendData sends past it",
+        "streaming/patches/websocket.py WebSocketProtocol.sendData sends past it",
     ),
 }
 
@@ -90,19 +79,36 @@ READ = [
     ),
     ("channels_redis.pubsub", "RedisPubSubChannelLayer", ["_layers", "_args", "_kwargs"]),
     ("channels_redis.utils", None, ["_wrap_close", "create_pool"]),
-    ("channels_redis.core", "RedisChannelLayer", ["create_pool", "receive_buffer", "capacity"]),
+    ("channels_redis.core", "RedisChannelLayer", ["create_pool", "hosts", "receive_buffer"]),
     (
         "twisted.internet.abstract",
         "FileDescriptor",
         ["dataBuffer", "offset", "_tempDataBuffer", "_writeDisconnected", "connected"],
     ),
-    ("twisted.internet.tcp", "Server", ["TLS", "unregisterProducer"]),
+    (
+        "twisted.internet.tcp",
+        "Server",
+        ["TLS", "socket", "producer", "registerProducer", "unregisterProducer"],
+    ),
     (
         "autobahn.websocket.protocol",
         "WebSocketProtocol",
-        ["CONFIG_ATTRS", "STATE_OPEN", "sendCloseFrame", "dropConnection", "failByDrop"],
+        [
+            "STATE_OPEN",
+            "STATE_CONNECTING",
+            "STATE_PROXY_CONNECTING",
+            "state",
+            "send_queue",
+            "trafficStats",
+            "sendCloseFrame",
+            "dropConnection",
+            "failByDrop",
+            "failedByMe",
+            "wasClean",
+            "wasNotCleanReason",
+        ],
     ),
-    ("daphne.server", "Server", ["handle_reply", "create_application"]),
+    ("daphne.server", "Server", ["ws_factory"]),
 ]
 
 
@@ -152,3 +158,43 @@ def test_the_patched_libraries_are_pinned_exactly_at_the_installed_versions():
         pinned = re.search(rf'"{package}=={{1,2}}([^"]+)"', pyproject, re.IGNORECASE)
         assert pinned, f"pyproject.toml must pin {package} exactly"
         assert importlib.metadata.version(package) == pinned.group(1), package
+
+
+# Private names the patches define themselves (on their own classes), not the libraries'.
+OWN = {
+    "_error", "_getters", "_items", "_wake_next",  # Inbox
+    "_lost", "_new_pubsub", "_reconnected", "_start_over",  # _PubSubShard
+    "_within_budget", "_ws_factory",  # WebSocketProtocol, Server
+}  # fmt: skip
+PATCHES = ROOT / "streaming" / "patches"
+
+
+def test_every_private_name_the_patches_use_is_under_contract():
+    listed = {dotted.rsplit(".", 1)[1] for dotted in OVERRIDDEN}
+    listed.update(name for _, _, names in READ for name in names)
+    for module in sorted(PATCHES.glob("*.py")):
+        source = module.read_text()
+        used = set(re.findall(r"\.(_[A-Za-z]\w*)", source))  # attributes and methods
+        used.update(re.findall(r"^\s+def (_[A-Za-z]\w*)", source, re.MULTILINE))  # overrides
+        used.update(re.findall(r"^from \S+ import .*\b(_[A-Za-z]\w*)", source, re.MULTILINE))
+        unlisted = sorted(name for name in used - OWN - listed if not name.startswith("__"))
+        assert not unlisted, f"{module.name} uses {unlisted}: list them above (or in OWN)"
+
+
+def test_only_the_patches_reach_into_the_pinned_libraries():
+    internals = re.compile(r"^\s*(?:from|import) (channels_redis|daphne|twisted|autobahn|kombu)\b")
+    allowed = {
+        "streaming/serve.py": {"daphne"},  # the launcher: daphne's CLI with our server class
+        "streaming/consumers.py": {"autobahn"},  # autobahn.exception.Disconnected, public
+    }
+    reaching = []
+    for package in ("portfolio", "streaming"):
+        for module in sorted((ROOT / package).rglob("*.py")):
+            relative = module.relative_to(ROOT).as_posix()
+            if relative.startswith("streaming/patches/"):
+                continue
+            for line in module.read_text().splitlines():
+                found = internals.match(line)
+                if found and found.group(1) not in allowed.get(relative, set()):
+                    reaching.append(f"{relative}: {line.strip()}")
+    assert not reaching, reaching

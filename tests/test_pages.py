@@ -11,7 +11,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portfolio import services
-from portfolio.models import DailyPrice, Holding, Portfolio, Transaction, TxKind, ValuationSnapshot
+from portfolio.ledger import TxKind
+from portfolio.models import DailyPrice, Holding, Portfolio, Transaction, ValuationSnapshot
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from portfolio import services
+from portfolio.ledger import TxKind
 from portfolio.models import (
     AssetClass,
     FeedKind,
     FeedStatus,
     Instrument,
     PriceBar,
-    TxKind,
     ValuationSnapshot,
 )
 from tests.browser import log_in, screenshot

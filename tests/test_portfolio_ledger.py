@@ -13,16 +13,15 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from portfolio import selectors, services
+from portfolio.ledger import CostBasis, TxKind
 from portfolio.models import (
     AssetClass,
     CashBalance,
-    CostBasisMethod,
     FeedKind,
     Holding,
     Instrument,
     Lot,
     Transaction,
-    TxKind,
 )
 from streaming.tasks import ingest_quotes
 from tests.conftest import ROOT
@@ -140,10 +139,10 @@ def test_deleting_a_buy_that_a_later_sale_needs_is_refused(world):
     ("method", "realized", "cost_left"),
     [
         # Lots: 2 @ 500 (world), 1 @ 800, 1 @ 650 (2450 in all); then 1 is sold at 900.
-        (CostBasisMethod.FIFO, "400", "1950"),  # closes a 500 lot
-        (CostBasisMethod.LIFO, "250", "1800"),  # closes the 650 lot
-        (CostBasisMethod.HIFO, "100", "1650"),  # closes the 800 lot
-        (CostBasisMethod.AVERAGE, "287.5", "1837.5"),  # (1000 + 800 + 650) / 4 = 612.5
+        (CostBasis.FIFO, "400", "1950"),  # closes a 500 lot
+        (CostBasis.LIFO, "250", "1800"),  # closes the 650 lot
+        (CostBasis.HIFO, "100", "1650"),  # closes the 800 lot
+        (CostBasis.AVERAGE, "287.5", "1837.5"),  # (1000 + 800 + 650) / 4 = 612.5
     ],
 )
 def test_changing_the_cost_basis_method_recomputes_realized_pnl_and_cost(
@@ -375,3 +374,10 @@ def test_a_closed_position_does_not_stop_valuations_of_the_open_ones(world):
     eth_holders = dict(selectors.portfolios_holding(instrument_ids=[world["eth"].id]))
     assert alice.id not in eth_holders  # nothing of hers moves with ETH any more
     assert world["portfolios"]["bob"].id in eth_holders
+
+
+def test_every_transaction_kind_and_cost_basis_method_has_a_label_for_forms():
+    from portfolio.models import COST_BASIS_CHOICES, TX_KIND_CHOICES
+
+    assert [kind for kind, _ in TX_KIND_CHOICES] == list(TxKind)
+    assert [method for method, _ in COST_BASIS_CHOICES] == list(CostBasis)

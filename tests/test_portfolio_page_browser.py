@@ -12,7 +12,8 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from portfolio import services
-from portfolio.models import DailyPrice, TxKind, ValuationSnapshot
+from portfolio.ledger import TxKind
+from portfolio.models import DailyPrice, ValuationSnapshot
 from streaming.tasks import ingest_quotes
 from tests.browser import log_in, poll, screenshot
 from tests.conftest import PASSWORD

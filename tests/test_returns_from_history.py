@@ -4,6 +4,7 @@ sub-periods, XIRR as spreadsheets compute it."""
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 
 from portfolio import day_values, performance, selectors, services
 from portfolio.importers import prices_csv
-from portfolio.models import AssetClass, FeedKind, Instrument, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import AssetClass, FeedKind, Instrument
 
 D = Decimal
 
@@ -80,9 +82,15 @@ def test_xirr_from_the_ledger_equals_excels_documented_example(db):
         (date(2009, 2, 15), D(3250)),
         (date(2009, 4, 1), D(2750)),
     ]
-    # A weekend inside the range is valued at Friday's close, and says so.
-    saturday = next(v for v in values if v.day == date(2008, 1, 5))
-    assert saturday.carried == ("ACME",) and saturday.value == D(10000)
+    # Only the ends and each flow's eve are valued (between flows the daily returns chain to
+    # the same number); an eve without a close of its own is valued at the last one, and says so.
+    assert [(v.day, v.value, v.carried) for v in values] == [
+        (date(2007, 12, 31), D(0), ()),
+        (date(2008, 2, 29), D(10000), ("ACME",)),  # 100 x the close of 1 January
+        (date(2008, 10, 29), D(8250), ("ACME",)),  # 75 x the close of 1 March
+        (date(2009, 2, 14), D(8500), ("ACME",)),  # 50 x the close of 30 October
+        (date(2009, 4, 1), D(2750), ()),
+    ]
 
 
 def test_twr_chains_daily_sub_periods_with_flows_at_the_start_of_their_day(db):
@@ -101,7 +109,13 @@ def test_twr_chains_daily_sub_periods_with_flows_at_the_start_of_their_day(db):
     returns, values = selectors.portfolio_returns(
         portfolio=portfolio, start=d1 - timedelta(1), end=d1 + timedelta(5)
     )
-    assert [v.value for v in values] == [0, 1000, 1000, 1100, 2200, 2200, 2420]
+    # The range's ends and the eve of each deposit: the day before the first (nothing held),
+    # the 4th (10 x 110) and the 7th (20 x 121).
+    assert [(v.day, v.value) for v in values] == [
+        (d1 - timedelta(1), 0),
+        (d4 - timedelta(1), 1100),
+        (d1 + timedelta(5), 2420),
+    ]
     assert returns.twr.cumulative == D("0.21")
     assert [(sp.start_value, sp.flow, sp.end_value) for sp in returns.twr.sub_periods] == [
         (D(0), D(1000), D(1100)),
@@ -165,6 +179,35 @@ def test_twr_over_a_to_c_chains_a_to_b_and_b_to_c(history, cut):
     assert abs((1 + first) * (1 + second) - 1 - whole) < D("1e-25")
 
 
+@settings(max_examples=100, deadline=None)
+@given(history=histories(), cut=st.integers(0, 28))
+def test_the_days_a_range_reads_give_the_same_returns_as_every_day(history, cut):
+    """Only the ends and each flow's eve are valued for a range: with just those values the
+    TWR, its working and the IRR are exactly those computed from every day's value."""
+    values, flows = history
+    start = START + timedelta(days=min(cut, len(values) - 2))
+    end = values[-1].day
+    every_day = day_values.range_returns(values, flows, start=start, end=end)
+    read = set(day_values.range_days(flows, start=start, end=end))
+    only = day_values.range_returns(
+        [v for v in values if v.day in read], flows, start=start, end=end
+    )
+    assert only == every_day
+
+
+def test_a_chart_of_ten_years_has_at_most_500_evenly_spaced_points_ending_today():
+    today = date(2026, 12, 7)
+    first = today - timedelta(days=3650)
+    days = day_values.chart_days(first, today)
+    assert len(days) <= day_values.CHART_POINTS == 500
+    assert days[0] == first and days[-1] == today
+    assert {(b - a).days for a, b in itertools.pairwise(days[1:])} == {8}
+    # A year fits: every day.
+    assert day_values.chart_days(today - timedelta(days=365), today) == [
+        today - timedelta(days=365 - n) for n in range(366)
+    ]
+
+
 # --- On the performance page -------------------------------------------------------------
 
 
@@ -202,9 +245,10 @@ def test_the_performance_page_shows_returns_over_a_chosen_range_with_the_working
         ("2026-03-05", "-1,100.00"),
         ("2026-03-07", "2,420.00"),
     ]
-    # 1 to 7 March: the 4th (no close) and the 6th and 7th carry an earlier close; the 1st
-    # holds nothing.
-    assert "7 days valued; 3 with a close carried from an earlier day." in section
+    # The ends (1 and 7 March) and the eve of the second deposit (the 4th): each has its own
+    # close (the 1st holds nothing).
+    assert "3 days valued (the range's ends and the eve of each deposit or withdrawal:" in section
+    assert "0 with a close carried from an earlier day." in section
     # By default: from the day before the first transaction to today, whatever today is.
     default = client.get(url).content.decode()
     assert 'name="from" value="2026-03-01"' in default

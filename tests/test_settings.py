@@ -55,7 +55,8 @@ def test_database_and_redis_urls_give_the_real_stack():
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     assert config["engine"] == "django.db.backends.postgresql"
-    assert config["layer"] == "streaming.layers.PubSubChannelLayer"  # Livefolio's pub/sub layer
+    # Livefolio's pub/sub layer
+    assert config["layer"] == "streaming.patches.layers.PubSubChannelLayer"
     assert config["eager"] is False
     # The idle-consumer pitfall: no socket read timeout on the channel layer's connections.
     assert config["hosts"] == [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}]
@@ -74,7 +75,7 @@ def test_channel_layer_core_selects_channels_redis_core_layer_without_read_timeo
     result = run_with_env(env)
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
-    assert config["layer"] == "streaming.layers.CoreChannelLayer"
+    assert config["layer"] == "streaming.patches.layers.CoreChannelLayer"
     assert config["hosts"] == [{"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}]
     assert config["capacity"] == 50
 

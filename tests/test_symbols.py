@@ -16,7 +16,9 @@ from channels.db import database_sync_to_async
 from django.urls import reverse
 
 from portfolio import services
-from portfolio.models import Instrument, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import Instrument
+from streaming import streams
 from streaming.tasks import ingest_quotes
 from tests.api import connect, request
 from tests.websocket import communicator, session_cookie
@@ -157,3 +159,18 @@ def test_any_symbol_the_admin_accepts_links_to_its_own_page(world, admin_client,
     assert status.status_code == 200
     [link] = links_to(status.content.decode(), symbol)
     assert admin_client.get(link).context["instrument"] == instrument
+
+
+@pytest.mark.django_db
+def test_an_api_stream_names_the_instrument_spelled_so_and_any_case_finds_a_lone_one(world):
+    upper = Instrument.objects.create(
+        symbol="ABC-USD", name="Upper", quote_currency="USD", feed_symbol="A"
+    )
+    lower = Instrument.objects.create(
+        symbol="abc-usd", name="Lower", quote_currency="USD", feed_symbol="a"
+    )
+    alice = world["users"]["alice"].id
+    assert streams.stream_resolve(name="quotes:abc-usd", user_id=alice).source_id == lower.id
+    assert streams.stream_resolve(name="quotes:ABC-USD", user_id=alice).source_id == upper.id
+    lone = streams.stream_resolve(name="trades:eth-usd", user_id=alice)
+    assert (lone.name, lone.source_id) == ("trades:ETH-USD", world["eth"].id)

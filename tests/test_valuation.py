@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portfolio.valuation import (
-    Holding,
+    HoldingInput,
     ValuationError,
     ValueStatus,
     quantize_money,
@@ -19,15 +19,15 @@ from portfolio.valuation import (
 D = Decimal
 
 HOLDINGS = [
-    Holding(instrument="AAPL", quantity=D(10), cost_basis=D(1500), currency="USD",
+    HoldingInput(instrument="AAPL", quantity=D(10), cost_basis=D(1500), currency="USD",
             asset_class="equity"),
-    Holding(instrument="SAP", quantity=D(20), cost_basis=D(3000), currency="EUR",
+    HoldingInput(instrument="SAP", quantity=D(20), cost_basis=D(3000), currency="EUR",
             asset_class="equity"),
-    Holding(instrument="BTC", quantity=D("0.5"), cost_basis=D(15000), currency="USD",
+    HoldingInput(instrument="BTC", quantity=D("0.5"), cost_basis=D(15000), currency="USD",
             asset_class="crypto"),
-    Holding(instrument="XYZ", quantity=D(3), cost_basis=D(30), currency="USD",
+    HoldingInput(instrument="XYZ", quantity=D(3), cost_basis=D(30), currency="USD",
             asset_class="equity"),
-    Holding(instrument="7203", quantity=D(100), cost_basis=D(250000), currency="JPY",
+    HoldingInput(instrument="7203", quantity=D(100), cost_basis=D(250000), currency="JPY",
             asset_class="equity"),
 ]  # fmt: skip
 PRICES = {"AAPL": D(190), "SAP": D(170), "BTC": D(40000), "XYZ": None, "7203": D(2600)}
@@ -108,7 +108,7 @@ def test_missing_price_or_fx_rate_is_flagged_and_left_out(valued):
 
 def test_missing_reference_price_leaves_day_change_unknown_but_the_holding_priced():
     result = value_portfolio(
-        holdings=[Holding(instrument=1, quantity=D(2), cost_basis=D(10), currency="USD")],
+        holdings=[HoldingInput(instrument=1, quantity=D(2), cost_basis=D(10), currency="USD")],
         prices={1: D(7)},
         base_currency="USD",
     )
@@ -120,7 +120,9 @@ def test_missing_reference_price_leaves_day_change_unknown_but_the_holding_price
 
 def test_inverse_fx_rate_is_used_when_only_the_other_direction_is_known():
     result = value_portfolio(
-        holdings=[Holding(instrument="VOD", quantity=D(100), cost_basis=D(80), currency="GBP")],
+        holdings=[
+            HoldingInput(instrument="VOD", quantity=D(100), cost_basis=D(80), currency="GBP")
+        ],
         prices={"VOD": D("0.72")},
         fx_rates={("USD", "GBP"): D("0.8")},  # 1 USD = 0.8 GBP, so 1 GBP = 1.25 USD
         base_currency="USD",
@@ -132,7 +134,7 @@ def test_inverse_fx_rate_is_used_when_only_the_other_direction_is_known():
 def test_short_holding_gains_when_the_price_falls():
     # Sold 5 short for 500: cost basis -500. At 90 it is worth -450: up 50, i.e. 10 %.
     result = value_portfolio(
-        holdings=[Holding(instrument="X", quantity=D(-5), cost_basis=D(-500), currency="USD")],
+        holdings=[HoldingInput(instrument="X", quantity=D(-5), cost_basis=D(-500), currency="USD")],
         prices={"X": D(90)},
         base_currency="USD",
     )
@@ -144,7 +146,9 @@ def test_short_holding_gains_when_the_price_falls():
 
 def test_amounts_keep_full_precision_until_quantize_money():
     result = value_portfolio(
-        holdings=[Holding(instrument="F", quantity=D("3.3333"), cost_basis=D(1), currency="EUR")],
+        holdings=[
+            HoldingInput(instrument="F", quantity=D("3.3333"), cost_basis=D(1), currency="EUR")
+        ],
         prices={"F": D("1.23456")},
         fx_rates={("EUR", "USD"): D("1.0876")},
         base_currency="USD",
@@ -195,7 +199,7 @@ positions = st.lists(
 @given(positions=positions, usd_cash=money, eur_cash=money)
 def test_allocations_add_up_to_the_total(positions, usd_cash, eur_cash):
     holdings = [
-        Holding(instrument=i, quantity=q, cost_basis=c, currency=cur, asset_class=ac)
+        HoldingInput(instrument=i, quantity=q, cost_basis=c, currency=cur, asset_class=ac)
         for i, (q, _, c, cur, ac) in enumerate(positions)
     ]
     result = value_portfolio(

@@ -16,7 +16,8 @@ from typing import IO
 from django.db import transaction
 
 from portfolio import ledger, selectors, services
-from portfolio.models import AMOUNT_KINDS, Instrument, Portfolio, Transaction, TxKind
+from portfolio.ledger import TxKind
+from portfolio.models import AMOUNT_KINDS, Instrument, Portfolio, Transaction
 
 # The export header, in order; also the canonical names on import.
 COLUMNS = (
@@ -187,7 +188,7 @@ def _parse_row(
     raw_kind = cell("type")
     kind = KIND_ALIASES.get(_key(raw_kind))
     if kind is None:
-        raise ValueError(f"type: {raw_kind!r} is not one of {', '.join(TxKind.values)}")
+        raise ValueError(f"type: {raw_kind!r} is not one of {', '.join(TxKind)}")
     executed_at = _datetime(cell("date"))
     symbol = cell("symbol")
     instrument = None

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import ClassVar, Literal
 
+from streaming.orderbook import Level
+
 log = logging.getLogger(__name__)
 
 
@@ -125,9 +127,6 @@ class Trade:
             raise TypeError("Trade.price and Trade.size must be Decimal")
         if self.ts.tzinfo is None:
             raise ValueError("Trade.ts must be timezone-aware")
-
-
-Level = tuple[Decimal, Decimal]  # (price, size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+from streaming.orderbook import Level
+
 Side = Literal["buy", "sell"]
-Level = tuple[Decimal, Decimal]  # (price, size), as streaming.feeds.base.Book carries them
 
 
 @dataclass(slots=True)

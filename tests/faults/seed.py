@@ -18,7 +18,8 @@ def main() -> None:
     from django.utils import timezone
 
     from portfolio import services
-    from portfolio.models import AssetClass, FeedKind, Instrument, TxKind
+    from portfolio.ledger import TxKind
+    from portfolio.models import AssetClass, FeedKind, Instrument
     from tests.conftest import password_hash
 
     call_command("migrate", verbosity=0)

@@ -53,8 +53,8 @@ class Command(BaseCommand):
         demo_seed()
 
         from portfolio.asgi import application
+        from streaming.patches.websocket import Server
         from streaming.runner import FeedRunner
-        from streaming.serve import Server
 
         runner = FeedRunner(
             kind="simulated",

@@ -1,4 +1,8 @@
-"""Livefolio's channel layer: channels-redis' pub/sub layer plus one pipelined batch send.
+"""Livefolio's channel layers: channels-redis' pub/sub layer plus one pipelined batch send, and
+its core layer with a connection pool that waits.
+
+Built on private names of channels-redis 4.3 (pinned exactly in pyproject.toml and checked by
+tests/test_library_contracts.py); tests/test_layers.py runs them against the real Redis.
 
 Why pub/sub and not the core ``RedisChannelLayer`` (docs/performance.md, "Decisions"): the core
 layer makes several Redis round-trips per message behind a process-wide lock and keeps a list
@@ -8,19 +12,13 @@ clients correct.
 
 ``group_send_many`` is the one addition: a Celery task publishes hundreds of valuations at once,
 and writing all their PUBLISH commands at once per Redis shard (packed here) costs one
-round-trip instead of one per message. It relies on channels-redis 4.3's per-loop layer
-internals (pinned in requirements.lock); the tests in tests/test_layers.py run it against the
-real Redis.
+round-trip instead of one per message.
 
 When the connection that carries a server's subscriptions is lost (Redis down or restarted),
 channels-redis re-subscribes silently and what was published meanwhile is gone without a word.
 Here every local channel it carried raises :class:`SubscriptionLost` in ``receive`` instead, so
-its socket closes with 4503 and the client resyncs, as with the core layer.
-
-Both layers (this one, the default, and ``CoreChannelLayer``) keep each connection's undelivered
-messages in an :class:`Inbox` instead of an ``asyncio.Queue``: an idle daphne holds one per
-open socket, and an empty ``asyncio.Queue`` is four deques where an empty Inbox is one small
-object. Both bound it at ``capacity`` messages.
+its socket closes with 4503 and the client resyncs, as with the core layer. Each channel's
+messages wait in an :class:`Inbox`, which channels-redis' queue cannot do: fail its reader.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 from collections import defaultdict
 from typing import Any
@@ -50,8 +47,8 @@ log = logging.getLogger(__name__)
 
 
 class Inbox:
-    """The part of ``asyncio.Queue`` the channel layers use (``get``, ``get_nowait``,
-    ``put_nowait``, ``empty``, ``full``, ``qsize``), holding nothing while empty.
+    """The part of ``asyncio.Queue`` the pub/sub layer uses (``get``, ``get_nowait``,
+    ``put_nowait``, ``empty``, ``full``, ``qsize``), holding nothing while empty, that can fail.
 
     With ``maxsize`` it is bounded the way channels-redis' ``BoundedQueue`` is: a put into a full
     inbox drops the oldest message (the consumer stopped reading; delivery is at most once).
@@ -140,13 +137,12 @@ POOL_WAIT_SECONDS = 10
 
 
 class CoreChannelLayer(RedisChannelLayer):
-    """channels-redis' core layer with an :class:`Inbox` per local channel and a connection
-    pool that makes a burst wait rather than fail."""
+    """channels-redis' core layer with a connection pool that makes a burst wait rather than
+    fail."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("prefix", namespace.redis_prefix())
         super().__init__(*args, **kwargs)
-        self.receive_buffer = defaultdict(functools.partial(Inbox, self.capacity))
 
     def create_pool(self, index: int) -> Any:
         host = dict(self.hosts[index])
@@ -272,7 +268,8 @@ class _PubSubLoopLayer(RedisPubSubLoopLayer):
 
 
 class PubSubChannelLayer(RedisPubSubChannelLayer):
-    """The pub/sub layer with a pipelined multi-group send and an :class:`Inbox` per channel."""
+    """The pub/sub layer with a pipelined multi-group send and a channel that fails when its
+    subscription is lost."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("prefix", namespace.redis_prefix())
@@ -331,3 +328,12 @@ def publish_commands(items: list[tuple[str, bytes]]) -> list[bytes]:
         packed.append(data)
         packed.append(b"\r\n")
     return packed
+
+
+def forget_channel(layer: Any, channel: str) -> None:
+    """Drop what a layer keeps for a local channel whose consumer has ended. channels-redis' core
+    layer keeps an empty receive queue per channel a cancelled ``receive`` leaves behind, so a
+    server would grow with every reconnect; the pub/sub layer forgets its own."""
+    buffers = getattr(layer, "receive_buffer", None)
+    if buffers is not None:
+        buffers.pop(channel, None)

@@ -1,0 +1,11 @@
+"""Every place Livefolio builds on a library's private names, and nowhere else.
+
+- :mod:`streaming.patches.layers`: channels-redis' pub/sub and core channel layers (a pipelined
+  batch send, a lost subscription failing its channels, a connection pool that waits);
+- :mod:`streaming.patches.websocket`: daphne's WebSocket protocol and server over autobahn and
+  Twisted (frames sent at once, a send budget per socket, refused frames closed with a reason).
+
+Each library is pinned exactly in pyproject.toml; tests/test_library_contracts.py hashes every
+function copied or overridden here and checks every private name used here still exists, so an
+upgrade fails there, naming the place to re-read.
+"""
