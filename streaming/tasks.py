@@ -15,8 +15,9 @@ from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError, transaction
 
-from portfolio import selectors, services
+from portfolio import services
 from portfolio.models import FeedKind, Quote
+from portfolio.selectors import live_states
 from streaming import events, flow, health, namespace, pacing, protocol
 
 log = logging.getLogger(__name__)
@@ -248,8 +249,8 @@ def _pending_key() -> str:
 _last_pass = 0.0
 
 # The worker's books (holdings and cash per portfolio) between batches: reloaded from the
-# database only when a portfolio's ledger changed (selectors.PortfolioBookCache).
-books = selectors.PortfolioBookCache()
+# database only when a portfolio's ledger changed (live_states.PortfolioBookCache).
+books = live_states.PortfolioBookCache()
 
 
 # Valuations published per channel-layer send: the first clients get theirs while the worker
@@ -274,7 +275,7 @@ def _valuation_chunks(
     ``flush``: take those even when nothing changed."""
     if not changed and not flush:
         return
-    owners = dict(selectors.portfolios_holding(instrument_ids=changed)) if changed else {}
+    owners = dict(live_states.portfolios_holding(instrument_ids=changed)) if changed else {}
     # Only portfolios someone watches (flow.present); None: unknown, value them all.
     watching = flow.present(owners.values())
     if watching is not None:
@@ -283,12 +284,12 @@ def _valuation_chunks(
     if due is not None:
         late = [pid for pid in due if pid not in owners]
         if late:
-            owners.update(selectors.portfolio_owners(portfolio_ids=late))
+            owners.update(live_states.portfolio_owners(portfolio_ids=late))
         owners = {pid: owners[pid] for pid in due if pid in owners}
     if not owners:
         return
     chunk: list[tuple[str, dict]] = []
-    for state in selectors.iter_portfolio_states(portfolio_ids=owners, cache=books):
+    for state in live_states.iter_portfolio_states(portfolio_ids=owners, cache=books):
         chunk.append((events.user_group(owners[state["id"]]), protocol.valuation(portfolio=state)))
         if len(chunk) == CHUNK:
             yield chunk
