@@ -40,7 +40,7 @@ from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
-from portfolio import performance, selectors, services  # noqa: E402
+from portfolio import performance, services  # noqa: E402
 from portfolio.ledger import TxKind  # noqa: E402
 from portfolio.models import (  # noqa: E402
     AssetClass,
@@ -52,6 +52,7 @@ from portfolio.models import (  # noqa: E402
     Transaction,
     ValuationSnapshot,
 )
+from portfolio.selectors import snapshot_history  # noqa: E402
 
 
 def seed(days: int, now: datetime):
@@ -165,12 +166,15 @@ def main() -> None:
     rows = {}
     try:
         rows["performance (TWR + IRR, 6 periods)"] = timed(
-            args.repeat, lambda: selectors.portfolio_performance(portfolio=portfolio, now=now)
+            args.repeat,
+            lambda: snapshot_history.portfolio_performance(portfolio=portfolio, now=now),
         )
         for period in performance.Period:
             rows[f"value chart {period}"] = timed(
                 args.repeat,
-                lambda p=period: selectors.value_history(portfolio=portfolio, period=p, now=now),
+                lambda p=period: snapshot_history.value_history(
+                    portfolio=portfolio, period=p, now=now
+                ),
             )
         for name, url in (
             ("page: live portfolio", reverse("portfolio", args=[portfolio.id])),

@@ -43,7 +43,7 @@ from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
-from portfolio import performance, selectors, services  # noqa: E402
+from portfolio import performance, services  # noqa: E402
 from portfolio.ledger import TxKind  # noqa: E402
 from portfolio.models import (  # noqa: E402
     AssetClass,
@@ -53,6 +53,7 @@ from portfolio.models import (  # noqa: E402
     PriceSource,
     Transaction,
 )
+from portfolio.selectors import past_values  # noqa: E402
 
 USERNAME = "bench-ledger-history"
 PREFIX = "BENCHL"
@@ -212,10 +213,10 @@ def main() -> None:
         services.holdings_recompute(portfolio=portfolio)
 
     def series():
-        selectors.value_series(portfolio=portfolio, period=performance.Period.MAX, now=now)
+        past_values.value_series(portfolio=portfolio, period=performance.Period.MAX, now=now)
 
     def returns():
-        selectors.period_returns(portfolio=portfolio, now=now)
+        past_values.period_returns(portfolio=portfolio, now=now)
 
     try:
         rows["value series MAX"] = timed(args.repeat, series, change)

@@ -19,7 +19,7 @@ What one run does (README "Benchmarks" and docs/performance.md explain how to re
    simulated --rate R``; connects C WebSocket clients from separate client processes;
 3. measures T seconds: tick -> client latency, delivered messages/s, per-process CPU and RSS,
    Redis commands/s; stops the feed, lets the workers drain, then checks final-state loss: each
-   client's last valuation must equal ``selectors.portfolio_states`` from the database;
+   client's last valuation must equal ``live_states.portfolio_states`` from the database;
 4. runs the floor (bench/floor.py) with the same clients, payloads and rates, and prints
    Livefolio's figures as ratios to the floor's. JSON goes to bench/results/.
 """

@@ -495,7 +495,7 @@ PRICE_SOURCE_RANK = {PriceSource.BARS: 0, PriceSource.EXCHANGE: 1, PriceSource.C
 class DailyPrice(models.Model):
     """One UTC day of an instrument's prices (FX instruments alike): the price history past
     valuations and FX conversions at a trade's date read. Days without a row (weekends,
-    holidays) carry the previous close forward (``selectors.close_on``)."""
+    holidays) carry the previous close forward (``day_values.close_on``)."""
 
     instrument = models.ForeignKey(
         Instrument, on_delete=models.CASCADE, related_name="daily_prices"
@@ -526,7 +526,7 @@ class DailyPrice(models.Model):
             ),
         ]
         # How many closes an instrument has and its newest write, read from the index alone:
-        # whether a portfolio's kept past values still hold (selectors._history_key).
+        # whether a portfolio's kept past values still hold (selectors.past_values._history_key).
         indexes = [models.Index(fields=["instrument", "updated_at"], name="daily_price_writes")]
 
     def __str__(self) -> str:

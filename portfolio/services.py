@@ -12,7 +12,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from portfolio import ledger, price_history, selectors, signals
+from portfolio import ledger, price_history, signals
 from portfolio.ledger import TxKind
 from portfolio.models import (
     AssetClass,
@@ -27,6 +27,7 @@ from portfolio.models import (
     Transaction,
     ValuationSnapshot,
 )
+from portfolio.selectors import ledger_reads, live_states
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +338,7 @@ def ledger_problem(*, portfolio: Portfolio, method: str, allow_short: bool) -> s
     """
     try:
         ledger.replay(
-            selectors.ledger_entries(portfolio),
+            ledger_reads.ledger_entries(portfolio),
             method=ledger.CostBasis(method),
             allow_short=allow_short,
         )
@@ -363,7 +364,7 @@ def holdings_recompute(*, portfolio: Portfolio) -> ledger.LedgerResult:
         ids = {tx.instrument.symbol: tx.instrument_id for tx in rows if tx.instrument_id}
         rates, fallbacks = _rates_at_trade_dates(locked, rows)
         result = ledger.replay(
-            (selectors.ledger_entry(tx, rates[tx.pk]) for tx in rows),
+            (ledger_reads.ledger_entry(tx, rates[tx.pk]) for tx in rows),
             method=ledger.CostBasis(locked.cost_basis_method),
             allow_short=locked.allow_short,
         )
@@ -517,7 +518,7 @@ def _save_and_recompute(tx: Transaction) -> Transaction:
     tx.note = tx.note.strip()  # as forms and the CSV importer do, so exports read back equal
     tx.to_currency = tx.to_currency.strip().upper()
     try:
-        selectors.ledger_entry(tx)  # field rules first, with the ledger's own messages
+        ledger_reads.ledger_entry(tx)  # field rules first, with the ledger's own messages
     except ledger.LedgerError as exc:
         raise _ledger_validation_error(exc) from None
     tx.full_clean(exclude=["portfolio"])
@@ -596,15 +597,15 @@ def valuation_snapshots_take(*, at: datetime | None = None) -> int:
         .order_by("id")
         .values_list("id", "base_currency")
     )
-    rates = selectors.fx_rates()
+    rates = live_states.fx_rates()
     written = 0
     for begin in range(0, len(ids), SNAPSHOT_CHUNK):
         chunk = dict(ids[begin : begin + SNAPSHOT_CHUNK])
         taken = ValuationSnapshot.objects.filter(taken_at=at, portfolio_id__in=list(chunk))
         for pid in taken.values_list("portfolio_id", flat=True):
             del chunk[pid]
-        values = selectors.portfolio_values(portfolio_ids=chunk, rates=rates)
-        flows = selectors.external_flows_of(portfolios=chunk, rates=rates)
+        values = live_states.portfolio_values(portfolio_ids=chunk, rates=rates)
+        flows = ledger_reads.external_flows_of(portfolios=chunk, rates=rates)
         snapshots = [
             ValuationSnapshot(
                 portfolio_id=pid,

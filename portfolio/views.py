@@ -18,7 +18,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from portfolio import ledger, performance, selectors, services
+from portfolio import ledger, performance, services
 from portfolio.forms import (
     ImportForm,
     PortfolioForm,
@@ -28,6 +28,7 @@ from portfolio.forms import (
 )
 from portfolio.importers import transactions_csv
 from portfolio.models import Instrument, Portfolio, Transaction
+from portfolio.selectors import ledger_reads, market_state, past_values, snapshot_history
 
 TX_FIELDS = TransactionForm.Meta.fields
 
@@ -114,7 +115,7 @@ def _live_page(request: HttpRequest, portfolio: Portfolio | None) -> HttpRespons
             except ValueError as exc:
                 strip["problem"] = str(exc)
             strip.update(start=raw["from"], end=raw["to"])
-        strip["returns"] = selectors.period_returns(portfolio=portfolio, custom=custom)
+        strip["returns"] = past_values.period_returns(portfolio=portfolio, custom=custom)
     return _page(
         request,
         "portfolio/home.html",
@@ -188,7 +189,7 @@ def transaction_list(request: HttpRequest, portfolio_id: int) -> HttpResponse:
     page = Paginator(rows.order_by("-executed_at", "-id"), 100).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    realized = selectors.realizations(portfolio=portfolio)
+    realized = ledger_reads.realizations(portfolio=portfolio)
     for tx in page:
         tx.realization = realized.get(tx.id)
     return _page(
@@ -288,7 +289,7 @@ def portfolio_performance(request: HttpRequest, portfolio_id: int) -> HttpRespon
         request,
         "portfolio/performance.html",
         portfolio,
-        periods=selectors.portfolio_performance(portfolio=portfolio),
+        periods=snapshot_history.portfolio_performance(portfolio=portfolio),
         history=_returns_from_history(request, portfolio),
     )
 
@@ -321,7 +322,7 @@ def _returns_from_history(request: HttpRequest, portfolio: Portfolio) -> dict:
         found["problem"] = f"to: {dates['to']} is in the future"
         return found
     try:
-        found["returns"], found["values"] = selectors.portfolio_returns(
+        found["returns"], found["values"] = past_values.portfolio_returns(
             portfolio=portfolio, start=dates["from"], end=dates["to"]
         )
     except (performance.PerformanceError, ledger.LedgerError) as exc:
@@ -335,7 +336,7 @@ def _returns_from_history(request: HttpRequest, portfolio: Portfolio) -> dict:
 def portfolio_history(request: HttpRequest, portfolio_id: int) -> JsonResponse:
     """The value chart's series: ``?range=1D|1W|1M|YTD|1Y|MAX`` (default 1D; case-insensitive)
     as ``{"points": [{"at", "value"}], "source": ...}``: 1D from the minute snapshots, the
-    longer ranges daily from the ledger and the price history (:func:`selectors.value_series`).
+    longer ranges daily from the ledger and the price history (:func:`past_values.value_series`).
     Another user's portfolio is a 404, a bad range a 400."""
     portfolio = _own_portfolio(request, portfolio_id)
     wanted = request.GET.get("range", performance.Period.DAY.value)
@@ -347,7 +348,7 @@ def portfolio_history(request: HttpRequest, portfolio_id: int) -> JsonResponse:
             {"error": f"range must be one of {choices}, got {wanted!r}", "field": "range"},
             status=400,
         )
-    return JsonResponse(selectors.value_series(portfolio=portfolio, period=period))
+    return JsonResponse(past_values.value_series(portfolio=portfolio, period=period))
 
 
 def instrument(request: HttpRequest, symbol: str) -> HttpResponse:
@@ -363,4 +364,4 @@ def instrument(request: HttpRequest, symbol: str) -> HttpResponse:
 @staff_member_required
 def feed_status(request: HttpRequest) -> HttpResponse:
     """For staff: each feed's health and each instrument's price age."""
-    return render(request, "portfolio/feed_status.html", selectors.feed_health())
+    return render(request, "portfolio/feed_status.html", market_state.feed_health())

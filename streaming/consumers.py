@@ -18,9 +18,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from portfolio import selectors
 from portfolio.models import Instrument
 from portfolio.security import context_id, new_id
+from portfolio.selectors import live_states, market_state
 from streaming import events, marketdata, protocol, streams, tokens
 from streaming.flow import Conflator, TokenBucket, UserConnections
 from streaming.health import WS_CONNECTIONS, WS_MESSAGES_SENT, WS_REJECTED
@@ -34,7 +34,7 @@ def instrument_page_state(*, instrument: Instrument, user_id: int) -> dict[str, 
     """The instrument page's snapshot: the domain's state of the instrument (quote, bars, stats,
     the user's position) and the market-data cache's recent trades and book."""
     return {
-        **selectors.instrument_state(instrument=instrument, user_id=user_id),
+        **market_state.instrument_state(instrument=instrument, user_id=user_id),
         "trades": marketdata.recent_trades(instrument.id),
         "book": marketdata.latest_book(instrument.id),
     }
@@ -342,7 +342,7 @@ class PortfolioConsumer(ProtocolConsumer):
         await self.close(code=protocol.CLOSE_UNAUTHENTICATED)
 
     async def send_snapshot(self) -> None:
-        states = await database_sync_to_async(selectors.portfolio_states_for_user)(
+        states = await database_sync_to_async(live_states.portfolio_states_for_user)(
             user_id=self.user_id
         )
         self.conflator.discard_pending()  # the snapshot is newer than anything queued

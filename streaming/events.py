@@ -53,9 +53,9 @@ def publish(messages: list[tuple[str, dict[str, Any]]]) -> None:
 def portfolio_recomputed(sender: Any, *, portfolio_id: int, owner_id: int, **kwargs: Any) -> None:
     """The domain's ``portfolio_recomputed`` (after commit): the owner's pages and bots get the
     portfolio's new valuation. Connected in streaming/apps.py."""
-    from portfolio import selectors
+    from portfolio.selectors import live_states
 
-    states = selectors.portfolio_states(portfolio_ids=[portfolio_id])
+    states = live_states.portfolio_states(portfolio_ids=[portfolio_id])
     publish([(user_group(owner_id), protocol.valuation(portfolio=state)) for state in states])
 
 

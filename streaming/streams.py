@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from portfolio import selectors
 from portfolio.models import Instrument, Portfolio, Quote
+from portfolio.selectors import live_states, past_values
 from streaming import events, marketdata, protocol
 
 MAX_STREAM_NAME = 100
@@ -92,7 +92,7 @@ def stream_state(stream: Stream, *, mode: str = protocol.BOOK_MODE_TOP) -> Any:
     diff applies to or null; portfolio: the portfolio state.
     """
     if stream.kind == protocol.STREAM_PORTFOLIO:
-        states = selectors.portfolio_states(portfolio_ids=[stream.source_id])
+        states = live_states.portfolio_states(portfolio_ids=[stream.source_id])
         return states[0] if states else None
     if stream.kind == protocol.STREAM_TRADES:
         return {"trades": marketdata.recent_trades(stream.source_id)}
@@ -171,7 +171,7 @@ def portfolio_returns(*, message: dict[str, Any], user_id: int) -> dict[str, Any
     if (start is None) != (end is None):
         raise StreamError(protocol.ERROR_BAD_PARAMS, "from and to: give both days, or neither")
     custom = None if start is None else (start, end)
-    results = selectors.period_returns(portfolio=portfolio, custom=custom)
+    results = past_values.period_returns(portfolio=portfolio, custom=custom)
     return {
         "portfolio": portfolio.id,
         "base_currency": portfolio.base_currency,

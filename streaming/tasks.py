@@ -13,8 +13,9 @@ from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError, transaction
 
-from portfolio import selectors, services
+from portfolio import services
 from portfolio.models import FeedKind, Quote
+from portfolio.selectors import live_states
 from streaming import events, flow, health, mailbox, protocol
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,8 @@ def _quote_messages(stored: list[tuple], received: dict[int, Any]) -> list[tuple
 
 
 # The worker's books (holdings and cash per portfolio) between batches: reloaded from the
-# database only when a portfolio's ledger changed (selectors.PortfolioBookCache).
-books = selectors.PortfolioBookCache()
+# database only when a portfolio's ledger changed (live_states.PortfolioBookCache).
+books = live_states.PortfolioBookCache()
 
 
 # Valuations published per channel-layer send: the first clients get theirs while the worker
@@ -176,7 +177,7 @@ def _publish(messages: list[tuple[str, dict]], changed: list[int]) -> None:
 def _valuation_chunks(changed: list[int]) -> Iterator[list[tuple[str, dict]]]:
     """The valuations of the watched portfolios that ``changed`` instruments move, ``CHUNK``
     at a time."""
-    owners = dict(selectors.portfolios_holding(instrument_ids=changed))
+    owners = dict(live_states.portfolios_holding(instrument_ids=changed))
     # Only portfolios someone watches (flow.present); None: unknown, value them all.
     watching = flow.present(owners.values())
     if watching is not None:
@@ -184,7 +185,7 @@ def _valuation_chunks(changed: list[int]) -> Iterator[list[tuple[str, dict]]]:
     if not owners:
         return
     chunk: list[tuple[str, dict]] = []
-    for state in selectors.iter_portfolio_states(portfolio_ids=owners, cache=books):
+    for state in live_states.iter_portfolio_states(portfolio_ids=owners, cache=books):
         chunk.append((events.user_group(owners[state["id"]]), protocol.valuation(portfolio=state)))
         if len(chunk) == CHUNK:
             yield chunk

@@ -13,7 +13,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 
-from portfolio import selectors
+from portfolio.selectors import live_states
 from streaming import events, marketdata, protocol, tokens
 from tests.api import (
     api_communicator,
@@ -45,7 +45,9 @@ async def publish_quote(instrument, price: str) -> None:
 
 
 async def publish_valuation(user, portfolio) -> None:
-    states = await database_sync_to_async(selectors.portfolio_states)(portfolio_ids=[portfolio.id])
+    states = await database_sync_to_async(live_states.portfolio_states)(
+        portfolio_ids=[portfolio.id]
+    )
     await events.apublish([(events.user_group(user.id), protocol.valuation(portfolio=states[0]))])
 
 

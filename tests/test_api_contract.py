@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from portfolio import selectors
+from portfolio.selectors import live_states
 from streaming import events, marketdata, protocol
 from tests.api import (
     ASYNCAPI,
@@ -130,7 +130,7 @@ async def test_recorded_server_messages_of_every_kind_match_the_document(
         exchange_ts=t0,
         received=t0,
     )
-    state = (await database_sync_to_async(selectors.portfolio_states)(portfolio_ids=[pid]))[0]
+    state = (await database_sync_to_async(live_states.portfolio_states)(portfolio_ids=[pid]))[0]
     state["day_change"] = "12.30"  # a field from a parallel change: allowed
     group = events.instrument_group(btc.id)
     await events.apublish(

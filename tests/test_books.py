@@ -1,4 +1,4 @@
-"""The worker's portfolio books (selectors.PortfolioBookCache) and frames encoded once."""
+"""The worker's portfolio books (live_states.PortfolioBookCache) and frames encoded once."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from decimal import Decimal
 import pytest
 from django.conf import settings
 
-from portfolio import selectors, valuation, wire
+from portfolio import valuation, wire
 from portfolio.models import Holding, Instrument, Portfolio
+from portfolio.selectors import live_states
 from streaming import events, protocol
 from streaming.tasks import ingest_quotes
 from tests.test_ingest import T0, tick
@@ -21,7 +22,7 @@ NOW = T0.replace(hour=13)  # one clock for every call: price ages are compared t
 
 
 def states(portfolio, cache=None):
-    [state] = selectors.portfolio_states(portfolio_ids=[portfolio.id], cache=cache, now=NOW)
+    [state] = live_states.portfolio_states(portfolio_ids=[portfolio.id], cache=cache, now=NOW)
     state.pop("valued_at")
     return state
 
@@ -29,7 +30,7 @@ def states(portfolio, cache=None):
 def test_a_cached_book_is_reused_until_the_ledger_changes_and_then_matches_the_database(world):
     alice = world["portfolios"]["alice"]
     ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
-    cache = selectors.PortfolioBookCache()
+    cache = live_states.PortfolioBookCache()
     assert states(alice, cache) == states(alice)
     assert cache.loads == 1
     ingest_quotes([tick(world["btc"], "650", T0.replace(minute=1))])
@@ -51,7 +52,7 @@ def test_a_cached_book_is_reused_until_the_ledger_changes_and_then_matches_the_d
 
 def test_name_and_base_currency_are_read_fresh_with_a_cached_book(world):
     alice = world["portfolios"]["alice"]
-    cache = selectors.PortfolioBookCache()
+    cache = live_states.PortfolioBookCache()
     states(alice, cache)
     Portfolio.objects.filter(pk=alice.pk).update(name="Renamed", base_currency="EUR")
     state = states(alice, cache)
@@ -65,7 +66,7 @@ def test_an_instrument_edited_in_the_admin_is_valued_as_edited_with_a_cached_boo
     # asset class come from the instrument, which the admin can change without a ledger replay.
     alice = world["portfolios"]["alice"]
     ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
-    cache = selectors.PortfolioBookCache()
+    cache = live_states.PortfolioBookCache()
     before = states(alice, cache)
     assert [s["key"] for s in before["allocation"]["asset_class"]] == ["crypto"]
     Instrument.objects.filter(pk=world["btc"].pk).update(asset_class="equity")
@@ -81,7 +82,7 @@ def test_a_holding_in_its_instruments_currency_follows_an_edit_of_that_currency(
     alice = world["portfolios"]["alice"]
     ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
     Holding.objects.filter(portfolio=alice, instrument=world["btc"]).update(currency="")
-    cache = selectors.PortfolioBookCache()
+    cache = live_states.PortfolioBookCache()
     before = states(alice, cache)
     assert [h["currency"] for h in before["holdings"] if h["symbol"] == "BTC-USD"] == ["USD"]
     Instrument.objects.filter(pk=world["btc"].pk).update(quote_currency="EUR")
@@ -98,7 +99,7 @@ def test_a_cached_books_rows_follow_an_instrument_renamed_in_the_admin(world):
     alice = world["portfolios"]["alice"]
     buy(alice, world["eth"], "1.5", "3000", T0)
     ingest_quotes([tick(world["btc"], "600", T0), tick(world["eth"], "3000", T0)])
-    cache = selectors.PortfolioBookCache()
+    cache = live_states.PortfolioBookCache()
     assert [h["symbol"] for h in states(alice, cache)["holdings"]] == ["BTC-USD", "ETH-USD"]
     assert [h["symbol"] for h in states(alice, cache)["holdings"]] == ["BTC-USD", "ETH-USD"]
     Instrument.objects.filter(pk=world["btc"].pk).update(symbol="XBT-USD")
@@ -140,18 +141,20 @@ def test_trimming_a_columns_scale_keeps_every_digit(world):
     # Books and quotes are valued on their numbers without the column's trailing zeros; a
     # quantity as wide as its column (30 digits) must come back whole, not rounded to 28.
     wide = Decimal("123456789012345678.123456789012")
-    assert selectors._trim(wide) == wide
-    assert selectors._trim(Decimal("17.110000000000")).as_tuple() == Decimal("17.11").as_tuple()
+    assert live_states.trim_scale(wide) == wide
+    assert (
+        live_states.trim_scale(Decimal("17.110000000000")).as_tuple() == Decimal("17.11").as_tuple()
+    )
     alice = world["portfolios"]["alice"]
     Holding.objects.filter(portfolio=alice).update(quantity=Decimal("2.000000000001"))
     ingest_quotes([tick(world["btc"], "50000", T0)])
-    (state,) = selectors.portfolio_states(portfolio_ids=[alice.id], now=NOW)
+    (state,) = live_states.portfolio_states(portfolio_ids=[alice.id], now=NOW)
     assert state["holdings"][0]["quantity"] == "2.000000000001"
     assert state["holdings"][0]["value"] == "100000.00"  # 2.000000000001 x 50000 = 100000.00000005
 
 
 def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
-    # selectors._state formats a priced row's amounts inline (a worker does it per holding per
+    # live_states._state formats a priced row's amounts inline (a worker does it per holding per
     # valuation) and takes as_of from the rows' texts: here every row is checked against the
     # plain formatting of its HoldingValue, over random portfolios that mix priced, unpriced,
     # unconvertible, foreign-currency, short and flat holdings.
@@ -163,29 +166,29 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
         price = Decimal(rng.randint(1, 10**7)).scaleb(-rng.randint(0, 6)) if priced else None
         reference = price * rng.randint(80, 120) / 100 if priced and rng.random() > 0.2 else None
         stamp = now - timedelta(milliseconds=rng.randint(0, 200_000)) if priced else None
-        market[i] = selectors.Market(
+        market[i] = live_states.Market(
             f"S{i:02d}", f"Name {i}", rng.choice(["equity", "crypto", "etf"]),
             rng.choice(["USD", "EUR", "JPY"]), price, reference, stamp,
         )  # fmt: skip
     rates = {("EUR", "USD"): Decimal("1.0812"), ("USD", "JPY"): Decimal("151.37")}
-    money, pct = wire.money, selectors._pct
+    money, pct = wire.money, live_states._pct
     for n in range(200):
         positions = []
         for instrument in rng.sample(sorted(market), rng.randint(0, 12)):
             quantity = Decimal(rng.choice([0, -3, 1, 2.5, 1000, 0.00012345]))
             cost = abs(quantity) * rng.randint(1, 5000)
             realized = Decimal(rng.choice([0, 0, "-12.5", "40"]))
-            texts = selectors.position_texts(quantity, cost, realized, Decimal(0))
+            texts = live_states.position_texts(quantity, cost, realized, Decimal(0))
             currency = rng.choice(["", "", "EUR", "GBP"])  # GBP: no rate to anything
             positions.append(
-                selectors.BookPosition(
+                live_states.BookPosition(
                     instrument, quantity, cost, currency, realized, Decimal(0), texts
                 )
             )
         base = rng.choice(["USD", "EUR", "JPY"])
-        book = selectors.PortfolioBook(n, n, "P", base, "fifo", None, positions, [])
-        state = selectors._state(book, market, selectors._MarketTexts(market, now), rates)
-        open_positions, value = selectors._book_value(book, market, rates)
+        book = live_states.PortfolioBook(n, n, "P", base, "fifo", None, positions, [])
+        state = live_states._state(book, market, live_states._MarketTexts(market, now), rates)
+        open_positions, value = live_states._book_value(book, market, rates)
         assert len(state["holdings"]) == len(value.holdings) == len(open_positions)
         for row, p, hv in zip(state["holdings"], open_positions, value.holdings, strict=True):
             priced = hv.status is valuation.ValueStatus.OK
@@ -210,7 +213,7 @@ def test_holding_rows_say_what_their_valuation_says_for_every_kind_of_holding():
                 "stale": age is None or age > settings.LIVEFOLIO_STALE_SECONDS,
                 **p.texts,
                 "currency": hv.currency,
-                "value": shown if same else money(selectors._times(p.quantity, hv.price)),
+                "value": shown if same else money(live_states._times(p.quantity, hv.price)),
                 "in_total": priced,
                 "status": str(hv.status),
                 "reason": hv.reason,

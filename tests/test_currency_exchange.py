@@ -176,9 +176,9 @@ def test_a_foreign_buy_funded_from_base_currency_cash_leaves_no_negative_cash(wo
     exchange = Transaction.objects.get(kind=TxKind.EXCHANGE)
     assert (exchange.currency, exchange.to_currency) == ("USD", "EUR")  # defaulted, upper-cased
     # An exchange moves money within the portfolio: no deposit or withdrawal for returns.
-    from portfolio import selectors
+    from portfolio.selectors import ledger_reads
 
-    assert [f.amount for f in selectors.external_flows(portfolio=portfolio)] == [D(2000)]
+    assert [f.amount for f in ledger_reads.external_flows(portfolio=portfolio)] == [D(2000)]
 
 
 @pytest.mark.django_db

@@ -10,9 +10,10 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from portfolio import demo, selectors
+from portfolio import demo
 from portfolio.ledger import TxKind
 from portfolio.models import DailyPrice, Instrument, Transaction
+from portfolio.selectors import past_values
 
 pytestmark = pytest.mark.django_db
 
@@ -38,7 +39,7 @@ def test_after_seeding_max_spans_more_than_a_year_of_daily_values(client, seeded
 
 
 def test_after_seeding_every_return_period_has_numbers(client, seeded):
-    results = selectors.period_returns(portfolio=seeded)
+    results = past_values.period_returns(portfolio=seeded)
     assert [r.period for r in results] == ["1D", "1W", "1M", "YTD", "1Y", "MAX"]
     for r in results:
         assert r.problem is None and r.returns is not None, (r.period, r.problem)

@@ -11,10 +11,11 @@ from django.contrib.auth import get_user_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portfolio import ledger, selectors, services, valuation
+from portfolio import ledger, services, valuation
 from portfolio.importers import prices_csv
 from portfolio.ledger import CostBasis, LedgerEntry, TxKind
 from portfolio.models import AssetClass, CashBalance, FeedKind, Holding, Instrument, Lot
+from portfolio.selectors import ledger_reads, live_states
 
 D = Decimal
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
@@ -244,11 +245,11 @@ def test_hmrc_worked_example_gain_is_proceeds_at_sale_rate_minus_cost_at_purchas
     assert abs(holding.realized_pnl_base - 6521) < 1  # the manual's whole-pound figure
     assert holding.fx_note == ""  # both rates from history
 
-    state = selectors.portfolio_states(portfolio_ids=[portfolio.id])[0]
+    state = live_states.portfolio_states(portfolio_ids=[portfolio.id])[0]
     assert state["realized_pnl"] == "6521.74"
     # The pound rises to US$1.25 today: the gain already made does not move.
     quote(gbpusd, "1.25", DAY360 + timedelta(days=400))
-    moved = selectors.portfolio_states(portfolio_ids=[portfolio.id])[0]
+    moved = live_states.portfolio_states(portfolio_ids=[portfolio.id])[0]
     assert moved["realized_pnl"] == "6521.74"
     assert moved["fx_notes"] == []
 
@@ -266,7 +267,7 @@ def test_open_cost_stays_at_the_purchase_rate_while_value_follows_todays(db):
     states = []
     for rate in ("2.00", "1.60"):
         quote(gbpusd, rate, DAY360 + timedelta(days=len(states) + 1))
-        states.append(selectors.portfolio_states(portfolio_ids=[portfolio.id])[0])
+        states.append(live_states.portfolio_states(portfolio_ids=[portfolio.id])[0])
     assert [s["cost"] for s in states] == ["43478.26", "43478.26"]
     assert [s["holdings_value"] for s in states] == ["50000.00", "62500.00"]
     assert [s["unrealized_pnl"] for s in states] == ["6521.74", "19021.74"]
@@ -277,7 +278,7 @@ def test_open_cost_stays_at_the_purchase_rate_while_value_follows_todays(db):
         ("0.00", "19021.74"),
     ]
     quote(acme, "110", DAY360 + timedelta(days=5))  # +10 % in dollars: 10,000 at 1.60
-    row = selectors.portfolio_states(portfolio_ids=[portfolio.id])[0]["holdings"][0]
+    row = live_states.portfolio_states(portfolio_ids=[portfolio.id])[0]["holdings"][0]
     assert (row["price_effect"], row["currency_effect"], row["unrealized_pnl"]) == (
         "6250.00",
         "19021.74",
@@ -298,7 +299,7 @@ def test_without_fx_history_the_latest_rate_stands_in_and_the_page_says_so(db):
         "1 transaction(s) (2007-01-08) converted at the latest USD rate: "
         "no FX history on or before their dates"
     )
-    state = selectors.portfolio_states(portfolio_ids=[portfolio.id])[0]
+    state = live_states.portfolio_states(portfolio_ids=[portfolio.id])[0]
     assert state["fx_notes"] == [f"ACME: {holding.fx_note}"]
 
     # History imported later: the portfolios converting through the pair are recomputed.
@@ -325,7 +326,7 @@ def test_income_in_the_base_currency_counts_each_dividend_at_its_date(db):
             executed_at=day,
         )  # fmt: skip
     assert CashBalance.objects.get(portfolio=portfolio, currency="USD").income_base == D(20)
-    state = selectors.portfolio_states(portfolio_ids=[portfolio.id])[0]
+    state = live_states.portfolio_states(portfolio_ids=[portfolio.id])[0]
     assert state["income"] == "20.00"  # 25 / 2.50 + 20 / 2.00, not 45 at today's 1.00
 
 
@@ -342,7 +343,7 @@ def test_the_pages_realized_pnl_and_cost_do_not_move_with_todays_quote(db):
     seen = set()
     for i, today in enumerate(["0.5", "1.25", "2.3", "3"]):
         quote(gbpusd, today, DAY360 + timedelta(days=i + 1))
-        state = selectors.portfolio_states(portfolio_ids=[portfolio.id])[0]
+        state = live_states.portfolio_states(portfolio_ids=[portfolio.id])[0]
         seen.add((state["realized_pnl"], state["cost"]))
         assert state["holdings_value"] == str((6 * 120 / D(today)).quantize(D("0.01")))
     # 400 / 2.00 - 400 / 2.30 and 600 / 2.30, whatever today's rate.
@@ -361,5 +362,5 @@ def test_a_foreign_deposit_enters_performance_at_its_dates_rate(db):
         services.transaction_add(
             portfolio=portfolio, kind=kind, amount=D(amount), currency="USD", executed_at=at
         )
-    flows = selectors.external_flows(portfolio=portfolio)
+    flows = ledger_reads.external_flows(portfolio=portfolio)
     assert [f.amount for f in flows] == [D(400), D(-250)]

@@ -52,29 +52,31 @@ def seed(days: int, step: timedelta):
 
 def whole_series_performance(portfolio):
     """The performance rows computed from every snapshot (the definition)."""
-    from portfolio import performance, selectors
+    from portfolio import performance
     from portfolio.models import ValuationSnapshot
+    from portfolio.selectors import ledger_reads, snapshot_history
 
     series = [
         performance.ValuePoint(at=s.taken_at, value=s.value)
         for s in ValuationSnapshot.objects.filter(portfolio=portfolio, taken_at__lte=NOW)
     ]
-    flows = selectors.external_flows(portfolio=portfolio)
+    flows = ledger_reads.external_flows(portfolio=portfolio)
     rows = []
     for period in performance.Period:
         start = performance.period_start(period=period, now=NOW, inception=series[0].at)
         points = tuple(p for p in series if p.at >= start)
         inside = tuple(f for f in flows if points[0].at <= f.at < points[-1].at)
         twr = performance.time_weighted_return(values=points, flows=inside)
-        irr = selectors._period_irr(points, inside)
+        irr = snapshot_history._period_irr(points, inside)
         rows.append((str(period), points[0].at, points[-1].at, inside, twr, irr))
     return rows, series
 
 
 def whole_series_history(portfolio, period):
     """The chart's points from every snapshot: 500 equal buckets, the last of each."""
-    from portfolio import performance, selectors
+    from portfolio import performance
     from portfolio.models import ValuationSnapshot
+    from portfolio.selectors import snapshot_history
 
     start = performance.period_start(period=period, now=NOW)
     series = list(
@@ -82,11 +84,14 @@ def whole_series_history(portfolio, period):
         .filter(**({"taken_at__gte": start} if start else {}))
         .values_list("taken_at", "value")
     )
-    if len(series) > selectors.HISTORY_MAX_POINTS:
+    if len(series) > snapshot_history.HISTORY_MAX_POINTS:
         first, buckets = series[0][0], {}
-        width = (NOW - first) / selectors.HISTORY_MAX_POINTS
+        width = (NOW - first) / snapshot_history.HISTORY_MAX_POINTS
         for at, value in series:
-            buckets[min((at - first) // width, selectors.HISTORY_MAX_POINTS - 1)] = (at, value)
+            buckets[min((at - first) // width, snapshot_history.HISTORY_MAX_POINTS - 1)] = (
+                at,
+                value,
+            )
         series = list(buckets.values())
     return series
 
@@ -95,13 +100,13 @@ def check_against_the_whole_series(days: int = 40, step_minutes: int = 10) -> No
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from portfolio import selectors
+    from portfolio.selectors import ledger_reads, snapshot_history
 
     portfolio = seed(days, timedelta(minutes=step_minutes))
     expected, series = whole_series_performance(portfolio)
-    flows = selectors.external_flows(portfolio=portfolio)
+    flows = ledger_reads.external_flows(portfolio=portfolio)
     with CaptureQueriesContext(connection) as queries:
-        rows = selectors.portfolio_performance(portfolio=portfolio, now=NOW)
+        rows = snapshot_history.portfolio_performance(portfolio=portfolio, now=NOW)
     # Inception, the flows, their FX rates and the snapshots: not one query per snapshot.
     assert len(queries) <= 6, [q["sql"][:80] for q in queries]
     assert [r.period for r in rows] == [e[0] for e in expected]
@@ -119,16 +124,16 @@ def check_against_the_whole_series(days: int = 40, step_minutes: int = 10) -> No
         assert rows[-1].irr_annualized and not rows[3].irr_annualized  # Max, YTD
 
     # Read whole and thinned here, and looked up bucket by bucket: the same points.
-    read_whole = selectors.HISTORY_READ_WHOLE
+    read_whole = snapshot_history.HISTORY_READ_WHOLE
     try:
-        for selectors.HISTORY_READ_WHOLE in (read_whole, 0):
+        for snapshot_history.HISTORY_READ_WHOLE in (read_whole, 0):
             for period in ("1D", "1W", "1M", "YTD", "1Y", "MAX"):
-                points = selectors.value_history(portfolio=portfolio, period=period, now=NOW)
+                points = snapshot_history.value_history(portfolio=portfolio, period=period, now=NOW)
                 got = [(datetime.fromisoformat(p["at"]), Decimal(p["value"])) for p in points]
                 assert got == whole_series_history(portfolio, period), period
-            assert len(points) == selectors.HISTORY_MAX_POINTS  # thinned
+            assert len(points) == snapshot_history.HISTORY_MAX_POINTS  # thinned
     finally:
-        selectors.HISTORY_READ_WHOLE = read_whole
+        snapshot_history.HISTORY_READ_WHOLE = read_whole
 
 
 @pytest.mark.django_db
@@ -142,14 +147,14 @@ def test_performance_and_history_equal_the_whole_series_on_postgresql(days, step
 
 @pytest.mark.django_db
 def test_a_portfolio_with_fewer_than_two_snapshots_says_how_many_it_has(world):
-    from portfolio import selectors
     from portfolio.models import ValuationSnapshot
+    from portfolio.selectors import snapshot_history
 
     portfolio = world["portfolios"]["alice"]
-    rows = selectors.portfolio_performance(portfolio=portfolio, now=NOW)
+    rows = snapshot_history.portfolio_performance(portfolio=portfolio, now=NOW)
     assert {r.problem for r in rows} == {"needs two value snapshots in the period, has 0"}
     ValuationSnapshot.objects.create(portfolio=portfolio, taken_at=NOW, value=Decimal("5"))
-    rows = selectors.portfolio_performance(portfolio=portfolio, now=NOW)
+    rows = snapshot_history.portfolio_performance(portfolio=portfolio, now=NOW)
     assert {r.problem for r in rows} == {"needs two value snapshots in the period, has 1"}
     assert rows[0].values[0].value == Decimal("5")
 

@@ -311,8 +311,8 @@ def test_snapshots_of_many_portfolios_cost_the_queries_of_one_chunk(
 ):
     """Beat values every portfolio each minute: a fixed number of queries per 500 of them, with
     each value and each portfolio's flows (in its base currency, at or before the instant)."""
-    from portfolio import selectors
     from portfolio.models import Quote
+    from portfolio.selectors import live_states
     from tests.test_portfolio_ledger import fx_world
 
     now = timezone.now()
@@ -358,7 +358,7 @@ def test_snapshots_of_many_portfolios_cost_the_queries_of_one_chunk(
     with django_assert_max_num_queries(14):  # 43 portfolios; one at a time took ~10 each
         assert services.valuation_snapshots_take(at=now) == 43
     snapshots = {s.portfolio_id: s for s in ValuationSnapshot.objects.filter(taken_at=now)}
-    states = {s["id"]: s for s in selectors.portfolio_states(portfolio_ids=list(snapshots))}
+    states = {s["id"]: s for s in live_states.portfolio_states(portfolio_ids=list(snapshots))}
     for pid, snapshot in snapshots.items():
         assert snapshot.value == Decimal(states[pid]["total"]), pid
     assert {snapshots[p.id].net_flows for p in euro} == {Decimal("850")}

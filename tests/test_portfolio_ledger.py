@@ -12,7 +12,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from portfolio import selectors, services
+from portfolio import services
 from portfolio.ledger import CostBasis, TxKind
 from portfolio.models import (
     AssetClass,
@@ -23,6 +23,7 @@ from portfolio.models import (
     Lot,
     Transaction,
 )
+from portfolio.selectors import live_states
 from streaming.tasks import ingest_quotes
 from tests.conftest import ROOT
 from tests.test_ingest import deliveries
@@ -228,7 +229,7 @@ def test_a_euro_holding_is_valued_in_dollars_through_the_live_fx_quote(
     alice = world["portfolios"]["alice"]
     buy(alice, sap, "10", "100", T0)  # 1000 EUR of cost, paid from EUR cash
     ingest_quotes([tick(world["btc"], "500", T0), tick(sap, "120", T0)])
-    state = selectors.portfolio_states(portfolio_ids=[alice.id])[0]
+    state = live_states.portfolio_states(portfolio_ids=[alice.id])[0]
     row = next(h for h in state["holdings"] if h["symbol"] == "SAP")
     assert row["status"] == "no_fx" and row["value_base"] is None
     assert state["total"] == "1000.00"  # BTC only; SAP and EUR cash have no rate yet
@@ -291,7 +292,7 @@ def test_the_previous_utc_days_last_price_becomes_the_reference_for_day_change(w
     quote.refresh_from_db()
     assert quote.reference_price == 105
     assert quote.reference_ts == day1.replace(hour=23, minute=59, second=59)
-    state = selectors.portfolio_states(
+    state = live_states.portfolio_states(
         portfolio_ids=[alice.id], now=day2_first + timedelta(hours=5)
     )[0]
     assert state["holdings"][0]["day_change"] == "30.00"  # 2 x (120 - 105)
@@ -308,8 +309,8 @@ def test_a_price_older_than_the_stale_limit_is_flagged(world, settings):
     settings.LIVEFOLIO_STALE_SECONDS = 60
     store(world["btc"], "100", T0)
     alice = world["portfolios"]["alice"]
-    fresh = selectors.portfolio_states(portfolio_ids=[alice.id], now=T0 + timedelta(seconds=59))
-    stale = selectors.portfolio_states(portfolio_ids=[alice.id], now=T0 + timedelta(seconds=61))
+    fresh = live_states.portfolio_states(portfolio_ids=[alice.id], now=T0 + timedelta(seconds=59))
+    stale = live_states.portfolio_states(portfolio_ids=[alice.id], now=T0 + timedelta(seconds=61))
     assert fresh[0]["holdings"][0]["stale"] is False
     assert stale[0]["holdings"][0]["stale"] is True
     assert stale[0]["holdings"][0]["price_age_seconds"] == 61
@@ -369,9 +370,9 @@ def test_a_closed_position_does_not_stop_valuations_of_the_open_ones(world):
     buy(alice, world["eth"], "1", "100", T0)
     sell(alice, world["eth"], "1", "120", T0 + timedelta(hours=1))  # ETH is now flat
     assert holding(alice, world["eth"]).quantity == 0
-    holders = dict(selectors.portfolios_holding(instrument_ids=[world["btc"].id]))
+    holders = dict(live_states.portfolios_holding(instrument_ids=[world["btc"].id]))
     assert alice.id in holders
-    eth_holders = dict(selectors.portfolios_holding(instrument_ids=[world["eth"].id]))
+    eth_holders = dict(live_states.portfolios_holding(instrument_ids=[world["eth"].id]))
     assert alice.id not in eth_holders  # nothing of hers moves with ETH any more
     assert world["portfolios"]["bob"].id in eth_holders
 

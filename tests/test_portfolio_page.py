@@ -8,8 +8,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from portfolio import selectors, wire
+from portfolio import wire
 from portfolio.models import ValuationSnapshot
+from portfolio.selectors import snapshot_history
 
 
 def history(client, user, portfolio, **params):
@@ -90,10 +91,10 @@ def test_a_long_range_is_thinned_to_at_most_500_points_keeping_the_newest(world)
         )
         for i in range(1, 2001)  # two weeks of 10-minute snapshots
     )
-    points = selectors.value_history(portfolio=portfolio, period="1M", now=now)
-    assert 250 <= len(points) <= selectors.HISTORY_MAX_POINTS
+    points = snapshot_history.value_history(portfolio=portfolio, period="1M", now=now)
+    assert 250 <= len(points) <= snapshot_history.HISTORY_MAX_POINTS
     assert points[-1]["value"] == "9999.00"  # the newest snapshot survives
     ats = [p["at"] for p in points]
     assert ats == sorted(ats) and len(set(ats)) == len(ats)
     # A short range under the limit is returned whole: 10 to 1440 minutes old, both ends in.
-    assert len(selectors.value_history(portfolio=portfolio, period="1D", now=now)) == 144
+    assert len(snapshot_history.value_history(portfolio=portfolio, period="1D", now=now)) == 144

@@ -285,13 +285,13 @@ def test_fifty_updates_a_second_end_on_the_latest_numbers_and_the_page_stays_usa
     the page applies them per animation frame, ends on the last one, and still sorts on click."""
     import json
 
-    from portfolio import selectors
+    from portfolio.selectors import live_states
 
     tick(world["btc"], "50000")
     log_in(page, daphne_server, "alice", PASSWORD)
     total = page.locator('[data-field="total"]')
     expect(total).to_have_text("$100,000.00")
-    state = selectors.portfolio_states(portfolio_ids=[world["portfolios"]["alice"].id])[0]
+    state = live_states.portfolio_states(portfolio_ids=[world["portfolios"]["alice"].id])[0]
     page.evaluate(
         """([state, count]) => new Promise((done) => {
             const c = window.livefolioConnection;

@@ -14,10 +14,11 @@ from django.contrib.auth import get_user_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portfolio import day_values, performance, selectors, services
+from portfolio import day_values, performance, services
 from portfolio.importers import prices_csv
 from portfolio.ledger import TxKind
 from portfolio.models import AssetClass, FeedKind, Instrument
+from portfolio.selectors import past_values
 
 D = Decimal
 
@@ -67,7 +68,7 @@ def test_xirr_from_the_ledger_equals_excels_documented_example(db):
     ):
         record(portfolio, day, TxKind.SELL, instrument=acme, quantity=D(25), price=D(price))
         record(portfolio, day, TxKind.WITHDRAWAL, amount=D(25 * price))
-    returns, values = selectors.portfolio_returns(
+    returns, values = past_values.portfolio_returns(
         portfolio=portfolio, start=date(2007, 12, 31), end=date(2009, 4, 1)
     )
     assert values[0].value == 0 and values[-1].value == D(2750)
@@ -106,7 +107,7 @@ def test_twr_chains_daily_sub_periods_with_flows_at_the_start_of_their_day(db):
     d4 = d1 + timedelta(3)
     record(portfolio, d4, TxKind.DEPOSIT, amount=D(1100))
     record(portfolio, d4, TxKind.BUY, instrument=acme, quantity=D(10), price=D(110))
-    returns, values = selectors.portfolio_returns(
+    returns, values = past_values.portfolio_returns(
         portfolio=portfolio, start=d1 - timedelta(1), end=d1 + timedelta(5)
     )
     # The range's ends and the eve of each deposit: the day before the first (nothing held),
@@ -127,7 +128,7 @@ def test_twr_chains_daily_sub_periods_with_flows_at_the_start_of_their_day(db):
 def test_returns_need_a_ledger(db):
     portfolio, _ = make_portfolio("empty")
     with pytest.raises(performance.PerformanceError, match="no transactions"):
-        selectors.portfolio_returns(
+        past_values.portfolio_returns(
             portfolio=portfolio, start=date(2026, 1, 1), end=date(2026, 2, 1)
         )
 

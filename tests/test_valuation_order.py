@@ -14,7 +14,8 @@ import pytest
 import websockets
 from channels.db import database_sync_to_async
 
-from portfolio import selectors, wire
+from portfolio import wire
+from portfolio.selectors import live_states
 from streaming import events, protocol
 from streaming.tasks import ingest_quotes
 from tests.api import connect, request
@@ -28,7 +29,9 @@ async def valuations_valued_at(world, *offsets: int) -> list[tuple[str, dict]]:
     """Alice's portfolio's valuation, as published, once per offset (seconds from now) of
     ``valued_at``."""
     portfolio = world["portfolios"]["alice"]
-    [state] = await database_sync_to_async(selectors.portfolio_states)(portfolio_ids=[portfolio.id])
+    [state] = await database_sync_to_async(live_states.portfolio_states)(
+        portfolio_ids=[portfolio.id]
+    )
     now = datetime.now(UTC)
     group = events.user_group(world["users"]["alice"].id)
     return [

@@ -219,8 +219,8 @@ def test_a_new_transaction_or_a_changed_close_shows_at_once(client, three_years)
     changed = {p["day"]: D(p["value"]) for p in series(client, three_years, "1W")["points"]}
     assert changed[friday.isoformat()] == after[friday.isoformat()] + 30 * 10
     # The same through the returns: Max's end value is today's.
-    from portfolio import selectors
+    from portfolio.selectors import past_values
 
-    results = selectors.period_returns(portfolio=three_years["portfolio"])
+    results = past_values.period_returns(portfolio=three_years["portfolio"])
     last_value = results[-1].returns.irr.flows[-1].amount
     assert last_value == changed[today.isoformat()]

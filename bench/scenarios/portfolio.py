@@ -1,6 +1,6 @@
 """``portfolio`` (the default): C clients on /ws/portfolio/, one user each, each user a portfolio
 of H holdings over I instruments; the feed ticks R/s over all I. Latency of valuations; final
-state: each client's last valuation equals ``selectors.portfolio_states`` from the database."""
+state: each client's last valuation equals ``live_states.portfolio_states`` from the database."""
 
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ def final_state_loss(
     last: dict[str, dict[str, Any]], portfolio_of: dict[int, int]
 ) -> dict[str, Any]:
     """Clients whose last portfolio state differs from the database's, after the feed stopped."""
-    from portfolio import selectors
+    from portfolio.selectors import live_states
 
     ids = {int(user): portfolio_of[int(user)] for user in last}
-    truth = {s["id"]: s for s in selectors.portfolio_states(portfolio_ids=ids.values())}
+    truth = {s["id"]: s for s in live_states.portfolio_states(portfolio_ids=ids.values())}
     stale = []
     for user, pid in ids.items():
         seen = last[str(user)].get(str(pid))
@@ -61,13 +61,13 @@ def valued(state: dict[str, Any]) -> dict[str, Any]:
 def floor_frames(world, users) -> dict[str, Any]:
     """Each user's real valuation frame (the same bytes Livefolio sends), as_of and valued_at
     left open (the floor's publisher stamps them)."""
-    from portfolio import selectors
+    from portfolio.selectors import live_states
     from streaming import protocol
 
     pids = [world["portfolio_of"][u.id] for u in users]
     owner = {v: k for k, v in world["portfolio_of"].items()}
     frames = {}
-    for state in selectors.portfolio_states(portfolio_ids=pids):
+    for state in live_states.portfolio_states(portfolio_ids=pids):
         state["as_of"], state["valued_at"] = "__AS_OF__", "__VALUED_AT__"
         frames[str(owner[state["id"]])] = protocol.envelope(
             protocol.valuation(portfolio=state), seq=1

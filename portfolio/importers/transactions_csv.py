@@ -15,9 +15,10 @@ from typing import IO
 
 from django.db import transaction
 
-from portfolio import ledger, selectors, services
+from portfolio import ledger, services
 from portfolio.ledger import TxKind
 from portfolio.models import AMOUNT_KINDS, Instrument, Portfolio, Transaction
+from portfolio.selectors import ledger_reads
 
 # The export header, in order; also the canonical names on import.
 COLUMNS = (
@@ -232,7 +233,7 @@ def _parse_row(
         note=note,
     )
     try:
-        selectors.ledger_entry(tx)
+        ledger_reads.ledger_entry(tx)
     except ledger.LedgerError as exc:
         raise ValueError(_column_message(exc)) from None
     limits = (("quantity", 12), ("price", 10), ("fee", 10), ("amount", 10), ("to_amount", 10))
@@ -323,14 +324,14 @@ def _check_ledger(
     """
     found = 0
     existing = [
-        selectors.ledger_entry(tx)
+        ledger_reads.ledger_entry(tx)
         for tx in Transaction.objects.filter(portfolio=portfolio)
         .select_related("instrument")
         .order_by("executed_at", "id")
     ]
     new = {}
     for line, tx in parsed:
-        entry = selectors.ledger_entry(tx)
+        entry = ledger_reads.ledger_entry(tx)
         # The line number is the entry's ref, so a refusal names the row.
         new[line] = dataclasses.replace(entry, ref=f"line {line}")
     without = f" (checked without the {skipped} rows with field errors)" if skipped else ""
