@@ -57,7 +57,7 @@ class Conflator:
     has a token; one that comes sooner waits, and later ones replace it while it waits, so what
     a connection can have queued is one message per key, however fast the producer or however
     slow the reader. The burst absorbs jitter: a stream at the allowed rate whose messages come
-    a little early or late (a coalescing window of the same length) is never held back.
+    a little early or late is never held back.
     """
 
     def __init__(

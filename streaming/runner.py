@@ -246,7 +246,7 @@ class FeedRunner:
             self.live.append(event)
             self.live_waiting.set()
         elif isinstance(event, Book):
-            self.books[event.feed_symbol] = event  # only the newest book per window matters
+            self.books[event.feed_symbol] = event  # only the newest book per interval matters
             self.live.append(event)  # and every change, as a diff
             self.live_waiting.set()
 

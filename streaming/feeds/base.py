@@ -1,9 +1,9 @@
-"""What every market-data feed speaks: ticks out, symbols in, and a coalescing window.
+"""What every market-data feed speaks: ticks out, symbols in, and the newest tick per symbol.
 
 A feed adapter (simulated, replay, one per exchange) is an asyncio object that connects to its
 source, reconnects by itself, and calls ``emit(tick)`` for every price it sees. It knows nothing
-of Django: the feed runner maps its ``feed_symbol`` strings to instruments and hands coalesced
-batches to the ingest task.
+of Django: the feed runner maps its ``feed_symbol`` strings to instruments and hands the newest
+tick of each to ingest.
 """
 
 from __future__ import annotations
