@@ -20,15 +20,12 @@ there is no mailbox: the feed runs the task on its ticks in process.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from streaming import flow, namespace
-
-log = logging.getLogger(__name__)
 
 # The task that empties the mailbox (streaming/tasks.py), sent by name: tasks.py uses this module.
 TASK = "streaming.tasks.ingest_quotes"
