@@ -11,7 +11,7 @@ Needs DATABASE_URL (a PostgreSQL database of its own: it is created, migrated an
 REDIS_URL (a Redis db of its own: it is FLUSHDB'd) and LIVEFOLIO_REDIS_PREFIX. Both names must
 contain "bench" unless --i-mean-it is given, so a test or dev database is never wiped by mistake.
 
-What one run does (README "Benchmarks" and docs/performance.md explain how to read it):
+What one run does (bench/README.md explains how to read it):
 1. seeds U users, each with one portfolio of ~H holdings out of I simulated instruments, all
    with a starting quote; a few users log in through the real login form, the others get their
    session through Django's session engine (an Argon2 login costs ~100 ms of CPU each);

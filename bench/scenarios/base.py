@@ -10,7 +10,7 @@ class Scenario:
     """A run's shape. Each scenario module sets what differs from these defaults."""
 
     name = ""
-    # What a flag left out means (README and docs/performance.md show the commands).
+    # What a flag left out means (bench/README.md shows the commands).
     defaults: dict[str, Any] = {}
     feed = True  # the simulated feed ticks at --rate
     users_hold = True  # each user has a portfolio of --holdings instruments
