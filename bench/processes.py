@@ -352,3 +352,11 @@ def speed_summary(probes: list[float]) -> dict[str, Any]:
         "max_us": round(ordered[-1], 3),
         "probes": len(ordered),
     }
+
+
+def git_revision() -> str:
+    """The checkout's ``git describe`` (with ``-dirty``), for a result's JSON."""
+    rev = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+    )
+    return rev.stdout.strip()

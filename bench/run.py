@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -41,7 +40,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.processes import ROOT, speed_probe, speed_summary
+from bench.processes import ROOT, git_revision, speed_probe, speed_summary
 from bench.report import ratio, table
 from bench.scenarios import SCENARIOS
 from bench.stack import run_floor, run_livefolio
@@ -118,13 +117,6 @@ def settings_value(name: str) -> Any:
     from django.conf import settings
 
     return getattr(settings, name)
-
-
-def git_revision() -> str:
-    rev = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
-    )
-    return rev.stdout.strip()
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the bench package and the project, run as a script
 SYMBOL = "BTC-USDT"
 FEED_SYMBOL = "BTCUSDT"
 DAPHNE = [sys.executable, "-m", "streaming.serve", "-b", "127.0.0.1"]
@@ -53,7 +54,6 @@ async def exchange_main(args: argparse.Namespace) -> None:
     """A fake Binance: answers SUBSCRIBE, then on ``go`` sends ``rate`` trades/s for
     ``seconds``; in floor mode publishes each trade's API update frame to the floor's channel
     instead. Prints ``url <url>``, then ``sent <n>`` at the end."""
-    sys.path.insert(0, str(ROOT))
     import orjson
     import redis.asyncio as aioredis
 
@@ -316,9 +316,9 @@ def main() -> None:
 
 def runner(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    sys.path.insert(0, str(ROOT / "bench"))
     import psutil
-    import run as bench
+
+    from bench import processes, world
 
     missing = [
         n for n in ("DATABASE_URL", "REDIS_URL", "LIVEFOLIO_REDIS_PREFIX") if not os.environ.get(n)
@@ -339,8 +339,8 @@ def runner(args: argparse.Namespace) -> None:
         LIVEFOLIO_WS_MAX_PER_USER=str(args.clients + 10),
     )
     os.environ.update(env)
-    bench.create_database()
-    bench.setup_django(env)
+    world.create_database()
+    world.setup_django(env)
     from django.contrib.auth import get_user_model
 
     from portfolio.models import AssetClass, Instrument
@@ -362,12 +362,12 @@ def runner(args: argparse.Namespace) -> None:
     _row, token = tokens.token_create(user=user, name=f"bench {time.time()}")
 
     logs = Path(tempfile.mkdtemp(prefix="livefolio-trades-bench-"))
-    speed_before = bench.speed_summary([bench.speed_probe() for _ in range(25)])
+    speed_before = processes.speed_summary([processes.speed_probe() for _ in range(25)])
     result: dict[str, Any] = {
         "args": {k: v for k, v in vars(args).items() if k != "mode"},
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
-        "revision": bench.git_revision(),
+        "revision": processes.git_revision(),
         "machine_speed_before": speed_before,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "logs": str(logs),
@@ -376,7 +376,9 @@ def runner(args: argparse.Namespace) -> None:
     result["livefolio"] = measure_livefolio(args, env, logs, token, redis_proc)
     if not args.no_floor:
         result["floor"] = measure_floor(args, env, logs, redis_proc)
-    result["machine_speed_after"] = bench.speed_summary([bench.speed_probe() for _ in range(25)])
+    result["machine_speed_after"] = processes.speed_summary(
+        [processes.speed_probe() for _ in range(25)]
+    )
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
@@ -403,7 +405,7 @@ def _cpu(proc) -> float:
 
 
 def start_clients(args, env, logs, urls: list[str], token: str | None, tag: str):
-    import run as bench
+    from bench import processes
 
     procs = []
     per = -(-len(urls) // args.client_procs)
@@ -414,7 +416,7 @@ def start_clients(args, env, logs, urls: list[str], token: str | None, tag: str)
         job = logs / f"{tag}-clients-{i}.json"
         job.write_text(json.dumps({"urls": mine, "token": token}))
         procs.append(
-            bench.Proc(
+            processes.Proc(
                 f"{tag}-clients-{i}",
                 [sys.executable, __file__, "clients", str(job)],
                 env,
@@ -448,9 +450,9 @@ def wait_quiet(clients, quiet: float = 2.0, limit: float = 60.0) -> float:
 
 
 def run_exchange(args, env, logs, tag, *, floor: bool) -> Any:
-    import run as bench
+    from bench import processes
 
-    proc = bench.Proc(
+    proc = processes.Proc(
         f"{tag}-exchange",
         [sys.executable, __file__, "exchange", "--trades-per-s", str(args.rate)]
         + ["--for-seconds", str(args.seconds)]
@@ -531,15 +533,15 @@ def measured(exchange, servers, feed, clients, redis_proc) -> dict[str, Any]:
 
 
 def measure_livefolio(args, env, logs, token, redis_proc) -> dict[str, Any]:
-    import run as bench
+    from bench import processes
 
     exchange = run_exchange(args, env, logs, "livefolio", floor=False)
     servers, feed, clients = {}, None, []
     try:
         ports = []
         for i in range(args.daphne):
-            port = bench.free_port()
-            server = bench.Proc(
+            port = processes.free_port()
+            server = processes.Proc(
                 f"daphne-{i}",
                 [*DAPHNE, "-p", str(port), "portfolio.asgi:application"],
                 env,
@@ -550,7 +552,7 @@ def measure_livefolio(args, env, logs, token, redis_proc) -> dict[str, Any]:
         for server in servers.values():
             server.wait_for("Listening on TCP address")
         feed_env = dict(env, BINANCE_WS_URL=exchange.url, BINANCE_CHANNELS="trade")
-        feed = bench.Proc(
+        feed = processes.Proc(
             "runfeed", [sys.executable, "manage.py", "runfeed", "binance"], feed_env, logs
         )
         feed.wait_for("feed binance: started")
@@ -565,11 +567,11 @@ def measure_livefolio(args, env, logs, token, redis_proc) -> dict[str, Any]:
 
 
 def measure_floor(args, env, logs, redis_proc) -> dict[str, Any]:
-    import run as bench
+    from bench import processes
 
     exchange = run_exchange(args, env, logs, "floor", floor=True)
-    port = bench.free_port()
-    server = bench.Proc(
+    port = processes.free_port()
+    server = processes.Proc(
         "floor-server",
         [*FLOOR, "--port", str(port), "--redis", os.environ["REDIS_URL"]],
         env,

@@ -24,6 +24,7 @@ from portfolio.selectors import live_states, market_state
 from streaming import events, marketdata, protocol, streams, tokens
 from streaming.flow import Conflator, TokenBucket, UserConnections
 from streaming.health import WS_CONNECTIONS, WS_MESSAGES_SENT, WS_REJECTED
+from streaming.patches.dispatch import consume
 from streaming.patches.layers import forget_channel
 from streaming.watch import socket_watch
 
@@ -70,7 +71,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         self.connection_id = new_id("ws")
         context_id.set(self.connection_id)  # every log line of this socket carries its id
         try:
-            await super().__call__(scope, receive, send)
+            await consume(self, scope, receive, send)
         except SERVICE_LOST as exc:
             # The channel layer's Redis went away: this socket can no longer hear its groups.
             # Close with 4503 so the client reconnects (with backoff) and gets a fresh snapshot.

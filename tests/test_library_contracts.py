@@ -19,6 +19,14 @@ pytestmark = pytest.mark.unit
 # Functions Livefolio copies or overrides, by the sha256 (first 16 hex digits) of their source
 # at the pinned version, and the place in Livefolio that depends on it.
 OVERRIDDEN = {
+    "channels.consumer.AsyncConsumer.__call__": (
+        "e52238720872dbc3",
+        "streaming/patches/dispatch.py consume copies it",
+    ),
+    "channels.utils.await_many_dispatch": (
+        "30ef889498560da3",
+        "streaming/patches/dispatch.py dispatch_from replaces it",
+    ),
     "channels_redis.pubsub.RedisSingleShardConnection._ensure_redis": (
         "ba228d3cee7116dc",
         "streaming/patches/layers.py _PubSubShard._ensure_redis copies it",
