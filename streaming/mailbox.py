@@ -103,6 +103,13 @@ def done(taken: dict[bytes, bytes]) -> None:
             raise
 
 
+def hold() -> None:
+    """Keep the flag raised for another full lifetime: the task failed on the database and
+    Celery tries it again within that (its retry backoff is shorter than the broker's visibility
+    timeout), so a post meanwhile sends no second task however long the database is down."""
+    flow.redis_sync().expire(keys()[1], flag_seconds())
+
+
 def ticks_of(taken: dict[bytes, bytes]) -> list[dict[str, Any]]:
     """The ``ingest_quotes`` items of what :func:`take` returned."""
     return [json.loads(tick) for tick in taken.values()]

@@ -108,7 +108,8 @@ def ingest_quotes(batch: list[dict[str, Any]] | None = None) -> int:
     try:
         changed = _ingest(mailbox.ticks_of(taken))
     except OperationalError:
-        raise  # tried again (autoretry_for); the flag stays raised for the retry
+        mailbox.hold()  # tried again (autoretry_for); the flag stays raised until the retry
+        raise
     except Exception:
         mailbox.done(taken)  # these ticks are dropped (Celery logs why); ingest goes on
         raise

@@ -161,3 +161,30 @@ def test_a_task_that_fails_unexpectedly_lowers_the_flag_and_the_next_post_goes_o
     post(tick(btc, "101", T0 + timedelta(seconds=1)))
     assert tasks_sent(redis_client) == 2
     assert ingest_quotes() == 1
+
+
+def test_a_task_the_database_failed_keeps_the_flag_for_its_retry_however_long_it_lasts(
+    instruments, redis_client, monkeypatch
+):
+    from django.db import OperationalError
+
+    from streaming import tasks
+
+    btc, *_ = instruments
+    post(tick(btc, "100", T0))
+    key = mailbox.keys()[1]
+    redis_client.expire(key, 2)  # most of its lifetime gone while the database was down
+
+    def database_down(batch):
+        raise OperationalError("the database is down")
+
+    monkeypatch.setattr(tasks, "_ingest", database_down)
+    with pytest.raises(OperationalError):
+        ingest_quotes()
+    monkeypatch.undo()
+    # Raised for a whole lifetime again: the retry, not a post, sends the next task.
+    assert redis_client.ttl(key) > 2
+    post(tick(btc, "101", T0 + timedelta(seconds=1)))
+    assert tasks_sent(redis_client) == 1
+    assert ingest_quotes() == 1
+    assert prices()[btc.id] == Decimal("101") and not armed(redis_client)
