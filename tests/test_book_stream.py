@@ -71,6 +71,20 @@ def listed_crypto(symbol: str, feed_symbol: str, feed: str = "simulated") -> Ins
     )
 
 
+def numbered_trade(instrument: Instrument, seq: int, *, trade_id: str, at: datetime) -> dict:
+    """A ``trade`` message as a feed process publishes it, numbered ``seq``."""
+    return protocol.trade(
+        instrument_id=instrument.id,
+        symbol=instrument.symbol,
+        price=Decimal("5.5"),
+        size=Decimal("1"),
+        side="buy",
+        trade_id=trade_id,
+        exchange_ts=at,
+        trade_seq=seq,
+    )
+
+
 def api_url(daphne_server: str) -> str:
     return daphne_server.replace("http://", "ws://") + "/ws/v1/"
 
@@ -231,16 +245,7 @@ def test_a_trade_lost_on_the_way_makes_stream_seq_jump_and_the_snapshots_are_not
     now = datetime.now(UTC)
 
     def trade(seq: int) -> dict:
-        return protocol.trade(
-            instrument_id=instrument.id,
-            symbol=instrument.symbol,
-            price=Decimal("5.5"),
-            size=Decimal("1"),
-            side="buy",
-            trade_id=f"x{seq}",
-            exchange_ts=now,
-            trade_seq=seq,
-        )
+        return numbered_trade(instrument, seq, trade_id=f"x{seq}", at=now)
 
     marketdata.record_live(trades=[trade(1), trade(2), trade(3)], levels=[])
     group = events.instrument_group(instrument.id)
@@ -270,15 +275,8 @@ def test_trades_queued_before_the_snapshot_are_not_sent_and_a_feed_numbering_afr
     start = datetime.now(UTC)
 
     def trade(seq: int, second: int) -> dict:
-        return protocol.trade(
-            instrument_id=instrument.id,
-            symbol=instrument.symbol,
-            price=Decimal("0.9"),
-            size=Decimal("1"),
-            side="sell",
-            trade_id=f"t{second}",
-            exchange_ts=start + timedelta(seconds=second),
-            trade_seq=seq,
+        return numbered_trade(
+            instrument, seq, trade_id=f"t{second}", at=start + timedelta(seconds=second)
         )
 
     batch = [trade(n, n) for n in range(1, 121)]
