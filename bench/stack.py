@@ -87,6 +87,19 @@ class FeedCounter(TickRate):
         )
 
 
+def measure(clients, procs, r, hooks, seconds: float, *, pings: bool):
+    """Sample ``seconds`` of the run; then, if the scenario pings, how many clients answered.
+    Returns (the sampled run, the clients that answered or None)."""
+    sampler = Sampler(procs, r, hooks)
+    measure_window(clients, sampler, seconds)
+    pinged = None
+    if pings:
+        for c in clients:
+            c.send("ping")
+        pinged = sum(int(c.expect("pinged")[0]) for c in clients)
+    return sampler.stop(), pinged
+
+
 def run_livefolio(args, scenario: Scenario, env, logs, world, r) -> dict[str, Any]:
     ports = [free_port() for _ in range(args.daphne)]
     servers = [
@@ -179,14 +192,7 @@ def run_livefolio(args, scenario: Scenario, env, logs, world, r) -> dict[str, An
             procs.append(feed)
             monitor.start()
             time.sleep(args.warmup)
-        sampler = Sampler(procs, r, hooks)
-        measure_window(clients, sampler, args.seconds)
-        pinged = None
-        if scenario.pings:
-            for c in clients:
-                c.send("ping")
-            pinged = sum(int(c.expect("pinged")[0]) for c in clients)
-        run = sampler.stop()
+        run, pinged = measure(clients, procs, r, hooks, args.seconds, pings=scenario.pings)
         drain_s = None
         ingest = None
         if feed is not None:
@@ -301,14 +307,7 @@ def run_floor(args, scenario: Scenario, env, logs, world, r) -> dict[str, Any]:
             procs.append(publisher)
             hooks.append(PublisherTicks(publisher))
             time.sleep(args.warmup)
-        sampler = Sampler(procs, r, hooks)
-        measure_window(clients, sampler, args.seconds)
-        pinged = None
-        if scenario.pings:
-            for c in clients:
-                c.send("ping")
-            pinged = sum(int(c.expect("pinged")[0]) for c in clients)
-        run = sampler.stop()
+        run, pinged = measure(clients, procs, r, hooks, args.seconds, pings=scenario.pings)
         delivered = merge([c.finish() for c in clients])
         delivered.pop("last")
         server.log.flush()
