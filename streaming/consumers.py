@@ -66,6 +66,8 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
     accepted = False  # the handshake was accepted (an error frame can be sent)
     closing = False  # the server sent its close: nothing more is sent, no frame is handled
     released = False  # release() ran
+    failing: asyncio.Task | None = None  # an event handled by deliver_now() raised: closing
+    send_text: Any = None  # one text frame, synchronously (consume() sets it)
 
     async def __call__(self, scope, receive, send):
         self.connection_id = new_id("ws")
@@ -161,7 +163,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
                 WS_REJECTED.labels(protocol.ERROR_TOO_MANY_CONNECTIONS).inc()
                 await self.accept()
                 limit = self.connection_cap.limit
-                await self.send_error(
+                self.send_error(
                     protocol.ERROR_TOO_MANY_CONNECTIONS,
                     f"at most {limit} open connections per user; close another tab first",
                 )
@@ -195,7 +197,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         if self.accepted and error is not None:
-            await self.send_error(error, "the server failed to handle this; reconnect")
+            self.send_error(error, "the server failed to handle this; reconnect")
         # Before accept this refuses the handshake (HTTP 403): no close code can be sent yet.
         await self.close(code=code if self.accepted else None)
 
@@ -204,11 +206,9 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         # every handler. Channel-layer events touch no database, so they skip it: the hop would
         # be the largest single cost of each delivered message.
         if message["type"] == events.EVENT:
-            handler = getattr(self, "livefolio_event", None)
-            if handler is not None:
-                await handler(message)
-                return
-        elif message["type"] == "websocket.receive":
+            self.on_event(message)
+            return
+        if message["type"] == "websocket.receive":
             # A client's frame: its handlers reach the database only through
             # database_sync_to_async, which closes stale connections itself. 5,000 idle sockets
             # answering a ping at once were 5,000 queued thread hops.
@@ -216,7 +216,32 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             return
         await super().dispatch(message)
 
-    async def send_message(self, payload: dict[str, Any]) -> None:
+    def deliver_now(self, message: dict[str, Any]) -> bool:
+        """Handle a channel-layer event the moment the layer decodes it; False for any other
+        message (it queues for :meth:`dispatch`). The layer calls this only while the socket
+        handles nothing else and has nothing queued (streaming/patches/dispatch.py), so events
+        keep their order. Its error boundary is :meth:`dispatch`'s: whatever the event raises
+        closes the socket with a documented code, the same clean-up following."""
+        if message["type"] != events.EVENT:
+            return False
+        if self.closing or self.failing is not None:
+            return True  # nothing more is sent
+        try:
+            self.on_event(message)
+        except Exception as exc:
+            self.failing = asyncio.get_running_loop().create_task(self._fail_in_context(exc))
+        return True
+
+    async def _fail_in_context(self, exc: Exception) -> None:
+        context_id.set(self.connection_id)  # this task's own context: its log lines
+        await self.fail(exc)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """A channel-layer event (``livefolio.event``) for this socket: synchronous, so it can
+        run as the layer decodes it (:meth:`deliver_now`)."""
+
+    def send_message(self, payload: dict[str, Any]) -> None:
+        """Send ``payload`` as the next frame (numbered, stamped), at once."""
         if self.closing:
             return  # nothing after the close
         self.seq += 1
@@ -224,18 +249,18 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         sent = _SENT.get(kind) or _SENT.setdefault(kind, WS_MESSAGES_SENT.labels(kind))
         sent.inc()
         try:
-            await self.send(text_data=protocol.encode(protocol.envelope(payload, seq=self.seq)))
+            self.send_text(protocol.encode_utf8(protocol.envelope(payload, seq=self.seq)))
         except Disconnected:
             # daphne's WebSocket library refuses to send once the client's close arrived;
             # the disconnect that follows runs the clean-up.
             self.closing = True
 
-    async def send_error(self, code: str, message: str) -> None:
-        await self.send_message(protocol.error(code=code, message=message))
+    def send_error(self, code: str, message: str) -> None:
+        self.send_message(protocol.error(code=code, message=message))
 
     async def frame_error(self, error: protocol.FrameError) -> None:
         """Answer a frame that is not a message (the API echoes its request id)."""
-        await self.send_error(error.code, error.message)
+        self.send_error(error.code, error.message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
@@ -247,14 +272,12 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
             await self.reject_flood()
             return
         if bytes_data is not None:
-            await self.send_error(protocol.ERROR_BINARY_NOT_SUPPORTED, "send JSON text frames")
+            self.send_error(protocol.ERROR_BINARY_NOT_SUPPORTED, "send JSON text frames")
             return
         # surrogatepass: daphne hands over valid UTF-8 only; the in-process test client not
         if len(text_data.encode(errors="surrogatepass")) > settings.LIVEFOLIO_MAX_FRAME_BYTES:
             limit = settings.LIVEFOLIO_MAX_FRAME_BYTES
-            await self.send_error(
-                protocol.ERROR_FRAME_TOO_LARGE, f"frames are limited to {limit} bytes"
-            )
+            self.send_error(protocol.ERROR_FRAME_TOO_LARGE, f"frames are limited to {limit} bytes")
             await self.close(code=protocol.CLOSE_FRAME_TOO_LARGE)
             return
         try:
@@ -269,7 +292,7 @@ class ProtocolConsumer(AsyncWebsocketConsumer):
         self.dropped += 1
         WS_REJECTED.labels(protocol.ERROR_RATE_LIMITED).inc()
         rate = settings.LIVEFOLIO_WS_RATE
-        await self.send_error(
+        self.send_error(
             protocol.ERROR_RATE_LIMITED,
             f"at most {rate} messages per second (bursts of {self.bucket.burst}); "
             "this one was dropped",
@@ -339,7 +362,7 @@ class PortfolioConsumer(ProtocolConsumer):
         await self.connection_cap.refresh(self.user_id, self.channel_name)
 
     async def end_session(self) -> None:
-        await self.send_error(protocol.ERROR_SESSION_ENDED, "your session ended; log in again")
+        self.send_error(protocol.ERROR_SESSION_ENDED, "your session ended; log in again")
         await self.close(code=protocol.CLOSE_UNAUTHENTICATED)
 
     async def send_snapshot(self) -> None:
@@ -350,26 +373,26 @@ class PortfolioConsumer(ProtocolConsumer):
         self.valued_at = {}
         for state in states:
             is_newer(self.valued_at, state)
-        await self.send_message(protocol.snapshot(portfolios=states))
+        self.send_message(protocol.snapshot(portfolios=states))
 
     async def receive_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "resync":
             await self.send_snapshot()
         elif kind == "ping":
-            await self.send_message(protocol.pong())
+            self.send_message(protocol.pong())
         else:
-            await self.send_error(protocol.ERROR_UNKNOWN_TYPE, f"unknown message type {kind!r}")
+            self.send_error(protocol.ERROR_UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
-    async def livefolio_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: dict[str, Any]) -> None:
         payload = events.payload_of(event)
         if payload["type"] == "valuation":
             if not is_newer(self.valued_at, payload["portfolio"]):
                 return
             # A slow reader gets the latest valuation per portfolio, never a backlog.
-            await self.conflator.offer(("valuation", payload["portfolio"]["id"]), payload)
+            self.conflator.offer(("valuation", payload["portfolio"]["id"]), payload)
         else:
-            await self.send_message(payload)
+            self.send_message(payload)
 
     async def livefolio_session_ended(self, event: dict[str, Any]) -> None:
         if self.session_key and event["session"] == events.session_fingerprint(self.session_key):
@@ -403,16 +426,16 @@ class InstrumentConsumer(PortfolioConsumer):
             instrument=self.instrument, user_id=self.user_id
         )
         self.conflator.discard_pending()
-        await self.send_message(protocol.instrument_snapshot(state=state))
+        self.send_message(protocol.instrument_snapshot(state=state))
 
-    async def livefolio_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: dict[str, Any]) -> None:
         payload = events.payload_of(event)
         kind = payload["type"]
         if kind in ("quote", "book") and payload.get("instrument") == self.instrument.id:
             # A slow reader gets the latest quote and book, never a backlog.
-            await self.conflator.offer((kind, self.instrument.id), payload)
+            self.conflator.offer((kind, self.instrument.id), payload)
         elif kind == "trade" and payload.get("instrument") == self.instrument.id:
-            await self.send_message(payload)  # the tape shows every trade
+            self.send_message(payload)  # the tape shows every trade
         # Valuations reach this socket through the user's group; this page does not show them.
 
 
@@ -535,7 +558,7 @@ class ApiConsumer(ProtocolConsumer):
         self.drop_scope_auth()
         if user is not None and not await self._sign_in(user):
             refusal = self._too_many_connections()
-        await self.send_message(
+        self.send_message(
             protocol.welcome(
                 user=self.username,
                 auth_timeout=settings.LIVEFOLIO_API_AUTH_TIMEOUT,
@@ -583,7 +606,7 @@ class ApiConsumer(ProtocolConsumer):
         self, code: str, message: str, close_code: int, request_id: Any = None
     ) -> None:
         """Send an error, then close with ``close_code``: nothing more is sent or served."""
-        await self.send_message(protocol.error(code=code, message=message, request_id=request_id))
+        self.send_message(protocol.error(code=code, message=message, request_id=request_id))
         await self.close(code=close_code)
 
     def _too_many_connections(self) -> tuple[str, str, int]:
@@ -651,7 +674,7 @@ class ApiConsumer(ProtocolConsumer):
                 return
             if self.user_id is not None:
                 await self.api_cap.refresh(self.user_id, self.channel_name)
-            await self.send_message(protocol.heartbeat())
+            self.send_message(protocol.heartbeat())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
@@ -659,7 +682,7 @@ class ApiConsumer(ProtocolConsumer):
         self.last_request = time.monotonic()
         if not self.requests.allow():
             WS_REJECTED.labels(protocol.ERROR_RATE_LIMITED).inc()
-            await self.send_message(
+            self.send_message(
                 protocol.error(
                     code=protocol.ERROR_RATE_LIMITED,
                     message=f"at most {settings.LIVEFOLIO_API_RATE} requests a second "
@@ -676,7 +699,7 @@ class ApiConsumer(ProtocolConsumer):
     async def frame_error(self, error: protocol.FrameError) -> None:
         frame = error.frame
         request_id = frame.get("id") if isinstance(frame, dict) else None
-        await self.send_message(
+        self.send_message(
             protocol.error(
                 code=error.code,
                 message=error.message,
@@ -708,15 +731,15 @@ class ApiConsumer(ProtocolConsumer):
                 )
             result, follow_up = await handler(self, message)
         except RequestError as exc:
-            await self.send_message(
+            self.send_message(
                 protocol.error(code=exc.code, message=exc.message, request_id=request_id)
             )
             return
         if result is None:
             return  # the handler closed the connection
-        await self.send_message(protocol.reply(request_id=request_id, request=kind, result=result))
+        self.send_message(protocol.reply(request_id=request_id, request=kind, result=result))
         for payload in follow_up:
-            await self.send_message(payload)
+            self.send_message(payload)
 
     # -- requests: each returns (result, messages to send after the reply) ---------------------
 
@@ -876,7 +899,7 @@ class ApiConsumer(ProtocolConsumer):
 
     # -- stream updates -----------------------------------------------------------------------
 
-    async def livefolio_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: dict[str, Any]) -> None:
         found = streams.event_source(events.payload_of(event))
         if found is None:
             return
@@ -889,18 +912,18 @@ class ApiConsumer(ProtocolConsumer):
             if diffs != (sub.mode == protocol.BOOK_MODE_DIFFS):
                 return  # the other mode's message of the same book
             if diffs:
-                await self._send_diff(sub, data)
+                self._send_diff(sub, data)
                 return
         if sub.stream.kind == protocol.STREAM_TRADES and not self._trade_is_new(sub, data):
             return
         if sub.stream.kind == protocol.STREAM_PORTFOLIO and not is_newer(sub.valued_at, data):
             return
         if sub.conflator is None:
-            await self._send_update(sub, data)
+            self._send_update(sub, data)
             return
         # A quote, book or portfolio state supersedes the one it replaces; a trade does not, so
         # skipped trades show as a jump in stream_seq (the client's snapshot has recent trades).
-        replaced = await sub.conflator.offer(source, data)
+        replaced = sub.conflator.offer(source, data)
         if replaced and sub.stream.kind == protocol.STREAM_TRADES:
             sub.skipped += 1
 
@@ -925,7 +948,7 @@ class ApiConsumer(ProtocolConsumer):
         sub.trade_as_of = trade.get("as_of", "")
         return True
 
-    async def _send_diff(self, sub: Subscription, data: dict[str, Any]) -> None:
+    def _send_diff(self, sub: Subscription, data: dict[str, Any]) -> None:
         """Every diff after the client's snapshot, in order. A diff lost on the way here (the
         channel layer delivers at most once) shows as a jump in stream_seq: the client's book
         would be wrong from then on, and the jump tells it to ask for a snapshot."""
@@ -935,12 +958,14 @@ class ApiConsumer(ProtocolConsumer):
         if book_seq != sub.book_seq + 1:
             sub.skipped += 1  # lost on the way, or numbered afresh (its feed lost the cache)
         sub.book_seq = book_seq
-        await self._send_update(sub, data)
+        self._send_update(sub, data)
 
-    async def _send_update(self, sub: Subscription, data: Any) -> None:
+    def _send_update(self, sub: Subscription, data: Any) -> None:
         sub.stream_seq += 1 + sub.skipped
         sub.skipped = 0
-        await self.send_message(
+        # Every member socket sends the same data object in turn: its JSON is made once.
+        data = protocol.encoded_once(data)
+        self.send_message(
             protocol.stream_update(stream=sub.stream.name, stream_seq=sub.stream_seq, data=data)
         )
 

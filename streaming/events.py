@@ -23,7 +23,7 @@ from streaming import protocol
 
 log = logging.getLogger(__name__)
 
-# The channel-layer message type; consumers handle it in ``livefolio_event``.
+# The channel-layer message type; consumers handle it in ``on_event``.
 EVENT = "livefolio.event"
 # Tells a user's sockets that one of their sessions ended; handled in ``livefolio_session_ended``.
 SESSION_ENDED = "livefolio.session_ended"

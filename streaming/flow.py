@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import redis
@@ -64,7 +64,7 @@ class Conflator:
         self,
         *,
         interval: float,
-        send: Callable[[Any], Awaitable[None]],
+        send: Callable[[Any], None],
         burst: int = 2,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -83,7 +83,7 @@ class Conflator:
             self.buckets[key] = bucket
         return bucket
 
-    async def offer(self, key: Hashable, message: Any) -> bool:
+    def offer(self, key: Hashable, message: Any) -> bool:
         """Send ``message`` now or when ``key``'s turn comes; True when it replaced one that
         was waiting (which is then never sent)."""
         if key in self.pending:
@@ -91,7 +91,7 @@ class Conflator:
             return True
         bucket = self._bucket(key)
         if bucket.allow():
-            await self.send(message)
+            self.send(message)
             return False
         self.pending[key] = message
         self.timers[key] = asyncio.create_task(self._flush_later(key, bucket.wait()))
@@ -105,7 +105,7 @@ class Conflator:
             bucket = self._bucket(key)
             if not bucket.allow():  # the sleep ended a hair early: spend what there is
                 bucket.tokens = 0.0
-            await self.send(message)
+            self.send(message)
 
     def discard_pending(self) -> None:
         """Forget queued messages (a fresh snapshot supersedes them)."""

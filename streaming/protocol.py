@@ -191,11 +191,30 @@ def _encode_other(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} in a frame")
 
 
+def encoded_once(value: dict[str, Any]) -> Any:
+    """``value`` to put in a frame, its JSON encoded once for the sockets that send it in turn
+    (one channel-layer message reaches every member socket as the same object)."""
+    global _last_encoded
+    if isinstance(value, Encoded):
+        return value
+    last = _last_encoded
+    if last[0] is not value:
+        last = _last_encoded = (value, orjson.Fragment(encode_utf8(value)))
+    return last[1]
+
+
+# The last value encoded_once() encoded, and its text; holding the value keeps its id unique.
+_last_encoded: tuple[Any, Any] = (None, None)
+
+
 def encode(frame: Any) -> str:
     """A frame as JSON text; :class:`Encoded` parts go in verbatim."""
-    return orjson.dumps(
-        frame, default=_encode_other, option=orjson.OPT_PASSTHROUGH_SUBCLASS
-    ).decode()
+    return encode_utf8(frame).decode()
+
+
+def encode_utf8(frame: Any) -> bytes:
+    """:func:`encode`'s text in UTF-8, as a frame goes on the wire."""
+    return orjson.dumps(frame, default=_encode_other, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
 
 
 def envelope(payload: dict[str, Any], *, seq: int) -> dict[str, Any]:

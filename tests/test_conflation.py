@@ -90,7 +90,7 @@ def recording_conflator(clock, interval=0.2):
 
     sent = []
 
-    async def send(message):
+    def send(message):
         sent.append(message["n"])
 
     return Conflator(interval=interval, send=send, clock=clock), sent
@@ -102,7 +102,7 @@ async def test_a_stream_at_the_allowed_rate_with_jitter_is_never_held():
     conflator, sent = recording_conflator(clock)
     for n, gap in enumerate([0.0, 0.19, 0.21, 0.18, 0.22, 0.2, 0.19, 0.2, 0.21, 0.19]):
         clock.now += gap
-        await conflator.offer("p", {"n": n})
+        conflator.offer("p", {"n": n})
     assert sent == list(range(10))
     assert conflator.pending == {} and conflator.timers == {}
 
@@ -111,8 +111,8 @@ async def test_a_burst_sends_the_bucket_then_holds_only_the_latest():
     clock = FakeClock()
     conflator, sent = recording_conflator(clock)
     for n in range(10):
-        await conflator.offer("p", {"n": n})
-    await conflator.offer("q", {"n": 100})  # another key has its own bucket
+        conflator.offer("p", {"n": n})
+    conflator.offer("q", {"n": 100})  # another key has its own bucket
     assert sent == [0, 1, 100]  # the burst of 2, then only what waits
     assert conflator.pending == {"p": {"n": 9}}
     conflator.discard_pending()
@@ -122,7 +122,7 @@ async def test_a_held_message_goes_out_when_its_token_comes():
     clock = FakeClock()
     conflator, sent = recording_conflator(clock, interval=0.05)
     for n in range(5):
-        await conflator.offer("p", {"n": n})
+        conflator.offer("p", {"n": n})
     assert sent == [0, 1]
     clock.now += 0.05  # the fake clock says the token is there; the timer sleeps for real
     await conflator.timers["p"]

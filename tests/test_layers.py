@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from streaming import events, namespace, protocol
-from streaming.patches.layers import PubSubChannelLayer, SubscriptionLost
+from streaming.patches.layers import PubSubChannelLayer, SubscriptionLost, forget_channel
 from tests.conftest import configured_layer, free_port
 from tests.websocket import as_sent, communicator, open_portfolio_page, session_cookie
 
@@ -321,3 +321,59 @@ async def test_pubsub_a_batch_redis_refuses_part_of_closes_its_connection(redis_
         await receiver.flush()
     finally:
         redis_client.acl_deluser(name)
+
+
+async def test_pubsub_a_group_message_is_decoded_once_and_handed_to_each_members_listener(
+    redis_client,
+):
+    """listen(): each member's listener gets the message as it arrives, decoded once for the
+    whole group (the same object); one that declines gets it queued for receive, and a member
+    with a message queued gets the next one queued behind it, in order."""
+    layer = PubSubChannelLayer(
+        hosts=settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"],
+        prefix=namespace.redis_prefix(),
+    )
+    decoded = []
+    deserialize = layer.deserialize
+    layer.deserialize = lambda data: decoded.append(deserialize(data)) or decoded[-1]
+    took, declined, queued_first = [await layer.new_channel() for _ in range(3)]
+    handed = {took: [], declined: [], queued_first: []}
+
+    def listener(channel, answer):
+        def hand(message):
+            handed[channel].append(message)
+            return answer
+
+        return hand
+
+    for channel in (took, declined, queued_first):
+        await layer.group_add("g", channel)
+    await layer.send(queued_first, {"type": "own", "n": 0})  # before listening: queued
+    await wait_until(lambda: not layer.channels[queued_first].empty(), "the own message queued")
+    reading = asyncio.ensure_future(layer.receive(took))  # a reader, as a consumer's loop has
+    await asyncio.sleep(0.05)
+    layer.listen(took, listener(took, True))
+    layer.listen(declined, listener(declined, False))
+    layer.listen(queued_first, listener(queued_first, True))
+    await layer.group_send("g", {"type": "g", "n": 1})
+    await layer.group_send("g", {"type": "g", "n": 2})
+    await asyncio.sleep(0.1)  # both group messages are in
+    got = [await asyncio.wait_for(layer.receive(declined), 5) for _ in range(2)]
+    assert [m["n"] for m in got] == [1, 2]
+    assert [m["n"] for m in handed[took]] == [1, 2] and not reading.done()
+    # Offered, declined, queued; the next one then queues behind it without an offer.
+    assert [m["n"] for m in handed[declined]] == [1]
+    first_group_message = decoded[-2]
+    assert handed[took][0] is first_group_message and got[0] is first_group_message
+    assert len(decoded) == 3  # the own message and the two group messages, once each
+    # Something of its own was queued: not offered, queued behind it in order.
+    assert handed[queued_first] == []
+    got = [await asyncio.wait_for(layer.receive(queued_first), 5) for _ in range(3)]
+    assert [m["n"] for m in got] == [0, 1, 2]
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert took not in layer.listeners  # a cancelled receive is a channel that ended
+    forget_channel(layer, declined)
+    assert declined not in layer.listeners
+    await layer.flush()

@@ -35,6 +35,10 @@ OVERRIDDEN = {
         "a822736dcb875e43",
         "streaming/patches/layers.py _PubSubShard._do_receiving replaces it",
     ),
+    "channels_redis.pubsub.RedisSingleShardConnection._receive_message": (
+        "2f5f46af28e8ed76",
+        "streaming/patches/layers.py _PubSubShard._receive_message replaces it",
+    ),
     "channels_redis.pubsub.RedisSingleShardConnection.subscribe": (
         "173a8f40b17e4e28",
         "streaming/patches/layers.py _PubSubShard.subscribe extends it",
@@ -49,7 +53,7 @@ OVERRIDDEN = {
     ),
     "channels_redis.pubsub.RedisPubSubLoopLayer.receive": (
         "2d3fa7938ba6e0a6",
-        "streaming/patches/layers.py _PubSubLoopLayer.receive extends it",
+        "streaming/patches/layers.py _PubSubLoopLayer.receive replaces it",
     ),
     "channels_redis.pubsub.RedisPubSubChannelLayer._get_layer": (
         "1862b87a25ac72b2",
@@ -59,6 +63,14 @@ OVERRIDDEN = {
         "447c6bd42c62e98c",
         "streaming/patches/websocket.py Server.ws_factory catches the factory run() builds inline",
     ),
+    "daphne.server.Server.handle_reply": (
+        "9d9dbaea6de0657a",
+        "streaming/patches/dispatch.py text_sender copies its websocket.send path",
+    ),
+    "daphne.ws_protocol.WebSocketProtocol.handle_reply": (
+        "5331423b1cf2016a",
+        "streaming/patches/dispatch.py text_sender copies its websocket.send path",
+    ),
     "daphne.ws_protocol.WebSocketProtocol.serverSend": (
         "345f21330d2a18ce",
         "streaming/patches/websocket.py WebSocketProtocol.serverSend drops a frame past the budget",
@@ -66,6 +78,14 @@ OVERRIDDEN = {
     "autobahn.websocket.protocol.WebSocketProtocol._fail_connection": (
         "00c349e066d658bf",
         "streaming/patches/websocket.py WebSocketProtocol._fail_connection replaces it",
+    ),
+    "autobahn.websocket.protocol.WebSocketProtocol.sendMessage": (
+        "048d6bcf0d712309",
+        "streaming/patches/websocket.py send_text_frame copies its one-frame path",
+    ),
+    "autobahn.websocket.protocol.WebSocketProtocol.sendFrame": (
+        "89cc8b024c413aa0",
+        "streaming/patches/websocket.py send_text_frame copies its one-frame path",
     ),
     "autobahn.websocket.protocol.WebSocketProtocol.sendData": (
         "5dcca425b048b07e",
@@ -114,9 +134,18 @@ READ = [
             "failedByMe",
             "wasClean",
             "wasNotCleanReason",
+            "_perMessageCompress",
+            "trackedTimings",
+            "logFrames",
         ],
     ),
-    ("daphne.server", "Server", ["ws_factory"]),
+    (
+        # Options autobahn copies from the factory onto each protocol (CONFIG_ATTRS_SERVER).
+        "autobahn.websocket.protocol",
+        "WebSocketServerFactory",
+        ["autoFragmentSize", "maskServerFrames", "maxMessagePayloadSize"],
+    ),
+    ("daphne.server", "Server", ["ws_factory", "connections", "handle_reply"]),
 ]
 
 

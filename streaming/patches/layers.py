@@ -10,9 +10,12 @@ per consumer; the pub/sub layer is one ``PUBLISH`` per group message and one sub
 group per server process. Delivery is at most once with either: snapshots and ``seq`` keep
 clients correct.
 
-``group_send_many`` is the one addition: a Celery task publishes hundreds of valuations at once,
-and writing all their PUBLISH commands at once per Redis shard (packed here) costs one
-round-trip instead of one per message.
+Two additions. ``group_send_many``: a Celery task publishes hundreds of valuations at once, and
+writing all their PUBLISH commands at once per Redis shard (packed here) costs one round-trip
+instead of one per message. ``listen``: a message is decoded once as it arrives, not once per
+member socket, and handed to each member's listener, which handles it there and then
+(streaming/patches/dispatch.py); a member that cannot (busy, or something of its own queued)
+gets it queued as before.
 
 When the connection that carries a server's subscriptions is lost (Redis down or restarted),
 channels-redis re-subscribes silently and what was published meanwhile is gone without a word.
@@ -28,6 +31,7 @@ import collections
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -56,6 +60,10 @@ class Inbox:
     """
 
     __slots__ = ("_error", "_getters", "_items", "maxsize")
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
 
     def __init__(self, maxsize: int = 0) -> None:
         self.maxsize = maxsize
@@ -185,6 +193,40 @@ class _PubSubShard(RedisSingleShardConnection):
         # passes each message on as it is.
         return self._redis.pubsub(push_handler_func=_pass_on)
 
+    def _receive_message(self, message: Any) -> None:
+        # channels-redis' own puts the message's bytes in each member channel's queue, decoded
+        # again by each receive. Here it is decoded once, and a member's listener (the layer's
+        # listen()) may take it at once; whatever a listener leaves is queued, decoded.
+        if message is None:
+            return
+        layer = self.channel_layer
+        name = message["channel"]
+        if isinstance(name, bytes):
+            name = name.decode()
+        if name in layer.channels:
+            members: Any = (name,)
+        else:
+            members = layer.groups.get(name)
+            if not members:
+                return
+            members = tuple(members)  # a listener's clean-up must not change what we walk
+        decoded = layer.channel_layer.deserialize(message["data"])
+        listeners = layer.listeners
+        for channel in members:
+            inbox = layer.channels.get(channel)
+            if inbox is None:
+                continue
+            listener = listeners.get(channel)
+            if listener is not None and inbox.empty() and not inbox.failed:
+                try:
+                    if listener(decoded):
+                        continue
+                except Exception:
+                    # Consumers keep their own errors (dispatch.py); this is a bug in one.
+                    log.exception("channel layer: a listener failed; the message is dropped")
+                    continue
+            inbox.put_nowait(decoded)
+
     async def subscribe(self, channel: str) -> None:
         await super().subscribe(channel)
         # Whoever reconnects it (the receive loop, a subscribe, redis-py's retries), we hear of it.
@@ -234,6 +276,9 @@ class _PubSubLoopLayer(RedisPubSubLoopLayer):
         super().__init__(*args, **kwargs)
         self.capacity = capacity
         self._shards = [_PubSubShard(shard.host, self) for shard in self._shards]
+        # A local channel's listener: called with each decoded message for it (its own or a
+        # group's) while nothing of it is queued; True when it took the message.
+        self.listeners: dict[str, Callable[[Any], bool]] = {}
 
     async def _subscribe_to_channel(self, channel: str) -> None:
         self.channels[channel] = Inbox(self.capacity)
@@ -245,10 +290,23 @@ class _PubSubLoopLayer(RedisPubSubLoopLayer):
             raise
 
     async def receive(self, channel: str) -> Any:
+        # channels-redis' own, its messages already decoded (_PubSubShard._receive_message).
+        if channel not in self.channels:
+            await self._subscribe_to_channel(channel)
         try:
-            return await super().receive(channel)
+            return await self.channels[channel].get()
         except SubscriptionLost:
             self.channels.pop(channel, None)  # its subscription went with the connection
+            self.listeners.pop(channel, None)
+            raise
+        except (TimeoutError, asyncio.CancelledError, GeneratorExit):
+            # As channels-redis: a cancelled receive is a consumer leaving; its channel goes.
+            self.listeners.pop(channel, None)
+            if self.channels.pop(channel, None) is not None:
+                try:
+                    await self._get_shard(channel).unsubscribe(channel)
+                except BaseException:
+                    log.exception("channel layer: unsubscribing a channel that ended failed")
             raise
 
     def fail_channels_of(self, shard: RedisSingleShardConnection, reason: str) -> int:
@@ -281,6 +339,12 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
             self._layers[loop] = _PubSubLoopLayer(*self._args, **self._kwargs, channel_layer=self)
             _wrap_close(self, loop)
         return self._layers[loop]
+
+    def listen(self, channel: str, listener: Callable[[Any], bool]) -> None:
+        """Hand each message for the local ``channel`` to ``listener`` as it arrives, while
+        nothing of the channel is queued; what it declines (returns False) is queued for
+        ``receive``. Forgotten when the channel ends (:func:`forget_channel`)."""
+        self._get_layer().listeners[channel] = listener
 
     async def group_send_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         """Send each ``(group, message)``, in order, one pipelined write per shard.
@@ -337,3 +401,5 @@ def forget_channel(layer: Any, channel: str) -> None:
     buffers = getattr(layer, "receive_buffer", None)
     if buffers is not None:
         buffers.pop(channel, None)
+    if isinstance(layer, PubSubChannelLayer):
+        layer._get_layer().listeners.pop(channel, None)
