@@ -1,4 +1,4 @@
-"""The consumers' wait on two sources (streaming.patches.dispatch.dispatch_from, channels'
+"""The consumers' wait on two sources (streaming.patches.dispatch.Loop, channels'
 await_many_dispatch without asyncio.wait): every message is dispatched, one at a time, in the
 order it arrived; a failing source ends the wait with its error; leaving cancels the readers."""
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from streaming.patches.dispatch import Loop, dispatch_from, text_sender
+from streaming.patches.dispatch import Loop, text_sender
 from streaming.patches.layers import Inbox
 
 pytestmark = pytest.mark.unit
@@ -23,7 +23,7 @@ async def test_messages_of_both_sources_are_dispatched_one_at_a_time_in_arrival_
         seen.append(message)
         busy.pop()
 
-    waiting = asyncio.ensure_future(dispatch_from([socket.get, layer.get], dispatch))
+    waiting = asyncio.ensure_future(Loop([socket.get, layer.get], dispatch).run())
     for n in range(5):
         socket.put_nowait(f"s{n}")
         await asyncio.sleep(0.005)
@@ -57,7 +57,7 @@ async def test_a_failing_source_ends_the_wait_with_its_error_and_cancels_the_oth
         raise AssertionError("nothing arrived")
 
     with pytest.raises(ConnectionError):
-        await asyncio.wait_for(dispatch_from([read_socket, broken_layer], dispatch), 5)
+        await asyncio.wait_for(Loop([read_socket, broken_layer], dispatch).run(), 5)
     assert reader_cancelled.is_set()
 
 

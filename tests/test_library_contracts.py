@@ -25,7 +25,7 @@ OVERRIDDEN = {
     ),
     "channels.utils.await_many_dispatch": (
         "30ef889498560da3",
-        "streaming/patches/dispatch.py dispatch_from replaces it",
+        "streaming/patches/dispatch.py Loop replaces it",
     ),
     "channels_redis.pubsub.RedisSingleShardConnection._ensure_redis": (
         "ba228d3cee7116dc",

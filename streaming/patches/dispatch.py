@@ -31,8 +31,9 @@ from channels.layers import get_channel_layer
 
 class Loop:
     """One consumer's wait on its sources (the socket, the channel layer), each message
-    dispatched in turn as it arrives. ``busy`` counts the messages taken from a source and not
-    yet dispatched: while it is not zero, a message must queue behind them."""
+    dispatched in turn as it arrives: channels' ``await_many_dispatch`` without
+    ``asyncio.wait``. ``busy`` counts the messages taken from a source and not yet
+    dispatched: while it is not zero, a message must queue behind them."""
 
     def __init__(self, sources: list, dispatch: Callable[[Any], Awaitable[None]]) -> None:
         self.sources = sources
@@ -77,11 +78,6 @@ class Loop:
                     await task
 
 
-async def dispatch_from(sources: list, dispatch: Callable[[Any], Awaitable[None]]) -> None:
-    """channels' ``await_many_dispatch`` without ``asyncio.wait``."""
-    await Loop(sources, dispatch).run()
-
-
 async def consume(consumer: Any, scope: dict, receive: Callable, send: Callable) -> None:
     """``AsyncConsumer.__call__`` for ``consumer``, waiting with :class:`Loop`; the consumer's
     ``deliver_now(message) -> bool`` takes the channel-layer messages it can handle at once
@@ -111,18 +107,23 @@ def text_sender(send: Callable[[dict], Awaitable[None]]) -> Callable[[bytes], No
 
     Under daphne, its own reply path without the coroutine around it (``Server.handle_reply``:
     nothing is sent to a connection daphne has dropped) to the protocol's ``send_text_frame``
-    (streaming/patches/websocket.py). Any other server's ``send`` (the in-process test
-    communicator's) runs to completion at once; one that would wait is refused, naming why.
+    (streaming/patches/websocket.py; plain daphne's ``serverSend``). Any other server's
+    ``send`` (the in-process test communicator's) runs to completion at once; one that would
+    wait is refused, naming why.
     """
     daphne = sys.modules.get("daphne.server")
     handle_reply = getattr(send, "func", None)
     if daphne is not None and getattr(handle_reply, "__func__", None) is daphne.Server.handle_reply:
         connections, protocol = handle_reply.__self__.connections, send.args[0]
+        # Plain ``daphne`` (not ``python -m streaming.serve``) runs its own protocol class.
+        send_frame = getattr(protocol, "send_text_frame", None) or (
+            lambda data: protocol.serverSend(data.decode(), False)
+        )
 
         def send_text(data: bytes) -> None:
             state = connections.get(protocol)
             if state is not None and not state.get("disconnected"):
-                protocol.send_text_frame(data)
+                send_frame(data)
 
         return send_text
 
