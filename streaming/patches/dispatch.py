@@ -35,10 +35,23 @@ class Loop:
     ``asyncio.wait``. ``busy`` counts the messages taken from a source and not yet
     dispatched: while it is not zero, a message must queue behind them."""
 
-    def __init__(self, sources: list, dispatch: Callable[[Any], Awaitable[None]]) -> None:
+    __slots__ = ("busy", "deliver_now", "dispatch", "sources")
+
+    def __init__(
+        self,
+        sources: list,
+        dispatch: Callable[[Any], Awaitable[None]],
+        deliver_now: Callable[[Any], bool] | None = None,
+    ) -> None:
         self.sources = sources
         self.dispatch = dispatch
+        self.deliver_now = deliver_now
         self.busy = 0
+
+    def offer(self, message: Any) -> bool:
+        """The channel layer's listener: the message handled at once (True), or to be queued
+        behind what this loop has taken and not yet dispatched."""
+        return not self.busy and self.deliver_now(message)
 
     async def take(self, source: Callable[[], Awaitable[Any]]) -> Any:
         message = await source()
@@ -87,17 +100,13 @@ async def consume(consumer: Any, scope: dict, receive: Callable, send: Callable)
     consumer.base_send = send
     consumer.send_text = text_sender(send)
     sources = [receive]
-    loop = Loop(sources, consumer.dispatch)
+    loop = Loop(sources, consumer.dispatch, consumer.deliver_now)
     if consumer.channel_layer is not None:
         consumer.channel_name = await consumer.channel_layer.new_channel()
         sources.append(functools.partial(consumer.channel_layer.receive, consumer.channel_name))
         listen = getattr(consumer.channel_layer, "listen", None)
         if listen is not None:
-
-            def listener(message: Any) -> bool:
-                return not loop.busy and consumer.deliver_now(message)
-
-            listen(consumer.channel_name, listener)
+            listen(consumer.channel_name, loop.offer)
     with contextlib.suppress(StopConsumer):
         await loop.run()
 
