@@ -76,3 +76,20 @@ def test_any_other_case_is_autobahns_own_send(options):
     assert wrote[0] == wrote[1]
     if "autoFragmentSize" in options:
         assert len(wrote[0]) == 4  # 36 bytes in frames of at most 10
+
+
+@pytest.mark.parametrize(
+    ("payload", "header"),
+    [
+        (b"Hello", b"\x81\x05"),  # "A single-frame unmasked text message"
+        (b"x" * 256, b"\x81\x7e\x01\x00"),  # the 256-byte example's 16-bit length
+        (b"x" * 65536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),  # the 64 KiB example's
+    ],
+)
+def test_rfc_6455_examples(payload, header):
+    """RFC 6455 section 5.7's examples: "0x81 0x05 0x48 0x65 0x6c 0x6c 0x6f (contains
+    "Hello")"; a 256-byte and a 64 KiB message in a single unmasked frame carry "0x7E 0x0100"
+    and "0x7F 0x0000000000010000" (the RFC shows those two as binary, 0x82; text is 0x81)."""
+    proto, written = protocol()
+    proto.send_text_frame(payload)
+    assert written == [header + payload]
