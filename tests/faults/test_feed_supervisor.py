@@ -42,7 +42,15 @@ async def test_killed_feed_is_restarted_by_its_supervisor_and_prices_show_stale_
         wait_until, lambda: newest_quote(stack), timeout=40, what="first prices"
     )
     socket = await open_socket(base, await asyncio.to_thread(log_in, base, "alice"))
-    assert json.loads(await socket.recv())["type"] == "snapshot"
+    first = json.loads(await socket.recv())
+    assert first["type"] == "snapshot"
+    # The first price stored may be another instrument's: the holding this test reads must have
+    # its own before the feed is killed, or there is no price to go stale.
+    deadline = time.monotonic() + 40
+    while first["portfolios"][0]["holdings"][0]["price_as_of"] is None:
+        assert time.monotonic() < deadline, "alice's first holding never got a price"
+        await asyncio.sleep(0.2)
+        first = await snapshot(socket)
     [first_child] = child_pids(supervisor)
 
     os.kill(first_child, signal.SIGKILL)
