@@ -27,13 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import world
 from bench.scenarios import SCENARIOS
 
+WARM_UP = 20  # tasks run before measuring: the worker's books load, the caches fill
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=1000, help="users, one portfolio each")
     p.add_argument("--instruments", type=int, default=200)
     p.add_argument("--holdings", type=int, default=20, help="holdings per portfolio")
-    p.add_argument("--tasks", type=int, default=100, help="measured tasks (after 20 warm-up)")
+    p.add_argument("--tasks", type=int, default=100, help="measured tasks (after WARM_UP)")
     p.add_argument("--ticks", type=int, default=1, help="ticks per task (random instruments)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--i-mean-it", action="store_true", help="allow names without 'bench'")
@@ -60,11 +62,11 @@ def main() -> None:
         return {"instrument": instrument, "price": price, "ts": now, "source": "simulated"}
 
     cpu, wall = [], []
-    for n in range(20 + args.tasks):
+    for n in range(WARM_UP + args.tasks):
         batch = [tick() for _ in range(args.ticks)]
         started_cpu, started = time.thread_time(), time.perf_counter()
         tasks._ingest(batch)
-        if n >= 20:
+        if n >= WARM_UP:
             cpu.append((time.thread_time() - started_cpu) * 1000)
             wall.append((time.perf_counter() - started) * 1000)
     print(
